@@ -1,0 +1,98 @@
+//! The command line: `eddy run`, `eddy plugin build|check`.
+
+mod plugin;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Eddy: Kafka-style events in, WebAssembly plugins in the middle, state and
+/// live updates out over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "eddy", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EDDY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How logs are written to standard error.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the pipelines of a config file and serves the HTTP API.
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "eddy.toml")]
+        config: PathBuf,
+        /// Overrides `http.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `store.path`.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Builds and checks plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Builds a Rust plugin crate into a component.
+    Build {
+        /// The plugin crate's directory.
+        dir: PathBuf,
+        /// Output file (default: `<cargo target dir>/plugins/<crate name>.wasm`).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Checks that a component is a valid Eddy plugin and says what it implements.
+    Check {
+        /// The component file.
+        file: PathBuf,
+    },
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs the chosen command.
+///
+/// # Errors
+/// Whatever stopped it, with context.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            listen,
+            store,
+        } => serve::run(&config, listen, store),
+        Command::Plugin(PluginCommand::Build { dir, out }) => {
+            let path = plugin::build(&dir, out.as_deref())?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+    }
+}

@@ -1,0 +1,223 @@
+//! `eddy plugin build` and `eddy plugin check`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::config::PluginConfig;
+use crate::execute::Runtime;
+
+/// How to compile Rust to `wasm32-unknown-unknown` on this machine.
+struct WasmToolchain {
+    cargo: PathBuf,
+    envs: Vec<(String, String)>,
+    build_std: bool,
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn has_rustup_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown"))
+        .unwrap_or(false)
+}
+
+/// Picks the toolchain: `EDDY_WASM_CARGO`/`EDDY_WASM_RUSTC` when set, a
+/// rustup toolchain with the wasm32 target when installed, otherwise a
+/// system Rust with the standard library's sources (`-Zbuild-std`).
+fn toolchain() -> anyhow::Result<WasmToolchain> {
+    let linker = ["wasm-ld", "wasm-ld-22", "wasm-ld-21", "wasm-ld-20", "wasm-ld-19"]
+        .iter()
+        .find_map(|n| which(n));
+    if let Ok(cargo) = std::env::var("EDDY_WASM_CARGO") {
+        let mut envs = Vec::new();
+        if let Ok(rustc) = std::env::var("EDDY_WASM_RUSTC") {
+            envs.push(("RUSTC".into(), rustc));
+        }
+        return Ok(WasmToolchain {
+            cargo: cargo.into(),
+            envs,
+            build_std: std::env::var("EDDY_WASM_BUILD_STD").is_ok_and(|v| v == "1"),
+        });
+    }
+    if has_rustup_target() {
+        return Ok(WasmToolchain {
+            cargo: "cargo".into(),
+            envs: Vec::new(),
+            build_std: false,
+        });
+    }
+    let (cargo, rustc) = (PathBuf::from("/usr/bin/cargo"), PathBuf::from("/usr/bin/rustc"));
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let has_src = sysroot.is_some_and(|s| s.join("lib/rustlib/src/rust/library/std").is_dir());
+    match (cargo.is_file() && has_src, linker) {
+        (true, Some(linker)) => Ok(WasmToolchain {
+            cargo,
+            envs: vec![
+                ("RUSTC".into(), rustc.display().to_string()),
+                ("RUSTC_BOOTSTRAP".into(), "1".into()),
+                ("RUSTFLAGS".into(), format!("-C linker={}", linker.display())),
+            ],
+            build_std: true,
+        }),
+        _ => bail!(
+            "no Rust toolchain for wasm32 found: install the target (`rustup target add \
+             wasm32-unknown-unknown`) or a system Rust with its sources and wasm-ld \
+             (Debian: `apt-get install rustc-web cargo-web rust-web-src lld`), or set \
+             EDDY_WASM_CARGO"
+        ),
+    }
+}
+
+fn package_name(dir: &Path) -> anyhow::Result<String> {
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("{} is not a Rust plugin crate (no Cargo.toml)", dir.display()))?;
+    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("invalid {}", manifest.display()))?;
+    doc.get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no [package] name", manifest.display()))
+}
+
+fn target_directory(tc: &WasmToolchain, dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new(&tc.cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", tc.cargo.display()))?;
+    if !out.status.success() {
+        bail!("cargo metadata failed for {}", dir.display());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
+    v.get("target_directory")
+        .and_then(|t| t.as_str())
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+/// Builds the plugin crate in `dir` and componentizes it; returns the path written.
+///
+/// # Errors
+/// When no toolchain is found, the build fails, or the result is not a valid plugin.
+pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let name = package_name(dir)?;
+    let tc = toolchain()?;
+    let target_dir = target_directory(&tc, dir)?;
+    let mut cmd = Command::new(&tc.cargo);
+    cmd.args(["build", "--release", "--lib", "--target", "wasm32-unknown-unknown"])
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir.join("wasm"))
+        .args(["--message-format", "json-render-diagnostics"])
+        .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if tc.build_std {
+        cmd.arg("-Zbuild-std=std,panic_abort");
+    }
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", tc.cargo.display()))?;
+    if !output.status.success() {
+        bail!("building plugin {name:?} in {} failed (see the compiler output above)", dir.display());
+    }
+    let module_path = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m.get("reason").and_then(|r| r.as_str()) == Some("compiler-artifact"))
+        .flat_map(|m| {
+            m.get("filenames")
+                .and_then(|f| f.as_array())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .with_context(|| {
+            format!("the build of {name:?} produced no .wasm; is its crate-type \"cdylib\"?")
+        })?;
+    let module = std::fs::read(&module_path)
+        .with_context(|| format!("cannot read {}", module_path.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| anyhow::anyhow!("cannot turn {} into a component: {e:#}", module_path.display()))?;
+    let runtime = Runtime::new()?;
+    let probe = probe_config(&name);
+    runtime
+        .load(&probe, &module_path.display().to_string(), &component, None)
+        .with_context(|| format!("plugin {name:?} built, but it is not a valid Eddy plugin"))?;
+    let out = out.map_or_else(|| target_dir.join("plugins").join(format!("{name}.wasm")), Path::to_path_buf);
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(&out, &component).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("built plugin {name} ({} bytes)", component.len());
+    Ok(out)
+}
+
+fn probe_config(name: &str) -> PluginConfig {
+    PluginConfig {
+        name: name.to_owned(),
+        path: PathBuf::new(),
+        timeout_ms: 1000,
+        memory_mb: 64,
+        max_output_bytes: usize::MAX,
+        max_retries: 0,
+        retry_backoff_ms: 0,
+    }
+}
+
+/// Validates a component file as a plugin and describes it.
+///
+/// # Errors
+/// When it is not a component or not an Eddy plugin, saying why.
+pub fn check(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if !wasmparser::Parser::is_component(&bytes) {
+        if wasmparser::Parser::is_core_wasm(&bytes) {
+            bail!(
+                "{} is a core WebAssembly module, not a component; build it with `eddy plugin build`",
+                file.display()
+            );
+        }
+        bail!("{} is not a WebAssembly component", file.display());
+    }
+    let name = file
+        .file_stem()
+        .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
+    let runtime = Runtime::new()?;
+    let plugin = runtime.load(&probe_config(&name), &file.display().to_string(), &bytes, None)?;
+    println!(
+        "{}: valid Eddy {} plugin (version {}, {} bytes)",
+        file.display(),
+        plugin.kind,
+        plugin.version,
+        bytes.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! `eddy run`: open the store, load the plugins, start one worker per
+//! pipeline and serve the HTTP API until SIGINT/SIGTERM.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{Config, PluginKind, SourceConfig};
+use crate::execute::{Instance, Plugin, Runtime};
+use crate::http::{AppState, app, body_limit};
+use crate::notify::Hub;
+use crate::pipeline::{Worker, spawn};
+use crate::source::embedded::{EmbeddedLog, EmbeddedSource};
+use crate::store::Store;
+
+/// Loads every plugin of the config, checking each against the role the
+/// pipelines give it.
+fn load_plugins(config: &Config, runtime: &Runtime) -> anyhow::Result<HashMap<String, Arc<Plugin>>> {
+    let mut roles: HashMap<&str, PluginKind> = HashMap::new();
+    for p in &config.pipelines {
+        if let Some(a) = &p.aggregator {
+            roles.insert(a, PluginKind::Aggregator);
+        }
+        for h in &p.handlers {
+            if roles.insert(h, PluginKind::Handler) == Some(PluginKind::Aggregator) {
+                anyhow::bail!("plugin {h:?} is used both as an aggregator and as a handler");
+            }
+        }
+    }
+    let mut plugins = HashMap::new();
+    for pc in &config.plugins {
+        let path = config.resolve(&pc.path);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "plugin {:?}: cannot read {} (build it with `eddy plugin build`)",
+                pc.name,
+                path.display()
+            )
+        })?;
+        let started = std::time::Instant::now();
+        let plugin = runtime.load(
+            pc,
+            &path.display().to_string(),
+            &bytes,
+            roles.get(pc.name.as_str()).copied(),
+        )?;
+        tracing::info!(
+            plugin = %pc.name, kind = %plugin.kind, version = %plugin.version,
+            compile_ms = started.elapsed().as_millis() as u64, "plugin loaded"
+        );
+        plugins.insert(pc.name.clone(), Arc::new(plugin));
+    }
+    Ok(plugins)
+}
+
+/// Runs the host.
+///
+/// # Errors
+/// Bad config, unreadable plugins, a store that cannot be opened, a port in
+/// use, or a pipeline that failed to commit.
+pub fn run(config_path: &Path, listen: Option<SocketAddr>, store: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = Config::load(config_path)?;
+    if let Some(l) = listen {
+        config.http.listen = l;
+    }
+    let store_path = store.unwrap_or_else(|| config.resolve(&config.store.path));
+    std::fs::create_dir_all(&store_path)
+        .with_context(|| format!("cannot create store directory {}", store_path.display()))?;
+    let store = Store::open(&store_path, config.store.durability)
+        .with_context(|| format!("cannot open store {}", store_path.display()))?;
+
+    let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
+    let plugins = load_plugins(&config, &runtime)?;
+
+    let SourceConfig::Embedded(embedded) = &config.source;
+    let log = EmbeddedLog::open(store.clone(), embedded)?;
+    for p in &config.pipelines {
+        log.ensure_topic(&p.topic, None)
+            .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
+        if let Some(c) = &p.changelog_topic {
+            log.ensure_topic(c, None)
+                .with_context(|| format!("pipeline {:?}: changelog topic {c:?}", p.name))?;
+        }
+    }
+
+    let hub = Hub::new(config.pipelines.iter().map(|p| p.name.as_str()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+
+    let mut workers = Vec::new();
+    for p in &config.pipelines {
+        let get = |name: &String| {
+            plugins
+                .get(name)
+                .cloned()
+                .map(Instance::new)
+                .with_context(|| format!("pipeline {:?}: plugin {name:?} is not loaded", p.name))
+        };
+        let aggregator = p.aggregator.as_ref().map(get).transpose()?;
+        let handlers = p.handlers.iter().map(get).collect::<anyhow::Result<Vec<_>>>()?;
+        let source = EmbeddedSource::open(log.clone(), &p.name, &p.topic)?;
+        let worker = Worker::new(p.clone(), aggregator, handlers, Box::new(source), log.clone(), hub.clone())?;
+        let failed = failed.clone();
+        let shutdown = shutdown.clone();
+        workers.push(spawn(worker, stop.clone(), move |e| {
+            if let Ok(mut f) = failed.lock() {
+                *f = Some(format!("{e:#}"));
+            }
+            shutdown.notify_one();
+        })?);
+    }
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        store: store.clone(),
+        log: log.clone(),
+        hub,
+        pipelines: Arc::new(config.pipelines.iter().map(|p| (p.name.clone(), p.clone())).collect()),
+        keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
+        shutdown: shutdown_rx,
+    };
+    let router = app(state).layer(body_limit(config.http.max_body_bytes));
+    let listen_addr = config.http.listen;
+    let served: anyhow::Result<()> = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {listen_addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, "listening");
+        println!("eddy listening on http://{bound}");
+        for p in &config.pipelines {
+            if let Some(m) = &p.mount {
+                println!("  pipeline {}: http://{bound}{}/latest", p.name, m.path);
+            }
+            println!("  pipeline {}: http://{bound}/v1/pipelines/{}/latest", p.name, p.name);
+        }
+        let shutdown_wait = shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = wait_for_signal() => {},
+                    () = shutdown_wait.notified() => {},
+                }
+                tracing::info!("shutting down");
+                let _ = shutdown_tx.send(true);
+            })
+            .await
+            .context("HTTP server failed")
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    store.sync().context("final store sync failed")?;
+    served?;
+    if let Some(f) = failed.lock().ok().and_then(|mut f| f.take()) {
+        anyhow::bail!("stopped because a pipeline failed: {f}");
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,488 @@
+//! `eddy.toml`: what runs. Every field is documented here; this is the
+//! reference for the file format.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where events come from.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// The local state store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The plugin components the pipelines use.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+    /// The pipelines: each binds a topic to an aggregator and/or handlers.
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineConfig>,
+    /// Directory the config file was read from; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Where events come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// The embedded append-only log, stored in the state store and fed by
+    /// `POST /v1/topics/{topic}/records`. No broker needed.
+    Embedded(EmbeddedConfig),
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig::Embedded(EmbeddedConfig::default())
+    }
+}
+
+/// Options of the embedded log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Partitions of a topic that is not listed in `topics` (pipeline input
+    /// topics, changelog topics and topics plugins emit to are created with it).
+    #[serde(default = "default_partitions")]
+    pub default_partitions: u32,
+    /// Topics created at start with an explicit partition count.
+    #[serde(default)]
+    pub topics: Vec<TopicConfig>,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            default_partitions: default_partitions(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+fn default_partitions() -> u32 {
+    4
+}
+
+/// A topic of the embedded log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic name: letters, digits, `.`, `_` and `-`, at most 249 characters (as Kafka).
+    pub name: String,
+    /// Number of partitions (1..=1024). Fixed once the topic exists.
+    pub partitions: u32,
+}
+
+/// The local state store (fjall).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the store, relative to the config file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// When a write is acknowledged: `process` (written to the OS, survives a
+    /// crash of Eddy) or `power` (fsynced, survives a power loss; slower).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+            durability: Durability::default(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("eddy-data")
+}
+
+/// What an acknowledged write survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Survives a crash of the Eddy process.
+    #[default]
+    Process,
+    /// Survives a power loss (fsync on every commit).
+    Power,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Seconds between SSE keep-alive comments.
+    #[serde(default = "default_keepalive")]
+    pub sse_keepalive_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            sse_keepalive_secs: default_keepalive(),
+            max_body_bytes: default_body_limit(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_keepalive() -> u64 {
+    15
+}
+fn default_body_limit() -> usize {
+    8 * 1024 * 1024
+}
+
+/// Which WIT world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// `eddy:plugin/aggregator-plugin`: a stateful fold per key.
+    Aggregator,
+    /// `eddy:plugin/handler-plugin`: filter / route / emit.
+    Handler,
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginKind::Aggregator => "aggregator",
+            PluginKind::Handler => "handler",
+        })
+    }
+}
+
+/// A plugin component and its sandbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name the pipelines refer to.
+    pub name: String,
+    /// Path of the component (`.wasm`), relative to the config file.
+    pub path: PathBuf,
+    /// Wall-clock limit of one call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Linear memory cap, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Largest total output (state plus emitted records) of one call, in bytes.
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: usize,
+    /// Times a call that fails with a retryable failure is tried again
+    /// (with exponential backoff and jitter) before the events are dead-lettered.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles on each attempt.
+    #[serde(default = "default_backoff_ms")]
+    pub retry_backoff_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_memory_mb() -> u64 {
+    64
+}
+fn default_max_output() -> usize {
+    4 * 1024 * 1024
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_backoff_ms() -> u64 {
+    50
+}
+
+/// A pipeline: a topic, how to key it, and what runs on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name, used in the HTTP API (`/v1/pipelines/{name}/...`).
+    pub name: String,
+    /// Input topic.
+    pub topic: String,
+    /// Dot-separated path of the field in the value that holds the key
+    /// (`asyncProcessId`, `customer.id`). Without it the record key is used.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// The aggregator plugin (a stateful fold per key), if any.
+    #[serde(default)]
+    pub aggregator: Option<String>,
+    /// Handler plugins run on every input event, in this order.
+    #[serde(default)]
+    pub handlers: Vec<String>,
+    /// Topic to which every new state is appended (keyed by the key), in
+    /// the same commit as the state: other pipelines can consume it.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// Size of the `latest` query's largest page.
+    #[serde(default = "default_latest")]
+    pub latest: usize,
+    /// Most records in one micro-batch.
+    #[serde(default = "default_batch")]
+    pub max_batch: usize,
+    /// State changes kept for SSE resumption (`Last-Event-ID`).
+    #[serde(default = "default_history")]
+    pub sse_history: u64,
+    /// Optional route aliases serving this pipeline under a path of its own.
+    #[serde(default)]
+    pub mount: Option<MountConfig>,
+}
+
+fn default_latest() -> usize {
+    100
+}
+fn default_batch() -> usize {
+    1000
+}
+fn default_history() -> u64 {
+    10_000
+}
+
+/// Route aliases: `GET {path}/{key}`, `GET {path}/latest`,
+/// `GET {path}/sse/{key}` and, with `create`, `POST {path}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// Path prefix, such as `/async-process`.
+    pub path: String,
+    /// What `POST {path}` produces to the pipeline's topic.
+    #[serde(default)]
+    pub create: Option<CreateConfig>,
+}
+
+/// `POST {path}` creates a new entity: it produces one event to the
+/// pipeline's topic for a freshly generated key and answers
+/// `{"status":"OK","id":<key>}`. The event is the request's JSON object
+/// (may be empty) with `fields` set over it, then the generated values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConfig {
+    /// Fixed fields of the event, such as `{ state = "ACCEPTED" }`.
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Fields that get a fresh UUID each (an event id, for instance).
+    #[serde(default)]
+    pub uuid_fields: Vec<String>,
+    /// Field set to the current time, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub time_field: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    ///
+    /// # Errors
+    /// A message naming the file and every problem found.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if let Err(problems) = config.validate() {
+            anyhow::bail!(
+                "invalid config {}:\n  - {}",
+                path.display(),
+                problems.join("\n  - ")
+            );
+        }
+        Ok(config)
+    }
+
+    /// Resolves a path from the config file against its directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Checks the rules that span fields; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut plugin_names = HashSet::new();
+        for p in &self.plugins {
+            if !plugin_names.insert(p.name.as_str()) {
+                problems.push(format!("plugin {:?} is declared twice", p.name));
+            }
+            if p.timeout_ms == 0 {
+                problems.push(format!("plugin {:?}: timeout_ms must be > 0", p.name));
+            }
+            if p.memory_mb == 0 {
+                problems.push(format!("plugin {:?}: memory_mb must be > 0", p.name));
+            }
+        }
+        let SourceConfig::Embedded(embedded) = &self.source;
+        if !(1..=1024).contains(&embedded.default_partitions) {
+            problems.push("source.default_partitions must be within 1..=1024".into());
+        }
+        for t in &embedded.topics {
+            if let Err(e) = crate::source::validate_topic_name(&t.name) {
+                problems.push(format!("source.topics: {e}"));
+            }
+            if !(1..=1024).contains(&t.partitions) {
+                problems.push(format!(
+                    "topic {:?}: partitions must be within 1..=1024",
+                    t.name
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut mounts = HashSet::new();
+        for p in &self.pipelines {
+            let at = format!("pipeline {:?}", p.name);
+            if !valid_name(&p.name) {
+                problems.push(format!(
+                    "{at}: name may hold only letters, digits, '.', '_' and '-'"
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                problems.push(format!("{at} is declared twice"));
+            }
+            if let Err(e) = crate::source::validate_topic_name(&p.topic) {
+                problems.push(format!("{at}: {e}"));
+            }
+            if let Some(c) = &p.changelog_topic {
+                if let Err(e) = crate::source::validate_topic_name(c) {
+                    problems.push(format!("{at}: changelog_topic: {e}"));
+                }
+                if c == &p.topic {
+                    problems.push(format!(
+                        "{at}: changelog_topic must differ from the input topic"
+                    ));
+                }
+                if p.aggregator.is_none() {
+                    problems.push(format!("{at}: changelog_topic needs an aggregator"));
+                }
+            }
+            if p.aggregator.is_none() && p.handlers.is_empty() {
+                problems.push(format!("{at}: needs an aggregator or at least one handler"));
+            }
+            for name in p.aggregator.iter().chain(p.handlers.iter()) {
+                if !plugin_names.contains(name.as_str()) {
+                    problems.push(format!("{at}: plugin {name:?} is not declared"));
+                }
+            }
+            if p.key_field.as_deref().is_some_and(|f| f.is_empty() || f.split('.').any(str::is_empty)) {
+                problems.push(format!("{at}: key_field must be a dot-separated field path"));
+            }
+            if p.max_batch == 0 || p.latest == 0 {
+                problems.push(format!("{at}: max_batch and latest must be > 0"));
+            }
+            if let Some(m) = &p.mount {
+                if !m.path.starts_with('/') || m.path.len() < 2 || m.path.ends_with('/') {
+                    problems.push(format!(
+                        "{at}: mount path {:?} must start with '/' and not end with one",
+                        m.path
+                    ));
+                } else if m.path.starts_with("/v1/") || m.path == "/v1" || m.path == "/healthz" {
+                    problems.push(format!("{at}: mount path {:?} collides with Eddy's API", m.path));
+                }
+                if !mounts.insert(m.path.as_str()) {
+                    problems.push(format!("{at}: mount path {:?} is used twice", m.path));
+                }
+                if m.create.is_some() && p.key_field.is_none() {
+                    problems.push(format!(
+                        "{at}: mount.create needs key_field (the field that gets the new id)"
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Names of pipelines and plugins: letters, digits, `.`, `_`, `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|p| p.join("; "))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = parse("[store]\npaht = \"x\"\n").err().unwrap_or_default();
+        assert!(err.contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_problems_are_all_reported() {
+        let err = parse(
+            r#"
+            [[pipeline]]
+            name = "p"
+            topic = "bad topic"
+            aggregator = "missing"
+            changelog_topic = "bad topic"
+            "#,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("\"missing\" is not declared"), "{err}");
+        assert!(err.contains("bad topic"), "{err}");
+        assert!(err.contains("changelog_topic must differ"), "{err}");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() -> Result<(), String> {
+        let c = parse(
+            r#"
+            [[plugin]]
+            name = "agg"
+            path = "agg.wasm"
+            [[pipeline]]
+            name = "p"
+            topic = "t"
+            aggregator = "agg"
+            "#,
+        )?;
+        let p = c.pipelines.first().ok_or("no pipeline")?;
+        assert_eq!(p.latest, 100);
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.store.durability, Durability::Process);
+        Ok(())
+    }
+}

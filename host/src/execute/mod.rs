@@ -1,0 +1,570 @@
+//! Stage 4, execute: plugins run as WebAssembly components in wasmtime.
+//!
+//! This module is the one place that configures the engine: epoch
+//! interruption for wall-clock limits (a ticker thread advances the epoch),
+//! a resource limiter for memory, WASI with nothing granted. Components are
+//! compiled and pre-linked once ([`Plugin`]); each pipeline keeps its own
+//! [`Instance`] of each plugin, reused across micro-batches and recycled
+//! after a trap or a limit hit.
+
+pub mod bindings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::{Config as WasmConfig, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{PluginConfig, PluginKind};
+use bindings::{AggregatorGuest, AggregatorIndices, HandlerGuest, HandlerIndices};
+
+/// How often the epoch advances; the granularity of time limits.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Why a plugin call did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The call ran past its time limit and was interrupted.
+    #[error("plugin {plugin}: call exceeded its time limit of {timeout_ms} ms")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The limit.
+        timeout_ms: u64,
+    },
+    /// The plugin tried to grow its memory past the cap.
+    #[error("plugin {plugin}: memory limit of {memory_mb} MiB reached")]
+    MemoryLimit {
+        /// Plugin name.
+        plugin: String,
+        /// The cap.
+        memory_mb: u64,
+    },
+    /// The plugin trapped (a panic, an abort, an out-of-bounds access...).
+    #[error("plugin {plugin} trapped: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// What wasmtime reported.
+        message: String,
+    },
+    /// The plugin returned more output than allowed.
+    #[error("plugin {plugin}: output of {bytes} bytes exceeds max_output_bytes = {limit}")]
+    OutputTooLarge {
+        /// Plugin name.
+        plugin: String,
+        /// Size produced.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The plugin reported a failure itself.
+    #[error("plugin {plugin} failed ({class}): {message}")]
+    Failed {
+        /// Plugin name.
+        plugin: String,
+        /// `invalid`, `retryable` or `fatal`.
+        class: &'static str,
+        /// Its message.
+        message: String,
+    },
+    /// The component could not be instantiated.
+    #[error("plugin {plugin}: cannot instantiate: {message}")]
+    Instantiate {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl PluginError {
+    /// A short, stable name of the error class (for dead letters and metrics).
+    pub fn class(&self) -> &'static str {
+        match self {
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::MemoryLimit { .. } => "memory_limit",
+            PluginError::Trap { .. } => "trap",
+            PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::Failed { class, .. } => class,
+            PluginError::Instantiate { .. } => "instantiate",
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PluginError::Failed { class: "retryable", .. })
+    }
+}
+
+/// Why a component cannot be loaded as a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid component for this engine.
+    #[error("plugin {plugin}: {path} is not a valid WebAssembly component: {message}")]
+    NotAComponent {
+        /// Plugin name.
+        plugin: String,
+        /// File.
+        path: String,
+        /// Compiler message.
+        message: String,
+    },
+    /// The component does not implement the expected world.
+    #[error("plugin {plugin}: {message}")]
+    WrongWorld {
+        /// Plugin name.
+        plugin: String,
+        /// What is missing or mismatched.
+        message: String,
+    },
+}
+
+/// Per-store host state: limits, WASI (nothing granted) and log context.
+pub struct PluginCtx {
+    plugin: Arc<str>,
+    /// The key being processed, for log lines.
+    pub key: String,
+    limiter: MemoryLimiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+struct MemoryLimiter {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::Host for PluginCtx {
+    fn log(&mut self, level: bindings::Level, message: String) {
+        let plugin = &*self.plugin;
+        let key = self.key.as_str();
+        match level {
+            bindings::Level::Trace => tracing::trace!(plugin, key, "{message}"),
+            bindings::Level::Debug => tracing::debug!(plugin, key, "{message}"),
+            bindings::Level::Info => tracing::info!(plugin, key, "{message}"),
+            bindings::Level::Warn => tracing::warn!(plugin, key, "{message}"),
+            bindings::Level::Error => tracing::error!(plugin, key, "{message}"),
+        }
+    }
+}
+
+/// The wasmtime engine and linker shared by every plugin.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<PluginCtx>>,
+}
+
+impl Runtime {
+    /// Builds the engine (epoch interruption on) and starts its epoch ticker.
+    ///
+    /// # Errors
+    /// When wasmtime cannot be configured on this machine.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = WasmConfig::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::eddy::plugin::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
+            &mut linker,
+            |ctx| ctx,
+        )?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("eddy-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Compiles and validates a plugin component: it must export the
+    /// interface of `expected` (or of either kind when `None`) and import
+    /// nothing beyond the host interface and WASI.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the plugin and what is wrong.
+    pub fn load(
+        &self,
+        config: &PluginConfig,
+        path: &str,
+        bytes: &[u8],
+        expected: Option<PluginKind>,
+    ) -> Result<Plugin, LoadError> {
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
+                plugin: config.name.clone(),
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            })?;
+        let wrong = |message: String| LoadError::WrongWorld {
+            plugin: config.name.clone(),
+            message,
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrong(format!("imports something the host does not provide: {e:#}")))?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        let kind = match (expected, has(bindings::AGGREGATOR_EXPORT), has(bindings::HANDLER_EXPORT)) {
+            (Some(PluginKind::Aggregator), true, _) | (None, true, false) => PluginKind::Aggregator,
+            (Some(PluginKind::Handler), _, true) | (None, false, true) => PluginKind::Handler,
+            (None, true, true) => {
+                return Err(wrong("exports both an aggregator and a handler; a plugin is one of them".into()));
+            }
+            (want, _, _) => {
+                let want = want.map_or_else(
+                    || format!("{} or {}", bindings::AGGREGATOR_EXPORT, bindings::HANDLER_EXPORT),
+                    |k| match k {
+                        PluginKind::Aggregator => bindings::AGGREGATOR_EXPORT.to_owned(),
+                        PluginKind::Handler => bindings::HANDLER_EXPORT.to_owned(),
+                    },
+                );
+                return Err(wrong(format!(
+                    "does not export {want}; it exports [{}]",
+                    exports.join(", ")
+                )));
+            }
+        };
+        let indices = match kind {
+            PluginKind::Aggregator => Indices::Aggregator(
+                AggregatorIndices::new(&pre)
+                    .map_err(|e| wrong(format!("{} does not match the contract: {e:#}", bindings::AGGREGATOR_EXPORT)))?,
+            ),
+            PluginKind::Handler => Indices::Handler(
+                HandlerIndices::new(&pre)
+                    .map_err(|e| wrong(format!("{} does not match the contract: {e:#}", bindings::HANDLER_EXPORT)))?,
+            ),
+        };
+        Ok(Plugin {
+            name: Arc::from(config.name.as_str()),
+            kind,
+            version: content_hash(bytes),
+            config: config.clone(),
+            engine: self.engine.clone(),
+            pre,
+            indices,
+        })
+    }
+}
+
+/// A short content hash identifying a component's bytes (FNV-1a, 64 bits).
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+enum Indices {
+    Aggregator(AggregatorIndices),
+    Handler(HandlerIndices),
+}
+
+/// A compiled, validated, pre-linked plugin; cheap to instantiate.
+pub struct Plugin {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// Which world it implements.
+    pub kind: PluginKind,
+    /// Content hash of the component.
+    pub version: String,
+    config: PluginConfig,
+    engine: Engine,
+    pre: InstancePre<PluginCtx>,
+    indices: Indices,
+}
+
+impl Plugin {
+    /// Its configuration (limits, retries).
+    pub fn config(&self) -> &PluginConfig {
+        &self.config
+    }
+}
+
+enum Guest {
+    Aggregator(AggregatorGuest),
+    Handler(HandlerGuest),
+}
+
+struct Live {
+    store: Store<PluginCtx>,
+    guest: Guest,
+}
+
+/// A pipeline's instance of a plugin, reused across calls and recycled
+/// after a trap or a limit hit.
+pub struct Instance {
+    plugin: Arc<Plugin>,
+    live: Option<Live>,
+}
+
+/// One emitted record, as the host will produce it.
+pub type Emitted = bindings::Emit;
+
+impl Instance {
+    /// A lazily instantiated instance of `plugin`.
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        Instance { plugin, live: None }
+    }
+
+    /// The plugin it runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    fn live(&mut self) -> Result<&mut Live, PluginError> {
+        if self.live.is_none() {
+            let p = &self.plugin;
+            let max_bytes = usize::try_from(p.config.memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX);
+            let mut store = Store::new(
+                &p.engine,
+                PluginCtx {
+                    plugin: p.name.clone(),
+                    key: String::new(),
+                    limiter: MemoryLimiter {
+                        max_bytes,
+                        hit: false,
+                    },
+                    wasi: WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                },
+            );
+            store.limiter(|ctx| &mut ctx.limiter);
+            store.epoch_deadline_trap();
+            arm(&mut store, &p.config);
+            let instance = p
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| classify(p, store.data().limiter.hit, &e.into()))?;
+            let guest = match &p.indices {
+                Indices::Aggregator(i) => Guest::Aggregator(
+                    i.load(&mut store, &instance)
+                        .map_err(|e| classify(p, store.data().limiter.hit, &e.into()))?,
+                ),
+                Indices::Handler(i) => Guest::Handler(
+                    i.load(&mut store, &instance)
+                        .map_err(|e| classify(p, store.data().limiter.hit, &e.into()))?,
+                ),
+            };
+            self.live = Some(Live { store, guest });
+        }
+        self.live.as_mut().ok_or_else(|| PluginError::Instantiate {
+            plugin: self.plugin.name.to_string(),
+            message: "instance unavailable".into(),
+        })
+    }
+
+    fn check_output(&self, bytes: usize) -> Result<(), PluginError> {
+        let limit = self.plugin.config.max_output_bytes;
+        if bytes > limit {
+            return Err(PluginError::OutputTooLarge {
+                plugin: self.plugin.name.to_string(),
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn failed(&self, f: bindings::Failure) -> PluginError {
+        let (class, message) = match f {
+            bindings::Failure::Invalid(m) => ("invalid", m),
+            bindings::Failure::Retryable(m) => ("retryable", m),
+            bindings::Failure::Fatal(m) => ("fatal", m),
+        };
+        PluginError::Failed {
+            plugin: self.plugin.name.to_string(),
+            class,
+            message,
+        }
+    }
+
+    fn wrong_kind(&self, want: &str) -> PluginError {
+        PluginError::Instantiate {
+            plugin: self.plugin.name.to_string(),
+            message: format!("not {want}"),
+        }
+    }
+
+    /// Runs the aggregator over one key's events.
+    ///
+    /// # Errors
+    /// Any [`PluginError`]; after a trap, a limit hit or a fatal failure the
+    /// instance is recycled.
+    pub fn apply(
+        &mut self,
+        key: &str,
+        state: Option<&str>,
+        events: &[bindings::Event],
+    ) -> Result<(String, Vec<Emitted>), PluginError> {
+        let config = self.plugin.config.clone();
+        let live = self.live()?;
+        let Guest::Aggregator(guest) = &live.guest else {
+            return Err(self.wrong_kind("an aggregator"));
+        };
+        let store = &mut live.store;
+        store.data_mut().key.clear();
+        store.data_mut().key.push_str(key);
+        arm(store, &config);
+        let r = guest
+            .call_apply(&mut *store, key, state, events)
+            .map_err(anyhow::Error::from);
+        let hit = store.data().limiter.hit;
+        match r {
+            Err(e) => {
+                self.live = None;
+                Err(classify(&self.plugin, hit, &e))
+            }
+            Ok(Err(f)) => {
+                if matches!(f, bindings::Failure::Fatal(_)) {
+                    self.live = None;
+                }
+                Err(self.failed(f))
+            }
+            Ok(Ok(outcome)) => {
+                let bytes = outcome.state.len()
+                    + outcome.emits.iter().map(|e| e.value.len()).sum::<usize>();
+                self.check_output(bytes)?;
+                Ok((outcome.state, outcome.emits))
+            }
+        }
+    }
+
+    /// Runs the handler over a batch; one result per event.
+    ///
+    /// # Errors
+    /// A [`PluginError`] for the whole call (trap, limit); per-event
+    /// failures are in the returned list.
+    pub fn handle(
+        &mut self,
+        events: &[bindings::Event],
+    ) -> Result<Vec<Result<Vec<Emitted>, PluginError>>, PluginError> {
+        let config = self.plugin.config.clone();
+        let live = self.live()?;
+        let Guest::Handler(guest) = &live.guest else {
+            return Err(self.wrong_kind("a handler"));
+        };
+        let store = &mut live.store;
+        store.data_mut().key.clear();
+        arm(store, &config);
+        let r = guest
+            .call_handle(&mut *store, events)
+            .map_err(anyhow::Error::from);
+        let hit = store.data().limiter.hit;
+        let results = match r {
+            Err(e) => {
+                self.live = None;
+                return Err(classify(&self.plugin, hit, &e));
+            }
+            Ok(results) => results,
+        };
+        if results.len() != events.len() {
+            self.live = None;
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.to_string(),
+                message: format!(
+                    "handle returned {} results for {} events",
+                    results.len(),
+                    events.len()
+                ),
+            });
+        }
+        let bytes: usize = results
+            .iter()
+            .flat_map(|r| r.iter().flatten())
+            .map(|e| e.value.len())
+            .sum();
+        self.check_output(bytes)?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.map_err(|f| {
+                    if matches!(f, bindings::Failure::Fatal(_)) {
+                        self.live = None;
+                    }
+                    self.failed(f)
+                })
+            })
+            .collect())
+    }
+}
+
+/// Sets the call's deadline and clears the memory-limit flag.
+fn arm(store: &mut Store<PluginCtx>, config: &PluginConfig) {
+    let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
+    store.set_epoch_deadline(config.timeout_ms.div_ceil(tick_ms) + 1);
+    store.data_mut().limiter.hit = false;
+}
+
+fn classify(plugin: &Plugin, memory_hit: bool, e: &anyhow::Error) -> PluginError {
+    let name = plugin.name.to_string();
+    if memory_hit {
+        return PluginError::MemoryLimit {
+            plugin: name,
+            memory_mb: plugin.config.memory_mb,
+        };
+    }
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return PluginError::Timeout {
+            plugin: name,
+            timeout_ms: plugin.config.timeout_ms,
+        };
+    }
+    PluginError::Trap {
+        plugin: name,
+        message: format!("{e:#}"),
+    }
+}

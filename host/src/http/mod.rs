@@ -1,0 +1,295 @@
+//! Stage 7, serve: the HTTP API (axum on hyper) — the producer endpoint,
+//! state queries, SSE streams, and the per-pipeline route aliases (`mount`).
+
+mod produce;
+mod sse;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::config::PipelineConfig;
+use crate::notify::Hub;
+use crate::route::KeySpec;
+use crate::source::embedded::EmbeddedLog;
+use crate::store::Store;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store (read through `spawn_blocking`).
+    pub store: Store,
+    /// The embedded log (producer endpoint).
+    pub log: Arc<EmbeddedLog>,
+    /// Committed-change notifications.
+    pub hub: Hub,
+    /// Pipelines by name.
+    pub pipelines: Arc<HashMap<String, PipelineConfig>>,
+    /// SSE keep-alive interval.
+    pub keepalive: Duration,
+    /// Becomes `true` when the host shuts down: SSE streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    fn pipeline(&self, name: &str) -> Result<&PipelineConfig, AppError> {
+        self.pipelines
+            .get(name)
+            .ok_or_else(|| AppError::not_found(format!("pipeline {name:?} does not exist")))
+    }
+
+    /// Pipelines reading `topic`, with their key rules.
+    fn consumers(&self, topic: &str) -> Vec<(&str, KeySpec)> {
+        self.pipelines
+            .values()
+            .filter(|p| p.topic == topic)
+            .map(|p| (p.name.as_str(), KeySpec::new(p.key_field.as_deref())))
+            .collect()
+    }
+}
+
+/// An error answer: a status and a JSON body `{"error": "..."}`.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    message: String,
+}
+
+impl AppError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log")
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, AppError>;
+
+/// Runs a blocking store read off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(AppError::internal)?
+}
+
+/// A stored JSON document served as is.
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+/// The whole router.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/topics", get(list_topics))
+        .route(
+            "/v1/topics/{topic}/records",
+            post(produce::produce).get(produce::read_records),
+        )
+        .route("/v1/pipelines", get(list_pipelines))
+        .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
+        .route("/v1/pipelines/{pipeline}/latest", get(get_latest))
+        .route("/v1/pipelines/{pipeline}/events", get(sse::events))
+        .route("/v1/pipelines/{pipeline}/dead-letters", get(dead_letters));
+    for p in state.pipelines.values() {
+        if let Some(m) = &p.mount {
+            router = mount(router, &p.name, &m.path, m.create.is_some());
+        }
+    }
+    router.fallback(fallback).with_state(state)
+}
+
+/// Route aliases that serve one pipeline under its own path.
+fn mount(router: Router<AppState>, pipeline: &str, path: &str, create: bool) -> Router<AppState> {
+    let p1 = pipeline.to_owned();
+    let p2 = pipeline.to_owned();
+    let p3 = pipeline.to_owned();
+    let p4 = pipeline.to_owned();
+    let mut router = router
+        .route(
+            &format!("{path}/latest"),
+            get(move |s: State<AppState>, q: Query<LatestQuery>| async move {
+                latest(s.0, p1, q.0.limit).await
+            }),
+        )
+        .route(
+            &format!("{path}/sse/{{key}}"),
+            get(move |s: State<AppState>, Path(key): Path<String>, h: HeaderMap| async move {
+                sse::stream(s.0, &p2, Some(key), &h)
+            }),
+        )
+        .route(
+            &format!("{path}/{{key}}"),
+            get(move |s: State<AppState>, Path(key): Path<String>| async move {
+                state_of(s.0, p3, key).await
+            }),
+        );
+    if create {
+        router = router.route(
+            path,
+            post(move |s: State<AppState>, body: axum::body::Bytes| async move {
+                produce::create(s.0, p4, body).await
+            }),
+        );
+    }
+    router
+}
+
+async fn fallback() -> AppError {
+    AppError::not_found("no such route; see the API reference in the README")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn list_topics(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let topics: Vec<_> = s
+        .log
+        .list()
+        .into_iter()
+        .map(|(name, ends)| {
+            serde_json::json!({ "name": name, "partitions": ends.len(), "high_watermarks": ends })
+        })
+        .collect();
+    Json(serde_json::json!({ "topics": topics }))
+}
+
+async fn list_pipelines(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let mut v: Vec<_> = s
+        .pipelines
+        .values()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name, "topic": p.topic, "key_field": p.key_field,
+                "aggregator": p.aggregator, "handlers": p.handlers,
+                "changelog_topic": p.changelog_topic,
+                "mount": p.mount.as_ref().map(|m| m.path.clone()),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(serde_json::json!({ "pipelines": v }))
+}
+
+async fn get_state(
+    State(s): State<AppState>,
+    Path((pipeline, key)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state_of(s, pipeline, key).await
+}
+
+async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {
+    s.pipeline(&pipeline)?;
+    let store = s.store.clone();
+    blocking(move || {
+        match store.state(&pipeline, &key).map_err(AppError::internal)? {
+            Some(st) => Ok(json_text(st.json)),
+            None => Err(AppError::not_found(format!(
+                "pipeline {pipeline:?} has no state for key {key:?}"
+            ))),
+        }
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct LatestQuery {
+    limit: Option<usize>,
+}
+
+async fn get_latest(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+    q: Query<LatestQuery>,
+) -> ApiResult<Response> {
+    latest(s, pipeline, q.0.limit).await
+}
+
+async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResult<Response> {
+    let max = s.pipeline(&pipeline)?.latest;
+    let limit = limit.unwrap_or(max);
+    if limit == 0 || limit > max {
+        return Err(AppError::bad_request(format!(
+            "limit must be within 1..={max} (the pipeline's `latest` setting)"
+        )));
+    }
+    let store = s.store.clone();
+    blocking(move || {
+        let rows = store.latest(&pipeline, limit).map_err(AppError::internal)?;
+        let mut body = String::with_capacity(rows.iter().map(|(_, s)| s.json.len() + 1).sum::<usize>() + 2);
+        body.push('[');
+        for (i, (_, st)) in rows.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&st.json);
+        }
+        body.push(']');
+        Ok(json_text(body))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+    q: Query<PageQuery>,
+) -> ApiResult<Response> {
+    s.pipeline(&pipeline)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let after = q.after.unwrap_or(0);
+    let store = s.store.clone();
+    blocking(move || {
+        let rows = store
+            .dead_letters(&pipeline, after, limit)
+            .map_err(AppError::internal)?;
+        let items: Vec<String> = rows.into_iter().map(|(_, j)| j).collect();
+        Ok(json_text(format!("{{\"dead_letters\":[{}]}}", items.join(","))))
+    })
+    .await
+}
+
+/// The body-size layer for the router.
+pub fn body_limit(bytes: usize) -> DefaultBodyLimit {
+    DefaultBodyLimit::max(bytes)
+}

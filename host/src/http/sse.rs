@@ -1,0 +1,193 @@
+//! Server-Sent Events of committed state changes.
+//!
+//! Each event's id is the pipeline's change sequence number, so a client
+//! that reconnects with `Last-Event-ID` gets exactly what it missed (within
+//! the pipeline's `sse_history`). A per-client task feeds a small bounded
+//! channel: a slow client holds at most that much memory; when it falls
+//! behind the live broadcast it catches up from the store instead.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{AppError, AppState};
+use crate::store::Change;
+
+/// Events buffered per client.
+const CLIENT_BUFFER: usize = 64;
+/// Changes read from the store per catch-up step.
+const CATCH_UP_PAGE: usize = 512;
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    key: Option<String>,
+}
+
+/// `GET /v1/pipelines/{p}/events[?key=]`.
+pub async fn events(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+    q: Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    stream(s, &pipeline, q.0.key, &headers)
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| AppError::bad_request("Last-Event-ID must be an event id sent by this stream (a number)")),
+    }
+}
+
+/// Opens a stream for one key (data = the state) or all keys
+/// (data = `{"key":..., "state":...}`).
+pub fn stream(s: AppState, pipeline: &str, key: Option<String>, headers: &HeaderMap) -> Response {
+    let Ok(p) = s.pipeline(pipeline) else {
+        return AppError::not_found(format!("pipeline {pipeline:?} does not exist")).into_response();
+    };
+    let resume = match last_event_id(headers) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Some(live) = s.hub.subscribe(&p.name) else {
+        return AppError::not_found(format!("pipeline {pipeline:?} does not exist")).into_response();
+    };
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(CLIENT_BUFFER);
+    let keepalive = s.keepalive;
+    let name = p.name.clone();
+    tokio::spawn(feed(s, name, key, resume, live, tx));
+    Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response()
+}
+
+fn to_event(change: &Change, per_key: bool) -> Event {
+    let data = if per_key {
+        change.state.clone()
+    } else {
+        let state: serde_json::Value =
+            serde_json::from_str(&change.state).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({ "key": change.key, "state": state }).to_string()
+    };
+    Event::default().id(change.seq.to_string()).data(data)
+}
+
+/// Feeds one client: catch-up from the store, then live changes.
+async fn feed(
+    s: AppState,
+    pipeline: String,
+    key: Option<String>,
+    resume: Option<u64>,
+    mut live: broadcast::Receiver<Arc<Change>>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut shutdown = s.shutdown.clone();
+    let per_key = key.is_some();
+    let matches = |c: &Change| key.as_deref().is_none_or(|k| k == c.key);
+    // Where this client is: the last change id it has seen.
+    let mut sent: u64 = match resume {
+        Some(id) => id,
+        None => {
+            // No resume point: a per-key stream starts with the current state;
+            // an all-keys stream starts with what happens from now on.
+            let store = s.store.clone();
+            let (p, k) = (pipeline.clone(), key.clone());
+            let current = tokio::task::spawn_blocking(move || -> Option<(u64, Option<Change>)> {
+                let last = store.last_seq(&p).ok()?;
+                let snapshot = match k {
+                    Some(k) => store
+                        .state(&p, &k)
+                        .ok()
+                        .flatten()
+                        .map(|st| Change { seq: st.seq, key: k, state: st.json }),
+                    None => None,
+                };
+                Some((last, snapshot))
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some((last, snapshot)) = current else {
+                return;
+            };
+            if let Some(c) = snapshot {
+                if tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                    return;
+                }
+            }
+            last
+        }
+    };
+    let mut need_catch_up = resume.is_some();
+    loop {
+        if need_catch_up {
+            // Read missed changes from the store, page by page.
+            loop {
+                let store = s.store.clone();
+                let p = pipeline.clone();
+                let after = sent;
+                let page = tokio::task::spawn_blocking(move || {
+                    store.changes_after(&p, after, CATCH_UP_PAGE)
+                })
+                .await;
+                let Ok(Ok(page)) = page else {
+                    return;
+                };
+                let n = page.len();
+                for c in page {
+                    sent = c.seq;
+                    if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                        return;
+                    }
+                }
+                if n < CATCH_UP_PAGE {
+                    break;
+                }
+            }
+            need_catch_up = false;
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            () = async { let _ = shutdown.wait_for(|down| *down).await.map(|_| ()); } => {
+                // Tell the client the stream ends on purpose; it reconnects
+                // with Last-Event-ID and misses nothing.
+                let _ = tx.send(Ok(Event::default().event("shutdown").data("{}"))).await;
+                return;
+            }
+            msg = live.recv() => match msg {
+                Ok(c) => {
+                    if c.seq <= sent {
+                        continue;
+                    }
+                    if c.seq > sent + 1 {
+                        // A gap: changes committed before we subscribed or while lagging.
+                        need_catch_up = true;
+                        if c.seq > sent + 1 {
+                            // Fetch the gap from the store, then this one arrives in the page.
+                            continue;
+                        }
+                    }
+                    sent = c.seq;
+                    if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => need_catch_up = true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The embedded log: Kafka-like topics, partitions and offsets stored in the
+//! state store, so one process runs the whole system with no broker.
+//!
+//! Appends (from the producer endpoint and from pipeline commits) take one
+//! lock, assign offsets, write one atomic batch and only then move the
+//! partition's high watermark, so readers never see a gap or an uncommitted
+//! record.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Source, SourceError, SourceRecord, partition_for_key, validate_topic_name};
+use crate::config::EmbeddedConfig;
+use crate::store::{Append, Commit, LogRecord, Store, StoreError};
+
+/// A record to produce.
+#[derive(Debug, Clone)]
+pub struct ProduceRecord {
+    /// Explicit partition; otherwise chosen from the key (murmur2, as Kafka)
+    /// or round-robin when there is no key.
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Value bytes.
+    pub value: Vec<u8>,
+}
+
+/// Produce failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// No such topic.
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    /// Partition out of range.
+    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
+    BadPartition {
+        /// Topic.
+        topic: String,
+        /// Requested partition.
+        partition: u32,
+        /// Partition count.
+        partitions: u32,
+    },
+    /// Invalid topic name.
+    #[error("{0}")]
+    BadTopicName(String),
+    /// The store failed; nothing was appended.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Topics {
+    /// Per topic: the next offset of each partition (its high watermark).
+    ends: HashMap<String, Vec<u64>>,
+}
+
+/// The embedded log, shared by the producer endpoint and the pipelines.
+pub struct EmbeddedLog {
+    store: Store,
+    default_partitions: u32,
+    topics: Mutex<Topics>,
+    round_robin: AtomicU64,
+    appended: (Mutex<u64>, Condvar),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl EmbeddedLog {
+    /// Opens the log over `store`, creating the configured topics.
+    ///
+    /// # Errors
+    /// When the store fails or a configured topic conflicts with an existing one.
+    pub fn open(store: Store, config: &EmbeddedConfig) -> anyhow::Result<Arc<Self>> {
+        let mut ends = HashMap::new();
+        for (name, partitions) in store.topics()? {
+            let mut v = Vec::with_capacity(partitions as usize);
+            for p in 0..partitions {
+                v.push(store.log_end(&name, p)?);
+            }
+            ends.insert(name, v);
+        }
+        let log = Arc::new(EmbeddedLog {
+            store,
+            default_partitions: config.default_partitions,
+            topics: Mutex::new(Topics { ends }),
+            round_robin: AtomicU64::new(0),
+            appended: (Mutex::new(0), Condvar::new()),
+        });
+        for t in &config.topics {
+            let have = log.ensure_topic(&t.name, Some(t.partitions))?;
+            if have != t.partitions {
+                anyhow::bail!(
+                    "topic {:?} already exists with {have} partitions; the config asks for {} \
+                     (partition counts cannot change)",
+                    t.name,
+                    t.partitions
+                );
+            }
+        }
+        Ok(log)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Topics> {
+        self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates a topic if it does not exist; returns its partition count.
+    ///
+    /// # Errors
+    /// On an invalid name or a store failure.
+    pub fn ensure_topic(&self, name: &str, partitions: Option<u32>) -> Result<u32, ProduceError> {
+        let mut topics = self.lock();
+        self.ensure_locked(&mut topics, name, partitions)
+    }
+
+    fn ensure_locked(
+        &self,
+        topics: &mut Topics,
+        name: &str,
+        partitions: Option<u32>,
+    ) -> Result<u32, ProduceError> {
+        if let Some(ends) = topics.ends.get(name) {
+            return Ok(u32::try_from(ends.len()).unwrap_or(u32::MAX));
+        }
+        validate_topic_name(name).map_err(ProduceError::BadTopicName)?;
+        let n = partitions.unwrap_or(self.default_partitions).max(1);
+        self.store.create_topic(name, n)?;
+        topics.ends.insert(name.to_owned(), vec![0; n as usize]);
+        tracing::info!(topic = name, partitions = n, "topic created");
+        Ok(n)
+    }
+
+    /// Partition count of a topic, if it exists.
+    pub fn partitions(&self, topic: &str) -> Option<u32> {
+        self.lock()
+            .ends
+            .get(topic)
+            .map(|e| u32::try_from(e.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Topics with their high watermarks.
+    pub fn list(&self) -> Vec<(String, Vec<u64>)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .ends
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The next offset to be written to a partition.
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> u64 {
+        self.lock()
+            .ends
+            .get(topic)
+            .and_then(|e| e.get(partition as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The store the log lives in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn pick_partition(&self, key: Option<&[u8]>, partitions: u32) -> u32 {
+        match key {
+            Some(k) => partition_for_key(k, partitions),
+            None => {
+                let n = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                u32::try_from(n % u64::from(partitions.max(1))).unwrap_or(0)
+            }
+        }
+    }
+
+    fn assign(
+        &self,
+        topics: &mut Topics,
+        topic: &str,
+        r: ProduceRecord,
+        auto_create: bool,
+        out: &mut Vec<Append>,
+    ) -> Result<(), ProduceError> {
+        let partitions = if auto_create {
+            self.ensure_locked(topics, topic, None)?
+        } else {
+            topics
+                .ends
+                .get(topic)
+                .map(|e| u32::try_from(e.len()).unwrap_or(u32::MAX))
+                .ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))?
+        };
+        let partition = match r.partition {
+            Some(p) if p >= partitions => {
+                return Err(ProduceError::BadPartition {
+                    topic: topic.to_owned(),
+                    partition: p,
+                    partitions,
+                });
+            }
+            Some(p) => p,
+            None => self.pick_partition(r.key.as_deref(), partitions),
+        };
+        // The lock is held until the batch is committed, so moving the end
+        // now is safe: on failure the caller restores the saved ends.
+        let end = topics
+            .ends
+            .get_mut(topic)
+            .and_then(|e| e.get_mut(partition as usize))
+            .map(|end| {
+                *end += 1;
+                *end - 1
+            })
+            .unwrap_or(0);
+        out.push(Append {
+            topic: topic.to_owned(),
+            partition,
+            offset: end,
+            record: LogRecord {
+                timestamp_ms: now_ms(),
+                key: r.key,
+                headers: r.headers,
+                value: r.value,
+            },
+        });
+        Ok(())
+    }
+
+    /// Puts back the ends of partitions that `appends` had moved, after a
+    /// failed write.
+    fn roll_back(topics: &mut Topics, appends: &[Append]) {
+        for a in appends {
+            if let Some(end) = topics
+                .ends
+                .get_mut(&a.topic)
+                .and_then(|e| e.get_mut(a.partition as usize))
+            {
+                *end = (*end).min(a.offset);
+            }
+        }
+    }
+
+    fn notify_appended(&self) {
+        let (gen_lock, cv) = &self.appended;
+        let mut g = gen_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g += 1;
+        cv.notify_all();
+    }
+
+    /// Appends records to an existing topic atomically; returns each
+    /// record's (partition, offset). When this returns, the records are
+    /// durable to the configured level.
+    ///
+    /// # Errors
+    /// Unknown topic or partition, or a store failure; nothing is appended then.
+    pub fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<(u32, u64)>, ProduceError> {
+        let mut topics = self.lock();
+        let mut appends = Vec::with_capacity(records.len());
+        let written = records
+            .into_iter()
+            .try_for_each(|r| self.assign(&mut topics, topic, r, false, &mut appends))
+            .and_then(|()| Ok(self.store.append(&appends)?));
+        if let Err(e) = written {
+            Self::roll_back(&mut topics, &appends);
+            return Err(e);
+        }
+        drop(topics);
+        self.notify_appended();
+        Ok(appends.iter().map(|a| (a.partition, a.offset)).collect())
+    }
+
+    /// Commits a pipeline's micro-batch, appending `emits` (topic, record)
+    /// to their topics (created on first use) in the same atomic write.
+    ///
+    /// # Errors
+    /// A store failure or an invalid emitted topic; nothing is written then.
+    pub fn commit(
+        &self,
+        commit: &mut Commit,
+        emits: Vec<(String, ProduceRecord)>,
+    ) -> Result<(), ProduceError> {
+        if emits.is_empty() {
+            self.store.commit(commit)?;
+            return Ok(());
+        }
+        let mut topics = self.lock();
+        let mut appends = Vec::with_capacity(emits.len());
+        let assigned = emits
+            .into_iter()
+            .try_for_each(|(topic, r)| self.assign(&mut topics, &topic, r, true, &mut appends));
+        commit.appends = appends;
+        let written = assigned.and_then(|()| Ok(self.store.commit(commit)?));
+        if let Err(e) = written {
+            Self::roll_back(&mut topics, &commit.appends);
+            return Err(e);
+        }
+        drop(topics);
+        self.notify_appended();
+        Ok(())
+    }
+
+    /// Waits until something is appended after generation `seen`, or `wait` passes.
+    pub fn wait_for_append(&self, seen: u64, wait: Duration) -> u64 {
+        let (gen_lock, cv) = &self.appended;
+        let g = gen_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *g != seen {
+            return *g;
+        }
+        let (g, _) = cv
+            .wait_timeout(g, wait)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g
+    }
+
+    /// The current append generation.
+    pub fn generation(&self) -> u64 {
+        *self.appended.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A pipeline's reader of one topic of the embedded log.
+pub struct EmbeddedSource {
+    log: Arc<EmbeddedLog>,
+    topic: Arc<str>,
+    /// Next offset to read, per partition.
+    positions: Vec<u64>,
+    next_partition: usize,
+    generation: u64,
+}
+
+impl EmbeddedSource {
+    /// Opens a reader for `pipeline` on `topic`, resuming from the offsets
+    /// committed with the pipeline's state.
+    ///
+    /// # Errors
+    /// When the store fails or the topic does not exist.
+    pub fn open(log: Arc<EmbeddedLog>, pipeline: &str, topic: &str) -> Result<Self, SourceError> {
+        let partitions = log.partitions(topic).ok_or_else(|| SourceError::UnknownTopic {
+            topic: topic.to_owned(),
+        })?;
+        let mut positions = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            positions.push(log.store().offset(pipeline, topic, p).map_err(|source| {
+                SourceError::Store {
+                    topic: topic.to_owned(),
+                    source,
+                }
+            })?);
+        }
+        Ok(EmbeddedSource {
+            generation: log.generation(),
+            log,
+            topic: Arc::from(topic),
+            positions,
+            next_partition: 0,
+        })
+    }
+
+    fn read_some(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
+        let n = self.positions.len();
+        let mut out = Vec::new();
+        // Fair share per partition, starting where the last poll stopped.
+        let share = max.div_ceil(n.max(1)).max(1);
+        for i in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let p = (self.next_partition + i) % n;
+            let partition = u32::try_from(p).unwrap_or(u32::MAX);
+            let Some(from) = self.positions.get(p).copied() else {
+                continue;
+            };
+            let end = self.log.high_watermark(&self.topic, partition);
+            let want = share.min(max - out.len());
+            let records = self
+                .log
+                .store()
+                .read_log(&self.topic, partition, from, end, want)
+                .map_err(|source| SourceError::Store {
+                    topic: self.topic.to_string(),
+                    source,
+                })?;
+            let mut expected = from;
+            for (offset, r) in records {
+                if offset != expected {
+                    break; // never skip: a gap means the rest is not visible yet
+                }
+                expected += 1;
+                out.push(SourceRecord {
+                    topic: self.topic.clone(),
+                    partition,
+                    offset,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key,
+                    headers: r.headers,
+                    value: r.value,
+                });
+            }
+            if let Some(pos) = self.positions.get_mut(p) {
+                *pos = expected;
+            }
+        }
+        self.next_partition = (self.next_partition + 1) % n.max(1);
+        Ok(out)
+    }
+}
+
+impl Source for EmbeddedSource {
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let records = self.read_some(max)?;
+        if !records.is_empty() {
+            return Ok(records);
+        }
+        self.generation = self.log.wait_for_append(self.generation, wait);
+        self.read_some(max)
+    }
+
+    fn committed(&mut self, _next_offsets: &[(String, u32, u64)]) {
+        // The offsets live in the store, written with the state; nothing else to do.
+    }
+}

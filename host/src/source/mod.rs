@@ -1,0 +1,156 @@
+//! Stage 1, source: where events come from.
+//!
+//! A [`Source`] hands the pipeline batches of [`SourceRecord`]s in offset
+//! order per partition, starting from the offsets stored in the state store
+//! with the state they produced. The embedded log is one implementation; a
+//! Kafka consumer group is another, behind the same trait.
+
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One record as read from a topic partition.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+    /// Produce time, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Value bytes, still encoded.
+    pub value: Vec<u8>,
+}
+
+/// Source failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The store under the embedded log failed.
+    #[error("reading topic {topic}: {source}")]
+    Store {
+        /// Topic being read.
+        topic: String,
+        /// Cause.
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// The topic is not known.
+    #[error("topic {topic:?} does not exist")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// What a pipeline reads from.
+pub trait Source: Send {
+    /// Returns up to `max` records, waiting at most `wait` when none is ready.
+    /// Records of one partition come in offset order, each exactly once
+    /// unless the source is reset.
+    ///
+    /// # Errors
+    /// When the underlying log or broker fails.
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError>;
+
+    /// Tells the source that everything before these next offsets is
+    /// committed with its state (a Kafka source commits them to its group).
+    fn committed(&mut self, next_offsets: &[(String, u32, u64)]);
+}
+
+/// Kafka's rules for topic names, so topics move between the embedded log
+/// and a broker unchanged.
+///
+/// # Errors
+/// A message naming the topic and the rule it breaks.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!("topic name {name:?} must be 1 to 249 characters long"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "topic name {name:?} may hold only ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Kafka's murmur2 hash, as used by its default partitioner, so a key lands
+/// on the same partition on the embedded log as on a Kafka cluster.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut h: u32 = SEED ^ len;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = c.iter().rev().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if let Some(b) = rest.get(2) {
+        h ^= u32::from(*b) << 16;
+    }
+    if let Some(b) = rest.get(1) {
+        h ^= u32::from(*b) << 8;
+    }
+    if let Some(first) = rest.first() {
+        h ^= u32::from(*first);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner picks for a key.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Vectors from Kafka's own UtilsTest.
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58_897_971
+        );
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("async-process-execution").is_ok());
+        assert!(validate_topic_name("orders.created.v1").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a b").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}
