@@ -390,8 +390,13 @@ impl Config {
                     problems.push(format!("{at}: plugin {name:?} is not declared"));
                 }
             }
-            if p.key_field.as_deref().is_some_and(|f| f.is_empty() || f.split('.').any(str::is_empty)) {
-                problems.push(format!("{at}: key_field must be a dot-separated field path"));
+            if p.key_field
+                .as_deref()
+                .is_some_and(|f| f.is_empty() || f.split('.').any(str::is_empty))
+            {
+                problems.push(format!(
+                    "{at}: key_field must be a dot-separated field path"
+                ));
             }
             if p.max_batch == 0 || p.latest == 0 {
                 problems.push(format!("{at}: max_batch and latest must be > 0"));
@@ -403,7 +408,10 @@ impl Config {
                         m.path
                     ));
                 } else if m.path.starts_with("/v1/") || m.path == "/v1" || m.path == "/healthz" {
-                    problems.push(format!("{at}: mount path {:?} collides with Eddy's API", m.path));
+                    problems.push(format!(
+                        "{at}: mount path {:?} collides with Eddy's API",
+                        m.path
+                    ));
                 }
                 if !mounts.insert(m.path.as_str()) {
                     problems.push(format!("{at}: mount path {:?} is used twice", m.path));

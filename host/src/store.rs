@@ -276,7 +276,12 @@ impl Store {
     /// is corrupt.
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
         let db = fj("open", Database::builder(path).open())?;
-        let ks = |name: &str| fj("open keyspace", db.keyspace(name, KeyspaceCreateOptions::default));
+        let ks = |name: &str| {
+            fj(
+                "open keyspace",
+                db.keyspace(name, KeyspaceCreateOptions::default),
+            )
+        };
         Ok(Store {
             topics: ks("topics")?,
             log: ks("log")?,
@@ -306,7 +311,6 @@ impl Store {
         fj("persist", self.db.persist(PersistMode::SyncAll))
     }
 
-
     // ---- topics and the log -------------------------------------------------
 
     /// All topics with their partition counts.
@@ -317,10 +321,13 @@ impl Store {
         let mut out = Vec::new();
         for item in self.topics.iter() {
             let (k, v) = fj("read topics", item.into_inner())?;
-            let n = Reader(&v)
-                .array()
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt { what: "topic".into() })?;
+            let n =
+                Reader(&v)
+                    .array()
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "topic".into(),
+                    })?;
             out.push((String::from_utf8_lossy(&k).into_owned(), n));
         }
         Ok(out)
@@ -332,7 +339,11 @@ impl Store {
     /// On an I/O error.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
         let mut b = self.batch();
-        b.insert(&self.topics, name.as_bytes(), partitions.to_be_bytes().to_vec());
+        b.insert(
+            &self.topics,
+            name.as_bytes(),
+            partitions.to_be_bytes().to_vec(),
+        );
         fj("create topic", b.commit())
     }
 
@@ -357,7 +368,11 @@ impl Store {
     pub fn append(&self, records: &[Append]) -> Result<()> {
         let mut b = self.batch();
         for a in records {
-            b.insert(&self.log, log_key(&a.topic, a.partition, a.offset), a.record.encode());
+            b.insert(
+                &self.log,
+                log_key(&a.topic, a.partition, a.offset),
+                a.record.encode(),
+            );
         }
         fj("append", b.commit())
     }
@@ -394,14 +409,20 @@ impl Store {
     /// # Errors
     /// On an I/O error or a corrupt entry.
     pub fn offset(&self, pipeline: &str, topic: &str, partition: u32) -> Result<u64> {
-        match fj("read offset", self.offsets.get(offsets_key(pipeline, topic, partition)))? {
+        match fj(
+            "read offset",
+            self.offsets.get(offsets_key(pipeline, topic, partition)),
+        )? {
             None => Ok(0),
             Some(v) => u64_of(&v, "offset"),
         }
     }
 
     fn meta_u64(&self, kind: &str, pipeline: &str) -> Result<u64> {
-        match fj("read meta", self.meta.get(join(&[kind.as_bytes(), pipeline.as_bytes()])))? {
+        match fj(
+            "read meta",
+            self.meta.get(join(&[kind.as_bytes(), pipeline.as_bytes()])),
+        )? {
             None => Ok(0),
             Some(v) => u64_of(&v, "sequence"),
         }
@@ -428,7 +449,10 @@ impl Store {
     /// # Errors
     /// On an I/O error or a corrupt entry.
     pub fn state(&self, pipeline: &str, key: &str) -> Result<Option<StoredState>> {
-        let Some(v) = fj("read state", self.state.get(join(&[pipeline.as_bytes(), key.as_bytes()])))?
+        let Some(v) = fj(
+            "read state",
+            self.state.get(join(&[pipeline.as_bytes(), key.as_bytes()])),
+        )?
         else {
             return Ok(None);
         };
@@ -471,7 +495,9 @@ impl Store {
             let (k, v) = fj("read changes", item.into_inner())?;
             let seq = u64_suffix(&k, "change key")?;
             let mut r = Reader(&v);
-            let corrupt = || StoreError::Corrupt { what: "change".into() };
+            let corrupt = || StoreError::Corrupt {
+                what: "change".into(),
+            };
             let key = String::from_utf8_lossy(r.bytes().ok_or_else(corrupt)?).into_owned();
             let state = String::from_utf8_lossy(r.0).into_owned();
             out.push(Change { seq, key, state });
@@ -483,13 +509,21 @@ impl Store {
     ///
     /// # Errors
     /// On an I/O error.
-    pub fn dead_letters(&self, pipeline: &str, after: u64, max: usize) -> Result<Vec<(u64, String)>> {
+    pub fn dead_letters(
+        &self,
+        pipeline: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, String)>> {
         let from = seq_key(pipeline, after.saturating_add(1));
         let to = seq_key(pipeline, u64::MAX);
         let mut out = Vec::new();
         for item in self.dead.range(from..to).take(max) {
             let (k, v) = fj("read dead letters", item.into_inner())?;
-            out.push((u64_suffix(&k, "dead letter key")?, String::from_utf8_lossy(&v).into_owned()));
+            out.push((
+                u64_suffix(&k, "dead letter key")?,
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
         }
         Ok(out)
     }
@@ -509,7 +543,11 @@ impl Store {
             if let Some(old) = previous_seq {
                 b.remove(&self.latest, seq_key(&c.pipeline, *old));
             }
-            b.insert(&self.latest, seq_key(&c.pipeline, change.seq), change.key.as_bytes().to_vec());
+            b.insert(
+                &self.latest,
+                seq_key(&c.pipeline, change.seq),
+                change.key.as_bytes().to_vec(),
+            );
             let mut entry = Vec::with_capacity(4 + change.key.len() + change.state.len());
             put_bytes(&mut entry, change.key.as_bytes());
             entry.extend_from_slice(change.state.as_bytes());
@@ -523,19 +561,39 @@ impl Store {
             }
         }
         if !c.states.is_empty() {
-            b.insert(&self.meta, join(&[b"seq", p]), c.last_seq.to_be_bytes().to_vec());
+            b.insert(
+                &self.meta,
+                join(&[b"seq", p]),
+                c.last_seq.to_be_bytes().to_vec(),
+            );
         }
         for a in &c.appends {
-            b.insert(&self.log, log_key(&a.topic, a.partition, a.offset), a.record.encode());
+            b.insert(
+                &self.log,
+                log_key(&a.topic, a.partition, a.offset),
+                a.record.encode(),
+            );
         }
         for (id, json) in &c.dead_letters {
-            b.insert(&self.dead, seq_key(&c.pipeline, *id), json.as_bytes().to_vec());
+            b.insert(
+                &self.dead,
+                seq_key(&c.pipeline, *id),
+                json.as_bytes().to_vec(),
+            );
         }
         if !c.dead_letters.is_empty() {
-            b.insert(&self.meta, join(&[b"dead", p]), c.last_dead_id.to_be_bytes().to_vec());
+            b.insert(
+                &self.meta,
+                join(&[b"dead", p]),
+                c.last_dead_id.to_be_bytes().to_vec(),
+            );
         }
         for (topic, partition, next) in &c.offsets {
-            b.insert(&self.offsets, offsets_key(&c.pipeline, topic, *partition), next.to_be_bytes().to_vec());
+            b.insert(
+                &self.offsets,
+                offsets_key(&c.pipeline, topic, *partition),
+                next.to_be_bytes().to_vec(),
+            );
         }
         fj("commit", b.commit())
     }
@@ -546,7 +604,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_record_round_trips_and_short_input_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
+    fn log_record_round_trips_and_short_input_is_an_error() -> Result<(), Box<dyn std::error::Error>>
+    {
         let r = LogRecord {
             timestamp_ms: 42,
             key: Some(b"k".to_vec()),
@@ -557,7 +616,10 @@ mod tests {
         assert_eq!(LogRecord::decode(&bytes)?, r);
         for cut in 0..bytes.len() - 7 {
             let short = bytes.get(..cut).ok_or("cut")?;
-            assert!(LogRecord::decode(short).is_err() || cut >= bytes.len() - 7, "cut at {cut}");
+            assert!(
+                LogRecord::decode(short).is_err() || cut >= bytes.len() - 7,
+                "cut at {cut}"
+            );
         }
         Ok(())
     }
@@ -570,14 +632,26 @@ mod tests {
             s.create_topic("t", 2)?;
             s.commit(&Commit {
                 pipeline: "p".into(),
-                states: vec![(Change { seq: 1, key: "a".into(), state: "{}".into() }, None)],
+                states: vec![(
+                    Change {
+                        seq: 1,
+                        key: "a".into(),
+                        state: "{}".into(),
+                    },
+                    None,
+                )],
                 last_seq: 1,
                 offsets: vec![("t".into(), 1, 7)],
                 appends: vec![Append {
                     topic: "t".into(),
                     partition: 0,
                     offset: 0,
-                    record: LogRecord { timestamp_ms: 1, key: None, headers: vec![], value: b"1".to_vec() },
+                    record: LogRecord {
+                        timestamp_ms: 1,
+                        key: None,
+                        headers: vec![],
+                        value: b"1".to_vec(),
+                    },
                 }],
                 ..Commit::default()
             })?;

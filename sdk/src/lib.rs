@@ -47,7 +47,10 @@ pub mod log;
 pub mod runtime;
 pub mod testing;
 
-#[cfg(all(target_arch = "wasm32", any(feature = "aggregator", feature = "handler")))]
+#[cfg(all(
+    target_arch = "wasm32",
+    any(feature = "aggregator", feature = "handler")
+))]
 #[doc(hidden)]
 pub mod bindings;
 

@@ -27,14 +27,21 @@ pub fn log(level: Level, message: &str) {
             message,
         );
     }
-    #[cfg(all(target_arch = "wasm32", feature = "handler", not(feature = "aggregator")))]
+    #[cfg(all(
+        target_arch = "wasm32",
+        feature = "handler",
+        not(feature = "aggregator")
+    ))]
     {
         crate::bindings::handler::eddy::plugin::host::log(
             crate::bindings::handler_level(level),
             message,
         );
     }
-    #[cfg(not(all(target_arch = "wasm32", any(feature = "aggregator", feature = "handler"))))]
+    #[cfg(not(all(
+        target_arch = "wasm32",
+        any(feature = "aggregator", feature = "handler")
+    )))]
     {
         eprintln!("[{level:?}] {message}");
     }

@@ -1,0 +1,334 @@
+//! The end-to-end test harness: starts the real `eddy` binary on free
+//! loopback ports with real plugin components, talks to it over HTTP and
+//! SSE, kills and restarts it, and cleans up after itself.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// The `eddy` binary under test: `$EDDY_BIN`, else the release build, else the debug build.
+pub fn eddy_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("EDDY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    for profile in ["release", "debug"] {
+        let p = root().join("target").join(profile).join("eddy");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("no eddy binary: run `cargo build --release -p eddy` or set EDDY_BIN")
+}
+
+/// Builds (once per test process) a plugin crate under `plugins/` with the
+/// project's own `eddy plugin build`, returning the component's path.
+pub fn plugin(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;
+    let out = root()
+        .join("target")
+        .join("plugins")
+        .join(format!("{name}.wasm"));
+    if !built.iter().any(|b| b == name) {
+        let status = Command::new(eddy_bin()?)
+            .args(["plugin", "build"])
+            .arg(root().join("plugins").join(name))
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run eddy plugin build")?;
+        if !status.success() {
+            bail!("eddy plugin build {name} failed");
+        }
+        built.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The AsyncProcess example configuration with absolute plugin paths.
+pub fn async_process_config() -> Result<String> {
+    let example = std::fs::read_to_string(root().join("examples/async-process/eddy.toml"))?;
+    let agg = plugin("async-process-aggregator")?;
+    let router = plugin("rejected-process-router")?;
+    Ok(example
+        .replace(
+            "../../target/plugins/async-process-aggregator.wasm",
+            &agg.display().to_string(),
+        )
+        .replace(
+            "../../target/plugins/rejected-process-router.wasm",
+            &router.display().to_string(),
+        ))
+}
+
+/// A running (or stopped) eddy host with its own store directory.
+pub struct Host {
+    child: Option<Child>,
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Host {
+    /// Writes `config` into a fresh directory and starts eddy on a free port.
+    pub async fn start(config: &str) -> Result<Host> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("eddy.toml"), config)?;
+        let port = free_port()?;
+        let mut host = Host {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        };
+        host.restart().await?;
+        Ok(host)
+    }
+
+    /// The host's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the process (again) and waits for `/healthz`.
+    pub async fn restart(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("eddy.log"))?;
+        let child = Command::new(eddy_bin()?)
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("eddy.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--store")
+            .arg(self.dir.path().join("store"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start eddy")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("eddy exited at start ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("eddy did not become healthy:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        let pid = c.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                c.kill()?;
+                bail!("eddy did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The host's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("eddy.log")).unwrap_or_default()
+    }
+
+    /// GET a JSON document; returns (status, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.get(format!("{}{path}", self.url)).send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// POST a body; returns (status, body).
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// POST JSON to a topic's producer endpoint; fails unless 200.
+    pub async fn produce(&self, topic: &str, body: &Value) -> Result<Value> {
+        let (status, v) = self
+            .post(&format!("/v1/topics/{topic}/records"), body.to_string())
+            .await?;
+        if status != 200 {
+            bail!("produce to {topic} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Waits until a pipeline has committed everything in its topic.
+    pub async fn wait_caught_up(&self, pipeline: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, v) = self.get(&format!("/v1/pipelines/{pipeline}")).await?;
+            if status == 200 && v["lag"].as_u64() == Some(0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("pipeline {pipeline} still lags: {v}\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Opens an SSE stream; `last_event_id` resumes after that id.
+    pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> Result<SseStream> {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(3600));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let r = req.send().await?;
+        if !r.status().is_success() {
+            bail!("SSE {path} answered {}", r.status());
+        }
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !ct.starts_with("text/event-stream") {
+            bail!("SSE {path} has content type {ct:?}");
+        }
+        use eventsource_stream::Eventsource;
+        Ok(SseStream {
+            inner: Box::pin(r.bytes_stream().eventsource()),
+        })
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+type EventStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// An open SSE stream.
+pub struct SseStream {
+    inner: EventStream,
+}
+
+/// One received SSE event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// `id:` field.
+    pub id: String,
+    /// `event:` field (`message` by default).
+    pub event: String,
+    /// `data:` parsed as JSON.
+    pub data: Value,
+}
+
+impl SseStream {
+    /// The next event, or an error after `within`.
+    pub async fn next(&mut self, within: Duration) -> Result<SseEvent> {
+        let e = tokio::time::timeout(within, self.inner.next())
+            .await
+            .context("no SSE event in time")?
+            .context("SSE stream ended")??;
+        Ok(SseEvent {
+            id: e.id,
+            event: e.event,
+            data: serde_json::from_str(&e.data).unwrap_or(Value::String(e.data)),
+        })
+    }
+}
+
+/// One AsyncProcess execution event as JSON.
+pub fn execution(id: &str, process: &str, time: i64, state: &str) -> Value {
+    serde_json::json!({
+        "id": id, "asyncProcessId": process, "time": time, "state": state,
+        "description": format!("{state} step"), "log": "", "params": "{}",
+    })
+}

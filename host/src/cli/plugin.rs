@@ -27,7 +27,11 @@ fn has_rustup_target() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown"))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-unknown-unknown")
+        })
         .unwrap_or(false)
 }
 
@@ -35,9 +39,15 @@ fn has_rustup_target() -> bool {
 /// rustup toolchain with the wasm32 target when installed, otherwise a
 /// system Rust with the standard library's sources (`-Zbuild-std`).
 fn toolchain() -> anyhow::Result<WasmToolchain> {
-    let linker = ["wasm-ld", "wasm-ld-22", "wasm-ld-21", "wasm-ld-20", "wasm-ld-19"]
-        .iter()
-        .find_map(|n| which(n));
+    let linker = [
+        "wasm-ld",
+        "wasm-ld-22",
+        "wasm-ld-21",
+        "wasm-ld-20",
+        "wasm-ld-19",
+    ]
+    .iter()
+    .find_map(|n| which(n));
     if let Ok(cargo) = std::env::var("EDDY_WASM_CARGO") {
         let mut envs = Vec::new();
         if let Ok(rustc) = std::env::var("EDDY_WASM_RUSTC") {
@@ -56,7 +66,10 @@ fn toolchain() -> anyhow::Result<WasmToolchain> {
             build_std: false,
         });
     }
-    let (cargo, rustc) = (PathBuf::from("/usr/bin/cargo"), PathBuf::from("/usr/bin/rustc"));
+    let (cargo, rustc) = (
+        PathBuf::from("/usr/bin/cargo"),
+        PathBuf::from("/usr/bin/rustc"),
+    );
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
         .output()
@@ -69,7 +82,10 @@ fn toolchain() -> anyhow::Result<WasmToolchain> {
             envs: vec![
                 ("RUSTC".into(), rustc.display().to_string()),
                 ("RUSTC_BOOTSTRAP".into(), "1".into()),
-                ("RUSTFLAGS".into(), format!("-C linker={}", linker.display())),
+                (
+                    "RUSTFLAGS".into(),
+                    format!("-C linker={}", linker.display()),
+                ),
             ],
             build_std: true,
         }),
@@ -84,9 +100,14 @@ fn toolchain() -> anyhow::Result<WasmToolchain> {
 
 fn package_name(dir: &Path) -> anyhow::Result<String> {
     let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("{} is not a Rust plugin crate (no Cargo.toml)", dir.display()))?;
-    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("invalid {}", manifest.display()))?;
+    let text = std::fs::read_to_string(&manifest).with_context(|| {
+        format!(
+            "{} is not a Rust plugin crate (no Cargo.toml)",
+            dir.display()
+        )
+    })?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("invalid {}", manifest.display()))?;
     doc.get("package")
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
@@ -96,7 +117,13 @@ fn package_name(dir: &Path) -> anyhow::Result<String> {
 
 fn target_directory(tc: &WasmToolchain, dir: &Path) -> anyhow::Result<PathBuf> {
     let out = Command::new(&tc.cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
         .arg(dir.join("Cargo.toml"))
         .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stderr(Stdio::inherit())
@@ -105,7 +132,8 @@ fn target_directory(tc: &WasmToolchain, dir: &Path) -> anyhow::Result<PathBuf> {
     if !out.status.success() {
         bail!("cargo metadata failed for {}", dir.display());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
     v.get("target_directory")
         .and_then(|t| t.as_str())
         .map(PathBuf::from)
@@ -121,21 +149,27 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     let tc = toolchain()?;
     let target_dir = target_directory(&tc, dir)?;
     let mut cmd = Command::new(&tc.cargo);
-    cmd.args(["build", "--release", "--lib", "--target", "wasm32-unknown-unknown"])
-        .arg("--manifest-path")
-        .arg(dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir.join("wasm"))
-        .args(["--message-format", "json-render-diagnostics"])
-        .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
-        .env("CARGO_PROFILE_RELEASE_LTO", "true")
-        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "build",
+        "--release",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+    ])
+    .arg("--manifest-path")
+    .arg(dir.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(target_dir.join("wasm"))
+    .args(["--message-format", "json-render-diagnostics"])
+    .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+    .env("CARGO_PROFILE_RELEASE_LTO", "true")
+    .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+    .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+    .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     if tc.build_std {
         cmd.arg("-Zbuild-std=std,panic_abort");
     }
@@ -143,7 +177,10 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         .output()
         .with_context(|| format!("cannot run {}", tc.cargo.display()))?;
     if !output.status.success() {
-        bail!("building plugin {name:?} in {} failed (see the compiler output above)", dir.display());
+        bail!(
+            "building plugin {name:?} in {} failed (see the compiler output above)",
+            dir.display()
+        );
     }
     let module_path = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -165,15 +202,24 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     let component = wit_component::ComponentEncoder::default()
         .module(&module)
         .and_then(|e| e.validate(true).encode())
-        .map_err(|e| anyhow::anyhow!("cannot turn {} into a component: {e:#}", module_path.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot turn {} into a component: {e:#}",
+                module_path.display()
+            )
+        })?;
     let runtime = Runtime::new()?;
     let probe = probe_config(&name);
     runtime
         .load(&probe, &module_path.display().to_string(), &component, None)
         .with_context(|| format!("plugin {name:?} built, but it is not a valid Eddy plugin"))?;
-    let out = out.map_or_else(|| target_dir.join("plugins").join(format!("{name}.wasm")), Path::to_path_buf);
+    let out = out.map_or_else(
+        || target_dir.join("plugins").join(format!("{name}.wasm")),
+        Path::to_path_buf,
+    );
     if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     std::fs::write(&out, &component).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("built plugin {name} ({} bytes)", component.len());
@@ -211,7 +257,12 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         .file_stem()
         .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
     let runtime = Runtime::new()?;
-    let plugin = runtime.load(&probe_config(&name), &file.display().to_string(), &bytes, None)?;
+    let plugin = runtime.load(
+        &probe_config(&name),
+        &file.display().to_string(),
+        &bytes,
+        None,
+    )?;
     println!(
         "{}: valid Eddy {} plugin (version {}, {} bytes)",
         file.display(),

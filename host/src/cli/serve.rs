@@ -20,7 +20,10 @@ use crate::store::Store;
 
 /// Loads every plugin of the config, checking each against the role the
 /// pipelines give it.
-fn load_plugins(config: &Config, runtime: &Runtime) -> anyhow::Result<HashMap<String, Arc<Plugin>>> {
+fn load_plugins(
+    config: &Config,
+    runtime: &Runtime,
+) -> anyhow::Result<HashMap<String, Arc<Plugin>>> {
     let mut roles: HashMap<&str, PluginKind> = HashMap::new();
     for p in &config.pipelines {
         if let Some(a) = &p.aggregator {
@@ -63,7 +66,11 @@ fn load_plugins(config: &Config, runtime: &Runtime) -> anyhow::Result<HashMap<St
 /// # Errors
 /// Bad config, unreadable plugins, a store that cannot be opened, a port in
 /// use, or a pipeline that failed to commit.
-pub fn run(config_path: &Path, listen: Option<SocketAddr>, store: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(
+    config_path: &Path,
+    listen: Option<SocketAddr>,
+    store: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
     if let Some(l) = listen {
         config.http.listen = l;
@@ -107,9 +114,20 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, store: Option<PathBuf
                 .with_context(|| format!("pipeline {:?}: plugin {name:?} is not loaded", p.name))
         };
         let aggregator = p.aggregator.as_ref().map(get).transpose()?;
-        let handlers = p.handlers.iter().map(get).collect::<anyhow::Result<Vec<_>>>()?;
+        let handlers = p
+            .handlers
+            .iter()
+            .map(get)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let source = EmbeddedSource::open(log.clone(), &p.name, &p.topic)?;
-        let worker = Worker::new(p.clone(), aggregator, handlers, Box::new(source), log.clone(), hub.clone())?;
+        let worker = Worker::new(
+            p.clone(),
+            aggregator,
+            handlers,
+            Box::new(source),
+            log.clone(),
+            hub.clone(),
+        )?;
         let failed = failed.clone();
         let shutdown = shutdown.clone();
         workers.push(spawn(worker, stop.clone(), move |e| {
@@ -125,7 +143,13 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, store: Option<PathBuf
         store: store.clone(),
         log: log.clone(),
         hub,
-        pipelines: Arc::new(config.pipelines.iter().map(|p| (p.name.clone(), p.clone())).collect()),
+        pipelines: Arc::new(
+            config
+                .pipelines
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+        ),
         keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
         shutdown: shutdown_rx,
     };
@@ -142,7 +166,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, store: Option<PathBuf
             if let Some(m) = &p.mount {
                 println!("  pipeline {}: http://{bound}{}/latest", p.name, m.path);
             }
-            println!("  pipeline {}: http://{bound}/v1/pipelines/{}/latest", p.name, p.name);
+            println!(
+                "  pipeline {}: http://{bound}/v1/pipelines/{}/latest",
+                p.name, p.name
+            );
         }
         let shutdown_wait = shutdown.clone();
         axum::serve(listener, router)

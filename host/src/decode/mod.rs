@@ -36,8 +36,14 @@ mod tests {
     #[test]
     fn accepts_json_and_rejects_the_rest() {
         assert!(json_value(br#"{"a":1}"#).is_ok());
-        assert!(matches!(json_value(b"{\"a\":"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(json_value(&[0xff, 0xfe]), Err(DecodeError::NotUtf8 { at: 0 })));
+        assert!(matches!(
+            json_value(b"{\"a\":"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert!(matches!(
+            json_value(&[0xff, 0xfe]),
+            Err(DecodeError::NotUtf8 { at: 0 })
+        ));
         assert!(json_value(b"").is_err());
     }
 }

@@ -94,7 +94,13 @@ impl PluginError {
 
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PluginError::Failed { class: "retryable", .. })
+        matches!(
+            self,
+            PluginError::Failed {
+                class: "retryable",
+                ..
+            }
+        )
     }
 }
 
@@ -245,25 +251,38 @@ impl Runtime {
             plugin: config.name.clone(),
             message,
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| wrong(format!("imports something the host does not provide: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            wrong(format!(
+                "imports something the host does not provide: {e:#}"
+            ))
+        })?;
         let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
             .map(|(name, _)| name.to_owned())
             .collect();
         let has = |name: &str| exports.iter().any(|e| e == name);
-        let kind = match (expected, has(bindings::AGGREGATOR_EXPORT), has(bindings::HANDLER_EXPORT)) {
+        let kind = match (
+            expected,
+            has(bindings::AGGREGATOR_EXPORT),
+            has(bindings::HANDLER_EXPORT),
+        ) {
             (Some(PluginKind::Aggregator), true, _) | (None, true, false) => PluginKind::Aggregator,
             (Some(PluginKind::Handler), _, true) | (None, false, true) => PluginKind::Handler,
             (None, true, true) => {
-                return Err(wrong("exports both an aggregator and a handler; a plugin is one of them".into()));
+                return Err(wrong(
+                    "exports both an aggregator and a handler; a plugin is one of them".into(),
+                ));
             }
             (want, _, _) => {
                 let want = want.map_or_else(
-                    || format!("{} or {}", bindings::AGGREGATOR_EXPORT, bindings::HANDLER_EXPORT),
+                    || {
+                        format!(
+                            "{} or {}",
+                            bindings::AGGREGATOR_EXPORT,
+                            bindings::HANDLER_EXPORT
+                        )
+                    },
                     |k| match k {
                         PluginKind::Aggregator => bindings::AGGREGATOR_EXPORT.to_owned(),
                         PluginKind::Handler => bindings::HANDLER_EXPORT.to_owned(),
@@ -276,14 +295,20 @@ impl Runtime {
             }
         };
         let indices = match kind {
-            PluginKind::Aggregator => Indices::Aggregator(
-                AggregatorIndices::new(&pre)
-                    .map_err(|e| wrong(format!("{} does not match the contract: {e:#}", bindings::AGGREGATOR_EXPORT)))?,
-            ),
-            PluginKind::Handler => Indices::Handler(
-                HandlerIndices::new(&pre)
-                    .map_err(|e| wrong(format!("{} does not match the contract: {e:#}", bindings::HANDLER_EXPORT)))?,
-            ),
+            PluginKind::Aggregator => {
+                Indices::Aggregator(AggregatorIndices::new(&pre).map_err(|e| {
+                    wrong(format!(
+                        "{} does not match the contract: {e:#}",
+                        bindings::AGGREGATOR_EXPORT
+                    ))
+                })?)
+            }
+            PluginKind::Handler => Indices::Handler(HandlerIndices::new(&pre).map_err(|e| {
+                wrong(format!(
+                    "{} does not match the contract: {e:#}",
+                    bindings::HANDLER_EXPORT
+                ))
+            })?),
         };
         Ok(Plugin {
             name: Arc::from(config.name.as_str()),

@@ -80,7 +80,10 @@ impl AppError {
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the server log",
+        )
     }
 }
 
@@ -120,6 +123,7 @@ pub fn app(state: AppState) -> Router {
             post(produce::produce).get(produce::read_records),
         )
         .route("/v1/pipelines", get(list_pipelines))
+        .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
         .route("/v1/pipelines/{pipeline}/latest", get(get_latest))
         .route("/v1/pipelines/{pipeline}/events", get(sse::events))
@@ -141,28 +145,36 @@ fn mount(router: Router<AppState>, pipeline: &str, path: &str, create: bool) -> 
     let mut router = router
         .route(
             &format!("{path}/latest"),
-            get(move |s: State<AppState>, q: Query<LatestQuery>| async move {
-                latest(s.0, p1, q.0.limit).await
-            }),
+            get(
+                move |s: State<AppState>, q: Query<LatestQuery>| async move {
+                    latest(s.0, p1, q.0.limit).await
+                },
+            ),
         )
         .route(
             &format!("{path}/sse/{{key}}"),
-            get(move |s: State<AppState>, Path(key): Path<String>, h: HeaderMap| async move {
-                sse::stream(s.0, &p2, Some(key), &h)
-            }),
+            get(
+                move |s: State<AppState>, Path(key): Path<String>, h: HeaderMap| async move {
+                    sse::stream(s.0, &p2, Some(key), &h)
+                },
+            ),
         )
         .route(
             &format!("{path}/{{key}}"),
-            get(move |s: State<AppState>, Path(key): Path<String>| async move {
-                state_of(s.0, p3, key).await
-            }),
+            get(
+                move |s: State<AppState>, Path(key): Path<String>| async move {
+                    state_of(s.0, p3, key).await
+                },
+            ),
         );
     if create {
         router = router.route(
             path,
-            post(move |s: State<AppState>, body: axum::body::Bytes| async move {
-                produce::create(s.0, p4, body).await
-            }),
+            post(
+                move |s: State<AppState>, body: axum::body::Bytes| async move {
+                    produce::create(s.0, p4, body).await
+                },
+            ),
         );
     }
     router
@@ -205,6 +217,38 @@ async fn list_pipelines(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "pipelines": v }))
 }
 
+/// `GET /v1/pipelines/{p}`: the pipeline's position in its topic, per
+/// partition: committed offset, high watermark and lag.
+async fn pipeline_progress(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = s.pipeline(&pipeline)?.clone();
+    let log = s.log.clone();
+    blocking(move || {
+        let partitions = log.partitions(&p.topic).unwrap_or(0);
+        let mut rows = Vec::with_capacity(partitions as usize);
+        let mut total_lag = 0u64;
+        for part in 0..partitions {
+            let committed = log
+                .store()
+                .offset(&p.name, &p.topic, part)
+                .map_err(AppError::internal)?;
+            let end = log.high_watermark(&p.topic, part);
+            let lag = end.saturating_sub(committed);
+            total_lag += lag;
+            rows.push(serde_json::json!({
+                "partition": part, "committed_offset": committed,
+                "high_watermark": end, "lag": lag,
+            }));
+        }
+        Ok(Json(serde_json::json!({
+            "name": p.name, "topic": p.topic, "lag": total_lag, "partitions": rows,
+        })))
+    })
+    .await
+}
+
 async fn get_state(
     State(s): State<AppState>,
     Path((pipeline, key)): Path<(String, String)>,
@@ -215,14 +259,14 @@ async fn get_state(
 async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {
     s.pipeline(&pipeline)?;
     let store = s.store.clone();
-    blocking(move || {
-        match store.state(&pipeline, &key).map_err(AppError::internal)? {
+    blocking(
+        move || match store.state(&pipeline, &key).map_err(AppError::internal)? {
             Some(st) => Ok(json_text(st.json)),
             None => Err(AppError::not_found(format!(
                 "pipeline {pipeline:?} has no state for key {key:?}"
             ))),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -250,7 +294,8 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
     let store = s.store.clone();
     blocking(move || {
         let rows = store.latest(&pipeline, limit).map_err(AppError::internal)?;
-        let mut body = String::with_capacity(rows.iter().map(|(_, s)| s.json.len() + 1).sum::<usize>() + 2);
+        let mut body =
+            String::with_capacity(rows.iter().map(|(_, s)| s.json.len() + 1).sum::<usize>() + 2);
         body.push('[');
         for (i, (_, st)) in rows.iter().enumerate() {
             if i > 0 {
@@ -284,7 +329,10 @@ async fn dead_letters(
             .dead_letters(&pipeline, after, limit)
             .map_err(AppError::internal)?;
         let items: Vec<String> = rows.into_iter().map(|(_, j)| j).collect();
-        Ok(json_text(format!("{{\"dead_letters\":[{}]}}", items.join(","))))
+        Ok(json_text(format!(
+            "{{\"dead_letters\":[{}]}}",
+            items.join(",")
+        )))
     })
     .await
 }

@@ -2,14 +2,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{AppError, AppState, ApiResult, blocking};
+use super::{ApiResult, AppError, AppState, blocking};
 use crate::source::embedded::{ProduceError, ProduceRecord};
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
@@ -77,19 +77,27 @@ fn record_of(i: usize, v: Value) -> ApiResult<(ProduceRecord, Value)> {
 
 /// Checks that every pipeline reading `topic` can key the record, so a
 /// record that would only be dead-lettered is refused up front.
-fn check_keys(s: &AppState, topic: &str, i: usize, r: &ProduceRecord, value: &Value) -> ApiResult<()> {
+fn check_keys(
+    s: &AppState,
+    topic: &str,
+    i: usize,
+    r: &ProduceRecord,
+    value: &Value,
+) -> ApiResult<()> {
     for (pipeline, spec) in s.consumers(topic) {
         let key = match &r.key {
-            Some(k) if matches!(spec, crate::route::KeySpec::RecordKey) => {
-                std::str::from_utf8(k).map(|_| ()).map_err(|_| crate::route::KeyError::KeyNotUtf8)
-            }
+            Some(k) if matches!(spec, crate::route::KeySpec::RecordKey) => std::str::from_utf8(k)
+                .map(|_| ())
+                .map_err(|_| crate::route::KeyError::KeyNotUtf8),
             _ => match spec {
                 crate::route::KeySpec::RecordKey => Err(crate::route::KeyError::NoRecordKey),
                 _ => spec.key_in_value(value).map(|_| ()),
             },
         };
         key.map_err(|e| {
-            AppError::unprocessable(format!("record {i}: pipeline {pipeline:?} cannot key it: {e}"))
+            AppError::unprocessable(format!(
+                "record {i}: pipeline {pipeline:?} cannot key it: {e}"
+            ))
         })?;
     }
     Ok(())
@@ -124,7 +132,9 @@ pub async fn produce(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     if s.log.partitions(&topic).is_none() {
-        return Err(AppError::not_found(format!("topic {topic:?} does not exist")));
+        return Err(AppError::not_found(format!(
+            "topic {topic:?} does not exist"
+        )));
     }
     let items = match parse_body(&body)? {
         Value::Array(items) => items,
@@ -182,16 +192,18 @@ pub async fn read_records(
         .log
         .partitions(&topic)
         .ok_or_else(|| AppError::not_found(format!("topic {topic:?} does not exist")))?;
-    if let Some(p) = q.partition {
-        if p >= partitions {
-            return Err(AppError::bad_request(format!(
-                "topic {topic:?} has {partitions} partitions; partition {p} does not exist"
-            )));
-        }
+    if let Some(p) = q.partition
+        && p >= partitions
+    {
+        return Err(AppError::bad_request(format!(
+            "topic {topic:?} has {partitions} partitions; partition {p} does not exist"
+        )));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let from = q.offset.unwrap_or(0);
-    let which: Vec<u32> = q.partition.map_or_else(|| (0..partitions).collect(), |p| vec![p]);
+    let which: Vec<u32> = q
+        .partition
+        .map_or_else(|| (0..partitions).collect(), |p| vec![p]);
     let log = s.log.clone();
     blocking(move || {
         let mut out = Vec::new();
@@ -202,12 +214,18 @@ pub async fn read_records(
                 .read_log(&topic, p, from, end, limit.saturating_sub(out.len()))
                 .map_err(AppError::internal)?;
             for (offset, r) in rows {
-                let value = serde_json::from_slice::<Value>(&r.value)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.value).into_owned()));
+                let value = serde_json::from_slice::<Value>(&r.value).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&r.value).into_owned())
+                });
                 let headers: serde_json::Map<String, Value> = r
                     .headers
                     .iter()
-                    .map(|(n, v)| (n.clone(), Value::String(String::from_utf8_lossy(v).into_owned())))
+                    .map(|(n, v)| {
+                        (
+                            n.clone(),
+                            Value::String(String::from_utf8_lossy(v).into_owned()),
+                        )
+                    })
                     .collect();
                 out.push(serde_json::json!({
                     "partition": p, "offset": offset, "timestamp_ms": r.timestamp_ms,
@@ -225,10 +243,14 @@ pub async fn read_records(
 pub async fn create(s: AppState, pipeline: String, body: Bytes) -> ApiResult<Json<Value>> {
     let p = s.pipeline(&pipeline)?.clone();
     let (Some(mount), Some(key_field)) = (p.mount.as_ref(), p.key_field.as_deref()) else {
-        return Err(AppError::not_found("this pipeline does not create entities"));
+        return Err(AppError::not_found(
+            "this pipeline does not create entities",
+        ));
     };
     let Some(create) = mount.create.as_ref() else {
-        return Err(AppError::not_found("this pipeline does not create entities"));
+        return Err(AppError::not_found(
+            "this pipeline does not create entities",
+        ));
     };
     let mut event = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Map::new()
@@ -255,7 +277,9 @@ pub async fn create(s: AppState, pipeline: String, body: Bytes) -> ApiResult<Jso
     // The key field may be a path; set its last segment under the parents.
     let mut target = &mut event;
     let parts: Vec<&str> = key_field.split('.').collect();
-    let (last, parents) = parts.split_last().ok_or_else(|| AppError::internal("empty key_field"))?;
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| AppError::internal("empty key_field"))?;
     for part in parents {
         let entry = target
             .entry((*part).to_owned())

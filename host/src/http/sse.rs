@@ -48,7 +48,11 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Some)
-            .ok_or_else(|| AppError::bad_request("Last-Event-ID must be an event id sent by this stream (a number)")),
+            .ok_or_else(|| {
+                AppError::bad_request(
+                    "Last-Event-ID must be an event id sent by this stream (a number)",
+                )
+            }),
     }
 }
 
@@ -56,14 +60,16 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
 /// (data = `{"key":..., "state":...}`).
 pub fn stream(s: AppState, pipeline: &str, key: Option<String>, headers: &HeaderMap) -> Response {
     let Ok(p) = s.pipeline(pipeline) else {
-        return AppError::not_found(format!("pipeline {pipeline:?} does not exist")).into_response();
+        return AppError::not_found(format!("pipeline {pipeline:?} does not exist"))
+            .into_response();
     };
     let resume = match last_event_id(headers) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let Some(live) = s.hub.subscribe(&p.name) else {
-        return AppError::not_found(format!("pipeline {pipeline:?} does not exist")).into_response();
+        return AppError::not_found(format!("pipeline {pipeline:?} does not exist"))
+            .into_response();
     };
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(CLIENT_BUFFER);
     let keepalive = s.keepalive;
@@ -108,11 +114,11 @@ async fn feed(
             let current = tokio::task::spawn_blocking(move || -> Option<(u64, Option<Change>)> {
                 let last = store.last_seq(&p).ok()?;
                 let snapshot = match k {
-                    Some(k) => store
-                        .state(&p, &k)
-                        .ok()
-                        .flatten()
-                        .map(|st| Change { seq: st.seq, key: k, state: st.json }),
+                    Some(k) => store.state(&p, &k).ok().flatten().map(|st| Change {
+                        seq: st.seq,
+                        key: k,
+                        state: st.json,
+                    }),
                     None => None,
                 };
                 Some((last, snapshot))
@@ -123,10 +129,10 @@ async fn feed(
             let Some((last, snapshot)) = current else {
                 return;
             };
-            if let Some(c) = snapshot {
-                if tx.send(Ok(to_event(&c, per_key))).await.is_err() {
-                    return;
-                }
+            if let Some(c) = snapshot
+                && tx.send(Ok(to_event(&c, per_key))).await.is_err()
+            {
+                return;
             }
             last
         }

@@ -48,6 +48,8 @@ impl Hub {
 
     /// Subscribes to a pipeline's changes.
     pub fn subscribe(&self, pipeline: &str) -> Option<broadcast::Receiver<Arc<Change>>> {
-        self.channels.get(pipeline).map(broadcast::Sender::subscribe)
+        self.channels
+            .get(pipeline)
+            .map(broadcast::Sender::subscribe)
     }
 }

@@ -134,7 +134,7 @@ impl Worker {
             *next = (*next).max(record.offset + 1);
             match self.prepare(&record) {
                 Ok((event, key)) => items.push(Item { record, event, key }),
-                Err(dl) => out.dead.push(dl),
+                Err(dl) => out.dead.push(*dl),
             }
         }
 
@@ -183,7 +183,9 @@ impl Worker {
                 stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
                 "event dead-lettered"
             );
-            commit.dead_letters.push((self.dead_id, dl.to_json(self.dead_id)));
+            commit
+                .dead_letters
+                .push((self.dead_id, dl.to_json(self.dead_id)));
         }
         commit.last_dead_id = self.dead_id;
         commit.offsets = next_offsets
@@ -200,14 +202,28 @@ impl Worker {
     }
 
     /// Decodes and keys one record, or says why it goes to the dead letters.
-    fn prepare(&self, record: &SourceRecord) -> Result<(Event, String), DeadLetter> {
+    fn prepare(&self, record: &SourceRecord) -> Result<(Event, String), Box<DeadLetter>> {
         let value = crate::decode::json_value(&record.value).map_err(|e| {
-            DeadLetter::new(&self.config.name, record, Stage::Decode, "decode", e.to_string())
+            Box::new(DeadLetter::new(
+                &self.config.name,
+                record,
+                Stage::Decode,
+                "decode",
+                e.to_string(),
+            ))
         })?;
         let key = self
             .key
             .key_of(record.key.as_deref(), &value)
-            .map_err(|e| DeadLetter::new(&self.config.name, record, Stage::Route, "key", e.to_string()))?;
+            .map_err(|e| {
+                Box::new(DeadLetter::new(
+                    &self.config.name,
+                    record,
+                    Stage::Route,
+                    "key",
+                    e.to_string(),
+                ))
+            })?;
         let event = Event {
             topic: record.topic.to_string(),
             partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
@@ -265,9 +281,7 @@ impl Worker {
                     loop {
                         let r = handler
                             .handle(std::slice::from_ref(&item.event))
-                            .and_then(|mut v| {
-                                v.pop().unwrap_or_else(|| Ok(Vec::new())).map(Ok)
-                            })
+                            .and_then(|mut v| v.pop().unwrap_or_else(|| Ok(Vec::new())).map(Ok))
                             .and_then(|r| r);
                         match r {
                             Err(e) if e.is_retryable() && attempt < max_retries => {
@@ -289,9 +303,15 @@ impl Worker {
                     }
                 }
                 Err(e) => out.dead.push(
-                    DeadLetter::new(&self.config.name, &item.record, Stage::Handle, e.class(), e.to_string())
-                        .plugin(&plugin.name, &plugin.version)
-                        .key(&item.key),
+                    DeadLetter::new(
+                        &self.config.name,
+                        &item.record,
+                        Stage::Handle,
+                        e.class(),
+                        e.to_string(),
+                    )
+                    .plugin(&plugin.name, &plugin.version)
+                    .key(&item.key),
                 ),
             }
         }
@@ -326,8 +346,14 @@ impl Worker {
                     // Cannot read the current state: dead-letter rather than guess.
                     for item in group {
                         out.dead.push(
-                            DeadLetter::new(&pipeline, &item.record, Stage::Aggregate, "store", e.to_string())
-                                .key(key),
+                            DeadLetter::new(
+                                &pipeline,
+                                &item.record,
+                                Stage::Aggregate,
+                                "store",
+                                e.to_string(),
+                            )
+                            .key(key),
                         );
                     }
                     continue;
@@ -374,9 +400,15 @@ impl Worker {
                                 changed = true;
                             }
                             Err(e) => out.dead.push(
-                                DeadLetter::new(&pipeline, &item.record, Stage::Aggregate, e.class(), e.to_string())
-                                    .plugin(&plugin.name, &plugin.version)
-                                    .key(key),
+                                DeadLetter::new(
+                                    &pipeline,
+                                    &item.record,
+                                    Stage::Aggregate,
+                                    e.class(),
+                                    e.to_string(),
+                                )
+                                .plugin(&plugin.name, &plugin.version)
+                                .key(key),
                             ),
                         }
                     }
@@ -413,7 +445,11 @@ fn to_produce(source: &SourceRecord, index: usize, e: Emitted) -> (String, Produ
         e.headers.into_iter().map(|h| (h.name, h.value)).collect();
     headers.push((
         ID_HEADER.to_owned(),
-        format!("{}/{}/{}/{}", source.topic, source.partition, source.offset, index).into_bytes(),
+        format!(
+            "{}/{}/{}/{}",
+            source.topic, source.partition, source.offset, index
+        )
+        .into_bytes(),
     ));
     (
         e.topic,

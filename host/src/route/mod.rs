@@ -70,7 +70,9 @@ fn key_in(value: &serde_json::Value, path: &[String]) -> Result<String, KeyError
     let dotted = || path.join(".");
     let mut v = value;
     for part in path {
-        v = v.get(part).ok_or_else(|| KeyError::MissingField(dotted()))?;
+        v = v
+            .get(part)
+            .ok_or_else(|| KeyError::MissingField(dotted()))?;
     }
     match v {
         serde_json::Value::String(s) if !s.is_empty() => Ok(s.clone()),
@@ -87,8 +89,14 @@ mod tests {
     #[test]
     fn keys_from_record_or_field_path() {
         let by_field = KeySpec::new(Some("process.id"));
-        assert_eq!(by_field.key_of(None, r#"{"process":{"id":"p1"}}"#), Ok("p1".into()));
-        assert_eq!(by_field.key_of(None, r#"{"process":{"id":7}}"#), Ok("7".into()));
+        assert_eq!(
+            by_field.key_of(None, r#"{"process":{"id":"p1"}}"#),
+            Ok("p1".into())
+        );
+        assert_eq!(
+            by_field.key_of(None, r#"{"process":{"id":7}}"#),
+            Ok("7".into())
+        );
         assert_eq!(
             by_field.key_of(None, r#"{"process":{}}"#),
             Err(KeyError::MissingField("process.id".into()))

@@ -110,7 +110,9 @@ impl EmbeddedLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Topics> {
-        self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Creates a topic if it does not exist; returns its partition count.
@@ -253,7 +255,9 @@ impl EmbeddedLog {
 
     fn notify_appended(&self) {
         let (gen_lock, cv) = &self.appended;
-        let mut g = gen_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = gen_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *g += 1;
         cv.notify_all();
     }
@@ -317,7 +321,9 @@ impl EmbeddedLog {
     /// Waits until something is appended after generation `seen`, or `wait` passes.
     pub fn wait_for_append(&self, seen: u64, wait: Duration) -> u64 {
         let (gen_lock, cv) = &self.appended;
-        let g = gen_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let g = gen_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *g != seen {
             return *g;
         }
@@ -329,7 +335,11 @@ impl EmbeddedLog {
 
     /// The current append generation.
     pub fn generation(&self) -> u64 {
-        *self.appended.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .appended
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -350,9 +360,11 @@ impl EmbeddedSource {
     /// # Errors
     /// When the store fails or the topic does not exist.
     pub fn open(log: Arc<EmbeddedLog>, pipeline: &str, topic: &str) -> Result<Self, SourceError> {
-        let partitions = log.partitions(topic).ok_or_else(|| SourceError::UnknownTopic {
-            topic: topic.to_owned(),
-        })?;
+        let partitions = log
+            .partitions(topic)
+            .ok_or_else(|| SourceError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
         let mut positions = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             positions.push(log.store().offset(pipeline, topic, p).map_err(|source| {

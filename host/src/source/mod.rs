@@ -71,7 +71,9 @@ pub trait Source: Send {
 /// A message naming the topic and the rule it breaks.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 249 {
-        return Err(format!("topic name {name:?} must be 1 to 249 characters long"));
+        return Err(format!(
+            "topic name {name:?} must be 1 to 249 characters long"
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("topic name {name:?} is not allowed"));
@@ -97,7 +99,10 @@ pub fn murmur2(data: &[u8]) -> i32 {
     let mut h: u32 = SEED ^ len;
     let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
-        let mut k = c.iter().rev().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        let mut k = c
+            .iter()
+            .rev()
+            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
         k = k.wrapping_mul(M);
         k ^= k >> R;
         k = k.wrapping_mul(M);

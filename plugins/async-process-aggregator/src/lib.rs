@@ -82,9 +82,9 @@ impl AsyncProcess {
 
     /// Adds one execution and recomputes the derived fields.
     pub fn process(&mut self, execution: AsyncProcessExecution) {
-        let at = self
-            .executions
-            .partition_point(|e| (e.time, e.id.as_str()) <= (execution.time, execution.id.as_str()));
+        let at = self.executions.partition_point(|e| {
+            (e.time, e.id.as_str()) <= (execution.time, execution.id.as_str())
+        });
         self.executions.insert(at, execution);
         if let Some(latest) = self.executions.last() {
             self.last_update = Some(latest.time);
@@ -132,6 +132,10 @@ impl Aggregator for AsyncProcessAggregator {
 eddy_sdk::export_aggregator!(AsyncProcessAggregator);
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
 mod tests {
     use super::*;
     use eddy_sdk::testing::AggregatorHarness;
@@ -148,7 +152,13 @@ mod tests {
         let mut h = AggregatorHarness::<AsyncProcessAggregator>::new();
         h.push("p1", &exec("e2", "p1", 20, "STARTED"))?;
         h.push("p1", &exec("e1", "p1", 10, "ACCEPTED"))?;
-        h.push_batch("p1", &[&exec("e4", "p1", 40, "DONE"), &exec("e3", "p1", 30, "RETRY")])?;
+        h.push_batch(
+            "p1",
+            &[
+                &exec("e4", "p1", 40, "DONE"),
+                &exec("e3", "p1", 30, "RETRY"),
+            ],
+        )?;
         let s = h.state("p1").ok_or(Failure::Fatal("no state".into()))?;
         let ids: Vec<_> = s["executions"]
             .as_array()
@@ -201,7 +211,10 @@ mod tests {
         let mut h = AggregatorHarness::<AsyncProcessAggregator>::new();
         h.push("p", &exec("a", "p", 1, "ACCEPTED"))?;
         let before = h.state_json("p").map(str::to_owned);
-        let r = h.push_batch("p", &[&exec("b", "p", 2, "DONE"), "{\"not\":\"an execution\"}"]);
+        let r = h.push_batch(
+            "p",
+            &[&exec("b", "p", 2, "DONE"), "{\"not\":\"an execution\"}"],
+        );
         assert!(r.is_err());
         assert_eq!(h.state_json("p").map(str::to_owned), before);
         Ok(())

@@ -38,6 +38,10 @@ impl Handler for RejectedProcessRouter {
 eddy_sdk::export_handler!(RejectedProcessRouter);
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
 mod tests {
     use super::*;
     use eddy_sdk::testing::HandlerHarness;
@@ -58,7 +62,10 @@ mod tests {
 
         for state in ["ACCEPTED", "STARTED", "DONE", "ERROR", "RETRY", "WAITING"] {
             let p = json!({"id": "p2", "state": state}).to_string();
-            assert!(h.handle("async-process", Some("p2"), &p)?.is_empty(), "{state}");
+            assert!(
+                h.handle("async-process", Some("p2"), &p)?.is_empty(),
+                "{state}"
+            );
         }
         Ok(())
     }
@@ -66,7 +73,13 @@ mod tests {
     #[test]
     fn non_process_is_invalid() {
         let mut h = HandlerHarness::<RejectedProcessRouter>::new();
-        assert!(matches!(h.handle("async-process", None, "[1,2]"), Err(Failure::Invalid(_))));
-        assert!(matches!(h.handle("async-process", None, "not json"), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            h.handle("async-process", None, "[1,2]"),
+            Err(Failure::Invalid(_))
+        ));
+        assert!(matches!(
+            h.handle("async-process", None, "not json"),
+            Err(Failure::Invalid(_))
+        ));
     }
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building Eddy and its Rust plugins needs on a bare Debian
+# machine. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+have_wasm_rust() {
+  # A rustup toolchain with the wasm32 target, or a system Rust with the
+  # standard library's sources (built with -Zbuild-std) and wasm-ld.
+  if rustup target list --installed 2>/dev/null | grep -qx 'wasm32-unknown-unknown'; then
+    return 0
+  fi
+  [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] || return 1
+  local sysroot
+  sysroot=$(/usr/bin/rustc --print sysroot 2>/dev/null) || return 1
+  [ -d "$sysroot/lib/rustlib/src/rust/library/std" ] || return 1
+  compgen -c wasm-ld | grep -q . || return 1
+}
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+if ! have_wasm_rust; then
+  echo "setup: installing a Rust toolchain for wasm32 plugins (Debian rustc-web, rust-web-src, lld)"
+  $SUDO apt-get update -qq
+  lld=lld-22
+  apt-cache show "$lld" >/dev/null 2>&1 || lld=lld
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc-web cargo-web rust-web-src "$lld" >/dev/null
+fi
+
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool is missing (install Rust with rustup)"; exit 1; }
+done
+echo "setup: toolchain ready"

@@ -1,0 +1,266 @@
+//! Bad input gets a clear error that names the problem, and nothing already
+//! accepted is lost.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use eddy_tests::{Host, async_process_config, eddy_bin, execution};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_lose_nothing() -> Result<()> {
+    let host = Host::start(&async_process_config()?).await?;
+    let (_, created) = host.post("/async-process", "{}").await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    host.wait_caught_up("async-process", T).await?;
+
+    let topic = "/v1/topics/async-process-execution/records";
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("malformed JSON", "{\"value\": ".into(), 400, "line 1"),
+        ("not a record", "42".into(), 400, "record object"),
+        (
+            "no value",
+            json!({"key": "k"}).to_string(),
+            400,
+            "has no \"value\"",
+        ),
+        (
+            "unknown field",
+            json!({"value": {}, "kye": 1}).to_string(),
+            400,
+            "\"kye\"",
+        ),
+        (
+            "bad partition",
+            json!({"value": execution("x", &id, 1, "DONE"), "partition": 99}).to_string(),
+            400,
+            "partition 99",
+        ),
+        (
+            "missing key field",
+            json!({"value": {"id": "x", "state": "DONE"}}).to_string(),
+            422,
+            "asyncProcessId",
+        ),
+        (
+            "bad header",
+            json!({"value": {}, "headers": {"h": 1}}).to_string(),
+            400,
+            "header \"h\"",
+        ),
+        (
+            "empty batch",
+            json!({"records": []}).to_string(),
+            400,
+            "no records",
+        ),
+    ];
+    for (what, body, status, needle) in cases {
+        let (got, v) = host.post(topic, body).await?;
+        let msg = v["error"].as_str().unwrap_or_default();
+        ensure!(got == status, "{what}: expected {status}, got {got}: {v}");
+        ensure!(
+            msg.contains(needle),
+            "{what}: error {msg:?} should mention {needle:?}"
+        );
+    }
+    let (got, v) = host
+        .post(
+            "/v1/topics/no-such-topic/records",
+            json!({"value": {}}).to_string(),
+        )
+        .await?;
+    ensure!(
+        got == 404
+            && v["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-such-topic")),
+        "{got} {v}"
+    );
+    let (got, v) = host.get("/v1/pipelines/no-such-pipeline/state/x").await?;
+    ensure!(
+        got == 404
+            && v["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-such-pipeline")),
+        "{got} {v}"
+    );
+    let (got, v) = host
+        .get("/v1/pipelines/async-process/latest?limit=100000")
+        .await?;
+    ensure!(
+        got == 400 && v["error"].as_str().is_some_and(|m| m.contains("limit")),
+        "{got} {v}"
+    );
+    let (got, _) = host.post("/async-process", "[1,2]").await?;
+    ensure!(
+        got == 400,
+        "POST /async-process with a non-object body: {got}"
+    );
+    let r = host
+        .http
+        .get(format!("{}/v1/pipelines/async-process/events", host.url))
+        .header("Last-Event-ID", "not-a-number")
+        .send()
+        .await?;
+    ensure!(
+        r.status().as_u16() == 400,
+        "bad Last-Event-ID: {}",
+        r.status()
+    );
+
+    // A record whose value is valid JSON but not an execution is dead-lettered
+    // by the plugin; the events after it are processed.
+    host.produce(
+        "async-process-execution",
+        &json!({"records": [
+            {"value": {"asyncProcessId": id, "state": "EXPLODED", "id": "bad", "time": 5}},
+            {"value": execution("good", &id, 4_000_000_000_000, "DONE")},
+        ]}),
+    )
+    .await?;
+    host.wait_caught_up("async-process", T).await?;
+    let (_, state) = host.get(&format!("/async-process/{id}")).await?;
+    ensure!(
+        state["state"] == "DONE",
+        "the good event after the bad one applies: {state}"
+    );
+    let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
+    let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        letters.len() == 1,
+        "exactly the bad event is dead-lettered: {dead}"
+    );
+    let dl = letters.first().cloned().unwrap_or_default();
+    ensure!(
+        dl["error_class"] == "invalid" && dl["plugin"] == "async-process-aggregator",
+        "{dl}"
+    );
+    ensure!(
+        dl["error"].as_str().is_some_and(|e| e.contains("EXPLODED")),
+        "{dl}"
+    );
+    ensure!(
+        dl["value_base64"].as_str().is_some_and(|v| !v.is_empty()),
+        "original bytes kept: {dl}"
+    );
+    // Earlier state is intact: the ACCEPTED execution plus DONE.
+    ensure!(
+        state["executions"].as_array().map(Vec::len) == Some(2),
+        "{state}"
+    );
+    ensure!(host.get("/healthz").await?.0 == 200, "still healthy");
+    Ok(())
+}
+
+fn run_eddy(args: &[&str], dir: &std::path::Path) -> Result<(bool, String)> {
+    let out = Command::new(eddy_bin()?)
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+#[test]
+fn bad_plugins_and_configs_are_refused_with_their_names() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("garbage.wasm"), b"definitely not wasm")?;
+    let (ok, out) = run_eddy(&["plugin", "check", "garbage.wasm"], d)?;
+    ensure!(
+        !ok && out.contains("garbage.wasm") && out.contains("not a WebAssembly component"),
+        "{out}"
+    );
+
+    // A core module is not a component.
+    std::fs::write(d.join("core.wasm"), b"\0asm\x01\0\0\0")?;
+    let (ok, out) = run_eddy(&["plugin", "check", "core.wasm"], d)?;
+    ensure!(!ok && out.contains("core WebAssembly module"), "{out}");
+
+    // A config naming a plugin file that is not a component: refused at start.
+    let config = async_process_config()?.replace(
+        &eddy_tests::plugin("rejected-process-router")?
+            .display()
+            .to_string(),
+        &d.join("garbage.wasm").display().to_string(),
+    );
+    std::fs::write(d.join("eddy.toml"), &config)?;
+    let (ok, out) = run_eddy(
+        &[
+            "run",
+            "-c",
+            "eddy.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "s",
+        ],
+        d,
+    )?;
+    ensure!(
+        !ok && out.contains("rejected-process-router")
+            && out.contains("not a valid WebAssembly component"),
+        "{out}"
+    );
+
+    // An aggregator given the handler's component: wrong world.
+    let swapped = async_process_config()?.replace(
+        &eddy_tests::plugin("async-process-aggregator")?
+            .display()
+            .to_string(),
+        &eddy_tests::plugin("rejected-process-router")?
+            .display()
+            .to_string(),
+    );
+    std::fs::write(d.join("eddy.toml"), &swapped)?;
+    let (ok, out) = run_eddy(
+        &[
+            "run",
+            "-c",
+            "eddy.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "s2",
+        ],
+        d,
+    )?;
+    ensure!(
+        !ok && out.contains("does not export eddy:plugin/aggregator@0.1.0"),
+        "{out}"
+    );
+
+    // Config errors name the field and the file.
+    std::fs::write(d.join("typo.toml"), "[store]\npaht = \"x\"\n")?;
+    let (ok, out) = run_eddy(&["run", "-c", "typo.toml"], d)?;
+    ensure!(
+        !ok && out.contains("typo.toml") && out.contains("paht"),
+        "{out}"
+    );
+    std::fs::write(
+        d.join("dangling.toml"),
+        "[[pipeline]]\nname = \"p\"\ntopic = \"t\"\naggregator = \"ghost\"\n",
+    )?;
+    let (ok, out) = run_eddy(&["run", "-c", "dangling.toml"], d)?;
+    ensure!(
+        !ok && out.contains("plugin \"ghost\" is not declared"),
+        "{out}"
+    );
+    let (ok, out) = run_eddy(&["run", "-c", "missing.toml"], d)?;
+    ensure!(!ok && out.contains("missing.toml"), "{out}");
+    Ok(())
+}
