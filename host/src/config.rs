@@ -249,6 +249,30 @@ pub struct PipelineConfig {
     /// Optional route aliases serving this pipeline under a path of its own.
     #[serde(default)]
     pub mount: Option<MountConfig>,
+    /// What happens to a key's later events once one of its events is
+    /// dead-lettered by the aggregator: `continue` (default) applies them;
+    /// `quarantine` parks them until the key's dead letters are replayed or
+    /// deleted, then applies them in order.
+    #[serde(default)]
+    pub on_dead_letter: OnDeadLetter,
+}
+
+/// See [`PipelineConfig::on_dead_letter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeadLetter {
+    /// Later events of the key are applied.
+    #[default]
+    Continue,
+    /// Later events of the key wait until its dead letters are resolved.
+    Quarantine,
+}
+
+impl PipelineConfig {
+    /// The internal topic dead letters are replayed through.
+    pub fn replay_topic(&self) -> String {
+        format!("__eddy.replay.{}", self.name)
+    }
 }
 
 fn default_latest() -> usize {

@@ -12,7 +12,9 @@
 //! | `latest`  | pipeline `\0` seq(u64)               | key                            |
 //! | `changes` | pipeline `\0` seq(u64)               | key length(u32) + key + state  |
 //! | `dead`    | pipeline `\0` id(u64)                | dead letter (JSON)             |
-//! | `meta`    | `seq\0` pipeline, `dead\0` pipeline  | last used seq / id (u64)       |
+//! | `quarantine` | pipeline `\0` key                | open dead letters of the key (u64) |
+//! | `parked`  | pipeline `\0` key `\0` seq(u64)      | encoded [`LogRecord`] + source |
+//! | `meta`    | `seq\0` / `dead\0` / `park\0` pipeline | last used seq / id (u64)     |
 //!
 //! fjall is synchronous: call it from blocking threads (pipeline workers,
 //! `spawn_blocking`), never directly on the async runtime's workers.
@@ -251,6 +253,16 @@ pub struct Commit {
     pub last_dead_id: u64,
     /// Next offset to read per input (topic, partition).
     pub offsets: Vec<(String, u32, u64)>,
+    /// Dead letters resolved (replayed or deleted).
+    pub remove_dead: Vec<u64>,
+    /// New open-dead-letter counts of quarantined keys (0 lifts the quarantine).
+    pub quarantine: Vec<(String, u64)>,
+    /// Events parked behind a quarantined key: (key, park seq, record).
+    pub park: Vec<(String, u64, Vec<u8>)>,
+    /// Parked events released: (key, park seq).
+    pub unpark: Vec<(String, u64)>,
+    /// Last used park sequence number after this commit (when `park` is not empty).
+    pub last_park_seq: u64,
 }
 
 /// The store handle; cheap to clone.
@@ -264,6 +276,8 @@ pub struct Store {
     latest: Keyspace,
     changes: Keyspace,
     dead: Keyspace,
+    quarantine: Keyspace,
+    parked: Keyspace,
     meta: Keyspace,
     persist: PersistMode,
 }
@@ -290,6 +304,8 @@ impl Store {
             latest: ks("latest")?,
             changes: ks("changes")?,
             dead: ks("dead")?,
+            quarantine: ks("quarantine")?,
+            parked: ks("parked")?,
             meta: ks("meta")?,
             persist: match durability {
                 Durability::Process => PersistMode::Buffer,
@@ -528,6 +544,56 @@ impl Store {
         Ok(out)
     }
 
+    /// One dead letter.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn dead_letter(&self, pipeline: &str, id: u64) -> Result<Option<String>> {
+        Ok(
+            fj("read dead letter", self.dead.get(seq_key(pipeline, id)))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        )
+    }
+
+    /// The last park sequence number used by a pipeline.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn last_park_seq(&self, pipeline: &str) -> Result<u64> {
+        self.meta_u64("park", pipeline)
+    }
+
+    /// Open dead letters of a quarantined key (0 when not quarantined).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn quarantined(&self, pipeline: &str, key: &str) -> Result<u64> {
+        match fj(
+            "read quarantine",
+            self.quarantine
+                .get(join(&[pipeline.as_bytes(), key.as_bytes()])),
+        )? {
+            None => Ok(0),
+            Some(v) => u64_of(&v, "quarantine"),
+        }
+    }
+
+    /// Parked events of a key, oldest first: (park seq, stored bytes).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn parked(&self, pipeline: &str, key: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .parked
+            .prefix(join(&[pipeline.as_bytes(), key.as_bytes(), b""]))
+        {
+            let (k, v) = fj("read parked", item.into_inner())?;
+            out.push((u64_suffix(&k, "parked key")?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Writes one micro-batch's results in one atomic write batch.
     ///
     /// # Errors
@@ -587,6 +653,34 @@ impl Store {
                 join(&[b"dead", p]),
                 c.last_dead_id.to_be_bytes().to_vec(),
             );
+        }
+        for id in &c.remove_dead {
+            b.remove(&self.dead, seq_key(&c.pipeline, *id));
+        }
+        for (key, open) in &c.quarantine {
+            let k = join(&[p, key.as_bytes()]);
+            if *open == 0 {
+                b.remove(&self.quarantine, k);
+            } else {
+                b.insert(&self.quarantine, k, open.to_be_bytes().to_vec());
+            }
+        }
+        for (key, seq, record) in &c.park {
+            let mut k = join(&[p, key.as_bytes(), b""]);
+            k.extend_from_slice(&seq.to_be_bytes());
+            b.insert(&self.parked, k, record.clone());
+        }
+        if !c.park.is_empty() {
+            b.insert(
+                &self.meta,
+                join(&[b"park", p]),
+                c.last_park_seq.to_be_bytes().to_vec(),
+            );
+        }
+        for (key, seq) in &c.unpark {
+            let mut k = join(&[p, key.as_bytes(), b""]);
+            k.extend_from_slice(&seq.to_be_bytes());
+            b.remove(&self.parked, k);
         }
         for (topic, partition, next) in &c.offsets {
             b.insert(

@@ -40,6 +40,15 @@ pub fn eddy_bin() -> Result<PathBuf> {
 /// Builds (once per test process) a plugin crate under `plugins/` with the
 /// project's own `eddy plugin build`, returning the component's path.
 pub fn plugin(name: &str) -> Result<PathBuf> {
+    build_component(&root().join("plugins").join(name), name)
+}
+
+/// Builds a test component crate under `tests/components/`.
+pub fn test_component(name: &str) -> Result<PathBuf> {
+    build_component(&root().join("tests/components").join(name), name)
+}
+
+fn build_component(dir: &Path, name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;
@@ -50,7 +59,7 @@ pub fn plugin(name: &str) -> Result<PathBuf> {
     if !built.iter().any(|b| b == name) {
         let status = Command::new(eddy_bin()?)
             .args(["plugin", "build"])
-            .arg(root().join("plugins").join(name))
+            .arg(dir)
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null())

@@ -14,7 +14,8 @@ use crate::config::{Config, PluginKind, SourceConfig};
 use crate::execute::{Instance, Plugin, Runtime};
 use crate::http::{AppState, app, body_limit};
 use crate::notify::Hub;
-use crate::pipeline::{Worker, spawn};
+use crate::pipeline::{PipelineLock, Worker, spawn};
+use crate::source::Chain;
 use crate::source::embedded::{EmbeddedLog, EmbeddedSource};
 use crate::store::Store;
 
@@ -89,6 +90,8 @@ pub fn run(
     for p in &config.pipelines {
         log.ensure_topic(&p.topic, None)
             .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
+        log.ensure_topic(&p.replay_topic(), Some(1))
+            .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
         if let Some(c) = &p.changelog_topic {
             log.ensure_topic(c, None)
                 .with_context(|| format!("pipeline {:?}: changelog topic {c:?}", p.name))?;
@@ -96,6 +99,11 @@ pub fn run(
     }
 
     let hub = Hub::new(config.pipelines.iter().map(|p| p.name.as_str()));
+    let locks: HashMap<String, PipelineLock> = config
+        .pipelines
+        .iter()
+        .map(|p| (p.name.clone(), PipelineLock::default()))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +127,10 @@ pub fn run(
             .iter()
             .map(get)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let source = EmbeddedSource::open(log.clone(), &p.name, &p.topic)?;
+        let input = EmbeddedSource::open(log.clone(), &p.name, &p.topic)?;
+        let replay = EmbeddedSource::open(log.clone(), &p.name, &p.replay_topic())?;
+        let source = Chain::new(vec![Box::new(input), Box::new(replay)]);
+        let lock = locks.get(&p.name).cloned().unwrap_or_default();
         let worker = Worker::new(
             p.clone(),
             aggregator,
@@ -127,6 +138,7 @@ pub fn run(
             Box::new(source),
             log.clone(),
             hub.clone(),
+            lock,
         )?;
         let failed = failed.clone();
         let shutdown = shutdown.clone();
@@ -151,6 +163,7 @@ pub fn run(
                 .collect(),
         ),
         keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
+        locks: Arc::new(locks),
         shutdown: shutdown_rx,
     };
     let router = app(state).layer(body_limit(config.http.max_body_bytes));

@@ -1,6 +1,7 @@
 //! Stage 7, serve: the HTTP API (axum on hyper) — the producer endpoint,
 //! state queries, SSE streams, and the per-pipeline route aliases (`mount`).
 
+mod dead_letters;
 mod produce;
 mod sse;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub pipelines: Arc<HashMap<String, PipelineConfig>>,
     /// SSE keep-alive interval.
     pub keepalive: Duration,
+    /// Per-pipeline locks shared with the workers.
+    pub locks: Arc<HashMap<String, crate::pipeline::PipelineLock>>,
     /// Becomes `true` when the host shuts down: SSE streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -127,7 +130,22 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
         .route("/v1/pipelines/{pipeline}/latest", get(get_latest))
         .route("/v1/pipelines/{pipeline}/events", get(sse::events))
-        .route("/v1/pipelines/{pipeline}/dead-letters", get(dead_letters));
+        .route(
+            "/v1/pipelines/{pipeline}/dead-letters",
+            get(dead_letters::list),
+        )
+        .route(
+            "/v1/pipelines/{pipeline}/dead-letters/replay",
+            post(dead_letters::replay_matching),
+        )
+        .route(
+            "/v1/pipelines/{pipeline}/dead-letters/{id}",
+            get(dead_letters::get_one).delete(dead_letters::delete_one),
+        )
+        .route(
+            "/v1/pipelines/{pipeline}/dead-letters/{id}/replay",
+            post(dead_letters::replay_one),
+        );
     for p in state.pipelines.values() {
         if let Some(m) = &p.mount {
             router = mount(router, &p.name, &m.path, m.create.is_some());
@@ -305,34 +323,6 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
         }
         body.push(']');
         Ok(json_text(body))
-    })
-    .await
-}
-
-#[derive(Deserialize)]
-struct PageQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-async fn dead_letters(
-    State(s): State<AppState>,
-    Path(pipeline): Path<String>,
-    q: Query<PageQuery>,
-) -> ApiResult<Response> {
-    s.pipeline(&pipeline)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let after = q.after.unwrap_or(0);
-    let store = s.store.clone();
-    blocking(move || {
-        let rows = store
-            .dead_letters(&pipeline, after, limit)
-            .map_err(AppError::internal)?;
-        let items: Vec<String> = rows.into_iter().map(|(_, j)| j).collect();
-        Ok(json_text(format!(
-            "{{\"dead_letters\":[{}]}}",
-            items.join(",")
-        )))
     })
     .await
 }

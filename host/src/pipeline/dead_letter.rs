@@ -64,6 +64,10 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
     /// The original value bytes, base64.
     pub value_base64: String,
+    /// Calls made before giving up (1 = no retry).
+    pub attempts: u32,
+    /// Delays slept before each retry, in milliseconds.
+    pub retry_delays_ms: Vec<u64>,
     /// When it was dead-lettered.
     pub dead_lettered_at_ms: i64,
 }
@@ -96,6 +100,8 @@ impl DeadLetter {
                 .map(|(n, v)| (n.clone(), base64(v)))
                 .collect(),
             value_base64: base64(&record.value),
+            attempts: 1,
+            retry_delays_ms: Vec::new(),
             dead_lettered_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -108,6 +114,16 @@ impl DeadLetter {
     pub fn plugin(mut self, name: &str, version: &str) -> Self {
         self.plugin = Some(name.to_owned());
         self.plugin_version = Some(version.to_owned());
+        self
+    }
+
+    /// Records the retries made.
+    #[must_use]
+    pub fn retries(mut self, delays_ms: Vec<u64>) -> Self {
+        self.attempts = u32::try_from(delays_ms.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        self.retry_delays_ms = delays_ms;
         self
     }
 
@@ -144,9 +160,59 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional); `None` on bad input.
+pub fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        let [_, a, b, c] = n.to_be_bytes();
+        match chunk.len() {
+            4 => out.extend_from_slice(&[a, b, c]),
+            3 => out.extend_from_slice(&[a, b]),
+            2 => out.push(a),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::base64;
+    use super::{base64, unbase64};
+
+    #[test]
+    fn unbase64_inverts_base64() {
+        for input in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "\u{0}\u{ff}bin",
+        ] {
+            assert_eq!(
+                unbase64(&base64(input.as_bytes())).as_deref(),
+                Some(input.as_bytes())
+            );
+        }
+        assert_eq!(unbase64("!!!!"), None);
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

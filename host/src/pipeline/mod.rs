@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::config::PipelineConfig;
+use crate::config::{OnDeadLetter, PipelineConfig};
 use crate::execute::bindings::{Event, Header};
 use crate::execute::{Emitted, Instance, PluginError};
 use crate::notify::Hub;
 use crate::route::KeySpec;
 use crate::source::embedded::{EmbeddedLog, ProduceRecord};
 use crate::source::{Source, SourceRecord, validate_topic_name};
-use crate::store::{Change, Commit, Store};
+use crate::store::{Change, Commit, LogRecord, Store};
 use dead_letter::{DeadLetter, Stage};
 
 /// The header carrying an emitted record's deterministic id:
@@ -42,7 +42,32 @@ pub struct Worker {
     hub: Hub,
     seq: u64,
     dead_id: u64,
+    lock: PipelineLock,
 }
+
+/// Serialises a pipeline's batches with the control operations (dead-letter
+/// replay and delete) that change the same keys.
+pub type PipelineLock = Arc<std::sync::Mutex<()>>;
+
+/// A parked event, stored as a log record with its source position in the
+/// `eddy-source` header, ready to be appended to the replay topic.
+fn park_encode(record: &SourceRecord) -> Vec<u8> {
+    let mut headers = record.headers.clone();
+    headers.push((
+        SOURCE_HEADER.to_owned(),
+        format!("{}/{}/{}", record.topic, record.partition, record.offset).into_bytes(),
+    ));
+    LogRecord {
+        timestamp_ms: record.timestamp_ms,
+        key: record.key.clone(),
+        headers,
+        value: record.value.clone(),
+    }
+    .encode()
+}
+
+/// The header naming where a replayed or released event first came from.
+pub const SOURCE_HEADER: &str = "eddy-source";
 
 /// One decoded, keyed input event.
 struct Item {
@@ -57,6 +82,10 @@ struct Outputs {
     states: Vec<(String, String)>,
     emits: Vec<(String, ProduceRecord)>,
     dead: Vec<DeadLetter>,
+    /// Keys that got a new dead letter in quarantine mode (once per letter).
+    quarantine: Vec<String>,
+    /// Events parked behind a quarantined key.
+    park: Vec<(String, SourceRecord)>,
 }
 
 impl Worker {
@@ -71,6 +100,7 @@ impl Worker {
         source: Box<dyn Source>,
         log: Arc<EmbeddedLog>,
         hub: Hub,
+        lock: PipelineLock,
     ) -> anyhow::Result<Self> {
         let store = log.store().clone();
         let seq = store.last_seq(&config.name)?;
@@ -86,6 +116,7 @@ impl Worker {
             hub,
             seq,
             dead_id,
+            lock,
         })
     }
 
@@ -122,8 +153,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Processes and commits one micro-batch.
+    /// Processes and commits one micro-batch, holding the pipeline's lock so
+    /// dead-letter replays and releases never interleave with a batch.
     fn process(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
+        let lock = self.lock.clone();
+        let _guard = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Outputs::default();
         let mut next_offsets: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         let mut items = Vec::with_capacity(records.len());
@@ -142,7 +178,7 @@ impl Worker {
             self.run_handler(i, &items, &mut out);
         }
         if self.aggregator.is_some() {
-            self.run_aggregator(&items, &mut out);
+            self.run_aggregator(&items, &mut out)?;
         }
 
         // Commit.
@@ -188,6 +224,23 @@ impl Worker {
                 .push((self.dead_id, dl.to_json(self.dead_id)));
         }
         commit.last_dead_id = self.dead_id;
+        let mut opened: HashMap<String, u64> = HashMap::new();
+        for key in out.quarantine {
+            *opened.entry(key).or_insert(0) += 1;
+        }
+        for (key, n) in opened {
+            let open = self.store.quarantined(&self.config.name, &key)? + n;
+            tracing::warn!(pipeline = %self.config.name, key = %key, open, "key quarantined");
+            commit.quarantine.push((key, open));
+        }
+        if !out.park.is_empty() {
+            let mut seq = self.store.last_park_seq(&self.config.name)?;
+            for (key, record) in out.park {
+                seq += 1;
+                commit.park.push((key, seq, park_encode(&record)));
+            }
+            commit.last_park_seq = seq;
+        }
         commit.offsets = next_offsets
             .into_iter()
             .map(|((t, p), o)| (t.to_string(), p, o))
@@ -247,55 +300,30 @@ impl Worker {
         Ok((event, key))
     }
 
-    /// Waits before retry `attempt` (1-based): exponential backoff with jitter.
-    fn backoff(base_ms: u64, attempt: u32) {
-        let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(30_000);
-        let jitter = rand::rng().random_range(0..=capped / 2);
-        std::thread::sleep(Duration::from_millis(capped / 2 + jitter));
-    }
-
     fn run_handler(&mut self, index: usize, items: &[Item], out: &mut Outputs) {
         let Some(handler) = self.handlers.get_mut(index) else {
             return;
         };
         let events: Vec<Event> = items.iter().map(|i| i.event.clone()).collect();
-        let (max_retries, base_ms) = retry_policy(handler);
-        let mut attempt = 0;
-        let whole = loop {
-            match handler.handle(&events) {
-                Err(e) if e.is_retryable() && attempt < max_retries => {
-                    attempt += 1;
-                    Self::backoff(base_ms, attempt);
-                }
-                r => break r,
-            }
-        };
-        let per_event: Vec<Result<Vec<Emitted>, PluginError>> = match whole {
-            Ok(results) => results,
+        let plugin = handler.plugin().clone();
+        let policy = Retry::of(handler);
+        let (whole, _) = policy.run(|| handler.handle(&events));
+        let per_event: Vec<Attempted<Vec<Emitted>>> = match whole {
+            Ok(results) => results.into_iter().map(|r| (r, Vec::new())).collect(),
             // The whole call failed: isolate the poison event(s) one by one.
             Err(_) => items
                 .iter()
                 .map(|item| {
-                    let mut attempt = 0;
-                    loop {
-                        let r = handler
-                            .handle(std::slice::from_ref(&item.event))
-                            .and_then(|mut v| v.pop().unwrap_or_else(|| Ok(Vec::new())).map(Ok))
-                            .and_then(|r| r);
-                        match r {
-                            Err(e) if e.is_retryable() && attempt < max_retries => {
-                                attempt += 1;
-                                Self::backoff(base_ms, attempt);
-                            }
-                            r => break r,
-                        }
-                    }
+                    policy.run(|| {
+                        handler
+                            .handle(std::slice::from_ref(&item.event))?
+                            .pop()
+                            .unwrap_or_else(|| Ok(Vec::new()))
+                    })
                 })
                 .collect(),
         };
-        let plugin = handler.plugin().clone();
-        for (item, result) in items.iter().zip(per_event) {
+        for (item, (result, delays)) in items.iter().zip(per_event) {
             match result.and_then(|emits| check_emits(&plugin.name, emits)) {
                 Ok(emits) => {
                     for (i, e) in emits.into_iter().enumerate() {
@@ -311,13 +339,14 @@ impl Worker {
                         e.to_string(),
                     )
                     .plugin(&plugin.name, &plugin.version)
-                    .key(&item.key),
+                    .key(&item.key)
+                    .retries(delays),
                 ),
             }
         }
     }
 
-    fn run_aggregator(&mut self, items: &[Item], out: &mut Outputs) {
+    fn run_aggregator(&mut self, items: &[Item], out: &mut Outputs) -> anyhow::Result<()> {
         // Group by key, keeping first-appearance order and offset order within a key.
         let mut order: Vec<&str> = Vec::new();
         let mut groups: HashMap<&str, Vec<&Item>> = HashMap::new();
@@ -331,53 +360,58 @@ impl Worker {
                 .push(item);
         }
         let pipeline = self.config.name.clone();
+        let quarantine = self.config.on_dead_letter == OnDeadLetter::Quarantine;
         let Some(agg) = self.aggregator.as_mut() else {
-            return;
+            return Ok(());
         };
         let plugin = agg.plugin().clone();
-        let (max_retries, base_ms) = retry_policy(agg);
+        let policy = Retry::of(agg);
         for key in order {
             let Some(group) = groups.get(key) else {
                 continue;
             };
-            let state = match self.store.state(&pipeline, key) {
-                Ok(s) => s.map(|s| s.json),
-                Err(e) => {
-                    // Cannot read the current state: dead-letter rather than guess.
-                    for item in group {
-                        out.dead.push(
-                            DeadLetter::new(
-                                &pipeline,
-                                &item.record,
-                                Stage::Aggregate,
-                                "store",
-                                e.to_string(),
-                            )
-                            .key(key),
-                        );
-                    }
-                    continue;
-                }
+            let open = if quarantine {
+                self.store.quarantined(&pipeline, key)?
+            } else {
+                0
             };
+            if open > 0 {
+                for item in group {
+                    out.park.push((key.to_owned(), item.record.clone()));
+                }
+                continue;
+            }
+            let state = self.store.state(&pipeline, key)?.map(|s| s.json);
             let events: Vec<Event> = group.iter().map(|i| i.event.clone()).collect();
             let call = |agg: &mut Instance, state: Option<&str>, events: &[Event]| {
-                let mut attempt = 0;
-                loop {
-                    let r = agg
-                        .apply(key, state, events)
-                        .and_then(|(s, emits)| Ok((s, check_emits(&plugin.name, emits)?)));
-                    match r {
-                        Err(e) if e.is_retryable() && attempt < max_retries => {
-                            attempt += 1;
-                            Self::backoff(base_ms, attempt);
-                        }
-                        r => break r,
-                    }
-                }
+                policy.run(|| {
+                    let (s, emits) = agg.apply(key, state, events)?;
+                    Ok((s, check_emits(&plugin.name, emits)?))
+                })
             };
             let last = group.last().map(|i| &i.record);
-            match call(agg, state.as_deref(), &events) {
-                Ok((new_state, emits)) => {
+            let first = call(agg, state.as_deref(), &events);
+            if let ((Err(e), delays), [item]) = (&first, group.as_slice()) {
+                // A single event failed: that is the poison, no need to isolate.
+                out.dead.push(
+                    DeadLetter::new(
+                        &pipeline,
+                        &item.record,
+                        Stage::Aggregate,
+                        e.class(),
+                        e.to_string(),
+                    )
+                    .plugin(&plugin.name, &plugin.version)
+                    .key(key)
+                    .retries(delays.clone()),
+                );
+                if quarantine {
+                    out.quarantine.push(key.to_owned());
+                }
+                continue;
+            }
+            match first {
+                (Ok((new_state, emits)), _) => {
                     if let Some(last) = last {
                         for (i, e) in emits.into_iter().enumerate() {
                             out.emits.push(to_produce(last, i, e));
@@ -385,31 +419,43 @@ impl Worker {
                     }
                     out.states.push((key.to_owned(), new_state));
                 }
-                Err(first_error) => {
-                    // Find the poison event(s): apply one at a time.
+                (Err(first_error), _) => {
+                    // Find the poison event(s): apply one at a time from the same state.
                     tracing::debug!(pipeline = %pipeline, key, error = %first_error, "batch failed; isolating");
                     let mut current = state;
                     let mut changed = false;
+                    let mut parking = false;
                     for (item, event) in group.iter().zip(events.iter()) {
+                        if parking {
+                            out.park.push((key.to_owned(), item.record.clone()));
+                            continue;
+                        }
                         match call(agg, current.as_deref(), std::slice::from_ref(event)) {
-                            Ok((s, emits)) => {
+                            (Ok((s, emits)), _) => {
                                 for (i, e) in emits.into_iter().enumerate() {
                                     out.emits.push(to_produce(&item.record, i, e));
                                 }
                                 current = Some(s);
                                 changed = true;
                             }
-                            Err(e) => out.dead.push(
-                                DeadLetter::new(
-                                    &pipeline,
-                                    &item.record,
-                                    Stage::Aggregate,
-                                    e.class(),
-                                    e.to_string(),
-                                )
-                                .plugin(&plugin.name, &plugin.version)
-                                .key(key),
-                            ),
+                            (Err(e), delays) => {
+                                out.dead.push(
+                                    DeadLetter::new(
+                                        &pipeline,
+                                        &item.record,
+                                        Stage::Aggregate,
+                                        e.class(),
+                                        e.to_string(),
+                                    )
+                                    .plugin(&plugin.name, &plugin.version)
+                                    .key(key)
+                                    .retries(delays),
+                                );
+                                if quarantine {
+                                    out.quarantine.push(key.to_owned());
+                                    parking = true;
+                                }
+                            }
                         }
                     }
                     if let (true, Some(s)) = (changed, current) {
@@ -418,12 +464,55 @@ impl Worker {
                 }
             }
         }
+        Ok(())
     }
 }
 
-fn retry_policy(instance: &Instance) -> (u32, u64) {
-    let c = instance.plugin().config();
-    (c.max_retries, c.retry_backoff_ms)
+/// A result and the retry delays it took.
+type Attempted<T> = (Result<T, PluginError>, Vec<u64>);
+
+/// Retries of retryable failures: exponential backoff with jitter.
+#[derive(Clone, Copy)]
+struct Retry {
+    max_retries: u32,
+    base_ms: u64,
+}
+
+impl Retry {
+    fn of(instance: &Instance) -> Self {
+        let c = instance.plugin().config();
+        Retry {
+            max_retries: c.max_retries,
+            base_ms: c.retry_backoff_ms,
+        }
+    }
+
+    /// The delay before retry `attempt` (1-based): half the exponential
+    /// step plus up to half again of jitter, capped at 30 s.
+    fn delay_ms(&self, attempt: u32) -> u64 {
+        let step = self
+            .base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(16))
+            .min(30_000);
+        step / 2 + rand::rng().random_range(0..=step / 2)
+    }
+
+    /// Runs `f`, retrying retryable failures; returns the result and the
+    /// delays slept.
+    fn run<T>(&self, mut f: impl FnMut() -> Result<T, PluginError>) -> Attempted<T> {
+        let mut delays = Vec::new();
+        loop {
+            match f() {
+                Err(e) if e.is_retryable() && (delays.len() as u32) < self.max_retries => {
+                    let d = self.delay_ms(delays.len() as u32 + 1);
+                    tracing::debug!(error = %e, delay_ms = d, "retrying");
+                    std::thread::sleep(Duration::from_millis(d));
+                    delays.push(d);
+                }
+                r => return (r, delays),
+            }
+        }
+    }
 }
 
 /// Rejects emitted records aimed at invalid topic names (a plugin bug).

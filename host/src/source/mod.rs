@@ -131,6 +131,49 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
 }
 
+/// Reads several sources as one (a pipeline's input topic and its replay
+/// topic): each poll takes what is ready from every source in turn.
+pub struct Chain {
+    sources: Vec<Box<dyn Source>>,
+}
+
+impl Chain {
+    /// Chains `sources`; the first is the one waited on when all are idle.
+    pub fn new(sources: Vec<Box<dyn Source>>) -> Self {
+        Chain { sources }
+    }
+}
+
+impl Source for Chain {
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        for round in 0..2 {
+            let mut out = Vec::new();
+            for s in &mut self.sources {
+                if out.len() >= max {
+                    break;
+                }
+                out.extend(s.poll(max - out.len(), Duration::ZERO)?);
+            }
+            if !out.is_empty() || round == 1 {
+                return Ok(out);
+            }
+            if let Some(first) = self.sources.first_mut() {
+                let got = first.poll(max, wait)?;
+                if !got.is_empty() {
+                    return Ok(got);
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn committed(&mut self, next_offsets: &[(String, u32, u64)]) {
+        for s in &mut self.sources {
+            s.committed(next_offsets);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

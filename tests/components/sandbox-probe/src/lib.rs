@@ -1,0 +1,88 @@
+//! A test aggregator whose behaviour each event chooses with its `action`:
+//!
+//! - `ok`: appended to the state's `applied` list;
+//! - `loop`: spins forever (the host must interrupt it);
+//! - `alloc`: allocates until memory runs out (the host's cap must stop it);
+//! - `panic`: panics (a trap);
+//! - `big`: returns a state of `size` bytes;
+//! - `fail`: an `invalid` failure (a poison event);
+//! - `retry-twice`: a `retryable` failure the first two times an event id is
+//!   seen by this instance, then applied;
+//! - `retry-forever`: always `retryable`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use eddy_sdk::{Aggregator, Event, Failure, Output};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+pub struct Probe {
+    pub id: String,
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub size: usize,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub applied: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub padding: String,
+}
+
+static SEEN: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+fn seen(id: &str) -> u32 {
+    let mut guard = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    let n = map.entry(id.to_owned()).or_insert(0);
+    *n += 1;
+    *n
+}
+
+pub struct SandboxProbe;
+
+impl Aggregator for SandboxProbe {
+    type Event = Probe;
+    type State = Applied;
+
+    fn init(_key: &str) -> Applied {
+        Applied::default()
+    }
+
+    fn apply(state: &mut Applied, event: Event<Probe>, out: &mut Output) -> Result<(), Failure> {
+        let p = event.value;
+        match p.action.as_str() {
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("probe {} panics on purpose", p.id),
+            "big" => state.padding = "x".repeat(p.size),
+            "fail" => return Err(Failure::Invalid(format!("probe {} is poison", p.id))),
+            "retry-twice" if seen(&p.id) <= 2 => {
+                return Err(Failure::Retryable(format!("probe {} not yet", p.id)));
+            }
+            "retry-forever" => return Err(Failure::Retryable(format!("probe {} never", p.id))),
+            "emit" => out.emit("probe-out", Some(&p.id), &p.id)?,
+            _ => {}
+        }
+        state.applied.push(p.id);
+        Ok(())
+    }
+}
+
+eddy_sdk::export_aggregator!(SandboxProbe);

@@ -1,0 +1,337 @@
+//! Plugins cannot hurt the host: time and memory limits, traps, oversized
+//! output, retries with backoff, poison isolation, quarantine, and the
+//! dead-letter API to inspect, replay and delete what failed.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use eddy_tests::{Host, test_component};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+
+fn config() -> Result<String> {
+    let probe = test_component("sandbox-probe")?;
+    Ok(format!(
+        r#"
+[source]
+kind = "embedded"
+[[source.topics]]
+name = "probe"
+partitions = 1
+[[source.topics]]
+name = "probe-q"
+partitions = 1
+
+[[plugin]]
+name = "probe"
+path = "{probe}"
+timeout_ms = 200
+memory_mb = 16
+max_output_bytes = 65536
+max_retries = 3
+retry_backoff_ms = 40
+
+[[pipeline]]
+name = "probe"
+topic = "probe"
+key_field = "key"
+aggregator = "probe"
+
+[[pipeline]]
+name = "quarantined"
+topic = "probe-q"
+key_field = "key"
+aggregator = "probe"
+on_dead_letter = "quarantine"
+"#,
+        probe = probe.display()
+    ))
+}
+
+fn ev(key: &str, id: &str, action: &str) -> Value {
+    json!({ "value": { "key": key, "id": id, "action": action, "size": 200_000 } })
+}
+
+async fn applied(host: &Host, pipeline: &str, key: &str) -> Result<Vec<String>> {
+    let (status, v) = host
+        .get(&format!("/v1/pipelines/{pipeline}/state/{key}"))
+        .await?;
+    if status == 404 {
+        return Ok(Vec::new());
+    }
+    Ok(v["applied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn dead_letters(host: &Host, pipeline: &str, query: &str) -> Result<Vec<Value>> {
+    let (_, v) = host
+        .get(&format!("/v1/pipelines/{pipeline}/dead-letters{query}"))
+        .await?;
+    Ok(v["dead_letters"].as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_and_dead_lettered() -> Result<()> {
+    let host = Host::start(&config()?).await?;
+    let records: Vec<Value> = [
+        ("ok1", "ok"),
+        ("loop", "loop"),
+        ("ok2", "ok"),
+        ("alloc", "alloc"),
+        ("ok3", "ok"),
+        ("panic", "panic"),
+        ("ok4", "ok"),
+        ("big", "big"),
+        ("ok5", "ok"),
+    ]
+    .iter()
+    .map(|(id, action)| ev("h", id, action))
+    .collect();
+    host.produce("probe", &json!({ "records": records }))
+        .await?;
+    host.wait_caught_up("probe", T).await?;
+    ensure!(
+        applied(&host, "probe", "h").await? == ["ok1", "ok2", "ok3", "ok4", "ok5"],
+        "the well-behaved events around the hostile ones apply, in order"
+    );
+    let dls = dead_letters(&host, "probe", "").await?;
+    let classes: Vec<(&str, &str)> = dls
+        .iter()
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap_or_default(),
+                d["error_class"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    ensure!(
+        classes
+            == [
+                ("h", "timeout"),
+                ("h", "memory_limit"),
+                ("h", "trap"),
+                ("h", "output_too_large")
+            ],
+        "one dead letter per hostile event, classified: {classes:?}"
+    );
+    let panic = dls.get(2).cloned().unwrap_or_default();
+    ensure!(
+        panic["plugin"] == "probe" && panic["plugin_version"].is_string(),
+        "{panic}"
+    );
+    ensure!(
+        panic["error"].as_str().is_some_and(|e| e.contains("probe")),
+        "{panic}"
+    );
+    // The host stayed healthy and keeps processing.
+    host.produce("probe", &ev("h", "after", "ok")).await?;
+    host.wait_caught_up("probe", T).await?;
+    ensure!(
+        applied(&host, "probe", "h")
+            .await?
+            .last()
+            .map(String::as_str)
+            == Some("after")
+    );
+    ensure!(host.get("/healthz").await?.0 == 200);
+
+    // Filters, get one, delete one.
+    let traps = dead_letters(&host, "probe", "?error_class=trap").await?;
+    ensure!(traps.len() == 1, "{traps:?}");
+    let id = traps
+        .first()
+        .and_then(|d| d["id"].as_u64())
+        .unwrap_or_default();
+    let (status, one) = host
+        .get(&format!("/v1/pipelines/probe/dead-letters/{id}"))
+        .await?;
+    ensure!(
+        status == 200 && one["error_class"] == "trap",
+        "{status} {one}"
+    );
+    let r = host
+        .http
+        .delete(format!("{}/v1/pipelines/probe/dead-letters/{id}", host.url))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "delete: {}", r.status());
+    let (status, _) = host
+        .get(&format!("/v1/pipelines/probe/dead-letters/{id}"))
+        .await?;
+    ensure!(status == 404, "deleted dead letter is gone");
+    ensure!(dead_letters(&host, "probe", "").await?.len() == 3);
+    let (status, _) = host.get("/v1/pipelines/probe/dead-letters/x").await?;
+    ensure!(status == 400, "non-numeric id");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_and_poison_is_isolated() -> Result<()> {
+    let host = Host::start(&config()?).await?;
+    host.produce("probe", &ev("r", "r1", "retry-twice")).await?;
+    host.produce("probe", &ev("rf", "rf1", "retry-forever"))
+        .await?;
+    host.wait_caught_up("probe", T).await?;
+    ensure!(
+        applied(&host, "probe", "r").await? == ["r1"],
+        "applied once after two retryable failures"
+    );
+    let dls = dead_letters(&host, "probe", "?key=rf").await?;
+    ensure!(dls.len() == 1, "{dls:?}");
+    let dl = dls.first().cloned().unwrap_or_default();
+    ensure!(
+        dl["error_class"] == "retryable" && dl["attempts"] == 4,
+        "1 call + 3 retries: {dl}"
+    );
+    let delays: Vec<u64> = dl["retry_delays_ms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
+    ensure!(delays.len() == 3, "{delays:?}");
+    ensure!(
+        delays.windows(2).all(|w| w.first() <= w.get(1)) && delays.first() < delays.last(),
+        "exponential backoff: {delays:?}"
+    );
+    ensure!(
+        dead_letters(&host, "probe", "?key=r").await?.is_empty(),
+        "r1 was not dead-lettered"
+    );
+
+    // One bad event in a batch of 500: exactly that one is dead-lettered.
+    let records: Vec<Value> = (0..500)
+        .map(|i| {
+            ev(
+                "p",
+                &format!("p{i:03}"),
+                if i == 277 { "fail" } else { "ok" },
+            )
+        })
+        .collect();
+    host.produce("probe", &json!({ "records": records }))
+        .await?;
+    host.wait_caught_up("probe", T).await?;
+    let got = applied(&host, "probe", "p").await?;
+    let want: Vec<String> = (0..500)
+        .filter(|i| *i != 277)
+        .map(|i| format!("p{i:03}"))
+        .collect();
+    ensure!(got == want, "499 applied in order ({} applied)", got.len());
+    let poison = dead_letters(&host, "probe", "?key=p").await?;
+    ensure!(
+        poison.len() == 1 && poison.first().is_some_and(|d| d["offset"].is_u64()),
+        "{poison:?}"
+    );
+    ensure!(
+        poison
+            .first()
+            .is_some_and(|d| d["error"].as_str().is_some_and(|e| e.contains("p277"))),
+        "{poison:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_holds_a_key_until_its_dead_letter_is_replayed() -> Result<()> {
+    let host = Host::start(&config()?).await?;
+    host.produce("probe-q", &ev("q", "q1", "ok")).await?;
+    host.produce("probe-q", &ev("q", "q2", "fail")).await?;
+    host.produce("probe-q", &ev("q", "q3", "ok")).await?;
+    host.produce(
+        "probe-q",
+        &json!({ "records": [ev("q", "q4", "ok"), ev("other", "o1", "ok")] }),
+    )
+    .await?;
+    host.wait_caught_up("quarantined", T).await?;
+    ensure!(
+        applied(&host, "quarantined", "q").await? == ["q1"],
+        "later events of q wait"
+    );
+    ensure!(
+        applied(&host, "quarantined", "other").await? == ["o1"],
+        "other keys flow"
+    );
+    let dls = dead_letters(&host, "quarantined", "").await?;
+    ensure!(dls.len() == 1, "{dls:?}");
+    let id = dls
+        .first()
+        .and_then(|d| d["id"].as_u64())
+        .unwrap_or_default();
+
+    // Replay with the value fixed: q2 applies, then q3 and q4 in order.
+    let (status, v) = host
+        .post(
+            &format!("/v1/pipelines/quarantined/dead-letters/{id}/replay"),
+            json!({ "value": { "key": "q", "id": "q2", "action": "ok" } }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200 && v["replayed"] == 1, "{status} {v}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let got = applied(&host, "quarantined", "q").await?;
+        if got == ["q1", "q2", "q3", "q4"] {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "released in order, got {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        dead_letters(&host, "quarantined", "").await?.is_empty(),
+        "resolved"
+    );
+    // The key is no longer quarantined.
+    host.produce("probe-q", &ev("q", "q5", "ok")).await?;
+    host.wait_caught_up("quarantined", T).await?;
+    ensure!(
+        applied(&host, "quarantined", "q")
+            .await?
+            .last()
+            .map(String::as_str)
+            == Some("q5")
+    );
+
+    // Replaying a filtered set: two poison events, replayed unchanged, fail again.
+    host.produce(
+        "probe",
+        &json!({ "records": [ev("z", "z1", "fail"), ev("z", "z2", "fail")] }),
+    )
+    .await?;
+    host.wait_caught_up("probe", T).await?;
+    let (status, v) = host
+        .post(
+            "/v1/pipelines/probe/dead-letters/replay",
+            json!({ "key": "z" }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200 && v["replayed"] == 2, "{status} {v}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let again = dead_letters(&host, "probe", "?key=z").await?;
+        let ids: Vec<u64> = again.iter().filter_map(|d| d["id"].as_u64()).collect();
+        if ids.len() == 2 && ids.iter().all(|i| *i > 2) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "replayed letters fail again: {again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = host
+        .post(
+            "/v1/pipelines/probe/dead-letters/replay",
+            json!({ "bogus": 1 }).to_string(),
+        )
+        .await?;
+    ensure!(status == 400, "unknown filter field is refused");
+    Ok(())
+}
