@@ -2,6 +2,7 @@
 # Installs what building Eddy and its Rust plugins needs on a bare Debian
 # machine. Safe to run again: it only installs what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 have_wasm_rust() {
   # A rustup toolchain with the wasm32 target, or a system Rust with the
@@ -27,7 +28,17 @@ if ! have_wasm_rust; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc-web cargo-web rust-web-src "$lld" >/dev/null
 fi
 
-for tool in cargo rustfmt cargo-clippy; do
-  command -v "$tool" >/dev/null || { echo "setup: $tool is missing (install Rust with rustup)"; exit 1; }
+if ! command -v componentize-py >/dev/null; then
+  echo "setup: installing componentize-py (Python plugins)"
+  python3 -m pip install -q componentize-py==0.25.1
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+if [ ! -d sdk/js/node_modules/@bytecodealliance/componentize-js ]; then
+  echo "setup: installing the JavaScript SDK tools (componentize-js, esbuild)"
+  npm ci --prefix sdk/js --no-audit --no-fund --loglevel=error
+fi
+
+for tool in cargo rustfmt cargo-clippy node npm python3; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool is missing; install it first (Rust via rustup, Node.js, Python 3)"; exit 1; }
 done
 echo "setup: toolchain ready"

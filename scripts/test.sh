@@ -7,3 +7,5 @@ scripts/build.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 EDDY_BIN="$PWD/target/release/eddy" cargo test --workspace --locked
+python3 -m unittest discover -s sdk/python -v
+npm test --prefix sdk/js

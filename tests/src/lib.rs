@@ -40,7 +40,7 @@ pub fn eddy_bin() -> Result<PathBuf> {
 /// Builds (once per test process) a plugin crate under `plugins/` with the
 /// project's own `eddy plugin build`, returning the component's path.
 pub fn plugin(name: &str) -> Result<PathBuf> {
-    build_component(&root().join("plugins").join(name), name)
+    build_component(&root().join("plugins").join(name), &name.replace('/', "-"))
 }
 
 /// Builds a test component crate under `tests/components/`.
@@ -80,9 +80,15 @@ pub fn free_port() -> Result<u16> {
 
 /// The AsyncProcess example configuration with absolute plugin paths.
 pub fn async_process_config() -> Result<String> {
+    async_process_config_in("")
+}
+
+/// The AsyncProcess example with the plugins of one language: `""` for
+/// Rust, `"python/"` or `"js/"`.
+pub fn async_process_config_in(lang_dir: &str) -> Result<String> {
     let example = std::fs::read_to_string(root().join("examples/async-process/eddy.toml"))?;
-    let agg = plugin("async-process-aggregator")?;
-    let router = plugin("rejected-process-router")?;
+    let agg = plugin(&format!("{lang_dir}async-process-aggregator"))?;
+    let router = plugin(&format!("{lang_dir}rejected-process-router"))?;
     Ok(example
         .replace(
             "../../target/plugins/async-process-aggregator.wasm",

@@ -2,6 +2,7 @@
 
 mod plugin;
 mod serve;
+mod templates;
 
 use std::path::PathBuf;
 
@@ -49,11 +50,24 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Builds a Rust plugin crate into a component.
+    /// Creates a working plugin to start from.
+    New {
+        /// Language.
+        #[arg(long, value_enum)]
+        lang: plugin::Lang,
+        /// Kind of plugin.
+        #[arg(long, value_enum, default_value_t = KindArg::Aggregator)]
+        kind: KindArg,
+        /// Directory to create; its last component is the plugin's name.
+        name: PathBuf,
+    },
+    /// Builds a plugin (a Rust crate, or a Python/JavaScript plugin with a
+    /// `plugin.toml`) into a component and validates it.
     Build {
-        /// The plugin crate's directory.
+        /// The plugin's directory.
         dir: PathBuf,
-        /// Output file (default: `<cargo target dir>/plugins/<crate name>.wasm`).
+        /// Output file (default: `<cargo target dir>/plugins/<crate name>.wasm`
+        /// for Rust, `<dir>/target/<name>.wasm` otherwise).
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
@@ -62,6 +76,15 @@ enum PluginCommand {
         /// The component file.
         file: PathBuf,
     },
+}
+
+/// Plugin kinds on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    /// A stateful fold per key.
+    Aggregator,
+    /// Filter / route / emit.
+    Handler,
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` filters, default `info`).
@@ -95,5 +118,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+        Command::Plugin(PluginCommand::New { lang, kind, name }) => plugin::new(
+            lang,
+            match kind {
+                KindArg::Aggregator => crate::config::PluginKind::Aggregator,
+                KindArg::Handler => crate::config::PluginKind::Handler,
+            },
+            &name,
+        ),
     }
 }

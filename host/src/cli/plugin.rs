@@ -140,11 +140,176 @@ fn target_directory(tc: &WasmToolchain, dir: &Path) -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
-/// Builds the plugin crate in `dir` and componentizes it; returns the path written.
+/// The WIT contract, built into the binary so plugins build anywhere.
+const WIT: &str = include_str!("../../../wit/plugin.wit");
+/// The Python SDK module, built into the binary.
+const PYTHON_SDK: &str = include_str!("../../../sdk/python/eddy_sdk.py");
+
+/// `plugin.toml`: the manifest of a Python or JavaScript plugin.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    /// Plugin name (the output file is `<name>.wasm`).
+    name: String,
+    /// `python` or `js`.
+    lang: Lang,
+    /// `aggregator` or `handler`.
+    kind: crate::config::PluginKind,
+}
+
+/// Languages `eddy plugin new` and `build` know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    /// Rust, with the `eddy-sdk` crate.
+    Rust,
+    /// Python, with componentize-py.
+    Python,
+    /// JavaScript, with componentize-js.
+    Js,
+}
+
+/// Where the project's SDKs live: `$EDDY_HOME`, or the checkout the binary
+/// was built in (`<root>/target/<profile>/eddy`).
+fn eddy_home() -> anyhow::Result<PathBuf> {
+    if let Ok(home) = std::env::var("EDDY_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let exe = std::env::current_exe().context("cannot locate the eddy binary")?;
+    exe.ancestors()
+        .find(|d| d.join("sdk").join("js").join("build.mjs").is_file() && d.join("wit").is_dir())
+        .map(Path::to_path_buf)
+        .context("cannot find Eddy's sdk/ directory next to the binary; set EDDY_HOME to the Eddy checkout")
+}
+
+fn write_wit(dir: &Path) -> anyhow::Result<PathBuf> {
+    let wit = dir.join("wit");
+    std::fs::create_dir_all(&wit)?;
+    std::fs::write(wit.join("plugin.wit"), WIT)?;
+    Ok(wit)
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| {
+        format!("cannot run {what}: is it installed? (scripts/setup.sh installs it)")
+    })?;
+    if !status.success() {
+        bail!("{what} failed (see its output above)");
+    }
+    Ok(())
+}
+
+fn default_out(dir: &Path, name: &str) -> PathBuf {
+    dir.join("target").join(format!("{name}.wasm"))
+}
+
+fn build_python(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
+    let tmp = tempdir()?;
+    let wit = write_wit(&tmp)?;
+    let sdk = tmp.join("sdk");
+    std::fs::create_dir_all(&sdk)?;
+    std::fs::write(sdk.join("eddy_sdk.py"), PYTHON_SDK)?;
+    let world = format!("{}-plugin", m.kind);
+    let result = run(
+        Command::new("componentize-py")
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", &world, "componentize", "app", "-p"])
+            .arg(dir)
+            .arg("-p")
+            .arg(&sdk)
+            .arg("-o")
+            .arg(out)
+            .stdout(Stdio::null()),
+        "componentize-py",
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn build_js(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
+    let sdk = eddy_home()?.join("sdk").join("js");
+    if !sdk
+        .join("node_modules")
+        .join("@bytecodealliance")
+        .join("componentize-js")
+        .is_dir()
+    {
+        eprintln!("installing the JavaScript SDK's tools in {}", sdk.display());
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&sdk),
+            "npm install",
+        )?;
+    }
+    let tmp = tempdir()?;
+    let wit = write_wit(&tmp)?;
+    let entry = dir.join("plugin.js");
+    let world = format!("{}-plugin", m.kind);
+    let result = run(
+        Command::new("node")
+            .arg(sdk.join("build.mjs"))
+            .arg(&entry)
+            .arg(&wit)
+            .arg(&world)
+            .arg(out),
+        "node (componentize-js)",
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("eddy-build-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Builds the plugin in `dir` — a Rust crate (`Cargo.toml`) or a Python or
+/// JavaScript plugin (`plugin.toml`) — into a component and validates it;
+/// returns the path written.
 ///
 /// # Errors
 /// When no toolchain is found, the build fails, or the result is not a valid plugin.
 pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let manifest = dir.join("plugin.toml");
+    if manifest.is_file() {
+        let text = std::fs::read_to_string(&manifest)?;
+        let m: Manifest =
+            toml::from_str(&text).with_context(|| format!("invalid {}", manifest.display()))?;
+        let out = out.map_or_else(|| default_out(dir, &m.name), Path::to_path_buf);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let out = std::path::absolute(&out)?;
+        match m.lang {
+            Lang::Python => build_python(dir, &m, &out)?,
+            Lang::Js => build_js(dir, &m, &out)?,
+            Lang::Rust => bail!(
+                "{}: Rust plugins are cargo crates; remove plugin.toml",
+                manifest.display()
+            ),
+        }
+        let bytes =
+            std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        Runtime::new()?
+            .load(
+                &probe_config(&m.name),
+                &out.display().to_string(),
+                &bytes,
+                Some(m.kind),
+            )
+            .with_context(|| {
+                format!(
+                    "plugin {:?} built, but it is not a valid Eddy plugin",
+                    m.name
+                )
+            })?;
+        eprintln!("built plugin {} ({} bytes)", m.name, bytes.len());
+        return Ok(out);
+    }
     let name = package_name(dir)?;
     let tc = toolchain()?;
     let target_dir = target_directory(&tc, dir)?;
@@ -236,6 +401,39 @@ fn probe_config(name: &str) -> PluginConfig {
         max_retries: 0,
         retry_backoff_ms: 0,
     }
+}
+
+/// Scaffolds a working plugin in `dir` (which must not exist yet).
+///
+/// # Errors
+/// When `dir` exists, the name is not a valid plugin name, or writing fails.
+pub fn new(lang: Lang, kind: crate::config::PluginKind, dir: &Path) -> anyhow::Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("the plugin directory needs a name")?;
+    if !crate::config::valid_name(&name) || name.starts_with(['.', '-', '_']) {
+        bail!("plugin name {name:?} may hold only letters, digits, '-', '_' and '.'");
+    }
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    let sdk = if lang == Lang::Rust {
+        eddy_home()?.join("sdk").display().to_string()
+    } else {
+        String::new()
+    };
+    for (path, text) in super::templates::files(lang, kind, &name, &sdk) {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    println!("created {kind} plugin {name} in {}", dir.display());
+    println!("build it with: eddy plugin build {}", dir.display());
+    Ok(())
 }
 
 /// Validates a component file as a plugin and describes it.

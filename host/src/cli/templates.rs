@@ -1,0 +1,211 @@
+//! What `eddy plugin new` writes: a small working plugin per language and
+//! kind — an aggregator that counts a key's events and keeps the last
+//! value, or a handler that forwards events carrying `"forward": true`.
+
+use crate::config::PluginKind;
+
+/// Files of a new plugin: (relative path, contents).
+pub fn files(
+    lang: super::plugin::Lang,
+    kind: PluginKind,
+    name: &str,
+    sdk: &str,
+) -> Vec<(String, String)> {
+    use super::plugin::Lang;
+    let out_topic = format!("{name}-out");
+    match (lang, kind) {
+        (Lang::Rust, kind) => {
+            let feature = kind.to_string();
+            let cargo = format!(
+                r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+eddy-sdk = {{ path = "{sdk}", features = ["{feature}"] }}
+serde = {{ version = "1", features = ["derive"] }}
+serde_json = "1"
+
+# A plugin is its own workspace.
+[workspace]
+"#
+            );
+            let lib = match kind {
+                PluginKind::Aggregator => format!(
+                    r##"//! {name}: counts each key's events and keeps the last value.
+
+use eddy_sdk::{{Aggregator, Event, Failure, Output}};
+use serde::{{Deserialize, Serialize}};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Tally {{
+    pub count: u64,
+    pub last: serde_json::Value,
+}}
+
+pub struct Plugin;
+
+impl Aggregator for Plugin {{
+    type Event = serde_json::Value;
+    type State = Tally;
+
+    fn init(_key: &str) -> Tally {{
+        Tally::default()
+    }}
+
+    fn apply(state: &mut Tally, event: Event<serde_json::Value>, _out: &mut Output) -> Result<(), Failure> {{
+        state.count += 1;
+        state.last = event.value;
+        Ok(())
+    }}
+}}
+
+eddy_sdk::export_aggregator!(Plugin);
+
+#[cfg(test)]
+mod tests {{
+    use super::*;
+
+    #[test]
+    fn counts_events() {{
+        let mut h = eddy_sdk::testing::AggregatorHarness::<Plugin>::new();
+        assert!(h.push("k", r#"{{"n":1}}"#).is_ok());
+        assert!(h.push("k", r#"{{"n":2}}"#).is_ok());
+        let state = h.state("k").unwrap_or_default();
+        assert_eq!(state["count"], 2);
+        assert_eq!(state["last"]["n"], 2);
+    }}
+}}
+"##
+                ),
+                PluginKind::Handler => format!(
+                    r##"//! {name}: forwards events that carry `"forward": true` to `{out_topic}`.
+
+use eddy_sdk::{{Event, Failure, Handler, Output}};
+
+pub struct Plugin;
+
+impl Handler for Plugin {{
+    type Event = serde_json::Value;
+
+    fn handle(event: Event<serde_json::Value>, out: &mut Output) -> Result<(), Failure> {{
+        if event.value.get("forward") == Some(&serde_json::Value::Bool(true)) {{
+            out.emit("{out_topic}", event.key.as_deref(), &event.value)?;
+        }}
+        Ok(())
+    }}
+}}
+
+eddy_sdk::export_handler!(Plugin);
+
+#[cfg(test)]
+mod tests {{
+    use super::*;
+
+    #[test]
+    fn forwards_only_marked_events() {{
+        let mut h = eddy_sdk::testing::HandlerHarness::<Plugin>::new();
+        assert_eq!(h.handle("in", None, r#"{{"forward":true}}"#).map(|e| e.len()), Ok(1));
+        assert_eq!(h.handle("in", None, r#"{{"forward":false}}"#).map(|e| e.len()), Ok(0));
+    }}
+}}
+"##
+                ),
+            };
+            vec![
+                ("Cargo.toml".into(), cargo),
+                ("src/lib.rs".into(), lib),
+                (".gitignore".into(), "/target\n".into()),
+            ]
+        }
+        (lang, kind) => {
+            let manifest = format!(
+                "# An Eddy plugin ({lang}).\nname = \"{name}\"\nlang = \"{lang}\"\nkind = \"{kind}\"\n",
+                lang = if lang == Lang::Python { "python" } else { "js" }
+            );
+            let (file, code) = match (lang, kind) {
+                (Lang::Python, PluginKind::Aggregator) => (
+                    "app.py",
+                    format!(
+                        r#""""{name}: counts each key's events and keeps the last value."""
+
+import eddy_sdk
+
+
+class Tally:
+    def init(self, key):
+        return {{"count": 0, "last": None}}
+
+    def apply(self, state, event, out):
+        state["count"] += 1
+        state["last"] = event.value
+        return state
+
+
+Aggregator = eddy_sdk.aggregator(Tally)
+"#
+                    ),
+                ),
+                (Lang::Python, PluginKind::Handler) => (
+                    "app.py",
+                    format!(
+                        r#""""{name}: forwards events that carry "forward": true to {out_topic}."""
+
+import eddy_sdk
+
+
+class Forward:
+    def handle(self, event, out):
+        if isinstance(event.value, dict) and event.value.get("forward") is True:
+            out.emit("{out_topic}", event.key, event.value)
+
+
+Handler = eddy_sdk.handler(Forward)
+"#
+                    ),
+                ),
+                (_, PluginKind::Aggregator) => (
+                    "plugin.js",
+                    format!(
+                        r#"// {name}: counts each key's events and keeps the last value.
+import {{ defineAggregator }} from "eddy-sdk";
+
+export const aggregator = defineAggregator({{
+  init: () => ({{ count: 0, last: null }}),
+  apply(state, event) {{
+    state.count += 1;
+    state.last = event.value;
+    return state;
+  }},
+}});
+"#
+                    ),
+                ),
+                (_, PluginKind::Handler) => (
+                    "plugin.js",
+                    format!(
+                        r#"// {name}: forwards events that carry "forward": true to {out_topic}.
+import {{ defineHandler }} from "eddy-sdk";
+
+export const handler = defineHandler({{
+  handle(event, out) {{
+    if (event.value && event.value.forward === true) out.emit("{out_topic}", event.key, event.value);
+  }},
+}});
+"#
+                    ),
+                ),
+            };
+            vec![
+                ("plugin.toml".into(), manifest),
+                (file.into(), code),
+                (".gitignore".into(), "/target\n".into()),
+            ]
+        }
+    }
+}

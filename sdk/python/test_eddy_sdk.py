@@ -1,0 +1,63 @@
+"""Native tests of the Python SDK and the Python AsyncProcess plugins:
+run with `python3 -m unittest discover -s sdk/python`."""
+
+import importlib.util
+import pathlib
+import sys
+import unittest
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import eddy_sdk  # noqa: E402
+
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PLUGINS = HERE.parent.parent / "plugins" / "python"
+agg = load(PLUGINS / "async-process-aggregator" / "app.py", "agg_app")
+router = load(PLUGINS / "rejected-process-router" / "app.py", "router_app")
+
+
+def execution(eid, process, time, state):
+    return {"id": eid, "asyncProcessId": process, "time": time, "state": state, "description": f"{state} step"}
+
+
+class AsyncProcessAggregatorTest(unittest.TestCase):
+    def test_orders_by_time_and_takes_the_latest_state(self):
+        state, emits = eddy_sdk.fold(agg.Aggregator, "p", [
+            execution("b", "p", 20, "STARTED"), execution("a", "p", 10, "ACCEPTED"), execution("c", "p", 30, "DONE"),
+        ])
+        self.assertEqual([e["id"] for e in state["executions"]], ["a", "b", "c"])
+        self.assertEqual((state["state"], state["lastUpdate"], state["description"]), ("DONE", 30, "DONE step"))
+        self.assertEqual(emits, [])
+
+    def test_folds_on_top_of_a_stored_state(self):
+        first, _ = eddy_sdk.fold(agg.Aggregator, "p", [execution("a", "p", 10, "ACCEPTED")])
+        second, _ = eddy_sdk.fold(agg.Aggregator, "p", [execution("b", "p", 5, "WAITING")], state=first)
+        self.assertEqual(second["state"], "ACCEPTED")
+        self.assertEqual(len(second["executions"]), 2)
+
+    def test_bad_executions_are_invalid(self):
+        with self.assertRaises(eddy_sdk.Invalid):
+            eddy_sdk.fold(agg.Aggregator, "p", [execution("a", "p", 1, "EXPLODED")])
+        with self.assertRaises(eddy_sdk.Invalid):
+            eddy_sdk.fold(agg.Aggregator, "p", [execution("a", "q", 1, "DONE")])
+
+
+class RejectedRouterTest(unittest.TestCase):
+    def test_routes_only_rejected(self):
+        out = eddy_sdk.route(router.Handler, {"id": "p", "state": "REJECTED"})
+        self.assertEqual(out, [("rejected-process", "p", {"id": "p", "state": "REJECTED"})])
+        self.assertEqual(eddy_sdk.route(router.Handler, {"id": "p", "state": "DONE"}), [])
+        with self.assertRaises(eddy_sdk.Invalid):
+            eddy_sdk.route(router.Handler, [1, 2])
+
+
+if __name__ == "__main__":
+    unittest.main()

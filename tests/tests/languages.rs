@@ -1,0 +1,227 @@
+//! Plugins in Rust, Python and JavaScript, built from source by the
+//! project's own `eddy plugin build`: the same AsyncProcess scenario gives
+//! identical states, emitted records and dead letters in each language; the
+//! author workflow (`new`, `build`, `check`, run) works for each; WASI grants
+//! nothing.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use eddy_tests::{Host, async_process_config_in, eddy_bin, execution, root, test_component};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+const KEYS: [&str; 4] = ["p1", "p2", "p3", "p4"];
+
+/// Runs the scenario on one language's plugins; returns (states by key,
+/// rejected-process records, dead-letter summaries).
+async fn scenario(lang_dir: &str) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
+    let host = Host::start(&async_process_config_in(lang_dir)?).await?;
+    let mut records = Vec::new();
+    let states = [
+        "ACCEPTED", "STARTED", "ERROR", "RETRY", "STARTED", "DONE", "REJECTED", "WAITING",
+    ];
+    for (i, state) in states.iter().enumerate() {
+        for (k, key) in KEYS.iter().enumerate() {
+            // Times go back and forth so ordering matters; p4 ends REJECTED.
+            let mut t = 1_000 + ((i as i64 * 7 + k as i64 * 3) % 11) * 10 + i as i64;
+            let mut st = *state;
+            if *key == "p4" && i == states.len() - 1 {
+                (t, st) = (5_000, "REJECTED");
+            }
+            records.push(json!({ "value": execution(&format!("{key}-e{i}"), key, t, st) }));
+        }
+    }
+    // Poison: an unknown state and a foreign process id.
+    records.push(json!({ "value": { "id": "bad1", "asyncProcessId": "p1", "time": 5, "state": "EXPLODED" } }));
+    records.push(json!({ "key": "p2", "value": { "id": "bad2", "asyncProcessId": "p2", "time": "soon", "state": "DONE" } }));
+    // One request: one atomic append, read as one micro-batch, so the
+    // changelog (one record per key per batch) is the same in every run.
+    host.produce("async-process-execution", &json!({ "records": records }))
+        .await?;
+    host.wait_caught_up("async-process", T).await?;
+    host.wait_caught_up("rejected-router", T).await?;
+    let mut out = Vec::new();
+    for key in KEYS {
+        let (status, v) = host
+            .get(&format!("/v1/pipelines/async-process/state/{key}"))
+            .await?;
+        ensure!(status == 200, "{lang_dir}: no state for {key}");
+        out.push(v);
+    }
+    let (_, rejected) = host
+        .get("/v1/topics/rejected-process/records?limit=1000")
+        .await?;
+    let mut emitted: Vec<Value> = rejected["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            // The id header names the changelog record's offset: present, but
+            // not part of the comparison.
+            let id = r["headers"]["eddy-id"].as_str().unwrap_or_default();
+            json!({ "key": r["key"], "value": r["value"], "has_id": id.starts_with("async-process/") })
+        })
+        .collect();
+    emitted.sort_by_key(|v| v.to_string());
+    let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
+    let dead: Vec<Value> = dead["dead_letters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| json!({ "offset": d["offset"], "partition": d["partition"], "class": d["error_class"], "key": d["key"] }))
+        .collect();
+    Ok((out, emitted, dead))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript() -> Result<()> {
+    let rust = scenario("").await?;
+    ensure!(
+        rust.0
+            .iter()
+            .all(|s| s["executions"].as_array().map(Vec::len) == Some(8)),
+        "{:?}",
+        rust.0
+    );
+    ensure!(
+        !rust.1.is_empty(),
+        "p4 (and any other REJECTED process) reaches rejected-process"
+    );
+    ensure!(
+        rust.2.len() == 2,
+        "both poison events dead-lettered: {:?}",
+        rust.2
+    );
+    for lang in ["python/", "js/"] {
+        let other = scenario(lang).await?;
+        ensure!(
+            other.0 == rust.0,
+            "{lang} states differ:\n{:?}\nvs rust\n{:?}",
+            other.0,
+            rust.0
+        );
+        ensure!(
+            other.1 == rust.1,
+            "{lang} emitted records differ:\n{:?}\nvs rust\n{:?}",
+            other.1,
+            rust.1
+        );
+        ensure!(
+            other.2 == rust.2,
+            "{lang} dead letters differ:\n{:?}\nvs rust\n{:?}",
+            other.2,
+            rust.2
+        );
+    }
+    Ok(())
+}
+
+fn eddy(args: &[&str], dir: &std::path::Path) -> Result<String> {
+    let out = Command::new(eddy_bin()?)
+        .args(args)
+        .current_dir(dir)
+        // Share the workspace's wasm build (the standard library built once).
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "eddy {args:?} failed:\n{text}");
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let d = work.path();
+    let mut plugins = String::new();
+    let mut pipelines = String::new();
+    for lang in ["rust", "python", "js"] {
+        let name = format!("tally-{lang}");
+        eddy(&["plugin", "new", "--lang", lang, &name], d)?;
+        let built = eddy(
+            &["plugin", "build", &name, "--out", &format!("{name}.wasm")],
+            d,
+        )?;
+        ensure!(
+            built.contains(&format!("built plugin {name}")) || built.contains("built plugin"),
+            "{built}"
+        );
+        let checked = eddy(&["plugin", "check", &format!("{name}.wasm")], d)?;
+        ensure!(
+            checked.contains("valid Eddy aggregator plugin"),
+            "{checked}"
+        );
+        plugins.push_str(&format!(
+            "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n\n",
+            d.join(format!("{name}.wasm")).display()
+        ));
+        pipelines.push_str(&format!(
+            "[[pipeline]]\nname = \"{name}\"\ntopic = \"in-{lang}\"\naggregator = \"{name}\"\n\n"
+        ));
+    }
+    let host = Host::start(&format!("{plugins}{pipelines}")).await?;
+    for lang in ["rust", "python", "js"] {
+        let topic = format!("in-{lang}");
+        host.produce(
+            &topic,
+            &json!({ "records": [
+                { "key": "k", "value": { "n": 1 } },
+                { "key": "k", "value": { "n": 2 } },
+            ]}),
+        )
+        .await?;
+        host.wait_caught_up(&format!("tally-{lang}"), T).await?;
+        let (status, v) = host
+            .get(&format!("/v1/pipelines/tally-{lang}/state/k"))
+            .await?;
+        ensure!(
+            status == 200 && v == json!({ "count": 2, "last": { "n": 2 } }),
+            "{lang}: {status} {v}"
+        );
+    }
+    // Scaffolding over an existing directory is refused.
+    let again = Command::new(eddy_bin()?)
+        .args(["plugin", "new", "--lang", "js", "tally-js"])
+        .current_dir(d)
+        .output()?;
+    ensure!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already exists")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_grants_no_files_sockets_or_environment() -> Result<()> {
+    let probe = test_component("python-wasi-probe")?;
+    let config = format!(
+        "[[plugin]]\nname = \"probe\"\npath = \"{}\"\ntimeout_ms = 5000\n\n\
+         [[pipeline]]\nname = \"probe\"\ntopic = \"probe-in\"\nhandlers = [\"probe\"]\n",
+        probe.display()
+    );
+    let host = Host::start(&config).await?;
+    host.produce("probe-in", &json!({ "key": "x", "value": {} }))
+        .await?;
+    host.wait_caught_up("probe", T).await?;
+    let (_, out) = host.get("/v1/topics/wasi-probe-out/records").await?;
+    let report = out["records"]
+        .as_array()
+        .and_then(|r| r.first())
+        .map(|r| r["value"].clone())
+        .context("the probe reported nothing")?;
+    for what in ["file", "dir", "socket"] {
+        ensure!(
+            report[what]
+                .as_str()
+                .is_some_and(|s| s.starts_with("denied")),
+            "{what} must be denied: {report}"
+        );
+    }
+    ensure!(report["env"] == json!({}), "no environment: {report}");
+    Ok(())
+}
