@@ -35,7 +35,7 @@ if ! command -v componentize-py >/dev/null; then
 fi
 if [ ! -d sdk/js/node_modules/@bytecodealliance/componentize-js ]; then
   echo "setup: installing the JavaScript SDK tools (componentize-js, esbuild)"
-  npm ci --prefix sdk/js --no-audit --no-fund --loglevel=error
+  npm install --prefix sdk/js --no-audit --no-fund --loglevel=error
 fi
 
 for tool in cargo rustfmt cargo-clippy node npm python3; do

@@ -197,6 +197,32 @@ pub struct PluginConfig {
     /// First retry delay in milliseconds; doubles on each attempt.
     #[serde(default = "default_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// What the sandbox may reach through WASI. Nothing unless granted here:
+    /// no environment, no files, no sockets.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// WASI capabilities granted to a plugin.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Environment variables the plugin sees.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Host directories the plugin may read (never write), by guest path.
+    #[serde(default)]
+    pub read_dirs: Vec<DirGrant>,
+}
+
+/// A read-only directory grant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the host, relative to the config file.
+    pub host: PathBuf,
+    /// Where the plugin sees it, such as `/data`.
+    pub guest: String,
 }
 
 fn default_timeout_ms() -> u64 {

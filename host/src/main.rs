@@ -1,24 +1,9 @@
-//! `eddy`: serverless event processing — events in (embedded log), WebAssembly
-//! component plugins in the middle, fjall state and HTTP/SSE out.
-//!
-//! The way an event travels, one folder per stage:
-//! [`source`] → [`decode`] → [`route`] → [`execute`] → commit ([`store`]) →
-//! [`notify`] → [`http`]. The [`pipeline`] worker runs the stages in order.
-
-mod cli;
-mod config;
-mod decode;
-mod execute;
-mod http;
-mod notify;
-mod pipeline;
-mod route;
-mod source;
-mod store;
+//! The `eddy` command line; everything else lives in the library (`lib.rs`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use eddy::cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

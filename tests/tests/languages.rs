@@ -199,29 +199,67 @@ async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasi_grants_no_files_sockets_or_environment() -> Result<()> {
     let probe = test_component("python-wasi-probe")?;
+    let data = tempfile::tempdir()?;
+    std::fs::write(data.path().join("hello.txt"), "granted")?;
     let config = format!(
-        "[[plugin]]\nname = \"probe\"\npath = \"{}\"\ntimeout_ms = 5000\n\n\
-         [[pipeline]]\nname = \"probe\"\ntopic = \"probe-in\"\nhandlers = [\"probe\"]\n",
-        probe.display()
+        r#"
+[[plugin]]
+name = "probe"
+path = "{probe}"
+timeout_ms = 5000
+
+[[plugin]]
+name = "granted"
+path = "{probe}"
+timeout_ms = 5000
+[plugin.grants]
+env = {{ GREETING = "hi" }}
+read_dirs = [{{ host = "{data}", guest = "/data" }}]
+
+[[pipeline]]
+name = "probe"
+topic = "probe-in"
+handlers = ["probe"]
+
+[[pipeline]]
+name = "granted"
+topic = "granted-in"
+handlers = ["granted"]
+"#,
+        probe = probe.display(),
+        data = data.path().display()
     );
     let host = Host::start(&config).await?;
-    host.produce("probe-in", &json!({ "key": "x", "value": {} }))
+    host.produce("probe-in", &json!({ "key": "bare", "value": {} }))
+        .await?;
+    host.produce("granted-in", &json!({ "key": "granted", "value": {} }))
         .await?;
     host.wait_caught_up("probe", T).await?;
+    host.wait_caught_up("granted", T).await?;
     let (_, out) = host.get("/v1/topics/wasi-probe-out/records").await?;
-    let report = out["records"]
-        .as_array()
-        .and_then(|r| r.first())
-        .map(|r| r["value"].clone())
-        .context("the probe reported nothing")?;
-    for what in ["file", "dir", "socket"] {
-        ensure!(
-            report[what]
-                .as_str()
-                .is_some_and(|s| s.starts_with("denied")),
-            "{what} must be denied: {report}"
-        );
+    let report = |key: &str| {
+        out["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["key"] == key)
+            .map(|r| r["value"].clone())
+            .with_context(|| format!("the {key} probe reported nothing: {out}"))
+    };
+    let denied = |v: &Value| v.as_str().is_some_and(|s| s.starts_with("denied"));
+    let bare = report("bare")?;
+    for what in ["file", "dir", "socket", "granted_file", "granted_write"] {
+        ensure!(denied(&bare[what]), "{what} must be denied: {bare}");
     }
-    ensure!(report["env"] == json!({}), "no environment: {report}");
+    ensure!(bare["env"] == json!({}), "no environment: {bare}");
+    // Grants open exactly what they name, read-only.
+    let granted = report("granted")?;
+    ensure!(granted["granted_file"] == "allowed: granted", "{granted}");
+    ensure!(denied(&granted["granted_write"]), "read-only: {granted}");
+    ensure!(
+        denied(&granted["file"]) && denied(&granted["socket"]),
+        "{granted}"
+    );
+    ensure!(granted["env"] == json!({ "GREETING": "hi" }), "{granted}");
     Ok(())
 }

@@ -400,6 +400,7 @@ fn probe_config(name: &str) -> PluginConfig {
         max_output_bytes: usize::MAX,
         max_retries: 0,
         retry_backoff_ms: 0,
+        grants: crate::config::Grants::default(),
     }
 }
 

@@ -38,6 +38,18 @@ fn load_plugins(
     }
     let mut plugins = HashMap::new();
     for pc in &config.plugins {
+        let mut pc = pc.clone();
+        for d in &mut pc.grants.read_dirs {
+            d.host = config.resolve(&d.host);
+            if !d.host.is_dir() {
+                anyhow::bail!(
+                    "plugin {:?}: granted directory {} does not exist",
+                    pc.name,
+                    d.host.display()
+                );
+            }
+        }
+        let pc = &pc;
         let path = config.resolve(&pc.path);
         let bytes = std::fs::read(&path).with_context(|| {
             format!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config as WasmConfig, Engine, ResourceLimiter, Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{PluginConfig, PluginKind};
 use bindings::{AggregatorGuest, AggregatorIndices, HandlerGuest, HandlerIndices};
@@ -403,7 +403,7 @@ impl Instance {
                         max_bytes,
                         hit: false,
                     },
-                    wasi: WasiCtx::builder().build(),
+                    wasi: wasi_ctx(&p.config)?,
                     table: ResourceTable::new(),
                 },
             );
@@ -565,6 +565,22 @@ impl Instance {
             })
             .collect())
     }
+}
+
+/// WASI for one instance: nothing but what the plugin's grants name.
+fn wasi_ctx(config: &PluginConfig) -> Result<WasiCtx, PluginError> {
+    let mut b = WasiCtx::builder();
+    for (k, v) in &config.grants.env {
+        b.env(k, v);
+    }
+    for d in &config.grants.read_dirs {
+        b.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
+            .map_err(|e| PluginError::Instantiate {
+                plugin: config.name.clone(),
+                message: format!("cannot grant {} as {}: {e}", d.host.display(), d.guest),
+            })?;
+    }
+    Ok(b.build())
 }
 
 /// Sets the call's deadline and clears the memory-limit flag.

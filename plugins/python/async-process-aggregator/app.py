@@ -32,8 +32,8 @@ class AsyncProcess:
             raise eddy_sdk.Invalid(
                 f"execution {e['id']} belongs to process {e['asyncProcessId']!r}, not to {process['id']!r}")
         execution = {f: e.get(f) for f in FIELDS}
-        keys = [(x["time"], x["id"]) for x in process["executions"]]
-        at = bisect.bisect_right(keys, (execution["time"], execution["id"]))
+        at = bisect.bisect_right(process["executions"], (execution["time"], execution["id"]),
+                                 key=lambda x: (x["time"], x["id"]))
         process["executions"].insert(at, execution)
         latest = process["executions"][-1]
         process["lastUpdate"] = latest["time"]

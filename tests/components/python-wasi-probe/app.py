@@ -25,6 +25,17 @@ def open_socket():
     return "connected"
 
 
+def read_granted():
+    with open("/data/hello.txt") as f:
+        return f.read()
+
+
+def write_granted():
+    with open("/data/new.txt", "w") as f:
+        f.write("x")
+    return "wrote"
+
+
 def list_dir():
     return os.listdir("/")
 
@@ -35,6 +46,8 @@ class Probe:
             "file": attempt(read_file),
             "dir": attempt(list_dir),
             "socket": attempt(open_socket),
+            "granted_file": attempt(read_granted),
+            "granted_write": attempt(write_granted),
             "env": dict(os.environ),
         })
 
