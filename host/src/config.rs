@@ -263,6 +263,10 @@ pub struct PipelineConfig {
     /// the same commit as the state: other pipelines can consume it.
     #[serde(default)]
     pub changelog_topic: Option<String>,
+    /// Topic every dead letter is also appended to (as JSON, keyed by the
+    /// event's key), in the same commit that records it.
+    #[serde(default)]
+    pub dlq_topic: Option<String>,
     /// Size of the `latest` query's largest page.
     #[serde(default = "default_latest")]
     pub latest: usize,
@@ -431,6 +435,11 @@ impl Config {
                 if p.aggregator.is_none() {
                     problems.push(format!("{at}: changelog_topic needs an aggregator"));
                 }
+            }
+            if let Some(d) = &p.dlq_topic
+                && let Err(e) = crate::source::validate_topic_name(d)
+            {
+                problems.push(format!("{at}: dlq_topic: {e}"));
             }
             if p.aggregator.is_none() && p.handlers.is_empty() {
                 problems.push(format!("{at}: needs an aggregator or at least one handler"));

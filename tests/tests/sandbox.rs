@@ -37,6 +37,7 @@ name = "probe"
 topic = "probe"
 key_field = "key"
 aggregator = "probe"
+dlq_topic = "probe-dlq"
 
 [[pipeline]]
 name = "quarantined"
@@ -127,6 +128,18 @@ async fn hostile_plugins_are_contained_and_dead_lettered() -> Result<()> {
     ensure!(
         panic["error"].as_str().is_some_and(|e| e.contains("probe")),
         "{panic}"
+    );
+    // Each dead letter was also published to the pipeline's DLQ topic.
+    let (_, dlq) = host.get("/v1/topics/probe-dlq/records").await?;
+    let published: Vec<&str> = dlq["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["value"]["error_class"].as_str())
+        .collect();
+    ensure!(
+        published == ["timeout", "memory_limit", "trap", "output_too_large"],
+        "DLQ topic: {published:?}"
     );
     // The host stayed healthy and keeps processing.
     host.produce("probe", &ev("h", "after", "ok")).await?;

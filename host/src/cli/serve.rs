@@ -102,6 +102,10 @@ pub fn run(
     for p in &config.pipelines {
         log.ensure_topic(&p.topic, None)
             .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
+        if let Some(d) = &p.dlq_topic {
+            log.ensure_topic(d, None)
+                .with_context(|| format!("pipeline {:?}: dead-letter topic {d:?}", p.name))?;
+        }
         log.ensure_topic(&p.replay_topic(), Some(1))
             .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
         if let Some(c) = &p.changelog_topic {

@@ -219,9 +219,22 @@ impl Worker {
                 stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
                 "event dead-lettered"
             );
-            commit
-                .dead_letters
-                .push((self.dead_id, dl.to_json(self.dead_id)));
+            let json = dl.to_json(self.dead_id);
+            if let Some(topic) = &self.config.dlq_topic {
+                out.emits.push((
+                    topic.clone(),
+                    ProduceRecord {
+                        partition: None,
+                        key: dl.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                        headers: vec![(
+                            ID_HEADER.to_owned(),
+                            format!("{}/{}/{}/dead", dl.topic, dl.partition, dl.offset).into_bytes(),
+                        )],
+                        value: json.as_bytes().to_vec(),
+                    },
+                ));
+            }
+            commit.dead_letters.push((self.dead_id, json));
         }
         commit.last_dead_id = self.dead_id;
         let mut opened: HashMap<String, u64> = HashMap::new();

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Reproduces the figures in BENCHMARKS.md: builds Eddy, the benchmark
+# harness and the AsyncProcess aggregator in Rust, Python and JavaScript,
+# then runs each scenario side by side with its baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build.sh
+cargo build --release --locked -p eddy-bench
+for lang in python js; do
+  target/release/eddy plugin build "plugins/$lang/async-process-aggregator" \
+    --out "target/plugins/$lang-async-process-aggregator.wasm" >/dev/null
+done
+target/release/eddy-bench plugins \
+  --component rust=target/plugins/async-process-aggregator.wasm \
+  --component python=target/plugins/python-async-process-aggregator.wasm \
+  --component js=target/plugins/js-async-process-aggregator.wasm \
+  --out target/bench/plugins.json
