@@ -132,6 +132,17 @@ pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
+    /// Bearer token required by the admin routes (plugin deploy and
+    /// rollback). `EDDY_ADMIN_TOKEN` sets it too. Without one, they are off.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Deploy a plugin's component when its file changes on disk.
+    #[serde(default = "default_true")]
+    pub watch_plugins: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for HttpConfig {
@@ -140,6 +151,8 @@ impl Default for HttpConfig {
             listen: default_listen(),
             sse_keepalive_secs: default_keepalive(),
             max_body_bytes: default_body_limit(),
+            admin_token: None,
+            watch_plugins: true,
         }
     }
 }

@@ -205,6 +205,8 @@ fn u64_suffix(key: &[u8], what: &str) -> Result<u64> {
 pub struct StoredState {
     /// The pipeline's change sequence number of the last change.
     pub seq: u64,
+    /// Version (content hash) of the plugin that produced it.
+    pub plugin_version: String,
     /// The state as JSON text.
     pub json: String,
 }
@@ -240,6 +242,8 @@ pub struct Commit {
     pub pipeline: String,
     /// New states, in change order, with the sequence numbers they take.
     pub states: Vec<(Change, Option<u64>)>,
+    /// Version of the plugin that produced `states`.
+    pub plugin_version: String,
     /// Changes kept for SSE resumption: each new change drops the one
     /// `history` sequence numbers older.
     pub history: u64,
@@ -472,12 +476,17 @@ impl Store {
         else {
             return Ok(None);
         };
-        let seq = u64_of(&v, "state")?;
-        let json = v
-            .get(8..)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        Ok(Some(StoredState { seq, json }))
+        let corrupt = || StoreError::Corrupt {
+            what: format!("state of {key:?}"),
+        };
+        let mut r = Reader(&v);
+        let seq = r.array().map(u64::from_be_bytes).ok_or_else(corrupt)?;
+        let version = r.bytes().ok_or_else(corrupt)?;
+        Ok(Some(StoredState {
+            seq,
+            plugin_version: String::from_utf8_lossy(version).into_owned(),
+            json: String::from_utf8_lossy(r.0).into_owned(),
+        }))
     }
 
     /// The `limit` most recently changed keys' states, most recent first.
@@ -602,8 +611,9 @@ impl Store {
         let p = c.pipeline.as_bytes();
         let mut b = self.batch();
         for (change, previous_seq) in &c.states {
-            let mut v = Vec::with_capacity(8 + change.state.len());
+            let mut v = Vec::with_capacity(12 + c.plugin_version.len() + change.state.len());
             v.extend_from_slice(&change.seq.to_be_bytes());
+            put_bytes(&mut v, c.plugin_version.as_bytes());
             v.extend_from_slice(change.state.as_bytes());
             b.insert(&self.state, join(&[p, change.key.as_bytes()]), v);
             if let Some(old) = previous_seq {

@@ -71,6 +71,21 @@ enum PluginCommand {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// Deploys a component to a running host, replacing the plugin's
+    /// running version between micro-batches.
+    Deploy {
+        /// The component file.
+        file: PathBuf,
+        /// The host's base URL, such as `http://127.0.0.1:8080`.
+        #[arg(long)]
+        to: String,
+        /// The plugin name (default: the file name without `.wasm`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Admin bearer token.
+        #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Checks that a component is a valid Eddy plugin and says what it implements.
     Check {
         /// The component file.
@@ -118,6 +133,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+        Command::Plugin(PluginCommand::Deploy {
+            file,
+            to,
+            name,
+            token,
+        }) => plugin::deploy(&file, &to, name.as_deref(), &token),
         Command::Plugin(PluginCommand::New { lang, kind, name }) => plugin::new(
             lang,
             match kind {

@@ -437,6 +437,45 @@ pub fn new(lang: Lang, kind: crate::config::PluginKind, dir: &Path) -> anyhow::R
     Ok(())
 }
 
+/// Uploads a component to a running host (`PUT /v1/plugins/{name}`).
+///
+/// # Errors
+/// When the file cannot be read, the host cannot be reached, or it refuses
+/// the component (its reason is shown).
+pub fn deploy(file: &Path, to: &str, name: Option<&str>, token: &str) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .context("give the plugin's name with --name")?,
+    };
+    let url = format!("{}/v1/plugins/{name}", to.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .into();
+    let mut response = agent
+        .put(&url)
+        .header("authorization", &format!("Bearer {token}"))
+        .header("content-type", "application/wasm")
+        .send(&bytes[..])
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if !status.is_success() {
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        bail!("{url} refused the component ({status}): {reason}");
+    }
+    println!("{body}");
+    Ok(())
+}
+
 /// Validates a component file as a plugin and describes it.
 ///
 /// # Errors

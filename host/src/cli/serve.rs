@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::{Config, PluginKind, SourceConfig};
-use crate::execute::{Instance, Plugin, Runtime};
+use crate::config::{Config, PluginConfig, PluginKind, SourceConfig};
+use crate::execute::registry::Registry;
+use crate::execute::{Instance, Runtime};
 use crate::http::{AppState, app, body_limit};
 use crate::notify::Hub;
 use crate::pipeline::{PipelineLock, Worker, spawn};
@@ -19,12 +20,8 @@ use crate::source::Chain;
 use crate::source::embedded::{EmbeddedLog, EmbeddedSource};
 use crate::store::Store;
 
-/// Loads every plugin of the config, checking each against the role the
-/// pipelines give it.
-fn load_plugins(
-    config: &Config,
-    runtime: &Runtime,
-) -> anyhow::Result<HashMap<String, Arc<Plugin>>> {
+/// Resolves every plugin of the config with the role the pipelines give it.
+fn plugin_roles(config: &Config) -> anyhow::Result<Vec<(PluginConfig, PathBuf, PluginKind)>> {
     let mut roles: HashMap<&str, PluginKind> = HashMap::new();
     for p in &config.pipelines {
         if let Some(a) = &p.aggregator {
@@ -36,7 +33,7 @@ fn load_plugins(
             }
         }
     }
-    let mut plugins = HashMap::new();
+    let mut out = Vec::new();
     for pc in &config.plugins {
         let mut pc = pc.clone();
         for d in &mut pc.grants.read_dirs {
@@ -49,29 +46,77 @@ fn load_plugins(
                 );
             }
         }
-        let pc = &pc;
-        let path = config.resolve(&pc.path);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "plugin {:?}: cannot read {} (build it with `eddy plugin build`)",
-                pc.name,
-                path.display()
-            )
-        })?;
-        let started = std::time::Instant::now();
-        let plugin = runtime.load(
-            pc,
-            &path.display().to_string(),
-            &bytes,
-            roles.get(pc.name.as_str()).copied(),
-        )?;
-        tracing::info!(
-            plugin = %pc.name, kind = %plugin.kind, version = %plugin.version,
-            compile_ms = started.elapsed().as_millis() as u64, "plugin loaded"
-        );
-        plugins.insert(pc.name.clone(), Arc::new(plugin));
+        let Some(kind) = roles.get(pc.name.as_str()).copied() else {
+            tracing::warn!(plugin = %pc.name, "plugin is not used by any pipeline; not loaded");
+            continue;
+        };
+        let path = std::path::absolute(config.resolve(&pc.path))?;
+        out.push((pc, path, kind));
     }
-    Ok(plugins)
+    Ok(out)
+}
+
+/// Watches the plugins' directories and deploys a changed component
+/// (after it has been quiet for a moment, so half-written files are skipped).
+fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
+    })?;
+    let mut dirs: Vec<PathBuf> = registry
+        .statuses()
+        .iter()
+        .filter_map(|s| registry.slot(&s.name))
+        .filter_map(|slot| slot.path().parent().map(PathBuf::from))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        watcher
+            .watch(d, RecursiveMode::NonRecursive)
+            .with_context(|| format!("cannot watch {}", d.display()))?;
+    }
+    std::thread::Builder::new()
+        .name("eddy-plugin-watch".into())
+        .spawn(move || {
+            let quiet = Duration::from_millis(300);
+            let mut pending: HashMap<PathBuf, std::time::Instant> = HashMap::new();
+            loop {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(p) => {
+                        if registry.slot_for_path(&p).is_some() {
+                            pending.insert(p, std::time::Instant::now());
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                let ready: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(_, t)| t.elapsed() >= quiet)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in ready {
+                    pending.remove(&p);
+                    let Some(slot) = registry.slot_for_path(&p) else { continue };
+                    let name = slot.status().name;
+                    match std::fs::read(&p) {
+                        Ok(bytes) => {
+                            if let Err(e) = registry.deploy(&name, bytes, "watch", false) {
+                                tracing::warn!(plugin = %name, error = %e, "changed component refused");
+                            }
+                        }
+                        Err(e) => tracing::warn!(plugin = %name, error = %e, "cannot read changed component"),
+                    }
+                }
+            }
+        })?;
+    Ok(watcher)
 }
 
 /// Runs the host.
@@ -95,7 +140,12 @@ pub fn run(
         .with_context(|| format!("cannot open store {}", store_path.display()))?;
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
-    let plugins = load_plugins(&config, &runtime)?;
+    let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
+    let _watcher = if config.http.watch_plugins {
+        Some(watch_plugins(registry.clone())?)
+    } else {
+        None
+    };
 
     let SourceConfig::Embedded(embedded) = &config.source;
     let log = EmbeddedLog::open(store.clone(), embedded)?;
@@ -131,10 +181,9 @@ pub fn run(
     let mut workers = Vec::new();
     for p in &config.pipelines {
         let get = |name: &String| {
-            plugins
-                .get(name)
-                .cloned()
-                .map(Instance::new)
+            registry
+                .slot(name)
+                .map(Instance::of_slot)
                 .with_context(|| format!("pipeline {:?}: plugin {name:?} is not loaded", p.name))
         };
         let aggregator = p.aggregator.as_ref().map(get).transpose()?;
@@ -180,6 +229,13 @@ pub fn run(
         ),
         keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
         locks: Arc::new(locks),
+        registry: registry.clone(),
+        admin_token: config
+            .http
+            .admin_token
+            .clone()
+            .or_else(|| std::env::var("EDDY_ADMIN_TOKEN").ok())
+            .filter(|t| !t.is_empty()),
         shutdown: shutdown_rx,
     };
     let router = app(state).layer(body_limit(config.http.max_body_bytes));

@@ -8,6 +8,7 @@
 //! after a trap or a limit hit.
 
 pub mod bindings;
+pub mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -373,6 +374,7 @@ struct Live {
 pub struct Instance {
     plugin: Arc<Plugin>,
     live: Option<Live>,
+    slot: Option<(Arc<registry::Slot>, u64)>,
 }
 
 /// One emitted record, as the host will produce it.
@@ -381,7 +383,40 @@ pub type Emitted = bindings::Emit;
 impl Instance {
     /// A lazily instantiated instance of `plugin`.
     pub fn new(plugin: Arc<Plugin>) -> Self {
-        Instance { plugin, live: None }
+        Instance {
+            plugin,
+            live: None,
+            slot: None,
+        }
+    }
+
+    /// An instance that follows a registry slot: [`Instance::refresh`]
+    /// switches it to the slot's current version.
+    pub fn of_slot(slot: Arc<registry::Slot>) -> Self {
+        let generation = slot.generation();
+        Instance {
+            plugin: slot.current(),
+            live: None,
+            slot: Some((slot, generation)),
+        }
+    }
+
+    /// Switches to the slot's current version if it changed; call between
+    /// micro-batches. Returns whether it switched.
+    pub fn refresh(&mut self) -> bool {
+        let Some((slot, seen)) = &mut self.slot else {
+            return false;
+        };
+        let now = slot.generation();
+        if now == *seen {
+            return false;
+        }
+        *seen = now;
+        let next = slot.current();
+        tracing::info!(plugin = %next.name, from = %self.plugin.version, to = %next.version, "switching plugin version");
+        self.plugin = next;
+        self.live = None;
+        true
     }
 
     /// The plugin it runs.

@@ -2,6 +2,7 @@
 //! state queries, SSE streams, and the per-pipeline route aliases (`mount`).
 
 mod dead_letters;
+mod plugins;
 mod produce;
 mod sse;
 
@@ -37,6 +38,10 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Per-pipeline locks shared with the workers.
     pub locks: Arc<HashMap<String, crate::pipeline::PipelineLock>>,
+    /// The live plugin versions.
+    pub registry: Arc<crate::execute::registry::Registry>,
+    /// Bearer token of the admin routes; `None` turns them off.
+    pub admin_token: Option<String>,
     /// Becomes `true` when the host shuts down: SSE streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -125,6 +130,12 @@ pub fn app(state: AppState) -> Router {
             "/v1/topics/{topic}/records",
             post(produce::produce).get(produce::read_records),
         )
+        .route("/v1/plugins", get(plugins::list))
+        .route(
+            "/v1/plugins/{name}",
+            get(plugins::get_one).put(plugins::upload),
+        )
+        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route("/v1/pipelines", get(list_pipelines))
         .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
@@ -267,11 +278,38 @@ async fn pipeline_progress(
     .await
 }
 
+#[derive(Deserialize)]
+struct StateQuery {
+    #[serde(default)]
+    meta: bool,
+}
+
+/// `GET /v1/pipelines/{p}/state/{key}[?meta=true]`: the state as stored, or
+/// with `meta`, `{"state", "seq", "plugin_version"}`.
 async fn get_state(
     State(s): State<AppState>,
     Path((pipeline, key)): Path<(String, String)>,
+    q: Query<StateQuery>,
 ) -> ApiResult<Response> {
-    state_of(s, pipeline, key).await
+    if !q.meta {
+        return state_of(s, pipeline, key).await;
+    }
+    s.pipeline(&pipeline)?;
+    let store = s.store.clone();
+    blocking(
+        move || match store.state(&pipeline, &key).map_err(AppError::internal)? {
+            Some(st) => Ok(json_text(format!(
+                "{{\"state\":{},\"seq\":{},\"plugin_version\":{}}}",
+                st.json,
+                st.seq,
+                serde_json::Value::String(st.plugin_version)
+            ))),
+            None => Err(AppError::not_found(format!(
+                "pipeline {pipeline:?} has no state for key {key:?}"
+            ))),
+        },
+    )
+    .await
 }
 
 async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {

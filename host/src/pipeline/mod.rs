@@ -160,6 +160,11 @@ impl Worker {
         let _guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Between batches: pick up newly deployed plugin versions, so each
+        // event is processed by exactly one version.
+        for instance in self.aggregator.iter_mut().chain(self.handlers.iter_mut()) {
+            instance.refresh();
+        }
         let mut out = Outputs::default();
         let mut next_offsets: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         let mut items = Vec::with_capacity(records.len());
@@ -185,6 +190,11 @@ impl Worker {
         let mut commit = Commit {
             pipeline: self.config.name.clone(),
             history: self.config.sse_history,
+            plugin_version: self
+                .aggregator
+                .as_ref()
+                .map(|a| a.plugin().version.clone())
+                .unwrap_or_default(),
             ..Commit::default()
         };
         let mut changes = Vec::with_capacity(out.states.len());
@@ -228,7 +238,8 @@ impl Worker {
                         key: dl.key.as_ref().map(|k| k.as_bytes().to_vec()),
                         headers: vec![(
                             ID_HEADER.to_owned(),
-                            format!("{}/{}/{}/dead", dl.topic, dl.partition, dl.offset).into_bytes(),
+                            format!("{}/{}/{}/dead", dl.topic, dl.partition, dl.offset)
+                                .into_bytes(),
                         )],
                         value: json.as_bytes().to_vec(),
                     },

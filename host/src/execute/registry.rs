@@ -1,0 +1,309 @@
+//! The live set of plugins: each name points at its current compiled
+//! version, swapped atomically when a new version is deployed (upload,
+//! watched file, CLI) or rolled back. Workers look at the generation between
+//! micro-batches, so every event is processed by exactly one version.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use super::{LoadError, Plugin, Runtime};
+use crate::config::{PluginConfig, PluginKind};
+
+/// What is known about a plugin slot, for `GET /v1/plugins`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Plugin name.
+    pub name: String,
+    /// `aggregator` or `handler`.
+    pub kind: String,
+    /// Content hash of the running component.
+    pub version: String,
+    /// When it was loaded (ms since the Unix epoch).
+    pub loaded_at_ms: i64,
+    /// Where it came from: `config`, `upload`, `watch`, `rollback`.
+    pub source: String,
+    /// `running`, or `running (last deploy failed)`.
+    pub status: String,
+    /// Why the last deploy attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// The version a rollback returns to, if any.
+    pub previous_version: Option<String>,
+}
+
+struct Meta {
+    loaded_at_ms: i64,
+    source: String,
+    last_error: Option<String>,
+    previous: Option<(Arc<Plugin>, Vec<u8>)>,
+    current_bytes: Vec<u8>,
+}
+
+/// One plugin name's current version.
+pub struct Slot {
+    config: PluginConfig,
+    kind: PluginKind,
+    path: PathBuf,
+    current: ArcSwap<Plugin>,
+    generation: AtomicU64,
+    meta: Mutex<Meta>,
+    /// Serialises deploys of this slot.
+    deploying: Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Slot {
+    /// The running version.
+    pub fn current(&self) -> Arc<Plugin> {
+        self.current.load_full()
+    }
+
+    /// Changes each time the running version changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Where the component lives on disk (from the config).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.meta
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Its status.
+    pub fn status(&self) -> Status {
+        let m = self.meta();
+        Status {
+            name: self.config.name.clone(),
+            kind: self.kind.to_string(),
+            version: self.current().version.clone(),
+            loaded_at_ms: m.loaded_at_ms,
+            source: m.source.clone(),
+            status: if m.last_error.is_some() {
+                "running (last deploy failed)".into()
+            } else {
+                "running".into()
+            },
+            last_error: m.last_error.clone(),
+            previous_version: m.previous.as_ref().map(|(p, _)| p.version.clone()),
+        }
+    }
+}
+
+/// Deploy failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// No plugin of that name is configured.
+    #[error("plugin {0:?} is not configured")]
+    Unknown(String),
+    /// The component was refused; the running version stays.
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// Nothing to roll back to.
+    #[error("plugin {0:?} has no previous version to roll back to")]
+    NoPrevious(String),
+    /// The component could not be saved.
+    #[error("plugin {name:?}: cannot save {path}: {source}")]
+    Save {
+        /// Plugin.
+        name: String,
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// All plugin slots.
+pub struct Registry {
+    runtime: Runtime,
+    slots: HashMap<String, Arc<Slot>>,
+}
+
+impl Registry {
+    /// Loads every configured plugin with its role.
+    ///
+    /// # Errors
+    /// The first plugin that cannot be read or loaded.
+    pub fn load(
+        runtime: Runtime,
+        plugins: &[(PluginConfig, PathBuf, PluginKind)],
+    ) -> anyhow::Result<Self> {
+        let mut slots = HashMap::new();
+        for (config, path, kind) in plugins {
+            let bytes = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "plugin {:?}: cannot read {} ({e}); build it with `eddy plugin build`",
+                    config.name,
+                    path.display()
+                )
+            })?;
+            let started = std::time::Instant::now();
+            let plugin = runtime.load(config, &path.display().to_string(), &bytes, Some(*kind))?;
+            tracing::info!(
+                plugin = %config.name, kind = %plugin.kind, version = %plugin.version,
+                compile_ms = started.elapsed().as_millis() as u64, "plugin loaded"
+            );
+            slots.insert(
+                config.name.clone(),
+                Arc::new(Slot {
+                    config: config.clone(),
+                    kind: *kind,
+                    path: path.clone(),
+                    current: ArcSwap::from_pointee(plugin),
+                    generation: AtomicU64::new(1),
+                    meta: Mutex::new(Meta {
+                        loaded_at_ms: now_ms(),
+                        source: "config".into(),
+                        last_error: None,
+                        previous: None,
+                        current_bytes: bytes,
+                    }),
+                    deploying: Mutex::new(()),
+                }),
+            );
+        }
+        Ok(Registry { runtime, slots })
+    }
+
+    /// A slot by name.
+    pub fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots.get(name).cloned()
+    }
+
+    /// Every slot's status, by name.
+    pub fn statuses(&self) -> Vec<Status> {
+        let mut v: Vec<Status> = self.slots.values().map(|s| s.status()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The slot whose component lives at `path`, if any.
+    pub fn slot_for_path(&self, path: &Path) -> Option<Arc<Slot>> {
+        self.slots.values().find(|s| s.path == path).cloned()
+    }
+
+    /// Compiles and validates `bytes` off the hot path, then makes it the
+    /// running version of `name` (saving it to the plugin's path when
+    /// `save`). Returns the new version; an unchanged component is a no-op.
+    /// A component that fails to compile or validate leaves the running
+    /// version in place and is recorded as the slot's last error.
+    ///
+    /// # Errors
+    /// [`DeployError`] naming the plugin and the reason.
+    pub fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        source: &str,
+        save: bool,
+    ) -> Result<String, DeployError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
+        let _one_at_a_time = slot
+            .deploying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if super::content_hash(&bytes) == slot.current().version {
+            return Ok(slot.current().version.clone());
+        }
+        let started = std::time::Instant::now();
+        let loaded = self.runtime.load(
+            &slot.config,
+            &format!("{source} upload"),
+            &bytes,
+            Some(slot.kind),
+        );
+        let plugin = match loaded {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(plugin = name, source, error = %e, "deploy refused; the running version stays");
+                slot.meta().last_error = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
+        if save {
+            save_atomically(&slot.path, &bytes).map_err(|source| DeployError::Save {
+                name: name.to_owned(),
+                path: slot.path.display().to_string(),
+                source,
+            })?;
+        }
+        let version = plugin.version.clone();
+        let old = slot.current.swap(Arc::new(plugin));
+        {
+            let mut m = slot.meta();
+            let old_bytes = std::mem::replace(&mut m.current_bytes, bytes);
+            m.previous = Some((old, old_bytes));
+            m.loaded_at_ms = now_ms();
+            m.source = source.to_owned();
+            m.last_error = None;
+        }
+        slot.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(
+            plugin = name, version = %version, source,
+            compile_ms = started.elapsed().as_millis() as u64, "plugin deployed"
+        );
+        Ok(version)
+    }
+
+    /// Returns `name` to its previous version (saving it to the plugin's path).
+    ///
+    /// # Errors
+    /// [`DeployError::NoPrevious`] when there is none.
+    pub fn rollback(&self, name: &str) -> Result<String, DeployError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
+        let _one_at_a_time = slot
+            .deploying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (previous, bytes) = slot
+            .meta()
+            .previous
+            .take()
+            .ok_or_else(|| DeployError::NoPrevious(name.to_owned()))?;
+        save_atomically(&slot.path, &bytes).map_err(|source| DeployError::Save {
+            name: name.to_owned(),
+            path: slot.path.display().to_string(),
+            source,
+        })?;
+        let version = previous.version.clone();
+        let old = slot.current.swap(previous);
+        {
+            let mut m = slot.meta();
+            let old_bytes = std::mem::replace(&mut m.current_bytes, bytes);
+            m.previous = Some((old, old_bytes));
+            m.loaded_at_ms = now_ms();
+            m.source = "rollback".into();
+            m.last_error = None;
+        }
+        slot.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(plugin = name, version = %version, "plugin rolled back");
+        Ok(version)
+    }
+}
+
+/// Writes a file so readers (and the directory watcher) never see half of it.
+fn save_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("wasm.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,105 @@
+//! Plugin versions over HTTP: list, deploy (upload) and roll back.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::{ApiResult, AppError, AppState, blocking};
+use crate::execute::registry::DeployError;
+
+/// Checks the bearer token of an admin route in constant time.
+pub fn require_admin(s: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = s.admin_token.as_deref() else {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "admin routes are off: set http.admin_token or EDDY_ADMIN_TOKEN",
+        ));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return Err(AppError::new(StatusCode::FORBIDDEN, "wrong token"));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn deploy_error(e: DeployError) -> AppError {
+    match e {
+        DeployError::Unknown(n) => AppError::not_found(format!("plugin {n:?} is not configured")),
+        e @ DeployError::Invalid(_) => AppError::unprocessable(e.to_string()),
+        e @ DeployError::NoPrevious(_) => AppError::new(StatusCode::CONFLICT, e.to_string()),
+        e @ DeployError::Save { .. } => AppError::internal(e),
+    }
+}
+
+/// `GET /v1/plugins`
+pub async fn list(State(s): State<AppState>) -> Json<Value> {
+    Json(serde_json::json!({ "plugins": s.registry.statuses() }))
+}
+
+/// `GET /v1/plugins/{name}`
+pub async fn get_one(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let slot = s
+        .registry
+        .slot(&name)
+        .ok_or_else(|| AppError::not_found(format!("plugin {name:?} is not configured")))?;
+    Ok(Json(
+        serde_json::to_value(slot.status()).map_err(AppError::internal)?,
+    ))
+}
+
+/// `PUT /v1/plugins/{name}` with the component as the body: compiled and
+/// validated off the hot path, then swapped in between micro-batches.
+pub async fn upload(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    require_admin(&s, &headers)?;
+    if body.is_empty() {
+        return Err(AppError::bad_request(
+            "the body must be the component (.wasm)",
+        ));
+    }
+    let registry = s.registry.clone();
+    let version = blocking(move || {
+        registry
+            .deploy(&name, body.to_vec(), "upload", true)
+            .map_err(deploy_error)
+    })
+    .await?;
+    Ok(Json(
+        serde_json::json!({ "status": "deployed", "version": version }),
+    ))
+}
+
+/// `POST /v1/plugins/{name}/rollback`
+pub async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    require_admin(&s, &headers)?;
+    let registry = s.registry.clone();
+    let version = blocking(move || registry.rollback(&name).map_err(deploy_error)).await?;
+    Ok(Json(
+        serde_json::json!({ "status": "rolled back", "version": version }),
+    ))
+}
