@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked -p eddy
+# The Rust plugins (Python and JavaScript ones are built by the tests and by
+# `eddy plugin build plugins/python/<name>` / `plugins/js/<name>`).
 for dir in plugins/*/; do
+  [ -f "$dir/Cargo.toml" ] || continue
   name=$(basename "$dir")
   target/release/eddy plugin build "$dir" --out "target/plugins/$name.wasm" >/dev/null
 done

@@ -603,6 +603,112 @@ impl Store {
         Ok(out)
     }
 
+    /// The first offset of a partition whose record was appended at or
+    /// after `timestamp_ms` (append times only grow within a partition).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt record.
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        end: u64,
+        timestamp_ms: i64,
+    ) -> Result<u64> {
+        let (mut lo, mut hi) = (0u64, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self
+                .read_log(topic, partition, mid, mid + 1, 1)?
+                .first()
+                .map(|(_, r)| r.timestamp_ms)
+                .unwrap_or(i64::MAX);
+            if at < timestamp_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Deletes every state, latest and change entry of a namespace.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn clear_namespace(&self, ns: &str) -> Result<()> {
+        let prefix = join(&[ns.as_bytes(), b""]);
+        let mut b = self.batch();
+        for ks in [&self.state, &self.latest, &self.changes] {
+            for item in ks.prefix(&prefix) {
+                b.remove(ks, fj("clear", item.key())?);
+            }
+        }
+        fj("clear", b.commit())
+    }
+
+    /// Replaces a pipeline's states with those rebuilt under `ns`, in one
+    /// atomic write: the rebuilt keys take fresh change numbers after
+    /// `last_seq` in their rebuilt order, the namespace is emptied. Returns
+    /// the pipeline's new last change number.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry; nothing changes then.
+    pub fn swap_rebuilt(&self, pipeline: &str, ns: &str, last_seq: u64) -> Result<u64> {
+        let live = join(&[pipeline.as_bytes(), b""]);
+        let rebuilt = join(&[ns.as_bytes(), b""]);
+        let mut b = self.batch();
+        // A key is written once per batch: a remove and an insert of the same
+        // key in one batch would race, so only keys the rebuild lacks are removed.
+        let mut keys = Vec::new();
+        for item in self.latest.prefix(&rebuilt) {
+            let (k, key) = fj("swap", item.into_inner())?;
+            b.remove(&self.latest, k);
+            keys.push(String::from_utf8_lossy(&key).into_owned());
+        }
+        let kept: std::collections::HashSet<Vec<u8>> = keys
+            .iter()
+            .map(|k| join(&[pipeline.as_bytes(), k.as_bytes()]))
+            .collect();
+        for item in self.state.prefix(&live) {
+            let k = fj("swap", item.key())?;
+            if !kept.contains(k.as_ref()) {
+                b.remove(&self.state, k);
+            }
+        }
+        for item in self.latest.prefix(&live) {
+            b.remove(&self.latest, fj("swap", item.key())?);
+        }
+        let mut seq = last_seq;
+        for key in keys {
+            let Some(st) = self.state(ns, &key)? else {
+                continue;
+            };
+            seq += 1;
+            let mut v = Vec::with_capacity(12 + st.plugin_version.len() + st.json.len());
+            v.extend_from_slice(&seq.to_be_bytes());
+            put_bytes(&mut v, st.plugin_version.as_bytes());
+            v.extend_from_slice(st.json.as_bytes());
+            b.insert(&self.state, join(&[pipeline.as_bytes(), key.as_bytes()]), v);
+            b.insert(
+                &self.latest,
+                seq_key(pipeline, seq),
+                key.as_bytes().to_vec(),
+            );
+            b.remove(&self.state, join(&[ns.as_bytes(), key.as_bytes()]));
+        }
+        for item in self.changes.prefix(&rebuilt) {
+            b.remove(&self.changes, fj("swap", item.key())?);
+        }
+        b.insert(
+            &self.meta,
+            join(&[b"seq", pipeline.as_bytes()]),
+            seq.to_be_bytes().to_vec(),
+        );
+        fj("swap", b.commit())?;
+        Ok(seq)
+    }
+
     /// Writes one micro-batch's results in one atomic write batch.
     ///
     /// # Errors

@@ -46,6 +46,22 @@ enum Command {
     /// Builds and checks plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Rebuilds a pipeline's state from its topic on a running host,
+    /// showing progress until the rebuilt state takes over.
+    Replay {
+        /// The host's base URL, such as `http://127.0.0.1:8080`.
+        #[arg(long)]
+        to: String,
+        /// The pipeline.
+        #[arg(long)]
+        pipeline: String,
+        /// `beginning`, `offset:N` or `timestamp:MS`.
+        #[arg(long, default_value = "beginning")]
+        from: String,
+        /// Admin bearer token.
+        #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +149,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+        Command::Replay {
+            to,
+            pipeline,
+            from,
+            token,
+        } => plugin::replay(&to, &pipeline, &from, &token),
         Command::Plugin(PluginCommand::Deploy {
             file,
             to,

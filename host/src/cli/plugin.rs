@@ -476,6 +476,101 @@ pub fn deploy(file: &Path, to: &str, name: Option<&str>, token: &str) -> anyhow:
     Ok(())
 }
 
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+fn error_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
+}
+
+/// `eddy replay`: starts a replay and draws its progress until it ends.
+///
+/// # Errors
+/// When the host refuses, cannot be reached, or the replay fails.
+pub fn replay(to: &str, pipeline: &str, from: &str, token: &str) -> anyhow::Result<()> {
+    let body = match from.split_once(':') {
+        None if from == "beginning" => serde_json::json!({ "from": "beginning" }),
+        Some(("offset", n)) => {
+            serde_json::json!({ "from": "offset", "at": n.parse::<u64>().context("offset:N needs a number")? })
+        }
+        Some(("timestamp", t)) => {
+            serde_json::json!({ "from": "timestamp", "at": t.parse::<i64>().context("timestamp:MS needs a number")? })
+        }
+        _ => bail!("--from must be beginning, offset:N or timestamp:MS"),
+    };
+    let base = format!(
+        "{}/v1/pipelines/{pipeline}/replay",
+        to.trim_end_matches('/')
+    );
+    let agent = agent();
+    let mut r = agent
+        .post(&base)
+        .header("authorization", &format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .with_context(|| format!("cannot reach {base}"))?;
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    if !r.status().is_success() {
+        bail!(
+            "{base} refused the replay ({}): {}",
+            r.status(),
+            error_of(&text)
+        );
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut r = agent
+            .get(&base)
+            .call()
+            .with_context(|| format!("cannot reach {base}"))?;
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let processed = v
+            .get("processed")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let total = v
+            .get("total")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            .max(processed);
+        let phase = v
+            .get("phase")
+            .and_then(|p| p.as_str())
+            .unwrap_or("?")
+            .to_owned();
+        let width = 30u64;
+        let filled = (processed * width).checked_div(total).unwrap_or(width);
+        let bar: String = (0..width)
+            .map(|i| if i < filled { '#' } else { '-' })
+            .collect();
+        eprint!("\r[{bar}] {processed}/{total} events  {phase:<10}");
+        match phase.as_str() {
+            "done" => {
+                eprintln!();
+                println!("{text}");
+                return Ok(());
+            }
+            "failed" => {
+                eprintln!();
+                bail!(
+                    "replay of {pipeline} failed: {}",
+                    v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown")
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Validates a component file as a plugin and describes it.
 ///
 /// # Errors

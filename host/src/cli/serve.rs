@@ -230,6 +230,13 @@ pub fn run(
         keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
         locks: Arc::new(locks),
         registry: registry.clone(),
+        replays: Arc::new(
+            config
+                .pipelines
+                .iter()
+                .map(|p| (p.name.clone(), Default::default()))
+                .collect(),
+        ),
         admin_token: config
             .http
             .admin_token

@@ -4,6 +4,7 @@
 mod dead_letters;
 mod plugins;
 mod produce;
+mod replay;
 mod sse;
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Per-pipeline locks shared with the workers.
     pub locks: Arc<HashMap<String, crate::pipeline::PipelineLock>>,
+    /// Replay progress per pipeline.
+    pub replays: Arc<HashMap<String, crate::pipeline::replay::Tracker>>,
     /// The live plugin versions.
     pub registry: Arc<crate::execute::registry::Registry>,
     /// Bearer token of the admin routes; `None` turns them off.
@@ -140,6 +143,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
         .route("/v1/pipelines/{pipeline}/latest", get(get_latest))
+        .route(
+            "/v1/pipelines/{pipeline}/replay",
+            post(replay::start).get(replay::status),
+        )
+        .route(
+            "/v1/pipelines/{pipeline}/replay/events",
+            get(replay::events),
+        )
         .route("/v1/pipelines/{pipeline}/events", get(sse::events))
         .route(
             "/v1/pipelines/{pipeline}/dead-letters",

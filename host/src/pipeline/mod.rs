@@ -8,6 +8,7 @@
 //! offsets, so an event is never lost and never applied twice.
 
 pub mod dead_letter;
+pub mod replay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,6 +166,8 @@ impl Worker {
         for instance in self.aggregator.iter_mut().chain(self.handlers.iter_mut()) {
             instance.refresh();
         }
+        // A replay may have swapped in rebuilt states with new change numbers.
+        self.seq = self.seq.max(self.store.last_seq(&self.config.name)?);
         let mut out = Outputs::default();
         let mut next_offsets: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         let mut items = Vec::with_capacity(records.len());
@@ -280,48 +283,7 @@ impl Worker {
 
     /// Decodes and keys one record, or says why it goes to the dead letters.
     fn prepare(&self, record: &SourceRecord) -> Result<(Event, String), Box<DeadLetter>> {
-        let value = crate::decode::json_value(&record.value).map_err(|e| {
-            Box::new(DeadLetter::new(
-                &self.config.name,
-                record,
-                Stage::Decode,
-                "decode",
-                e.to_string(),
-            ))
-        })?;
-        let key = self
-            .key
-            .key_of(record.key.as_deref(), &value)
-            .map_err(|e| {
-                Box::new(DeadLetter::new(
-                    &self.config.name,
-                    record,
-                    Stage::Route,
-                    "key",
-                    e.to_string(),
-                ))
-            })?;
-        let event = Event {
-            topic: record.topic.to_string(),
-            partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
-            offset: i64::try_from(record.offset).unwrap_or(i64::MAX),
-            timestamp_ms: record.timestamp_ms,
-            key: record
-                .key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            headers: record
-                .headers
-                .iter()
-                .map(|(name, value)| Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            schema_id: None,
-            value,
-        };
-        Ok((event, key))
+        prepare(&self.config.name, &self.key, record)
     }
 
     fn run_handler(&mut self, index: usize, items: &[Item], out: &mut Outputs) {
@@ -490,6 +452,55 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Decodes and keys one record, or says why it goes to the dead letters.
+pub fn prepare(
+    pipeline: &str,
+    key_spec: &KeySpec,
+    record: &SourceRecord,
+) -> Result<(Event, String), Box<DeadLetter>> {
+    let value = crate::decode::json_value(&record.value).map_err(|e| {
+        Box::new(DeadLetter::new(
+            pipeline,
+            record,
+            Stage::Decode,
+            "decode",
+            e.to_string(),
+        ))
+    })?;
+    let key = key_spec
+        .key_of(record.key.as_deref(), &value)
+        .map_err(|e| {
+            Box::new(DeadLetter::new(
+                pipeline,
+                record,
+                Stage::Route,
+                "key",
+                e.to_string(),
+            ))
+        })?;
+    let event = Event {
+        topic: record.topic.to_string(),
+        partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
+        offset: i64::try_from(record.offset).unwrap_or(i64::MAX),
+        timestamp_ms: record.timestamp_ms,
+        key: record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers: record
+            .headers
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        schema_id: None,
+        value,
+    };
+    Ok((event, key))
 }
 
 /// A result and the retry delays it took.
