@@ -1,5 +1,6 @@
-// Shared by the `versioned-v1` and `versioned-v2` test aggregators: each
-// event is recorded in the key's state with the version that applied it.
+// Shared by the `versioned-*` test aggregators: each event is recorded in
+// the key's state with the tag (`tag(id)`, defined by each crate) of the
+// version that applied it.
 
 use eddy_sdk::{Aggregator, Event, Failure, Output};
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,8 @@ impl Aggregator for Versioned {
     }
 
     fn apply(state: &mut Applied, event: Event<Input>, _out: &mut Output) -> Result<(), Failure> {
-        state.events.push((event.value.id, VERSION.to_owned(), event.partition, event.offset));
+        let tag = tag(&event.value.id);
+        state.events.push((event.value.id, tag, event.partition, event.offset));
         Ok(())
     }
 }

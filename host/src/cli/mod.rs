@@ -102,6 +102,30 @@ enum PluginCommand {
         #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Runs a candidate component next to a plugin's running version over
+    /// its pipeline's input on a running host and shows what would change.
+    Shadow {
+        /// The candidate component.
+        file: PathBuf,
+        /// The host's base URL.
+        #[arg(long)]
+        to: String,
+        /// The plugin it would replace (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The pipeline (default: the first that uses the plugin).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// `beginning`, `offset:N` or `timestamp:MS`.
+        #[arg(long, default_value = "beginning")]
+        from: String,
+        /// Most events to read.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Admin bearer token.
+        #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Checks that a component is a valid Eddy plugin and says what it implements.
     Check {
         /// The component file.
@@ -149,6 +173,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+        Command::Plugin(PluginCommand::Shadow {
+            file,
+            to,
+            name,
+            pipeline,
+            from,
+            limit,
+            token,
+        }) => plugin::shadow(
+            &file,
+            &to,
+            name.as_deref(),
+            pipeline.as_deref(),
+            &from,
+            limit,
+            &token,
+        ),
         Command::Replay {
             to,
             pipeline,

@@ -571,6 +571,115 @@ pub fn replay(to: &str, pipeline: &str, from: &str, token: &str) -> anyhow::Resu
     }
 }
 
+/// `eddy plugin shadow`: prints what a candidate would change.
+///
+/// # Errors
+/// When the host refuses or cannot be reached.
+pub fn shadow(
+    file: &Path,
+    to: &str,
+    name: Option<&str>,
+    pipeline: Option<&str>,
+    from: &str,
+    limit: Option<u64>,
+    token: &str,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .context("give the plugin's name with --name")?,
+    };
+    let mut url = format!(
+        "{}/v1/plugins/{name}/shadow?from={from}",
+        to.trim_end_matches('/')
+    );
+    if let Some(p) = pipeline {
+        url.push_str(&format!("&pipeline={p}"));
+    }
+    if let Some(l) = limit {
+        url.push_str(&format!("&limit={l}"));
+    }
+    let mut r = agent()
+        .post(&url)
+        .header("authorization", &format!("Bearer {token}"))
+        .send(&bytes[..])
+        .with_context(|| format!("cannot reach {url}"))?;
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    if !r.status().is_success() {
+        bail!(
+            "{url} refused the shadow run ({}): {}",
+            r.status(),
+            error_of(&text)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).context("shadow report")?;
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
+    println!(
+        "shadow of {} on pipeline {}: running {} vs candidate {}",
+        s("plugin"),
+        s("pipeline"),
+        s("current_version"),
+        s("candidate_version")
+    );
+    println!(
+        "  {} events, {} keys: {} keys would change, {} emit steps would differ, {} events would fail (vs {} now)",
+        n("events"),
+        n("keys"),
+        n("changed_count"),
+        n("emits_differ_count"),
+        n("candidate_failures"),
+        n("current_failures")
+    );
+    let short = |x: &serde_json::Value| {
+        let t = x.to_string();
+        if t.chars().count() > 160 {
+            format!("{}…", t.chars().take(160).collect::<String>())
+        } else {
+            t
+        }
+    };
+    for c in v
+        .get("changed")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .take(20)
+    {
+        println!(
+            "  ~ {}",
+            c.get("key").and_then(|k| k.as_str()).unwrap_or("?")
+        );
+        println!(
+            "    - {}",
+            short(c.get("before").unwrap_or(&serde_json::Value::Null))
+        );
+        println!(
+            "    + {}",
+            short(c.get("after").unwrap_or(&serde_json::Value::Null))
+        );
+    }
+    for f in v
+        .get("failures")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .take(20)
+    {
+        println!(
+            "  ! {} ({}): {} {}",
+            f.get("source").and_then(|x| x.as_str()).unwrap_or("?"),
+            f.get("version").and_then(|x| x.as_str()).unwrap_or("?"),
+            f.get("error_class").and_then(|x| x.as_str()).unwrap_or("?"),
+            f.get("error").and_then(|x| x.as_str()).unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// Validates a component file as a plugin and describes it.
 ///
 /// # Errors

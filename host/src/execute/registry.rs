@@ -263,6 +263,19 @@ impl Registry {
         Ok(version)
     }
 
+    /// Compiles and validates a candidate for `name` without deploying it.
+    ///
+    /// # Errors
+    /// [`DeployError`] naming the plugin and the reason.
+    pub fn compile_candidate(&self, name: &str, bytes: &[u8]) -> Result<Plugin, DeployError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
+        Ok(self
+            .runtime
+            .load(&slot.config, "shadow candidate", bytes, Some(slot.kind))?)
+    }
+
     /// Returns `name` to its previous version (saving it to the plugin's path).
     ///
     /// # Errors

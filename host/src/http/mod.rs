@@ -139,6 +139,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::get_one).put(plugins::upload),
         )
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
+        .route("/v1/plugins/{name}/shadow", post(plugins::shadow))
         .route("/v1/pipelines", get(list_pipelines))
         .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))

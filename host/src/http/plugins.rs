@@ -90,6 +90,79 @@ pub async fn upload(
     ))
 }
 
+#[derive(serde::Deserialize)]
+pub struct ShadowQuery {
+    pipeline: Option<String>,
+    from: Option<String>,
+    limit: Option<u64>,
+}
+
+/// `POST /v1/plugins/{name}/shadow?pipeline=&from=beginning|offset:N|timestamp:MS&limit=`
+/// with a candidate component as the body: runs it next to the running
+/// version over the pipeline's input and answers the diff. Touches nothing live.
+pub async fn shadow(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: axum::extract::Query<ShadowQuery>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    require_admin(&s, &headers)?;
+    let slot = s
+        .registry
+        .slot(&name)
+        .ok_or_else(|| AppError::not_found(format!("plugin {name:?} is not configured")))?;
+    let uses = |p: &&crate::config::PipelineConfig| {
+        p.aggregator.as_deref() == Some(name.as_str()) || p.handlers.iter().any(|h| h == &name)
+    };
+    let pipeline =
+        match &q.pipeline {
+            Some(p) => s.pipeline(p)?.clone(),
+            None => s.pipelines.values().find(uses).cloned().ok_or_else(|| {
+                AppError::unprocessable(format!("no pipeline uses plugin {name:?}"))
+            })?,
+        };
+    if !uses(&&pipeline) {
+        return Err(AppError::unprocessable(format!(
+            "pipeline {:?} does not use plugin {name:?}",
+            pipeline.name
+        )));
+    }
+    let from = parse_from(q.from.as_deref().unwrap_or("beginning"))?;
+    let limit = q.limit.unwrap_or(1_000_000).max(1);
+    let current = crate::execute::Instance::new(slot.current());
+    let (log, registry) = (s.log.clone(), s.registry.clone());
+    let report = blocking(move || {
+        // Compiling a large component takes seconds: off the async workers.
+        let candidate = registry
+            .compile_candidate(&name, &body)
+            .map_err(deploy_error)?;
+        let candidate = crate::execute::Instance::new(std::sync::Arc::new(candidate));
+        crate::pipeline::shadow::run(&pipeline, current, candidate, &log, from, limit)
+            .map_err(AppError::internal)
+    })
+    .await?;
+    Ok(Json(
+        serde_json::to_value(report).map_err(AppError::internal)?,
+    ))
+}
+
+/// `beginning`, `offset:N` or `timestamp:MS`.
+pub fn parse_from(s: &str) -> ApiResult<crate::pipeline::replay::From> {
+    use crate::pipeline::replay::From;
+    let bad = || {
+        AppError::bad_request(format!(
+            "from must be beginning, offset:N or timestamp:MS, not {s:?}"
+        ))
+    };
+    match s.split_once(':') {
+        None if s == "beginning" => Ok(From::Beginning),
+        Some(("offset", n)) => n.parse().map(From::Offset).map_err(|_| bad()),
+        Some(("timestamp", t)) => t.parse().map(From::Timestamp).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
 /// `POST /v1/plugins/{name}/rollback`
 pub async fn rollback(
     State(s): State<AppState>,

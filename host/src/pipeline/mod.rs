@@ -9,6 +9,7 @@
 
 pub mod dead_letter;
 pub mod replay;
+pub mod shadow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
