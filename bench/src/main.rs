@@ -25,6 +25,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The longest gap between two batch commits around plugin swaps, under
+    /// load, next to the gaps of the same run without a swap.
+    Swap {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The two components to alternate (same plugin, two versions).
+        #[arg(long)]
+        v1: PathBuf,
+        /// See `v1`.
+        #[arg(long)]
+        v2: PathBuf,
+        /// Events to stream.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Swaps during the stream.
+        #[arg(long, default_value_t = 6)]
+        swaps: u32,
+        /// Distinct keys (the test plugin's state grows with a key's events).
+        #[arg(long, default_value_t = 50_000)]
+        keys: u64,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/swap.json")]
+        out: PathBuf,
+    },
     /// Plugin call cost per language and batch size, next to native code.
     Plugins {
         /// Components as `label=path` (e.g. `rust=target/plugins/async-process-aggregator.wasm`).
@@ -212,8 +237,190 @@ fn plugins(
     Ok(())
 }
 
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(0)
+}
+
+fn swap(
+    eddy: PathBuf,
+    v1: PathBuf,
+    v2: PathBuf,
+    events: u64,
+    swaps: u32,
+    keys: u64,
+    out: PathBuf,
+) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("eddy-bench-swap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let live = dir.join("plugin.wasm");
+    std::fs::copy(&v1, &live)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let token = "bench-token";
+    std::fs::write(
+        dir.join("eddy.toml"),
+        format!(
+            "[http]\nadmin_token = \"{token}\"\nwatch_plugins = false\n\n[[plugin]]\nname = \"p\"\npath = \"{}\"\n\n\
+             [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"key\"\naggregator = \"p\"\n",
+            live.display()
+        ),
+    )?;
+    let log_path = dir.join("eddy.log");
+    let mut child = std::process::Command::new(&eddy)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(dir.join("eddy.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
+        .arg(dir.join("store"))
+        .env("RUST_LOG", "warn,eddy::pipeline=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()
+        .with_context(|| format!("cannot start {}", eddy.display()))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let ready = Instant::now();
+    while agent.get(&format!("{base}/healthz")).call().is_err() {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(30),
+            "eddy did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let components = [std::fs::read(&v2)?, std::fs::read(&v1)?];
+    let per_swap = events / u64::from(swaps + 1);
+    let mut swap_times = Vec::new();
+    let mut sent = 0u64;
+    let mut next_swap = per_swap;
+    while sent < events {
+        let records: Vec<serde_json::Value> = (sent..(sent + 1000).min(events))
+            .map(|n| serde_json::json!({ "value": { "key": format!("k{}", n % keys.max(1)), "id": format!("e{n}") } }))
+            .collect();
+        sent += records.len() as u64;
+        let body = serde_json::json!({ "records": records }).to_string();
+        let r = agent
+            .post(&format!("{base}/v1/topics/events/records"))
+            .send(body.as_bytes())?;
+        anyhow::ensure!(r.status().is_success(), "produce failed: {}", r.status());
+        if sent >= next_swap && (swap_times.len() as u32) < swaps {
+            let bytes = components
+                .get(swap_times.len() % 2)
+                .cloned()
+                .unwrap_or_default();
+            let started = now_us();
+            let r = agent
+                .put(&format!("{base}/v1/plugins/p"))
+                .header("authorization", &format!("Bearer {token}"))
+                .send(&bytes[..])?;
+            anyhow::ensure!(r.status().is_success(), "swap failed: {}", r.status());
+            swap_times.push((started, now_us()));
+            next_swap += per_swap;
+        }
+    }
+    // Wait for the pipeline to drain.
+    loop {
+        let mut r = agent.get(&format!("{base}/v1/pipelines/p")).call()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+        if v.get("lag").and_then(serde_json::Value::as_u64) == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut commits: Vec<u64> = std::fs::read_to_string(&log_path)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("message").and_then(|m| m.as_str()) == Some("batch committed"))
+        .filter_map(|v| v.get("committed_at_us").and_then(serde_json::Value::as_u64))
+        .collect();
+    commits.sort_unstable();
+    let gaps: Vec<(u64, u64, u64)> = commits
+        .windows(2)
+        .filter_map(|w| Some((*w.first()?, *w.get(1)?, w.get(1)? - w.first()?)))
+        .collect();
+    // The gap that spans each swap's completion, and the gaps after it until the next commit.
+    let around: Vec<u64> = swap_times
+        .iter()
+        .map(|(start, end)| {
+            gaps.iter()
+                .filter(|(a, b, _)| *b >= *start && *a <= end + 100_000)
+                .map(|(_, _, g)| *g)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut all: Vec<u64> = gaps.iter().map(|(_, _, g)| *g).collect();
+    all.sort_unstable();
+    let compile_ms: Vec<u64> = swap_times.iter().map(|(s, e)| (e - s) / 1000).collect();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| batch commits | {} |", commits.len());
+    println!(
+        "| gap between commits, median | {:.2} ms |",
+        percentile(&all, 0.5) as f64 / 1000.0
+    );
+    println!(
+        "| gap between commits, p99 | {:.2} ms |",
+        percentile(&all, 0.99) as f64 / 1000.0
+    );
+    println!(
+        "| gap between commits, max (whole run) | {:.2} ms |",
+        all.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    println!(
+        "| longest gap around a swap (each of {}) | {} ms |",
+        around.len(),
+        around
+            .iter()
+            .map(|g| format!("{:.2}", *g as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| upload → swapped (compile + validate, off the hot path) | {compile_ms:?} ms |");
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "commits": commits.len(),
+            "gap_median_us": percentile(&all, 0.5),
+            "gap_p99_us": percentile(&all, 0.99),
+            "gap_max_us": all.last().copied().unwrap_or(0),
+            "gap_around_swaps_us": around,
+            "upload_to_swap_ms": compile_ms,
+        }))?,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Swap {
+            eddy,
+            v1,
+            v2,
+            events,
+            swaps,
+            keys,
+            out,
+        } => swap(eddy, v1, v2, events, swaps, keys, out),
         Command::Plugins {
             components,
             batches,

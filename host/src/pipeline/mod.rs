@@ -149,7 +149,16 @@ impl Worker {
             let started = Instant::now();
             let n = records.len();
             self.process(records)?;
-            tracing::debug!(pipeline = %name, events = n, elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+            tracing::debug!(
+                pipeline = %name,
+                events = n,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                committed_at_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0),
+                "batch committed"
+            );
         }
         tracing::info!(pipeline = %name, "pipeline stopped");
         Ok(())
