@@ -327,7 +327,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     .arg(target_dir.join("wasm"))
     .args(["--message-format", "json-render-diagnostics"])
     .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+    .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
     .env("CARGO_PROFILE_RELEASE_LTO", "true")
     .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
     .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
