@@ -8,7 +8,7 @@ scripts/build.sh
 PORT=${EDDY_PORT:-8080}
 URL="http://127.0.0.1:$PORT"
 STORE=$(mktemp -d)
-target/release/eddy run -c examples/async-process/eddy.toml --listen "127.0.0.1:$PORT" --store "$STORE" &
+RUST_LOG=${RUST_LOG:-warn} target/release/eddy run -c examples/async-process/eddy.toml --listen "127.0.0.1:$PORT" --store "$STORE" &
 EDDY=$!
 trap 'kill $EDDY 2>/dev/null; wait $EDDY 2>/dev/null; rm -rf "$STORE"' EXIT
 for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.1; done
@@ -31,8 +31,9 @@ say "GET /async-process/$ID"
 curl -s "$URL/async-process/$ID"; echo
 say "A second process is REJECTED and routed to topic rejected-process"
 ID2=$(curl -s -XPOST "$URL/async-process" -d '{"description":"export invoices"}' | sed -E 's/.*"id":"([^"]+)".*/\1/')
+LATER=$(( $(date +%s%3N) + 10 ))
 curl -s -XPOST "$URL/v1/topics/async-process-execution/records" \
-  -d "{\"value\":{\"id\":\"exec-r\",\"asyncProcessId\":\"$ID2\",\"time\":$((NOW + 10)),\"state\":\"REJECTED\",\"description\":\"no quota\"}}" >/dev/null
+  -d "{\"value\":{\"id\":\"exec-r\",\"asyncProcessId\":\"$ID2\",\"time\":$LATER,\"state\":\"REJECTED\",\"description\":\"no quota\"}}" >/dev/null
 sleep 0.3
 curl -s "$URL/v1/topics/rejected-process/records"; echo
 say "GET /async-process/latest"
