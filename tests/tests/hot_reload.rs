@@ -185,6 +185,11 @@ async fn swap_under_load_applies_every_event_once_by_one_version() -> Result<()>
         "{now}"
     );
     ensure!(now["previous_version"] == v1["version"], "{now}");
+    // The version each build declares (its crate's `version`) is shown too.
+    ensure!(
+        now["declared_version"] == "0.1.0" && v1["declared_version"] == "0.1.0",
+        "{now}"
+    );
     Ok(())
 }
 

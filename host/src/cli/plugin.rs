@@ -115,6 +115,16 @@ fn package_name(dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} has no [package] name", manifest.display()))
 }
 
+/// The crate's `package.version`, when it is a literal.
+fn package_version(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    let doc: toml::Table = toml::from_str(&text).ok()?;
+    doc.get("package")?
+        .get("version")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 fn target_directory(tc: &WasmToolchain, dir: &Path) -> anyhow::Result<PathBuf> {
     let out = Command::new(&tc.cargo)
         .args([
@@ -155,6 +165,19 @@ struct Manifest {
     lang: Lang,
     /// `aggregator` or `handler`.
     kind: crate::config::PluginKind,
+    /// The plugin's own version (recorded in the component).
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// Records the version a plugin declares in the component.
+fn stamp_version(component: &mut Vec<u8>, version: &str) {
+    use wasm_encoder::ComponentSection;
+    wasm_encoder::CustomSection {
+        name: crate::execute::VERSION_SECTION.into(),
+        data: version.as_bytes().into(),
+    }
+    .append_to_component(component);
 }
 
 /// Languages `eddy plugin new` and `build` know.
@@ -292,8 +315,13 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
                 manifest.display()
             ),
         }
-        let bytes =
+        let mut bytes =
             std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        if let Some(v) = &m.version {
+            stamp_version(&mut bytes, v);
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+        }
         Runtime::new()?
             .load(
                 &probe_config(&m.name),
@@ -364,7 +392,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         })?;
     let module = std::fs::read(&module_path)
         .with_context(|| format!("cannot read {}", module_path.display()))?;
-    let component = wit_component::ComponentEncoder::default()
+    let mut component = wit_component::ComponentEncoder::default()
         .module(&module)
         .and_then(|e| e.validate(true).encode())
         .map_err(|e| {
@@ -373,6 +401,9 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
                 module_path.display()
             )
         })?;
+    if let Some(v) = package_version(dir) {
+        stamp_version(&mut component, &v);
+    }
     let runtime = Runtime::new()?;
     let probe = probe_config(&name);
     runtime
@@ -706,10 +737,15 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         None,
     )?;
     println!(
-        "{}: valid Eddy {} plugin (version {}, {} bytes)",
+        "{}: valid Eddy {} plugin (version {}{}, {} bytes)",
         file.display(),
         plugin.kind,
         plugin.version,
+        plugin
+            .declared_version
+            .as_deref()
+            .map(|v| format!(", declares {v}"))
+            .unwrap_or_default(),
         bytes.len()
     );
     Ok(())

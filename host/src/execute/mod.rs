@@ -315,12 +315,30 @@ impl Runtime {
             name: Arc::from(config.name.as_str()),
             kind,
             version: content_hash(bytes),
+            declared_version: declared_version(bytes),
             config: config.clone(),
             engine: self.engine.clone(),
             pre,
             indices,
         })
     }
+}
+
+/// The custom section in which `eddy plugin build` records the version a
+/// plugin declares (its crate's or `plugin.toml`'s `version`).
+pub const VERSION_SECTION: &str = "eddy:version";
+
+/// The version a component declares in its [`VERSION_SECTION`], if any.
+pub fn declared_version(bytes: &[u8]) -> Option<String> {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .filter_map(Result::ok)
+        .find_map(|payload| match payload {
+            wasmparser::Payload::CustomSection(c) if c.name() == VERSION_SECTION => {
+                std::str::from_utf8(c.data()).ok().map(str::to_owned)
+            }
+            _ => None,
+        })
 }
 
 /// A short content hash identifying a component's bytes (FNV-1a, 64 bits).
@@ -346,6 +364,8 @@ pub struct Plugin {
     pub kind: PluginKind,
     /// Content hash of the component.
     pub version: String,
+    /// The semantic version the plugin declares, if it declares one.
+    pub declared_version: Option<String>,
     config: PluginConfig,
     engine: Engine,
     pre: InstancePre<PluginCtx>,

@@ -23,6 +23,8 @@ pub struct Status {
     pub kind: String,
     /// Content hash of the running component.
     pub version: String,
+    /// The semantic version it declares, if any.
+    pub declared_version: Option<String>,
     /// When it was loaded (ms since the Unix epoch).
     pub loaded_at_ms: i64,
     /// Where it came from: `config`, `upload`, `watch`, `rollback`.
@@ -91,6 +93,7 @@ impl Slot {
             name: self.config.name.clone(),
             kind: self.kind.to_string(),
             version: self.current().version.clone(),
+            declared_version: self.current().declared_version.clone(),
             loaded_at_ms: m.loaded_at_ms,
             source: m.source.clone(),
             status: if m.last_error.is_some() {
