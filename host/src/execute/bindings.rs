@@ -6,12 +6,14 @@ wasmtime::component::bindgen!({
     world: "eddy:plugin/host-view",
 });
 
-pub use eddy::plugin::host::{Host, Level};
-pub use eddy::plugin::types::{Emit, Event, Failure, Header};
-pub use exports::eddy::plugin::aggregator::{
+pub use self::eddy::plugin::host::{Host, Level};
+pub use self::eddy::plugin::types::{Emit, Event, Failure, Header};
+pub use self::exports::eddy::plugin::aggregator::{
     Guest as AggregatorGuest, GuestIndices as AggregatorIndices,
 };
-pub use exports::eddy::plugin::handler::{Guest as HandlerGuest, GuestIndices as HandlerIndices};
+pub use self::exports::eddy::plugin::handler::{
+    Guest as HandlerGuest, GuestIndices as HandlerIndices,
+};
 
 /// The WIT interface names a plugin may export, as they appear in a component.
 pub const AGGREGATOR_EXPORT: &str = "eddy:plugin/aggregator@0.1.0";
