@@ -81,7 +81,8 @@ struct Item {
 /// What processing a micro-batch produced, before it is committed.
 #[derive(Default)]
 struct Outputs {
-    states: Vec<(String, String)>,
+    /// New states: (key, state, the key's previous change number).
+    states: Vec<(String, String, Option<u64>)>,
     emits: Vec<(String, ProduceRecord)>,
     dead: Vec<DeadLetter>,
     /// Keys that got a new dead letter in quarantine mode (once per letter).
@@ -211,8 +212,7 @@ impl Worker {
             ..Commit::default()
         };
         let mut changes = Vec::with_capacity(out.states.len());
-        for (key, state) in out.states {
-            let previous = self.store.state(&self.config.name, &key)?.map(|s| s.seq);
+        for (key, state, previous) in out.states {
             self.seq += 1;
             let change = Change {
                 seq: self.seq,
@@ -377,7 +377,9 @@ impl Worker {
                 }
                 continue;
             }
-            let state = self.store.state(&pipeline, key)?.map(|s| s.json);
+            let stored = self.store.state(&pipeline, key)?;
+            let previous_seq = stored.as_ref().map(|s| s.seq);
+            let state = stored.map(|s| s.json);
             let events: Vec<Event> = group.iter().map(|i| i.event.clone()).collect();
             let call = |agg: &mut Instance, state: Option<&str>, events: &[Event]| {
                 policy.run(|| {
@@ -413,7 +415,7 @@ impl Worker {
                             out.emits.push(to_produce(last, i, e));
                         }
                     }
-                    out.states.push((key.to_owned(), new_state));
+                    out.states.push((key.to_owned(), new_state, previous_seq));
                 }
                 (Err(first_error), _) => {
                     // Find the poison event(s): apply one at a time from the same state.
@@ -455,7 +457,7 @@ impl Worker {
                         }
                     }
                     if let (true, Some(s)) = (changed, current) {
-                        out.states.push((key.to_owned(), s));
+                        out.states.push((key.to_owned(), s, previous_seq));
                     }
                 }
             }
