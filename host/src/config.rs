@@ -38,6 +38,59 @@ pub enum SourceConfig {
     /// The embedded append-only log, stored in the state store and fed by
     /// `POST /v1/topics/{topic}/records`. No broker needed.
     Embedded(EmbeddedConfig),
+    /// A Kafka cluster: each pipeline is a consumer group member; emitted
+    /// records, changelogs and dead letters are produced to it.
+    Kafka(KafkaConfig),
+}
+
+/// Options of the Kafka source and sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group id. Each pipeline joins `{group_id}.{pipeline}`.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Client id shown in the brokers' logs and quotas.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// librdkafka properties passed through unchanged to the consumer and
+    /// the producer (SASL/SSL, timeouts, batching, ...). They override
+    /// Eddy's defaults; the names are librdkafka's `CONFIGURATION.md`.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Create missing pipeline, changelog and dead-letter topics at start
+    /// (with `default_partitions`). Off by default: a missing topic is an
+    /// error that names it.
+    #[serde(default)]
+    pub create_topics: bool,
+    /// Partitions of topics created by `create_topics`.
+    #[serde(default = "default_partitions")]
+    pub default_partitions: u32,
+    /// Replication factor of created topics (-1: the brokers' default).
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// Topics created at start when missing, with an explicit partition
+    /// count (such as the topics plugins emit to).
+    #[serde(default)]
+    pub topics: Vec<TopicConfig>,
+    /// How long start-up waits for the brokers before giving up, in ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_group_id() -> String {
+    "eddy".into()
+}
+fn default_client_id() -> String {
+    "eddy".into()
+}
+fn default_replication() -> i32 {
+    -1
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
 }
 
 impl Default for SourceConfig {
@@ -406,11 +459,22 @@ impl Config {
                 problems.push(format!("plugin {:?}: memory_mb must be > 0", p.name));
             }
         }
-        let SourceConfig::Embedded(embedded) = &self.source;
-        if !(1..=1024).contains(&embedded.default_partitions) {
+        let (default_partitions, topics) = match &self.source {
+            SourceConfig::Embedded(e) => (e.default_partitions, e.topics.as_slice()),
+            SourceConfig::Kafka(k) => {
+                if k.brokers.trim().is_empty() {
+                    problems.push("source.brokers must name at least one broker".into());
+                }
+                if k.group_id.trim().is_empty() {
+                    problems.push("source.group_id must not be empty".into());
+                }
+                (k.default_partitions, k.topics.as_slice())
+            }
+        };
+        if !(1..=1024).contains(&default_partitions) {
             problems.push("source.default_partitions must be within 1..=1024".into());
         }
-        for t in &embedded.topics {
+        for t in topics {
             if let Err(e) = crate::source::validate_topic_name(&t.name) {
                 problems.push(format!("source.topics: {e}"));
             }

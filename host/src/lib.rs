@@ -3,7 +3,8 @@
 //!
 //! The way an event travels, one module per stage:
 //! [`source`] → [`decode`] → [`route`] → [`execute`] → commit ([`store`]) →
-//! [`notify`] → [`http`]. The [`pipeline`] worker runs the stages in order.
+//! [`sink`] (emitted records out) → [`notify`] → [`http`]. The [`pipeline`]
+//! worker runs the stages in order.
 
 pub mod cli;
 pub mod config;
@@ -13,5 +14,14 @@ pub mod http;
 pub mod notify;
 pub mod pipeline;
 pub mod route;
+pub mod sink;
 pub mod source;
 pub mod store;
+
+/// Milliseconds since the Unix epoch (0 before it, saturating far after).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

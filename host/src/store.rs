@@ -15,6 +15,7 @@
 //! | `quarantine` | pipeline `\0` key                | open dead letters of the key (u64) |
 //! | `parked`  | pipeline `\0` key `\0` seq(u64)      | encoded [`LogRecord`] + source |
 //! | `meta`    | `seq\0` / `dead\0` / `park\0` pipeline | last used seq / id (u64)     |
+//! | `outbox`  | seq(u64)                             | encoded [`OutboxRecord`] (Kafka sink) |
 //!
 //! fjall is synchronous: call it from blocking threads (pipeline workers,
 //! `spawn_blocking`), never directly on the async runtime's workers.
@@ -102,6 +103,47 @@ impl LogRecord {
             key,
             headers,
             value: r.0.to_vec(),
+        })
+    }
+}
+
+/// A record waiting in the outbox for the Kafka producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// Target topic.
+    pub topic: String,
+    /// Explicit partition, or chosen by the producer's partitioner.
+    pub partition: Option<u32>,
+    /// The record (its timestamp is the commit time).
+    pub record: LogRecord,
+}
+
+impl OutboxRecord {
+    /// Encodes to the outbox's binary layout.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.topic.len() + self.record.value.len());
+        put_bytes(&mut out, self.topic.as_bytes());
+        out.extend_from_slice(&self.partition.unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(&self.record.encode());
+        out
+    }
+
+    /// Decodes the outbox's binary layout.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] on a short or malformed entry.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let corrupt = || StoreError::Corrupt {
+            what: "outbox record".into(),
+        };
+        let mut r = Reader(bytes);
+        let topic =
+            String::from_utf8(r.bytes().ok_or_else(corrupt)?.to_vec()).map_err(|_| corrupt())?;
+        let partition = u32::from_be_bytes(r.array().ok_or_else(corrupt)?);
+        Ok(OutboxRecord {
+            topic,
+            partition: (partition != u32::MAX).then_some(partition),
+            record: LogRecord::decode(r.0)?,
         })
     }
 }
@@ -267,6 +309,8 @@ pub struct Commit {
     pub unpark: Vec<(String, u64)>,
     /// Last used park sequence number after this commit (when `park` is not empty).
     pub last_park_seq: u64,
+    /// Records for the Kafka producer, by outbox sequence number.
+    pub outbox: Vec<(u64, OutboxRecord)>,
 }
 
 /// The store handle; cheap to clone.
@@ -283,6 +327,7 @@ pub struct Store {
     quarantine: Keyspace,
     parked: Keyspace,
     meta: Keyspace,
+    outbox: Keyspace,
     persist: PersistMode,
 }
 
@@ -311,6 +356,7 @@ impl Store {
             quarantine: ks("quarantine")?,
             parked: ks("parked")?,
             meta: ks("meta")?,
+            outbox: ks("outbox")?,
             persist: match durability {
                 Durability::Process => PersistMode::Buffer,
                 Durability::Power => PersistMode::SyncData,
@@ -436,6 +482,25 @@ impl Store {
             None => Ok(0),
             Some(v) => u64_of(&v, "offset"),
         }
+    }
+
+    /// The next offset a pipeline reads from a partition, if it ever
+    /// committed one.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn stored_offset(
+        &self,
+        pipeline: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>> {
+        fj(
+            "read offset",
+            self.offsets.get(offsets_key(pipeline, topic, partition)),
+        )?
+        .map(|v| u64_of(&v, "offset"))
+        .transpose()
     }
 
     fn meta_u64(&self, kind: &str, pipeline: &str) -> Result<u64> {
@@ -798,6 +863,9 @@ impl Store {
             k.extend_from_slice(&seq.to_be_bytes());
             b.remove(&self.parked, k);
         }
+        for (seq, record) in &c.outbox {
+            b.insert(&self.outbox, seq.to_be_bytes().to_vec(), record.encode());
+        }
         for (topic, partition, next) in &c.offsets {
             b.insert(
                 &self.offsets,
@@ -806,6 +874,58 @@ impl Store {
             );
         }
         fj("commit", b.commit())
+    }
+}
+
+impl Store {
+    // ---- the outbox (Kafka sink) -------------------------------------------
+
+    /// The highest outbox sequence number in use (0 when empty).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt key.
+    pub fn outbox_last(&self) -> Result<u64> {
+        match self.outbox.last_key_value() {
+            None => Ok(0),
+            Some(kv) => u64_of(&fj("read outbox", kv.key())?, "outbox key"),
+        }
+    }
+
+    /// Up to `max` outbox entries with a sequence number above `after`, in order.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn outbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, OutboxRecord)>> {
+        let mut out = Vec::new();
+        let from = after.saturating_add(1).to_be_bytes();
+        for item in self.outbox.range(from.as_slice()..).take(max) {
+            let (k, v) = fj("read outbox", item.into_inner())?;
+            out.push((u64_of(&k, "outbox key")?, OutboxRecord::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes delivered outbox entries.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn outbox_remove(&self, seqs: &[u64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.batch();
+        for s in seqs {
+            b.remove(&self.outbox, s.to_be_bytes().to_vec());
+        }
+        fj("outbox remove", b.commit())
+    }
+
+    /// Entries waiting in the outbox (exact; counts keys).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn outbox_len(&self) -> Result<usize> {
+        fj("outbox len", self.outbox.len())
     }
 }
 

@@ -42,6 +42,9 @@ enum Command {
         /// Overrides `store.path`.
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Overrides the Kafka source's `brokers`.
+        #[arg(long, env = "EDDY_KAFKA_BROKERS")]
+        brokers: Option<String>,
     },
     /// Builds and checks plugin components.
     #[command(subcommand)]
@@ -166,7 +169,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             listen,
             store,
-        } => serve::run(&config, listen, store),
+            brokers,
+        } => serve::run(&config, &serve::Overrides { listen, store, brokers }),
         Command::Plugin(PluginCommand::Build { dir, out }) => {
             let path = plugin::build(&dir, out.as_deref())?;
             println!("{}", path.display());

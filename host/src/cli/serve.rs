@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::{Config, PluginConfig, PluginKind, SourceConfig};
+use crate::config::{Config, EmbeddedConfig, PluginConfig, PluginKind, SourceConfig};
 use crate::execute::registry::Registry;
 use crate::execute::{Instance, Runtime};
 use crate::http::{AppState, app, body_limit};
 use crate::notify::Hub;
-use crate::pipeline::{PipelineLock, Worker, spawn};
-use crate::source::Chain;
+use crate::pipeline::{PipelineLock, Wiring, Worker, spawn};
+use crate::sink::Sink;
+use crate::sink::kafka::KafkaSink;
 use crate::source::embedded::{EmbeddedLog, EmbeddedSource};
+use crate::source::kafka::KafkaSource;
+use crate::source::{Chain, Source};
 use crate::store::Store;
 
 /// Resolves every plugin of the config with the role the pipelines give it.
@@ -119,21 +122,106 @@ fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedW
     Ok(watcher)
 }
 
+/// Opens the embedded log (always: it holds the pipelines' replay topics)
+/// and the sink; creates or checks the topics the pipelines need.
+fn open_topics(
+    config: &Config,
+    store: &Store,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Arc<EmbeddedLog>, Sink)> {
+    let local = match &config.source {
+        SourceConfig::Embedded(e) => e.clone(),
+        SourceConfig::Kafka(_) => EmbeddedConfig::default(),
+    };
+    let log = EmbeddedLog::open(store.clone(), &local)?;
+    for p in &config.pipelines {
+        log.ensure_topic(&p.replay_topic(), Some(1))
+            .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
+    }
+    let outputs = |p: &crate::config::PipelineConfig| {
+        [
+            ("changelog", &p.changelog_topic),
+            ("dead-letter", &p.dlq_topic),
+        ]
+        .into_iter()
+        .filter_map(|(what, t)| t.clone().map(|t| (what, t)))
+        .collect::<Vec<_>>()
+    };
+    match &config.source {
+        SourceConfig::Embedded(_) => {
+            for p in &config.pipelines {
+                log.ensure_topic(&p.topic, None)
+                    .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
+                for (what, t) in outputs(p) {
+                    log.ensure_topic(&t, None)
+                        .with_context(|| format!("pipeline {:?}: {what} topic {t:?}", p.name))?;
+                }
+            }
+            Ok((log.clone(), Sink::Embedded(log)))
+        }
+        SourceConfig::Kafka(k) => {
+            let mut wanted: Vec<(String, u32)> = k
+                .topics
+                .iter()
+                .map(|t| (t.name.clone(), t.partitions))
+                .collect();
+            if k.create_topics {
+                for p in &config.pipelines {
+                    wanted.push((p.topic.clone(), k.default_partitions));
+                    for (_, t) in outputs(p) {
+                        wanted.push((t, k.default_partitions));
+                    }
+                }
+            }
+            wanted.sort();
+            wanted.dedup_by(|a, b| a.0 == b.0);
+            rt.block_on(crate::source::kafka::create_topics(k, &wanted))
+                .context("creating Kafka topics")?;
+            let outputs: Vec<String> = config
+                .pipelines
+                .iter()
+                .flat_map(|p| outputs(p).into_iter().map(|(_, t)| t))
+                .collect();
+            let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            let sink = KafkaSink::start(k, store.clone(), &outputs)
+                .context("starting the Kafka producer")?;
+            Ok((log, Sink::Kafka(sink)))
+        }
+    }
+}
+
+/// Command-line settings that override the config file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `http.listen`.
+    pub listen: Option<SocketAddr>,
+    /// `store.path`.
+    pub store: Option<PathBuf>,
+    /// The Kafka source's `brokers`.
+    pub brokers: Option<String>,
+}
+
 /// Runs the host.
 ///
 /// # Errors
 /// Bad config, unreadable plugins, a store that cannot be opened, a port in
 /// use, or a pipeline that failed to commit.
-pub fn run(
-    config_path: &Path,
-    listen: Option<SocketAddr>,
-    store: Option<PathBuf>,
-) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
-    if let Some(l) = listen {
+    if let Some(l) = overrides.listen {
         config.http.listen = l;
     }
-    let store_path = store.unwrap_or_else(|| config.resolve(&config.store.path));
+    match (&mut config.source, &overrides.brokers) {
+        (SourceConfig::Kafka(k), Some(b)) => k.brokers.clone_from(b),
+        (SourceConfig::Embedded(_), Some(_)) => {
+            tracing::warn!(config = %config_path.display(), "--brokers ignored: the config uses the embedded source");
+        }
+        _ => {}
+    }
+    let store_path = overrides
+        .store
+        .clone()
+        .unwrap_or_else(|| config.resolve(&config.store.path));
     std::fs::create_dir_all(&store_path)
         .with_context(|| format!("cannot create store directory {}", store_path.display()))?;
     let store = Store::open(&store_path, config.store.durability)
@@ -147,22 +235,11 @@ pub fn run(
         None
     };
 
-    let SourceConfig::Embedded(embedded) = &config.source;
-    let log = EmbeddedLog::open(store.clone(), embedded)?;
-    for p in &config.pipelines {
-        log.ensure_topic(&p.topic, None)
-            .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
-        if let Some(d) = &p.dlq_topic {
-            log.ensure_topic(d, None)
-                .with_context(|| format!("pipeline {:?}: dead-letter topic {d:?}", p.name))?;
-        }
-        log.ensure_topic(&p.replay_topic(), Some(1))
-            .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
-        if let Some(c) = &p.changelog_topic {
-            log.ensure_topic(c, None)
-                .with_context(|| format!("pipeline {:?}: changelog topic {c:?}", p.name))?;
-        }
-    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (log, sink) = open_topics(&config, &store, &rt)?;
 
     let hub = Hub::new(config.pipelines.iter().map(|p| p.name.as_str()));
     let locks: HashMap<String, PipelineLock> = config
@@ -172,10 +249,6 @@ pub fn run(
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let shutdown = Arc::new(tokio::sync::Notify::new());
 
     let mut workers = Vec::new();
@@ -192,18 +265,29 @@ pub fn run(
             .iter()
             .map(get)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let input = EmbeddedSource::open(log.clone(), &p.name, &p.topic)?;
+        let input: Box<dyn Source> = match &config.source {
+            SourceConfig::Embedded(_) => {
+                Box::new(EmbeddedSource::open(log.clone(), &p.name, &p.topic)?)
+            }
+            SourceConfig::Kafka(k) => Box::new(
+                KafkaSource::open(k, store.clone(), &p.name, &p.topic)
+                    .with_context(|| format!("pipeline {:?}", p.name))?,
+            ),
+        };
         let replay = EmbeddedSource::open(log.clone(), &p.name, &p.replay_topic())?;
-        let source = Chain::new(vec![Box::new(input), Box::new(replay)]);
+        let source = Chain::new(vec![input, Box::new(replay)]);
         let lock = locks.get(&p.name).cloned().unwrap_or_default();
         let worker = Worker::new(
             p.clone(),
             aggregator,
             handlers,
-            Box::new(source),
-            log.clone(),
-            hub.clone(),
-            lock,
+            Wiring {
+                source: Box::new(source),
+                sink: sink.clone(),
+                store: store.clone(),
+                hub: hub.clone(),
+                lock,
+            },
         )?;
         let failed = failed.clone();
         let shutdown = shutdown.clone();
@@ -219,6 +303,7 @@ pub fn run(
     let state = AppState {
         store: store.clone(),
         log: log.clone(),
+        sink: sink.clone(),
         hub,
         pipelines: Arc::new(
             config
@@ -279,6 +364,9 @@ pub fn run(
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.join();
+    }
+    if let Sink::Kafka(k) = &sink {
+        k.shutdown(Duration::from_secs(10));
     }
     store.sync().context("final store sync failed")?;
     served?;

@@ -29,8 +29,11 @@ use crate::store::Store;
 pub struct AppState {
     /// The store (read through `spawn_blocking`).
     pub store: Store,
-    /// The embedded log (producer endpoint).
+    /// The embedded log (its topics on the embedded source, the replay
+    /// topics on both).
     pub log: Arc<EmbeddedLog>,
+    /// Where produced records go (the embedded log or Kafka).
+    pub sink: crate::sink::Sink,
     /// Committed-change notifications.
     pub hub: Hub,
     /// Pipelines by name.
@@ -88,6 +91,9 @@ impl AppError {
     }
     fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");

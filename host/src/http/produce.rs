@@ -110,12 +110,16 @@ fn produce_error(e: ProduceError) -> AppError {
             AppError::bad_request(e.to_string())
         }
         ProduceError::Store(e) => AppError::internal(e),
+        e @ ProduceError::Broker(_) => AppError::unavailable(e.to_string()),
     }
 }
 
 async fn append(s: &AppState, topic: String, records: Vec<ProduceRecord>) -> ApiResult<Value> {
-    let log = s.log.clone();
-    let offsets = blocking(move || log.produce(&topic, records).map_err(produce_error)).await?;
+    let offsets = s
+        .sink
+        .produce(topic, records)
+        .await
+        .map_err(produce_error)?;
     Ok(serde_json::json!({
         "offsets": offsets
             .into_iter()
@@ -131,7 +135,12 @@ pub async fn produce(
     Path(topic): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    if s.log.partitions(&topic).is_none() {
+    if s.sink
+        .partitions(&topic)
+        .await
+        .map_err(produce_error)?
+        .is_none()
+    {
         return Err(AppError::not_found(format!(
             "topic {topic:?} does not exist"
         )));

@@ -23,13 +23,17 @@ use crate::execute::bindings::{Event, Header};
 use crate::execute::{Emitted, Instance, PluginError};
 use crate::notify::Hub;
 use crate::route::KeySpec;
-use crate::source::embedded::{EmbeddedLog, ProduceRecord};
+use crate::sink::Sink;
+use crate::source::embedded::ProduceRecord;
 use crate::source::{Source, SourceRecord, validate_topic_name};
 use crate::store::{Change, Commit, LogRecord, Store};
 use dead_letter::{DeadLetter, Stage};
 
 /// The header carrying an emitted record's deterministic id:
-/// `{source topic}/{partition}/{offset}/{index}`.
+/// `{source topic}/{partition}/{offset}/{index}` for a record a plugin
+/// emitted (`{input's id}/{index}` when the input carries one),
+/// `{pipeline}/changes/{seq}` for a changelog record,
+/// `{source topic}/{partition}/{offset}/dead` for a dead-letter record.
 pub const ID_HEADER: &str = "eddy-id";
 
 /// A running pipeline's parts.
@@ -39,7 +43,7 @@ pub struct Worker {
     aggregator: Option<Instance>,
     handlers: Vec<Instance>,
     source: Box<dyn Source>,
-    log: Arc<EmbeddedLog>,
+    sink: Sink,
     store: Store,
     hub: Hub,
     seq: u64,
@@ -91,6 +95,20 @@ struct Outputs {
     park: Vec<(String, SourceRecord)>,
 }
 
+/// What a worker reads from and writes to.
+pub struct Wiring {
+    /// Input (the topic, chained with the pipeline's replay topic).
+    pub source: Box<dyn Source>,
+    /// Where emitted records go.
+    pub sink: Sink,
+    /// The state store.
+    pub store: Store,
+    /// Committed-change notifications.
+    pub hub: Hub,
+    /// The pipeline's lock, shared with control operations.
+    pub lock: PipelineLock,
+}
+
 impl Worker {
     /// Assembles a worker; state sequence numbers resume from the store.
     ///
@@ -100,12 +118,15 @@ impl Worker {
         config: PipelineConfig,
         aggregator: Option<Instance>,
         handlers: Vec<Instance>,
-        source: Box<dyn Source>,
-        log: Arc<EmbeddedLog>,
-        hub: Hub,
-        lock: PipelineLock,
+        wiring: Wiring,
     ) -> anyhow::Result<Self> {
-        let store = log.store().clone();
+        let Wiring {
+            source,
+            sink,
+            store,
+            hub,
+            lock,
+        } = wiring;
         let seq = store.last_seq(&config.name)?;
         let dead_id = store.last_dead_id(&config.name)?;
         Ok(Worker {
@@ -114,7 +135,7 @@ impl Worker {
             aggregator,
             handlers,
             source,
-            log,
+            sink,
             store,
             hub,
             seq,
@@ -225,7 +246,10 @@ impl Worker {
                     ProduceRecord {
                         partition: None,
                         key: Some(change.key.as_bytes().to_vec()),
-                        headers: Vec::new(),
+                        headers: vec![(
+                            ID_HEADER.to_owned(),
+                            format!("{}/changes/{}", self.config.name, change.seq).into_bytes(),
+                        )],
                         value: change.state.as_bytes().to_vec(),
                     },
                 ));
@@ -282,7 +306,7 @@ impl Worker {
             .into_iter()
             .map(|((t, p), o)| (t.to_string(), p, o))
             .collect();
-        self.log
+        self.sink
             .commit(&mut commit, out.emits)
             .map_err(|e| anyhow::anyhow!("pipeline {}: commit failed: {e}", self.config.name))?;
         let offsets = std::mem::take(&mut commit.offsets);
@@ -579,14 +603,24 @@ fn check_emits(plugin: &str, emits: Vec<Emitted>) -> Result<Vec<Emitted>, Plugin
 fn to_produce(source: &SourceRecord, index: usize, e: Emitted) -> (String, ProduceRecord) {
     let mut headers: Vec<(String, Vec<u8>)> =
         e.headers.into_iter().map(|h| (h.name, h.value)).collect();
-    headers.push((
-        ID_HEADER.to_owned(),
-        format!(
+    // Derived from the input's own id when it has one (a changelog or an
+    // emitted record), so a record re-delivered after a crash yields the
+    // same ids downstream; otherwise from the input's position.
+    let id = match source
+        .headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n == ID_HEADER)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    {
+        Some(parent) => format!("{parent}/{index}"),
+        None => format!(
             "{}/{}/{}/{}",
             source.topic, source.partition, source.offset, index
-        )
-        .into_bytes(),
-    ));
+        ),
+    };
+    headers.retain(|(n, _)| n != ID_HEADER);
+    headers.push((ID_HEADER.to_owned(), id.into_bytes()));
     (
         e.topic,
         ProduceRecord {

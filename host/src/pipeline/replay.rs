@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -70,12 +69,7 @@ pub struct Progress {
 /// A pipeline's replay status, shared with the HTTP layer.
 pub type Tracker = Arc<Mutex<Option<Progress>>>;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 struct Rebuild {
     config: PipelineConfig,

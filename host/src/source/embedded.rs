@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::{Source, SourceError, SourceRecord, partition_for_key, validate_topic_name};
 use crate::config::EmbeddedConfig;
@@ -51,6 +51,9 @@ pub enum ProduceError {
     /// The store failed; nothing was appended.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Kafka brokers refused or did not acknowledge the records.
+    #[error("Kafka: {0}")]
+    Broker(String),
 }
 
 struct Topics {
@@ -67,12 +70,7 @@ pub struct EmbeddedLog {
     appended: (Mutex<u64>, Condvar),
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 impl EmbeddedLog {
     /// Opens the log over `store`, creating the configured topics.

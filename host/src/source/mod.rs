@@ -6,6 +6,7 @@
 //! Kafka consumer group is another, behind the same trait.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,28 @@ pub enum SourceError {
     UnknownTopic {
         /// The topic.
         topic: String,
+    },
+    /// No Kafka broker answered.
+    #[error("cannot reach the Kafka brokers {brokers}: {error}")]
+    Unreachable {
+        /// The configured bootstrap brokers.
+        brokers: String,
+        /// What the client reported.
+        error: String,
+    },
+    /// The Kafka client refused its configuration.
+    #[error("Kafka client configuration: {error}")]
+    Config {
+        /// What librdkafka reported (it names the property).
+        error: String,
+    },
+    /// The broker reported an error while consuming.
+    #[error("consuming {topic:?}: {error}")]
+    Broker {
+        /// Topic being consumed.
+        topic: String,
+        /// What the client reported.
+        error: String,
     },
 }
 

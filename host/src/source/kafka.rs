@@ -1,0 +1,556 @@
+//! The Kafka source: each pipeline is a member of a consumer group.
+//!
+//! Offsets are authoritative in the state store, written in the same atomic
+//! batch as the state they produced. On assignment the consumer seeks to
+//! them (or to the group's committed offset when another host got further,
+//! or when this store never read the partition). After each store commit the
+//! offsets are committed to the group too, so lag tools see the truth. On
+//! revocation the worker is between batches (rebalances run inside `poll`),
+//! so the last commit is already in the store: it is committed to the group
+//! synchronously before the partitions are released, and records fetched
+//! from them but not processed are dropped.
+//!
+//! The worker pulls: it polls only when it is ready for the next micro-batch,
+//! draining what librdkafka has already fetched, so nothing is buffered in
+//! Eddy. librdkafka's own prefetch is bounded (`queued.max.messages.kbytes`,
+//! 16 MiB per consumer unless set): when processing falls behind, fetching
+//! stops instead of buffering without bound.
+//!
+//! This module is the one place that configures Kafka clients
+//! ([`client_config`]); the sink's producer uses it too.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use super::{Source, SourceError, SourceRecord};
+use crate::config::KafkaConfig;
+use crate::store::Store;
+
+/// What a Kafka client is for; decides Eddy's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A pipeline's group consumer.
+    Consumer,
+    /// The sink's producer.
+    Producer,
+    /// Metadata and topic administration.
+    Admin,
+}
+
+/// The librdkafka configuration for `role`: Eddy's defaults, then the
+/// user's `properties`, which win.
+pub fn client_config(cfg: &KafkaConfig, role: Role) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", &cfg.client_id)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    match role {
+        Role::Consumer => {
+            c.set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("allow.auto.create.topics", "false")
+                .set("queued.max.messages.kbytes", "16384");
+        }
+        Role::Producer => {
+            c.set("enable.idempotence", "true")
+                .set("acks", "all")
+                // Kafka's Java client partitions by murmur2: keys land where
+                // they would with any other producer (and the embedded log).
+                .set("partitioner", "murmur2_random")
+                .set("linger.ms", "5");
+        }
+        Role::Admin => {}
+    }
+    for (k, v) in &cfg.properties {
+        let consumer_only = matches!(
+            k.as_str(),
+            "session.timeout.ms"
+                | "heartbeat.interval.ms"
+                | "max.poll.interval.ms"
+                | "auto.offset.reset"
+                | "group.instance.id"
+                | "partition.assignment.strategy"
+                | "fetch.min.bytes"
+                | "fetch.wait.max.ms"
+                | "queued.max.messages.kbytes"
+                | "queued.min.messages"
+                | "isolation.level"
+                | "allow.auto.create.topics"
+        );
+        let producer_only = matches!(
+            k.as_str(),
+            "acks"
+                | "linger.ms"
+                | "batch.size"
+                | "batch.num.messages"
+                | "compression.type"
+                | "compression.codec"
+                | "enable.idempotence"
+                | "message.timeout.ms"
+                | "partitioner"
+                | "queue.buffering.max.messages"
+                | "queue.buffering.max.kbytes"
+        );
+        let applies = match role {
+            Role::Consumer => !producer_only,
+            Role::Producer => !consumer_only,
+            Role::Admin => !producer_only && !consumer_only,
+        };
+        if applies {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+/// Routes librdkafka's log lines and errors to `tracing`.
+pub(crate) fn log_client_event(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(facility = fac, "kafka: {message}");
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "kafka: {message}"),
+    }
+}
+
+/// Checks that `topics` exist on the cluster, within the connect timeout.
+///
+/// # Errors
+/// [`SourceError::Unreachable`] when no broker answers,
+/// [`SourceError::UnknownTopic`] naming the first missing topic.
+pub fn check_topics<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    cfg: &KafkaConfig,
+    topics: &[&str],
+) -> Result<(), SourceError> {
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    for topic in topics {
+        let metadata =
+            client
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| SourceError::Unreachable {
+                    brokers: cfg.brokers.clone(),
+                    error: e.to_string(),
+                })?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == *topic)
+            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if !found {
+            return Err(SourceError::UnknownTopic {
+                topic: (*topic).to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// State shared between the consumer's rebalance callback and the worker.
+struct Group {
+    pipeline: String,
+    store: Store,
+    /// Next offsets last committed to the store, per (topic, partition).
+    committed: Mutex<HashMap<(String, i32), i64>>,
+    /// Partitions currently assigned.
+    assigned: Mutex<HashSet<(String, i32)>>,
+    /// Lowest offset to hand out per partition (where the consumer was sent).
+    floor: Mutex<HashMap<(String, i32), i64>>,
+    /// Bumped on every assignment change.
+    rebalances: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The consumer's context: rebalance handling with store offsets.
+pub struct GroupContext {
+    group: Arc<Group>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_event(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(pipeline = %self.group.pipeline, error = %error, "kafka consumer: {reason}");
+    }
+}
+
+impl GroupContext {
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let g = &self.group;
+        let group_offsets = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .map(|t| t.to_topic_map())
+            .unwrap_or_else(|e| {
+                tracing::warn!(pipeline = %g.pipeline, error = %e, "cannot read the group's committed offsets; using the store's");
+                HashMap::new()
+            });
+        let mut starts = Vec::new();
+        for el in tpl.elements() {
+            let (topic, partition) = (el.topic().to_owned(), el.partition());
+            let stored = u32::try_from(partition)
+                .ok()
+                .and_then(|p| g.store.stored_offset(&g.pipeline, &topic, p).ok().flatten())
+                .and_then(|o| i64::try_from(o).ok());
+            let in_group = match group_offsets.get(&(topic.clone(), partition)) {
+                Some(Offset::Offset(o)) if *o >= 0 => Some(*o),
+                _ => None,
+            };
+            let start = match (stored, in_group) {
+                (Some(s), Some(c)) => Some(s.max(c)),
+                (s, c) => s.or(c),
+            };
+            starts.push((topic, partition, start, stored, in_group));
+        }
+        for (topic, partition, start, stored, in_group) in &starts {
+            if let Some(o) = start {
+                if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*o)) {
+                    tracing::warn!(pipeline = %g.pipeline, topic = %topic, partition, error = %e, "cannot set start offset");
+                }
+                lock(&g.floor).insert((topic.clone(), *partition), *o);
+            }
+            tracing::info!(
+                pipeline = %g.pipeline, topic = %topic, partition,
+                start = ?start, stored = ?stored, group_committed = ?in_group,
+                "partition assigned"
+            );
+        }
+        let assigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = assigned {
+            tracing::error!(pipeline = %g.pipeline, error = %e, "assign failed");
+        }
+        let mut a = lock(&g.assigned);
+        if !matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        ) {
+            a.clear();
+        }
+        for (topic, partition, ..) in starts {
+            a.insert((topic, partition));
+        }
+        g.rebalances.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let g = &self.group;
+        // The worker is between batches: everything processed is committed
+        // to the store. Hand the same offsets to the group before letting go.
+        if !consumer.assignment_lost() {
+            let mut commit = TopicPartitionList::new();
+            {
+                let committed = lock(&g.committed);
+                for el in tpl.elements() {
+                    if let Some(o) = committed.get(&(el.topic().to_owned(), el.partition())) {
+                        let _ = commit.add_partition_offset(
+                            el.topic(),
+                            el.partition(),
+                            Offset::Offset(*o),
+                        );
+                    }
+                }
+            }
+            if commit.count() > 0
+                && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+            {
+                tracing::warn!(pipeline = %g.pipeline, error = %e, "offset commit on revocation failed");
+            }
+        }
+        let released = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = released {
+            tracing::error!(pipeline = %g.pipeline, error = %e, "unassign failed");
+        }
+        let mut a = lock(&g.assigned);
+        let mut floor = lock(&g.floor);
+        for el in tpl.elements() {
+            let k = (el.topic().to_owned(), el.partition());
+            tracing::info!(pipeline = %g.pipeline, topic = %k.0, partition = k.1, "partition revoked");
+            a.remove(&k);
+            floor.remove(&k);
+        }
+        g.rebalances.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                tracing::error!(pipeline = %self.group.pipeline, error = ?other, "rebalance failed");
+                let _ = consumer.unassign();
+                lock(&self.group.assigned).clear();
+                self.group.rebalances.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(pipeline = %self.group.pipeline, error = %e, "group offset commit failed");
+        }
+    }
+}
+
+/// A pipeline's group consumer over its input topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer<GroupContext>,
+    group: Arc<Group>,
+    topic: Arc<str>,
+}
+
+impl KafkaSource {
+    /// Joins `{group_id}.{pipeline}` on `topic`, after checking that the
+    /// brokers answer and the topic exists.
+    ///
+    /// # Errors
+    /// A bad librdkafka property, unreachable brokers or a missing topic,
+    /// each named.
+    pub fn open(
+        cfg: &KafkaConfig,
+        store: Store,
+        pipeline: &str,
+        topic: &str,
+    ) -> Result<Self, SourceError> {
+        let group = Arc::new(Group {
+            pipeline: pipeline.to_owned(),
+            store,
+            committed: Mutex::default(),
+            assigned: Mutex::default(),
+            floor: Mutex::default(),
+            rebalances: AtomicU64::new(0),
+        });
+        let mut config = client_config(cfg, Role::Consumer);
+        config.set("group.id", format!("{}.{pipeline}", cfg.group_id));
+        let consumer: BaseConsumer<GroupContext> = config
+            .create_with_context(GroupContext {
+                group: group.clone(),
+            })
+            .map_err(|e| SourceError::Config {
+                error: e.to_string(),
+            })?;
+        check_topics(consumer.client(), cfg, &[topic])?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| SourceError::Config {
+                error: format!("cannot subscribe to {topic:?}: {e}"),
+            })?;
+        Ok(KafkaSource {
+            consumer,
+            group,
+            topic: Arc::from(topic),
+        })
+    }
+
+    fn convert(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<SourceRecord> {
+        let partition = u32::try_from(m.partition()).ok()?;
+        let offset = u64::try_from(m.offset()).ok()?;
+        let topic = if m.topic() == &*self.topic {
+            self.topic.clone()
+        } else {
+            Arc::from(m.topic())
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(SourceRecord {
+            topic,
+            partition,
+            offset,
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        })
+    }
+
+    /// Whether a fetched record is still ours to process.
+    fn wanted(&self, r: &SourceRecord) -> bool {
+        let k = (
+            r.topic.to_string(),
+            i32::try_from(r.partition).unwrap_or(-1),
+        );
+        let offset = i64::try_from(r.offset).unwrap_or(i64::MAX);
+        lock(&self.group.assigned).contains(&k)
+            && lock(&self.group.floor).get(&k).is_none_or(|f| offset >= *f)
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let deadline = Instant::now() + wait;
+        let mut out: Vec<SourceRecord> = Vec::new();
+        let mut rebalances = self.group.rebalances.load(Ordering::SeqCst);
+        while out.len() < max {
+            let timeout = if out.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.consumer.poll(timeout);
+            let now = self.group.rebalances.load(Ordering::SeqCst);
+            if now != rebalances {
+                // The assignment changed inside this poll: what was fetched
+                // before belongs to the old assignment and is fetched again
+                // from the committed offsets by whoever owns it now.
+                rebalances = now;
+                out.clear();
+            }
+            match polled {
+                None => {
+                    if !out.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    if out.is_empty() {
+                        return Err(SourceError::Broker {
+                            topic: self.topic.to_string(),
+                            error: e.to_string(),
+                        });
+                    }
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
+                    break;
+                }
+                Some(Ok(m)) => {
+                    if let Some(r) = self.convert(&m) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out.retain(|r| self.wanted(r));
+        Ok(out)
+    }
+
+    fn committed(&mut self, next_offsets: &[(String, u32, u64)]) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut committed = lock(&self.group.committed);
+            let mut floor = lock(&self.group.floor);
+            for (topic, partition, next) in next_offsets {
+                if topic.as_str() != &*self.topic {
+                    continue;
+                }
+                let (Ok(p), Ok(o)) = (i32::try_from(*partition), i64::try_from(*next)) else {
+                    continue;
+                };
+                committed.insert((topic.clone(), p), o);
+                floor.insert((topic.clone(), p), o);
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(topic = %self.topic, error = %e, "group offset commit failed");
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Leave the group now (committing on revocation) rather than letting
+        // the session time out, so partitions move to the other members at once.
+        self.consumer.unsubscribe();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && !lock(&self.group.assigned).is_empty() {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Creates the topics of `wanted` (name, partitions) that do not exist yet.
+///
+/// # Errors
+/// A bad property, unreachable brokers, or a topic the brokers refused (named).
+pub async fn create_topics(cfg: &KafkaConfig, wanted: &[(String, u32)]) -> Result<(), SourceError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg, Role::Admin)
+        .create()
+        .map_err(|e| SourceError::Config {
+            error: e.to_string(),
+        })?;
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    let new: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(
+                name,
+                i32::try_from(*partitions).unwrap_or(i32::MAX),
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results =
+        admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|e| SourceError::Unreachable {
+                brokers: cfg.brokers.clone(),
+                error: e.to_string(),
+            })?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(SourceError::Config {
+                    error: format!("cannot create topic {name:?}: {code}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
