@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+pub mod kafka;
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -71,6 +73,50 @@ fn build_component(dir: &Path, name: &str) -> Result<PathBuf> {
         built.push(name.to_owned());
     }
     Ok(out)
+}
+
+/// Runs `eddy run` with `config` in a fresh directory until it exits
+/// (killed after `within`); returns its exit status and its log.
+pub fn run_until_exit(
+    config: &str,
+    within: Duration,
+) -> Result<(std::process::ExitStatus, String)> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("eddy.toml"), config)?;
+    let log_path = dir.path().join("eddy.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(eddy_bin()?)
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("eddy.toml"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()?))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start eddy")?;
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "eddy still running after {within:?}:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok((
+        status,
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
+    ))
 }
 
 /// A free TCP port on 127.0.0.1.

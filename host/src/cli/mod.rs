@@ -170,7 +170,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             store,
             brokers,
-        } => serve::run(&config, &serve::Overrides { listen, store, brokers }),
+        } => serve::run(
+            &config,
+            &serve::Overrides {
+                listen,
+                store,
+                brokers,
+            },
+        ),
         Command::Plugin(PluginCommand::Build { dir, out }) => {
             let path = plugin::build(&dir, out.as_deref())?;
             println!("{}", path.display());

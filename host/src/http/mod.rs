@@ -271,17 +271,18 @@ async fn pipeline_progress(
     Path(pipeline): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let p = s.pipeline(&pipeline)?.clone();
-    let log = s.log.clone();
+    let (store, sink) = (s.store.clone(), s.sink.clone());
     blocking(move || {
-        let partitions = log.partitions(&p.topic).unwrap_or(0);
-        let mut rows = Vec::with_capacity(partitions as usize);
+        let ends = sink
+            .high_watermarks(&p.topic)
+            .map_err(|e| AppError::unavailable(e.to_string()))?
+            .unwrap_or_default();
+        let mut rows = Vec::with_capacity(ends.len());
         let mut total_lag = 0u64;
-        for part in 0..partitions {
-            let committed = log
-                .store()
+        for (part, end) in (0u32..).zip(ends) {
+            let committed = store
                 .offset(&p.name, &p.topic, part)
                 .map_err(AppError::internal)?;
-            let end = log.high_watermark(&p.topic, part);
             let lag = end.saturating_sub(committed);
             total_lag += lag;
             rows.push(serde_json::json!({

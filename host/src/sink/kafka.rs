@@ -295,6 +295,29 @@ impl KafkaSink {
         Ok(out)
     }
 
+    /// High watermark of each partition of `topic` (`None`: no such topic).
+    ///
+    /// # Errors
+    /// When the brokers cannot be asked.
+    pub fn high_watermarks(&self, topic: &str) -> Result<Option<Vec<u64>>, ProduceError> {
+        let Some(n) = self.partitions(topic)? else {
+            return Ok(None);
+        };
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms.max(1));
+        let mut out = Vec::with_capacity(n as usize);
+        for p in 0..n {
+            let (_, high) = self
+                .producer
+                .client()
+                .fetch_watermarks(topic, i32::try_from(p).unwrap_or(i32::MAX), timeout)
+                .map_err(|e| {
+                    ProduceError::Broker(format!("watermarks of {topic:?} partition {p}: {e}"))
+                })?;
+            out.push(u64::try_from(high).unwrap_or(0));
+        }
+        Ok(Some(out))
+    }
+
     /// Entries waiting in the outbox.
     pub fn outbox_depth(&self) -> usize {
         self.store.outbox_len().unwrap_or(0)

@@ -54,6 +54,20 @@ impl Sink {
         }
     }
 
+    /// High watermark of each partition of `topic` (`None`: no such topic).
+    /// Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// When the brokers cannot be asked.
+    pub fn high_watermarks(&self, topic: &str) -> Result<Option<Vec<u64>>, ProduceError> {
+        match self {
+            Sink::Embedded(log) => Ok(log
+                .partitions(topic)
+                .map(|n| (0..n).map(|p| log.high_watermark(topic, p)).collect())),
+            Sink::Kafka(k) => k.high_watermarks(topic),
+        }
+    }
+
     /// Produces records to a topic; returns each record's (partition, offset)
     /// once it is durable (embedded) or acknowledged by the brokers (Kafka).
     ///

@@ -53,13 +53,14 @@ pub fn client_config(cfg: &KafkaConfig, role: Role) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", &cfg.client_id)
+        // A missing topic is an error that names it, never a surprise topic.
+        .set("allow.auto.create.topics", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
     match role {
         Role::Consumer => {
             c.set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
-                .set("allow.auto.create.topics", "false")
                 .set("queued.max.messages.kbytes", "16384");
         }
         Role::Producer => {
@@ -86,7 +87,6 @@ pub fn client_config(cfg: &KafkaConfig, role: Role) -> ClientConfig {
                 | "queued.max.messages.kbytes"
                 | "queued.min.messages"
                 | "isolation.level"
-                | "allow.auto.create.topics"
         );
         let producer_only = matches!(
             k.as_str(),

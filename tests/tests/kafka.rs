@@ -1,0 +1,441 @@
+//! Eddy against a real Kafka-protocol broker (tansu), fed by Confluent's
+//! Python producer: end to end, kill -9 under a stream, two hosts in one
+//! group, a broker restart, and start-up errors.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use eddy_tests::kafka::{Broker, finish_producer, kafka_config, read_ledger};
+use eddy_tests::{Host, run_until_exit};
+use futures_util::StreamExt;
+use rand::Rng;
+use serde_json::{Value, json};
+
+const INPUT: &str = "async-process-execution";
+const CHANGELOG: &str = "async-process";
+const REJECTED: &str = "rejected-process";
+const T: Duration = Duration::from_secs(240);
+
+/// Per key, the expected executions `(time, id, state)` in fold order.
+type Expected = BTreeMap<String, Vec<(i64, String, String)>>;
+
+fn expected_from_ledger(ledger: &[(String, String, String, i64)]) -> Expected {
+    let mut by_key = Expected::new();
+    for (id, key, state, time) in ledger {
+        by_key
+            .entry(key.clone())
+            .or_default()
+            .push((*time, id.clone(), state.clone()));
+    }
+    for v in by_key.values_mut() {
+        v.sort();
+    }
+    by_key
+}
+
+/// Every key's state from a host (`None` where the host has none).
+async fn states(host: &Host, keys: impl Iterator<Item = String>) -> Result<HashMap<String, Value>> {
+    let got: Vec<Result<(String, u16, Value)>> = futures_util::stream::iter(keys)
+        .map(|k| async move {
+            let (status, v) = host.get(&format!("/async-process/{k}")).await?;
+            Ok((k, status, v))
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut out = HashMap::new();
+    for r in got {
+        let (k, status, v) = r?;
+        match status {
+            200 => {
+                out.insert(k, v);
+            }
+            404 => {}
+            s => bail!("GET /async-process/{k} answered {s}: {v}"),
+        }
+    }
+    Ok(out)
+}
+
+fn execution_ids(state: &Value) -> Vec<String> {
+    state["executions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Each aggregate equals the fold of its key's acknowledged events: every
+/// event exactly once, in time order, the state of the latest.
+fn check_folds(expected: &Expected, got: &HashMap<String, Value>) -> Result<()> {
+    ensure!(
+        got.len() == expected.len(),
+        "{} keys have a state, {} expected",
+        got.len(),
+        expected.len()
+    );
+    for (key, events) in expected {
+        let state = got
+            .get(key)
+            .with_context(|| format!("key {key} has no state"))?;
+        let ids: Vec<&str> = events.iter().map(|(_, id, _)| id.as_str()).collect();
+        let have = execution_ids(state);
+        ensure!(
+            have == ids,
+            "key {key}: executions {} (of {}) differ from the events {} (of {})",
+            have.len(),
+            have.join(","),
+            ids.len(),
+            ids.join(",")
+        );
+        let last = events.last().map(|(_, _, s)| s.as_str());
+        ensure!(
+            state["state"].as_str() == last,
+            "key {key}: state {} != {last:?}",
+            state["state"]
+        );
+    }
+    Ok(())
+}
+
+fn id_of(record: &Value) -> Result<String> {
+    record["headers"]["eddy-id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("record without an eddy-id header: {record}"))
+}
+
+/// Emitted records after de-duplication by id: a duplicate must be the same
+/// record; returns id -> record.
+fn dedup(records: &[Value]) -> Result<HashMap<String, Value>> {
+    let mut out: HashMap<String, Value> = HashMap::new();
+    for r in records {
+        let id = id_of(r)?;
+        let kv = json!({ "key": r["key"], "value": r["value"] });
+        if let Some(prev) = out.get(&id) {
+            ensure!(*prev == kv, "id {id} carried two different records");
+        } else {
+            out.insert(id, kv);
+        }
+    }
+    Ok(out)
+}
+
+/// The changelog holds every change exactly once after de-duplication
+/// (change numbers 1..=n, none missing), the last change of each key is its
+/// state, and the rejected-process topic holds exactly the REJECTED changes.
+fn check_outputs(
+    changelog: &[Value],
+    rejected: &[Value],
+    states: &HashMap<String, Value>,
+) -> Result<(usize, usize)> {
+    let changes = dedup(changelog)?;
+    let mut by_seq: BTreeMap<u64, &Value> = BTreeMap::new();
+    for (id, r) in &changes {
+        let seq: u64 = id
+            .strip_prefix("async-process/changes/")
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("changelog id {id}"))?;
+        by_seq.insert(seq, r);
+    }
+    let n = by_seq.len() as u64;
+    ensure!(
+        by_seq.keys().copied().eq(1..=n),
+        "changelog change numbers are not 1..={n}: a change is missing"
+    );
+    let mut last: HashMap<&str, &Value> = HashMap::new();
+    for r in by_seq.values() {
+        last.insert(r["key"].as_str().unwrap_or_default(), &r["value"]);
+    }
+    for (key, state) in states {
+        ensure!(
+            last.get(key.as_str()).copied() == Some(state),
+            "key {key}: the last changelog record is not its state"
+        );
+    }
+    let routed = dedup(rejected)?;
+    let want: HashSet<String> = by_seq
+        .iter()
+        .filter(|(_, r)| r["value"]["state"] == "REJECTED")
+        .map(|(seq, _)| format!("async-process/changes/{seq}/0"))
+        .collect();
+    let have: HashSet<String> = routed.keys().cloned().collect();
+    ensure!(
+        have == want,
+        "rejected-process: {} routed records, {} REJECTED changes ({} missing, {} extra)",
+        have.len(),
+        want.len(),
+        want.difference(&have).count(),
+        have.difference(&want).count()
+    );
+    Ok((changes.len(), routed.len()))
+}
+
+/// Waits until both pipelines have committed everything and the outbox
+/// has delivered the changelog (the router's input) too.
+fn wait_settled(broker: &Broker, group: &str) -> Result<()> {
+    for _ in 0..2 {
+        broker.wait_lag_zero(&format!("{group}.async-process"), INPUT, T)?;
+        std::thread::sleep(Duration::from_millis(500));
+        broker.wait_lag_zero(&format!("{group}.rejected-router"), CHANGELOG, T)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_end_to_end_with_a_confluent_producer() -> Result<()> {
+    let broker = Broker::start()?;
+    let host = Host::start(&kafka_config(&broker.addr, "e2e", 4)?).await?;
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    finish_producer(broker.produce(INPUT, 0, 2_000, 200, 0, &ledger)?)?;
+
+    // The REST endpoints produce to Kafka too.
+    let (status, created) = host
+        .post("/async-process", r#"{"description":"made over HTTP"}"#)
+        .await?;
+    ensure!(
+        status == 200 && created["status"] == "OK",
+        "{status} {created}"
+    );
+    let id = created["id"].as_str().context("id")?.to_owned();
+    let (status, produced) = host
+        .post(
+            &format!("/v1/topics/{INPUT}/records"),
+            json!({ "value": eddy_tests::execution("rest-1", &id, i64::MAX / 2, "REJECTED") })
+                .to_string(),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {produced}");
+    let (status, missing) = host
+        .post("/v1/topics/no-such-topic/records", r#"{"value":{}}"#)
+        .await?;
+    ensure!(
+        status == 404
+            && missing["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no-such-topic")),
+        "{status} {missing}"
+    );
+
+    wait_settled(&broker, "e2e")?;
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    let mut got = states(&host, expected.keys().cloned()).await?;
+    check_folds(&expected, &got)?;
+    let (status, made) = host.get(&format!("/async-process/{id}")).await?;
+    ensure!(
+        status == 200 && made["state"] == "REJECTED",
+        "{status} {made}"
+    );
+    got.insert(id.clone(), made);
+    let (changes, routed) = check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
+    ensure!(
+        routed > 0 && changes >= got.len(),
+        "{changes} changes, {routed} routed"
+    );
+    let (_, progress) = host.get("/v1/pipelines/async-process").await?;
+    ensure!(
+        progress["lag"] == 0 && progress["partitions"].as_array().map(Vec::len) == Some(4),
+        "{progress}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_kill9_under_a_stream_loses_nothing_and_applies_nothing_twice() -> Result<()> {
+    const EVENTS: u64 = 100_000;
+    const KEYS: u64 = 5_000;
+    const KILLS: usize = 5;
+    let broker = Broker::start()?;
+    let mut host = Host::start(&kafka_config(&broker.addr, "crash", 6)?).await?;
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    let producer = broker.produce(INPUT, 0, EVENTS, KEYS, 8_000, &ledger)?;
+    for _ in 0..KILLS {
+        let wait = rand::rng().random_range(1_000..3_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        host.kill9()?;
+        let down = rand::rng().random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(down)).await;
+        host.restart().await?;
+    }
+    let summary = tokio::task::spawn_blocking(move || finish_producer(producer)).await??;
+    ensure!(summary["acked"] == EVENTS, "producer: {summary}");
+    let b = &broker;
+    tokio::task::block_in_place(|| wait_settled(b, "crash"))?;
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    ensure!(expected.len() as u64 == KEYS, "{} keys", expected.len());
+    let got = states(&host, expected.keys().cloned()).await?;
+    check_folds(&expected, &got).with_context(|| host.log())?;
+    let (changes, routed) = check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
+    println!("{EVENTS} events, {KILLS} kills: {changes} changes, {routed} routed");
+    ensure!(!host.log().contains("panicked"), "{}", host.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_two_hosts_share_a_group_and_never_process_an_event_twice() -> Result<()> {
+    let broker = Broker::start()?;
+    let config = kafka_config(&broker.addr, "pair", 6)?;
+    let mut a = Host::start(&config).await?;
+    let b = Host::start(&config).await?;
+    // Both members hold partitions before events flow.
+    let deadline = std::time::Instant::now() + T;
+    while !(a.log().contains("partition assigned") && b.log().contains("partition assigned")) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no assignment:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    finish_producer(broker.produce(INPUT, 0, 20_000, 1_000, 0, &ledger)?)?;
+    let br = &broker;
+    tokio::task::block_in_place(|| wait_settled(br, "pair"))?;
+
+    let first = expected_from_ledger(&read_ledger(&ledger)?);
+    let on_a = states(&a, first.keys().cloned()).await?;
+    let on_b = states(&b, first.keys().cloned()).await?;
+    for key in first.keys() {
+        ensure!(
+            on_a.contains_key(key) != on_b.contains_key(key),
+            "key {key} must live on exactly one host (a: {}, b: {})",
+            on_a.contains_key(key),
+            on_b.contains_key(key)
+        );
+    }
+    ensure!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "both hosts hold keys: {} / {}",
+        on_a.len(),
+        on_b.len()
+    );
+
+    // Stop a: its partitions move to b, which starts where a committed.
+    let status = a.terminate()?;
+    ensure!(status.success(), "a stopped with {status}:\n{}", a.log());
+    finish_producer(broker.produce(INPUT, 20_000, 10_000, 1_000, 0, &ledger)?)?;
+    tokio::task::block_in_place(|| wait_settled(br, "pair"))?;
+    let all = read_ledger(&ledger)?;
+    let on_b_after = states(&b, first.keys().cloned()).await?;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for state in on_a.values().chain(on_b_after.values()) {
+        for id in execution_ids(state) {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let twice: Vec<&String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    ensure!(
+        twice.is_empty(),
+        "{} events processed by both hosts, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    let missing = all.iter().filter(|(id, ..)| !seen.contains_key(id)).count();
+    ensure!(
+        missing == 0,
+        "{missing} of {} events processed by neither host",
+        all.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_broker_restart_mid_stream_reconnects_and_finishes() -> Result<()> {
+    let mut broker = Broker::start_persistent()?;
+    let host = Host::start(&kafka_config(&broker.addr, "restart", 4)?).await?;
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    let producer = broker.produce(INPUT, 0, 20_000, 500, 4_000, &ledger)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.start_again()?;
+    tokio::task::spawn_blocking(move || finish_producer(producer)).await??;
+    let br = &broker;
+    tokio::task::block_in_place(|| wait_settled(br, "restart")).with_context(|| host.log())?;
+    // The contract: each aggregate is the fold of its key's records in the
+    // topic (a producer retry across the restart may have written a record
+    // twice; then it is folded twice, as Kafka holds it twice).
+    let mut expected = Expected::new();
+    for r in broker.dump(INPUT)? {
+        let v = &r["value"];
+        expected
+            .entry(v["asyncProcessId"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push((
+                v["time"].as_i64().unwrap_or_default(),
+                v["id"].as_str().unwrap_or_default().to_owned(),
+                v["state"].as_str().unwrap_or_default().to_owned(),
+            ));
+    }
+    for v in expected.values_mut() {
+        v.sort();
+    }
+    let acked = read_ledger(&ledger)?.len();
+    ensure!(acked == 20_000, "{acked} events acknowledged");
+    let got = states(&host, expected.keys().cloned()).await?;
+    check_folds(&expected, &got).with_context(|| host.log())?;
+    check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_start_up_errors_are_clear() -> Result<()> {
+    let broker = Broker::start()?;
+    let base = kafka_config(&broker.addr, "errors", 2)?;
+
+    let no_create = base.replace("create_topics = true", "create_topics = false");
+    let (status, log) = run_until_exit(&no_create, Duration::from_secs(60))?;
+    ensure!(!status.success(), "started without its topic:\n{log}");
+    ensure!(
+        log.contains("topic \\\"async-process-execution\\\" does not exist")
+            || log.contains("topic \"async-process-execution\" does not exist"),
+        "the error names the missing topic:\n{log}"
+    );
+
+    let port = eddy_tests::free_port()?;
+    let unreachable = base
+        .replace(&broker.addr, &format!("127.0.0.1:{port}"))
+        .replace(
+            "create_topics = true",
+            "create_topics = false\nconnect_timeout_ms = 2000",
+        );
+    let started = std::time::Instant::now();
+    let (status, log) = run_until_exit(&unreachable, Duration::from_secs(60))?;
+    ensure!(
+        !status.success() && log.contains("cannot reach the Kafka brokers"),
+        "{log}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up only after {:?}",
+        started.elapsed()
+    );
+
+    let bad = base.replace(
+        "[source.properties]",
+        "[source.properties]\n\"no.such.property\" = \"1\"",
+    );
+    let (status, log) = run_until_exit(&bad, Duration::from_secs(60))?;
+    ensure!(
+        !status.success() && log.contains("no.such.property"),
+        "{log}"
+    );
+    ensure!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
