@@ -5,6 +5,12 @@
 //! and 1,000, next to the same fold compiled natively into this binary, in
 //! one run (so the ratios survive a noisy machine). Prints a table and
 //! writes a JSON result file.
+//!
+//! `eddy-bench swap` measures commit gaps around plugin swaps under load;
+//! `eddy-bench kafka` measures the broker → committed state rate next to a
+//! plain rdkafka consumer.
+
+mod kafka;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +54,31 @@ enum Command {
         keys: u64,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/swap.json")]
+        out: PathBuf,
+    },
+    /// Events/s from a broker into committed state, next to a plain
+    /// rdkafka consumer reading the same topic.
+    Kafka {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The tansu broker binary.
+        #[arg(long, env = "TANSU_BIN")]
+        tansu: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Events in the topic.
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/kafka.json")]
         out: PathBuf,
     },
     /// Plugin call cost per language and batch size, next to native code.
@@ -421,6 +452,23 @@ fn main() -> Result<()> {
             keys,
             out,
         } => swap(eddy, v1, v2, events, swaps, keys, out),
+        Command::Kafka {
+            eddy,
+            tansu,
+            component,
+            events,
+            keys,
+            partitions,
+            out,
+        } => kafka::run(&kafka::Settings {
+            eddy,
+            tansu,
+            component,
+            events,
+            keys,
+            partitions,
+            out,
+        }),
         Command::Plugins {
             components,
             batches,

@@ -1,0 +1,256 @@
+//! `eddy-bench kafka`: events/s from a broker into committed state for the
+//! AsyncProcess fold, next to a plain rdkafka consumer reading the same
+//! topic with no processing, in one run.
+//!
+//! A tansu broker (in memory) is started on a free port; the topic is
+//! filled once; then the raw consumer and Eddy each read all of it in their
+//! own consumer group. Eddy's rate comes from its own commit log lines
+//! (`batch committed`, with the events and the commit time of each batch).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+/// Scenario settings.
+pub struct Settings {
+    /// The eddy binary.
+    pub eddy: PathBuf,
+    /// The tansu binary.
+    pub tansu: PathBuf,
+    /// The AsyncProcess aggregator component.
+    pub component: PathBuf,
+    /// Events in the topic.
+    pub events: u64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Partitions of the topic.
+    pub partitions: u32,
+    /// Where to write the JSON results.
+    pub out: PathBuf,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(t.elapsed() < Duration::from_secs(30), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn event(n: u64, keys: u64) -> (String, String) {
+    const STATES: [&str; 5] = ["STARTED", "DONE", "ERROR", "RETRY", "REJECTED"];
+    let key = format!("k{:06}", (n * 7919) % keys.max(1));
+    let state = STATES.get((n / 7) as usize % STATES.len()).copied().unwrap_or("DONE");
+    let value = serde_json::json!({
+        "id": format!("e{n:08}"), "asyncProcessId": key, "time": 1_000_000 + n,
+        "state": state, "description": format!("step {n}"), "log": "", "params": "{}",
+    })
+    .to_string();
+    (key, value)
+}
+
+fn fill(brokers: &str, topic: &str, events: u64, keys: u64) -> Result<f64> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    for n in 0..events {
+        let (key, value) = event(n, keys);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reads the whole topic in its own group; events/s from the first record
+/// received to the last (the group join is not counted).
+fn raw_consumer(brokers: &str, topic: &str, events: u64) -> Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-raw")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first = None;
+    let mut seen = 0u64;
+    while seen < events {
+        ensure!(Instant::now() < deadline, "raw consumer read {seen} of {events}");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+            Some(Err(e)) => bail!("raw consumer: {e}"),
+            None => {}
+        }
+    }
+    let elapsed = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    Ok((events.saturating_sub(1)) as f64 / elapsed.max(1e-9))
+}
+
+/// Runs Eddy on the topic; events/s from its first batch commit to the
+/// commit that completes the topic.
+/// Eddy's rate, its batch count, and the share of the time its worker spent
+/// processing batches (the rest it waited on the source).
+fn eddy(s: &Settings, brokers: &str, topic: &str, dir: &Path) -> Result<(f64, u64, f64)> {
+    let config = format!(
+        "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ngroup_id = \"bench-eddy\"\n\n\
+         [source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n\
+         [http]\nwatch_plugins = false\n\n\
+         [[plugin]]\nname = \"agg\"\npath = \"{}\"\n\n\
+         [[pipeline]]\nname = \"p\"\ntopic = \"{topic}\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = 2000\n",
+        std::path::absolute(&s.component)?.display()
+    );
+    std::fs::write(dir.join("eddy.toml"), config)?;
+    let log_path = dir.join("eddy.log");
+    let mut child = Killed(
+        Command::new(&s.eddy)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(dir.join("eddy.toml"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port()?), "--store"])
+            .arg(dir.join("store"))
+            .env("RUST_LOG", "warn,eddy::pipeline=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", s.eddy.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        ensure!(Instant::now() < deadline, "eddy did not finish the topic");
+        if let Some(status) = child.0.try_wait()? {
+            bail!(
+                "eddy exited ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        let mut commits: Vec<(u64, u64, u64)> = Vec::new();
+        for line in BufReader::new(std::fs::File::open(&log_path)?).lines() {
+            let v: serde_json::Value = match serde_json::from_str(&line?) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let fields = v.get("fields").unwrap_or(&v);
+            if fields.get("message").and_then(|m| m.as_str()) == Some("batch committed") {
+                let n = fields.get("events").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let at = fields.get("committed_at_us").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let busy = fields.get("elapsed_us").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                commits.push((at, n, busy));
+            }
+        }
+        commits.sort_unstable();
+        let total: u64 = commits.iter().map(|(_, n, _)| n).sum();
+        if total >= s.events {
+            let (Some((t0, n0, _)), Some((t1, ..))) = (commits.first(), commits.last()) else {
+                bail!("no commits");
+            };
+            let span_us = t1.saturating_sub(*t0);
+            let busy_us: u64 = commits.iter().skip(1).map(|(.., b)| b).sum();
+            let secs = span_us as f64 / 1e6;
+            return Ok((
+                (s.events - n0) as f64 / secs.max(1e-9),
+                commits.len() as u64,
+                busy_us as f64 / (span_us as f64).max(1.0),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs the scenario and prints the table.
+pub fn run(s: &Settings) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("eddy-bench-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let brokers = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{brokers}");
+    let _broker = Killed(
+        Command::new(&s.tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("broker.log"))?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", s.tansu.display()))?,
+    );
+    wait_port(port)?;
+    let topic = "async-process-execution";
+    let made = Command::new(&s.tansu)
+        .args(["topic", "create", topic, "--partitions", &s.partitions.to_string(), "--broker", &url])
+        .stdout(Stdio::null())
+        .status()?;
+    ensure!(made.success(), "cannot create the topic");
+    let produce_rate = fill(&brokers, topic, s.events, s.keys)?;
+    let raw = raw_consumer(&brokers, topic, s.events)?;
+    let (eddy_rate, batches, busy) = eddy(s, &brokers, topic, &dir)?;
+    println!("| path ({} events, {} keys, {} partitions) | events/s | vs raw consumer |", s.events, s.keys, s.partitions);
+    println!("|---|---:|---:|");
+    println!("| idempotent producer filling the topic | {produce_rate:.0} | |");
+    println!("| plain rdkafka consumer, no processing | {raw:.0} | 1.00× |");
+    println!(
+        "| Eddy: consume → Rust aggregator → fjall commit ({batches} batches) | {eddy_rate:.0} | {:.2}× |",
+        eddy_rate / raw
+    );
+    println!(
+        "\nEddy's worker spent {:.0} % of the run processing batches (decode, plugin calls, commit) \
+         and the rest waiting on the consumer.",
+        busy * 100.0
+    );
+    if let Some(d) = s.out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(
+        &s.out,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "events": s.events, "keys": s.keys, "partitions": s.partitions,
+            "produce_events_per_s": produce_rate,
+            "raw_consumer_events_per_s": raw,
+            "eddy_events_per_s": eddy_rate,
+            "eddy_batches": batches,
+            "eddy_busy_share": busy,
+            "ratio": eddy_rate / raw,
+        }))?,
+    )?;
+    if std::env::var_os("EDDY_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
