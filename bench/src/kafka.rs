@@ -54,7 +54,10 @@ fn free_port() -> Result<u16> {
 fn wait_port(port: u16) -> Result<()> {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(t.elapsed() < Duration::from_secs(30), "port {port} never opened");
+        ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "port {port} never opened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -63,7 +66,10 @@ fn wait_port(port: u16) -> Result<()> {
 fn event(n: u64, keys: u64) -> (String, String) {
     const STATES: [&str; 5] = ["STARTED", "DONE", "ERROR", "RETRY", "REJECTED"];
     let key = format!("k{:06}", (n * 7919) % keys.max(1));
-    let state = STATES.get((n / 7) as usize % STATES.len()).copied().unwrap_or("DONE");
+    let state = STATES
+        .get((n / 7) as usize % STATES.len())
+        .copied()
+        .unwrap_or("DONE");
     let value = serde_json::json!({
         "id": format!("e{n:08}"), "asyncProcessId": key, "time": 1_000_000 + n,
         "state": state, "description": format!("step {n}"), "log": "", "params": "{}",
@@ -113,7 +119,10 @@ fn raw_consumer(brokers: &str, topic: &str, events: u64) -> Result<f64> {
     let mut first = None;
     let mut seen = 0u64;
     while seen < events {
-        ensure!(Instant::now() < deadline, "raw consumer read {seen} of {events}");
+        ensure!(
+            Instant::now() < deadline,
+            "raw consumer read {seen} of {events}"
+        );
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(_)) => {
                 first.get_or_insert_with(Instant::now);
@@ -146,7 +155,11 @@ fn eddy(s: &Settings, brokers: &str, topic: &str, dir: &Path) -> Result<(f64, u6
         Command::new(&s.eddy)
             .args(["--log-format", "json", "run", "--config"])
             .arg(dir.join("eddy.toml"))
-            .args(["--listen", &format!("127.0.0.1:{}", free_port()?), "--store"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()?),
+                "--store",
+            ])
             .arg(dir.join("store"))
             .env("RUST_LOG", "warn,eddy::pipeline=debug")
             .stdout(Stdio::null())
@@ -171,9 +184,18 @@ fn eddy(s: &Settings, brokers: &str, topic: &str, dir: &Path) -> Result<(f64, u6
             };
             let fields = v.get("fields").unwrap_or(&v);
             if fields.get("message").and_then(|m| m.as_str()) == Some("batch committed") {
-                let n = fields.get("events").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                let at = fields.get("committed_at_us").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                let busy = fields.get("elapsed_us").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let n = fields
+                    .get("events")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let at = fields
+                    .get("committed_at_us")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let busy = fields
+                    .get("elapsed_us")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
                 commits.push((at, n, busy));
             }
         }
@@ -205,7 +227,13 @@ pub fn run(s: &Settings) -> Result<()> {
     let url = format!("tcp://{brokers}");
     let _broker = Killed(
         Command::new(&s.tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("broker.log"))?)
             .spawn()
@@ -214,14 +242,25 @@ pub fn run(s: &Settings) -> Result<()> {
     wait_port(port)?;
     let topic = "async-process-execution";
     let made = Command::new(&s.tansu)
-        .args(["topic", "create", topic, "--partitions", &s.partitions.to_string(), "--broker", &url])
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &s.partitions.to_string(),
+            "--broker",
+            &url,
+        ])
         .stdout(Stdio::null())
         .status()?;
     ensure!(made.success(), "cannot create the topic");
     let produce_rate = fill(&brokers, topic, s.events, s.keys)?;
     let raw = raw_consumer(&brokers, topic, s.events)?;
     let (eddy_rate, batches, busy) = eddy(s, &brokers, topic, &dir)?;
-    println!("| path ({} events, {} keys, {} partitions) | events/s | vs raw consumer |", s.events, s.keys, s.partitions);
+    println!(
+        "| path ({} events, {} keys, {} partitions) | events/s | vs raw consumer |",
+        s.events, s.keys, s.partitions
+    );
     println!("|---|---:|---:|");
     println!("| idempotent producer filling the topic | {produce_rate:.0} | |");
     println!("| plain rdkafka consumer, no processing | {raw:.0} | 1.00× |");

@@ -184,7 +184,7 @@ fn open_topics(
                 .collect();
             let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let sink = KafkaSink::start(k, store.clone(), &outputs)
-                .context("starting the Kafka producer")?;
+                .context("starting the Kafka producer for the changelog and dead-letter topics")?;
             Ok((log, Sink::Kafka(sink)))
         }
     }

@@ -222,6 +222,7 @@ impl GroupContext {
             };
             starts.push((topic, partition, start, stored, in_group));
         }
+        let mut described = Vec::with_capacity(starts.len());
         for (topic, partition, start, stored, in_group) in &starts {
             if let Some(o) = start {
                 if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*o)) {
@@ -229,12 +230,16 @@ impl GroupContext {
                 }
                 lock(&g.floor).insert((topic.clone(), *partition), *o);
             }
-            tracing::info!(
-                pipeline = %g.pipeline, topic = %topic, partition,
-                start = ?start, stored = ?stored, group_committed = ?in_group,
-                "partition assigned"
-            );
+            let at = start.map_or_else(|| "reset".to_owned(), |o| o.to_string());
+            let from = match (stored, in_group) {
+                (Some(s), Some(c)) if c > s => "group",
+                (Some(_), _) => "store",
+                (None, Some(_)) => "group",
+                (None, None) => "auto.offset.reset",
+            };
+            described.push(format!("{topic}/{partition}@{at} ({from})"));
         }
+        tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions assigned");
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -288,12 +293,14 @@ impl GroupContext {
         }
         let mut a = lock(&g.assigned);
         let mut floor = lock(&g.floor);
+        let mut described = Vec::new();
         for el in tpl.elements() {
             let k = (el.topic().to_owned(), el.partition());
-            tracing::info!(pipeline = %g.pipeline, topic = %k.0, partition = k.1, "partition revoked");
+            described.push(format!("{}/{}", k.0, k.1));
             a.remove(&k);
             floor.remove(&k);
         }
+        tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions revoked");
         g.rebalances.fetch_add(1, Ordering::SeqCst);
     }
 }
