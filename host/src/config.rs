@@ -20,6 +20,9 @@ pub struct Config {
     /// The HTTP server.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The schema registry.
+    #[serde(default)]
+    pub registry: RegistryConfig,
     /// The plugin components the pipelines use.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
@@ -307,6 +310,27 @@ fn default_backoff_ms() -> u64 {
     50
 }
 
+/// How a pipeline's values are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// JSON text.
+    #[default]
+    Json,
+    /// Avro in Confluent's wire format.
+    Avro,
+}
+
+/// Where writer schemas come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// An external Confluent-compatible registry (`http://host:8081`).
+    /// Without it, Eddy's embedded registry (served at `/registry`) is used.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
 /// A pipeline: a topic, how to key it, and what runs on it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +339,19 @@ pub struct PipelineConfig {
     pub name: String,
     /// Input topic.
     pub topic: String,
+    /// How values are encoded: `json`, or `avro` (Confluent's wire format,
+    /// writer schema from the registry by id).
+    #[serde(default)]
+    pub value_format: ValueFormat,
+    /// For `avro`: the reader schema (`.avsc`, relative to the config file)
+    /// every event is resolved to; without it, events are read with their
+    /// writer schema. At start, every writer schema registered for
+    /// `{topic}-value` must be readable with it, or the host refuses to start.
+    #[serde(default)]
+    pub reader_schema: Option<PathBuf>,
+    /// The decoder built at start from `value_format` (not configuration).
+    #[serde(skip)]
+    pub decoder: crate::decode::Decoder,
     /// Dot-separated path of the field in the value that holds the key
     /// (`asyncProcessId`, `customer.id`). Without it the record key is used.
     #[serde(default)]

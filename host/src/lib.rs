@@ -14,6 +14,7 @@ pub mod http;
 pub mod notify;
 pub mod pipeline;
 pub mod route;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod store;

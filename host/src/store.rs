@@ -16,6 +16,7 @@
 //! | `parked`  | pipeline `\0` key `\0` seq(u64)      | encoded [`LogRecord`] + source |
 //! | `meta`    | `seq\0` / `dead\0` / `park\0` pipeline | last used seq / id (u64)     |
 //! | `outbox`  | seq(u64)                             | encoded [`OutboxRecord`] (Kafka sink) |
+//! | `meta`    | `schema-registry`                    | the embedded schema registry (JSON) |
 //!
 //! fjall is synchronous: call it from blocking threads (pipeline workers,
 //! `spawn_blocking`), never directly on the async runtime's workers.
@@ -878,6 +879,37 @@ impl Store {
 }
 
 impl Store {
+    // ---- the embedded schema registry --------------------------------------
+
+    /// The embedded schema registry's document, if one was saved.
+    ///
+    /// # Errors
+    /// On an I/O error or a document that is not UTF-8.
+    pub fn schema_registry(&self) -> Result<Option<String>> {
+        fj("read schema registry", self.meta.get(b"schema-registry"))?
+            .map(|v| {
+                String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt {
+                    what: "schema registry".into(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Replaces the embedded schema registry's document (durably: the
+    /// registry acknowledges a change only after this returns).
+    ///
+    /// # Errors
+    /// On an I/O error; the previous document stays then.
+    pub fn save_schema_registry(&self, json: &str) -> Result<()> {
+        let mut b = self.db.batch().durability(Some(PersistMode::SyncData));
+        b.insert(
+            &self.meta,
+            b"schema-registry".to_vec(),
+            json.as_bytes().to_vec(),
+        );
+        fj("save schema registry", b.commit())
+    }
+
     // ---- the outbox (Kafka sink) -------------------------------------------
 
     /// The highest outbox sequence number in use (0 when empty).

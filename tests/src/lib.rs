@@ -146,6 +146,21 @@ pub fn async_process_config_in(lang_dir: &str) -> Result<String> {
         ))
 }
 
+/// Turns the pipeline keyed by `asyncProcessId` of a config into an Avro
+/// pipeline reading with `reader` (a path under `examples/async-process/schemas/`).
+pub fn with_avro(config: &str, reader: &str) -> String {
+    let path = root().join("examples/async-process/schemas").join(reader);
+    let avro = format!(
+        "key_field = \"asyncProcessId\"\nvalue_format = \"avro\"\nreader_schema = {:?}\n",
+        path.display().to_string()
+    );
+    let plain = config.replace(
+        "key_field = \"asyncProcessId\"\nvalue_format = \"avro\"\nreader_schema = \"schemas/execution-v2.avsc\"\n",
+        "key_field = \"asyncProcessId\"\n",
+    );
+    plain.replacen("key_field = \"asyncProcessId\"\n", &avro, 1)
+}
+
 /// A running (or stopped) eddy host with its own store directory.
 pub struct Host {
     child: Option<Child>,
@@ -179,6 +194,48 @@ impl Host {
     /// The host's working directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Replaces the host's config file (used at the next restart).
+    pub fn write_config(&self, config: &str) -> Result<()> {
+        Ok(std::fs::write(self.dir.path().join("eddy.toml"), config)?)
+    }
+
+    /// Starts the process expecting it to refuse to start: waits for it to
+    /// exit (at most `within`) and returns its status and the log.
+    pub fn restart_expecting_exit(
+        &mut self,
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("eddy.log"))?;
+        let mut child = Command::new(eddy_bin()?)
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("eddy.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--store")
+            .arg(self.dir.path().join("store"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start eddy")?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok((s, self.log()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("eddy kept running:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts the process (again) and waits for `/healthz`.

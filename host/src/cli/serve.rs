@@ -190,6 +190,80 @@ fn open_topics(
     }
 }
 
+/// Opens the schema registry (embedded, unless `[registry] url` names an
+/// external one) and gives each Avro pipeline its decoder, after checking
+/// that its reader schema can read every writer schema of its subject.
+fn open_schemas(
+    config: &mut Config,
+    store: &Store,
+) -> anyhow::Result<Option<Arc<crate::schema::Registry>>> {
+    use crate::decode::Decoder;
+    use crate::decode::avro::AvroDecoder;
+    use crate::schema::{Reader, Registry, SchemaSource, external::Remote};
+    let embedded = match &config.registry.url {
+        None => Some(Registry::open(store.clone()).context("cannot open the schema registry")?),
+        Some(_) => None,
+    };
+    let source: Arc<dyn SchemaSource> = match (&embedded, &config.registry.url) {
+        (Some(r), _) => r.clone(),
+        (None, Some(url)) => Arc::new(Remote::new(url)),
+        (None, None) => anyhow::bail!("no schema registry"),
+    };
+    let mut readers = Vec::new();
+    for i in 0..config.pipelines.len() {
+        let Some(p) = config.pipelines.get(i) else {
+            continue;
+        };
+        if p.value_format != crate::config::ValueFormat::Avro {
+            continue;
+        }
+        let reader = match &p.reader_schema {
+            None => None,
+            Some(path) => {
+                let path = config.resolve(path);
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "pipeline {:?}: cannot read reader_schema {}",
+                        p.name,
+                        path.display()
+                    )
+                })?;
+                Some(crate::schema::parse(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "pipeline {:?}: reader_schema {}: {e}",
+                        p.name,
+                        path.display()
+                    )
+                })?)
+            }
+        };
+        let subject = format!("{}-value", p.topic);
+        if let (Some(r), Some(reader)) = (&embedded, &reader) {
+            for (version, id, writer) in r.writers(&subject) {
+                if let Err(e) = crate::schema::compat::can_read(&writer, reader) {
+                    anyhow::bail!(
+                        "pipeline {:?} refused: its reader schema cannot read version {version} (schema id {id}) of subject {subject:?}: {e}",
+                        p.name
+                    );
+                }
+            }
+            readers.push(Reader {
+                pipeline: p.name.clone(),
+                subject,
+                schema: reader.clone(),
+            });
+        }
+        let decoder = Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), reader)));
+        if let Some(p) = config.pipelines.get_mut(i) {
+            p.decoder = decoder;
+        }
+    }
+    if let Some(r) = &embedded {
+        r.set_readers(readers);
+    }
+    Ok(embedded)
+}
+
 /// Command-line settings that override the config file.
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -226,6 +300,8 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create store directory {}", store_path.display()))?;
     let store = Store::open(&store_path, config.store.durability)
         .with_context(|| format!("cannot open store {}", store_path.display()))?;
+
+    let schemas = open_schemas(&mut config, &store)?;
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
     let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
@@ -322,6 +398,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 .map(|p| (p.name.clone(), Default::default()))
                 .collect(),
         ),
+        schemas: schemas.clone(),
         admin_token: config
             .http
             .admin_token

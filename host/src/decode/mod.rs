@@ -1,6 +1,12 @@
 //! Stage 2, decode: turn a record's value bytes into the JSON text plugins
-//! receive. Values on the embedded log are JSON; anything that is not valid
-//! UTF-8 JSON is bad data and goes to the dead letters.
+//! receive. A pipeline's values are JSON, or Avro in Confluent's wire format
+//! decoded with the registry's writer schema and the pipeline's reader
+//! schema ([`avro`]). Bad data goes to the dead letters; an unreachable
+//! registry is retried, never dead-lettered.
+
+pub mod avro;
+
+use std::sync::Arc;
 
 /// Why a value could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +20,89 @@ pub enum DecodeError {
     /// Not JSON.
     #[error("value is not valid JSON: {0}")]
     NotJson(String),
+    /// Too short for the Avro wire format.
+    #[error(
+        "value is {len} bytes: too short for the Avro wire format (magic byte 0, 4-byte schema id, datum)"
+    )]
+    NotWireFormat {
+        /// Length of the value.
+        len: usize,
+    },
+    /// Not the wire format's magic byte.
+    #[error("value starts with byte {byte:#04x}, not the Avro wire format's magic byte 0x00")]
+    BadMagic {
+        /// The first byte.
+        byte: u8,
+    },
+    /// The schema id is not registered.
+    #[error("schema id {id} is not registered")]
+    UnknownSchema {
+        /// The id.
+        id: u32,
+    },
+    /// The registered writer schema does not parse.
+    #[error("writer schema {id} does not parse: {error}")]
+    BadWriterSchema {
+        /// The id.
+        id: u32,
+        /// Why.
+        error: String,
+    },
+    /// The datum does not decode (truncated or corrupt).
+    #[error("value does not decode with writer schema {id}: {error}")]
+    Avro {
+        /// The writer schema id.
+        id: u32,
+        /// Why.
+        error: String,
+    },
+    /// The schema registry cannot be reached: retry, do not dead-letter.
+    #[error("schema {id}: the registry cannot be reached: {error}")]
+    RegistryUnavailable {
+        /// The id being fetched.
+        id: u32,
+        /// Why.
+        error: String,
+    },
+}
+
+impl DecodeError {
+    /// Whether the failure is the registry's, not the value's.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DecodeError::RegistryUnavailable { .. })
+    }
+}
+
+/// How a pipeline decodes its values.
+#[derive(Clone, Default)]
+pub enum Decoder {
+    /// JSON text.
+    #[default]
+    Json,
+    /// Avro in the wire format.
+    Avro(Arc<avro::AvroDecoder>),
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decoder::Json => "Decoder::Json",
+            Decoder::Avro(_) => "Decoder::Avro",
+        })
+    }
+}
+
+impl Decoder {
+    /// Decodes one value to JSON text, with the writer schema id for Avro.
+    ///
+    /// # Errors
+    /// [`DecodeError`] saying what is wrong with the value.
+    pub fn decode(&self, bytes: &[u8]) -> Result<(String, Option<u32>), DecodeError> {
+        match self {
+            Decoder::Json => json_value(bytes).map(|j| (j, None)),
+            Decoder::Avro(a) => a.decode(bytes).map(|(j, id)| (j, Some(id))),
+        }
+    }
 }
 
 /// Decodes a JSON value, returning it as text (unchanged bytes).

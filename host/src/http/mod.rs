@@ -4,6 +4,7 @@
 mod dead_letters;
 mod plugins;
 mod produce;
+mod registry;
 mod replay;
 mod sse;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub registry: Arc<crate::execute::registry::Registry>,
     /// Bearer token of the admin routes; `None` turns them off.
     pub admin_token: Option<String>,
+    /// The embedded schema registry (`None` with an external one).
+    pub schemas: Option<Arc<crate::schema::Registry>>,
     /// Becomes `true` when the host shuts down: SSE streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -60,6 +63,13 @@ impl AppState {
     }
 
     /// Pipelines reading `topic`, with their key rules.
+    fn consumers_of(&self, topic: &str) -> Vec<&PipelineConfig> {
+        self.pipelines
+            .values()
+            .filter(|p| p.topic == topic)
+            .collect()
+    }
+
     fn consumers(&self, topic: &str) -> Vec<(&str, KeySpec)> {
         self.pipelines
             .values()
@@ -180,7 +190,10 @@ pub fn app(state: AppState) -> Router {
             router = mount(router, &p.name, &m.path, m.create.is_some());
         }
     }
-    router.fallback(fallback).with_state(state)
+    router
+        .nest("/registry", registry::routes())
+        .fallback(fallback)
+        .with_state(state)
 }
 
 /// Route aliases that serve one pipeline under its own path.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiResult, AppError, AppState, blocking};
+use crate::route::KeySpec;
 use crate::source::embedded::{ProduceError, ProduceRecord};
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
@@ -22,16 +23,74 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
     })
 }
 
-/// Turns one JSON record (`{key?, value, headers?, partition?}`) into a
-/// [`ProduceRecord`], naming the record's index in errors.
-fn record_of(i: usize, v: Value) -> ApiResult<(ProduceRecord, Value)> {
+/// Encodes a record's value in Avro when `{topic}-value` is a subject of the
+/// embedded registry (its latest version, or `version`): the value is checked
+/// against the schema and a mismatch names the field and the expected type.
+/// Returns `None` for a topic without a subject (the value stays JSON).
+fn avro_value(
+    s: &AppState,
+    topic: &str,
+    i: usize,
+    value: &Value,
+    version: Option<u32>,
+) -> ApiResult<Option<Vec<u8>>> {
+    let subject = format!("{topic}-value");
+    let Some(registry) = s.schemas.as_ref() else {
+        return Ok(None);
+    };
+    let spec = match version {
+        Some(v) => crate::schema::VersionSpec::Number(v),
+        None => crate::schema::VersionSpec::Latest,
+    };
+    let registered = match registry.version(&subject, spec, false) {
+        Ok(r) => r,
+        Err(crate::schema::RegistryError::SubjectNotFound(_)) if version.is_none() => {
+            return Ok(None);
+        }
+        Err(e) => return Err(AppError::unprocessable(format!("record {i}: {e}"))),
+    };
+    let schema = registry
+        .schema(registered.id)
+        .ok_or_else(|| AppError::internal(format!("schema {} does not parse", registered.id)))?;
+    crate::decode::avro::encode(&schema, registered.id, value)
+        .map(Some)
+        .map_err(|e| {
+            AppError::unprocessable(format!(
+                "record {i}: value does not match subject {subject:?} version {} (schema id {}): {e}",
+                registered.version, registered.id
+            ))
+        })
+}
+
+/// Turns one JSON record (`{key?, value, headers?, partition?,
+/// schema_version?}`) into a [`ProduceRecord`], naming the record's index in
+/// errors.
+fn record_of(
+    s: &AppState,
+    topic: &str,
+    i: usize,
+    v: Value,
+) -> ApiResult<(ProduceRecord, Option<Value>)> {
     let at = |m: String| AppError::bad_request(format!("record {i}: {m}"));
     let Value::Object(mut o) = v else {
         return Err(at("must be a JSON object with a \"value\"".into()));
     };
-    let value = o
-        .remove("value")
-        .ok_or_else(|| at("has no \"value\"".into()))?;
+    // Raw bytes (such as a value already in the Avro wire format) come as
+    // `value_base64` and are appended unchanged.
+    let raw = match o.remove("value_base64") {
+        None => None,
+        Some(Value::String(b)) => Some(
+            crate::pipeline::dead_letter::unbase64(&b)
+                .ok_or_else(|| at("\"value_base64\" is not valid base64".into()))?,
+        ),
+        Some(_) => return Err(at("\"value_base64\" must be a string".into())),
+    };
+    let value = match (o.remove("value"), raw.is_some()) {
+        (Some(v), false) => v,
+        (None, true) => Value::Null,
+        (Some(_), true) => return Err(at("has both \"value\" and \"value_base64\"".into())),
+        (None, false) => return Err(at("has no \"value\" (or \"value_base64\")".into())),
+    };
     let key = match o.remove("key") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.into_bytes()),
@@ -58,12 +117,28 @@ fn record_of(i: usize, v: Value) -> ApiResult<(ProduceRecord, Value)> {
             .collect::<ApiResult<_>>()?,
         Some(_) => return Err(at("\"headers\" must be an object of strings".into())),
     };
+    let version = match o.remove("schema_version") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| at("\"schema_version\" must be a positive integer".into()))?,
+        ),
+        Some(_) => return Err(at("\"schema_version\" must be a positive integer".into())),
+    };
     if let Some(unknown) = o.keys().next() {
         return Err(at(format!(
-            "unknown field {unknown:?} (expected key, value, headers, partition)"
+            "unknown field {unknown:?} (expected key, value or value_base64, headers, partition, schema_version)"
         )));
     }
-    let bytes = serde_json::to_vec(&value).map_err(AppError::internal)?;
+    let is_raw = raw.is_some();
+    let bytes = match raw {
+        Some(raw) => raw,
+        None => match avro_value(s, topic, i, &value, version)? {
+            Some(avro) => avro,
+            None => serde_json::to_vec(&value).map_err(AppError::internal)?,
+        },
+    };
     Ok((
         ProduceRecord {
             partition,
@@ -71,7 +146,7 @@ fn record_of(i: usize, v: Value) -> ApiResult<(ProduceRecord, Value)> {
             headers,
             value: bytes,
         },
-        value,
+        (!is_raw).then_some(value),
     ))
 }
 
@@ -167,7 +242,24 @@ pub async fn produce(
     }
     let mut records = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let (mut r, value) = record_of(i, item)?;
+        let (mut r, value) = record_of(&s, &topic, i, item)?;
+        let Some(value) = value else {
+            // Raw bytes: keyed by what the pipelines decode from them, if
+            // anything; bytes they cannot decode are theirs to dead-letter.
+            if r.key.is_none() {
+                r.key = s
+                    .consumers_of(&topic)
+                    .iter()
+                    .find_map(|p| {
+                        let (json, _) = p.decoder.decode(&r.value).ok()?;
+                        let v: Value = serde_json::from_str(&json).ok()?;
+                        KeySpec::new(p.key_field.as_deref()).key_in_value(&v).ok()
+                    })
+                    .map(String::into_bytes);
+            }
+            records.push(r);
+            continue;
+        };
         if r.key.is_none() {
             // Key the record by the field its pipelines key on, so one key's
             // events share a partition (and keep their order) as on Kafka.
@@ -223,9 +315,13 @@ pub async fn read_records(
                 .read_log(&topic, p, from, end, limit.saturating_sub(out.len()))
                 .map_err(AppError::internal)?;
             for (offset, r) in rows {
-                let value = serde_json::from_slice::<Value>(&r.value).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&r.value).into_owned())
-                });
+                let (value, raw) = match serde_json::from_slice::<Value>(&r.value) {
+                    Ok(v) => (v, Value::Null),
+                    Err(_) => (
+                        Value::Null,
+                        Value::String(crate::pipeline::dead_letter::base64(&r.value)),
+                    ),
+                };
                 let headers: serde_json::Map<String, Value> = r
                     .headers
                     .iter()
@@ -239,7 +335,7 @@ pub async fn read_records(
                 out.push(serde_json::json!({
                     "partition": p, "offset": offset, "timestamp_ms": r.timestamp_ms,
                     "key": r.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    "headers": headers, "value": value,
+                    "headers": headers, "value": value, "value_base64": raw,
                 }));
             }
         }
@@ -302,11 +398,15 @@ pub async fn create(s: AppState, pipeline: String, body: Bytes) -> ApiResult<Jso
     }
     target.insert((*last).to_owned(), Value::String(id.clone()));
     let value = Value::Object(event);
+    let bytes = match avro_value(&s, &p.topic, 0, &value, None)? {
+        Some(avro) => avro,
+        None => serde_json::to_vec(&value).map_err(AppError::internal)?,
+    };
     let record = ProduceRecord {
         partition: None,
         key: Some(id.clone().into_bytes()),
         headers: Vec::new(),
-        value: serde_json::to_vec(&value).map_err(AppError::internal)?,
+        value: bytes,
     };
     check_keys(&s, &p.topic, 0, &record, &value)?;
     append(&s, p.topic.clone(), vec![record]).await?;

@@ -72,6 +72,10 @@ fn park_encode(record: &SourceRecord) -> Vec<u8> {
     .encode()
 }
 
+/// Error class of an event whose writer schema could not be fetched: the
+/// worker retries it and never dead-letters it.
+pub const REGISTRY_UNAVAILABLE: &str = "registry-unavailable";
+
 /// The header naming where a replayed or released event first came from.
 pub const SOURCE_HEADER: &str = "eddy-source";
 
@@ -170,7 +174,9 @@ impl Worker {
             }
             let started = Instant::now();
             let n = records.len();
-            self.process(records)?;
+            if !self.process(records, stop)? {
+                break;
+            }
             tracing::debug!(
                 pipeline = %name,
                 events = n,
@@ -188,7 +194,10 @@ impl Worker {
 
     /// Processes and commits one micro-batch, holding the pipeline's lock so
     /// dead-letter replays and releases never interleave with a batch.
-    fn process(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
+    /// Returns `false` when it stopped before committing (a stop request
+    /// while the schema registry was unreachable): nothing of the batch is
+    /// committed then, and the next start processes it again.
+    fn process(&mut self, records: Vec<SourceRecord>, stop: &AtomicBool) -> anyhow::Result<bool> {
         let lock = self.lock.clone();
         let _guard = lock
             .lock()
@@ -208,9 +217,31 @@ impl Worker {
                 .entry((record.topic.clone(), record.partition))
                 .or_insert(0);
             *next = (*next).max(record.offset + 1);
-            match self.prepare(&record) {
-                Ok((event, key)) => items.push(Item { record, event, key }),
-                Err(dl) => out.dead.push(*dl),
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.prepare(&record) {
+                    Ok((event, key)) => items.push(Item { record, event, key }),
+                    // The registry is down: wait for it, never dead-letter.
+                    Err(dl) if dl.error_class == REGISTRY_UNAVAILABLE => {
+                        tracing::warn!(
+                            pipeline = %self.config.name, topic = %record.topic,
+                            partition = record.partition, offset = record.offset,
+                            error = %dl.error, retry_in_ms = backoff.as_millis() as u64,
+                            "schema registry unreachable; retrying"
+                        );
+                        let until = Instant::now() + backoff;
+                        while Instant::now() < until {
+                            if stop.load(Ordering::Relaxed) {
+                                return Ok(false);
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    Err(dl) => out.dead.push(*dl),
+                }
+                break;
             }
         }
 
@@ -312,12 +343,12 @@ impl Worker {
         let offsets = std::mem::take(&mut commit.offsets);
         self.source.committed(&offsets);
         self.hub.publish(&self.config.name, changes);
-        Ok(())
+        Ok(true)
     }
 
     /// Decodes and keys one record, or says why it goes to the dead letters.
     fn prepare(&self, record: &SourceRecord) -> Result<(Event, String), Box<DeadLetter>> {
-        prepare(&self.config.name, &self.key, record)
+        prepare(&self.config, &self.key, record)
     }
 
     fn run_handler(&mut self, index: usize, items: &[Item], out: &mut Outputs) {
@@ -492,16 +523,21 @@ impl Worker {
 
 /// Decodes and keys one record, or says why it goes to the dead letters.
 pub fn prepare(
-    pipeline: &str,
+    config: &PipelineConfig,
     key_spec: &KeySpec,
     record: &SourceRecord,
 ) -> Result<(Event, String), Box<DeadLetter>> {
-    let value = crate::decode::json_value(&record.value).map_err(|e| {
+    let pipeline = config.name.as_str();
+    let (value, schema_id) = config.decoder.decode(&record.value).map_err(|e| {
         Box::new(DeadLetter::new(
             pipeline,
             record,
             Stage::Decode,
-            "decode",
+            if e.is_retryable() {
+                REGISTRY_UNAVAILABLE
+            } else {
+                "decode"
+            },
             e.to_string(),
         ))
     })?;
@@ -533,7 +569,7 @@ pub fn prepare(
                 value: value.clone(),
             })
             .collect(),
-        schema_id: None,
+        schema_id,
         value,
     };
     Ok((event, key))

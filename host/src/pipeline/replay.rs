@@ -138,7 +138,7 @@ impl Rebuild {
         let mut groups: HashMap<String, Vec<Event>> = HashMap::new();
         let mut failed = 0u64;
         for r in &records {
-            match prepare(&self.config.name, &self.key, r) {
+            match prepare(&self.config, &self.key, r) {
                 Ok((event, key)) => groups
                     .entry(key.clone())
                     .or_insert_with(|| {

@@ -261,7 +261,7 @@ pub fn run(
         report.events += records.len() as u64;
         let items: Vec<(Event, String)> = records
             .iter()
-            .filter_map(|r| prepare(&config.name, &key_spec, r).ok())
+            .filter_map(|r| prepare(config, &key_spec, r).ok())
             .collect();
         match kind {
             PluginKind::Aggregator => {

@@ -1,0 +1,74 @@
+//! A client of an external Confluent-compatible schema registry
+//! (`[registry] url = ...`): writer schemas by id, cached for good (a
+//! schema id never changes meaning).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::SchemaSource;
+
+/// An external registry.
+pub struct Remote {
+    url: String,
+    agent: ureq::Agent,
+    cache: Mutex<HashMap<u32, String>>,
+}
+
+impl Remote {
+    /// A client of the registry at `url` (such as `http://host:8081`).
+    pub fn new(url: &str) -> Self {
+        Remote {
+            url: url.trim_end_matches('/').to_owned(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into(),
+            cache: Mutex::default(),
+        }
+    }
+}
+
+impl SchemaSource for Remote {
+    fn schema_text(&self, id: u32) -> Result<Option<String>, String> {
+        if let Some(s) = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(Some(s.clone()));
+        }
+        let url = format!("{}/schemas/ids/{id}", self.url);
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("accept", "application/vnd.schemaregistry.v1+json")
+            .call()
+            .map_err(|e| format!("schema registry {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("schema registry {url}: {e}"))?;
+        match status {
+            200 => {
+                let v: serde_json::Value = serde_json::from_str(&body)
+                    .map_err(|e| format!("schema registry {url}: bad answer: {e}"))?;
+                let text = v
+                    .get("schema")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| format!("schema registry {url}: answer has no \"schema\""))?
+                    .to_owned();
+                self.cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, text.clone());
+                Ok(Some(text))
+            }
+            404 => Ok(None),
+            s => Err(format!("schema registry {url} answered {s}: {body}")),
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Avro and the schema registry: Confluent's Python clients against the
+//! embedded registry, mixed v1/v2 events folding, poison values in the dead
+//! letters, a reader schema refused at start, Avro over Kafka, and a host
+//! reading its schemas from an external registry.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use eddy_tests::kafka::{Broker, kafka_config};
+use eddy_tests::{Host, async_process_config, root, with_avro};
+use serde_json::{Value, json};
+
+const SUBJECT: &str = "async-process-execution-value";
+const T: Duration = Duration::from_secs(120);
+
+/// Runs Confluent's clients (`tests/registry/confluent_registry.py`).
+fn confluent(registry: &str, eddy: &str, brokers: Option<&str>) -> Result<Value> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("tests/registry/confluent_registry.py"))
+        .args(["--registry", registry, "--eddy", eddy, "--schemas"])
+        .arg(root().join("examples/async-process/schemas"));
+    if let Some(b) = brokers {
+        cmd.args(["--brokers", b]);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!(
+            "Confluent's clients failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Per key, the execution ids in time order.
+fn expected(events: &[Value]) -> BTreeMap<String, Vec<(i64, String)>> {
+    let mut by_key: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for e in events {
+        by_key
+            .entry(e["asyncProcessId"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push((
+                e["time"].as_i64().unwrap_or_default(),
+                e["id"].as_str().unwrap_or_default().to_owned(),
+            ));
+    }
+    for v in by_key.values_mut() {
+        v.sort();
+    }
+    by_key
+}
+
+async fn check_folds(host: &Host, expected: &BTreeMap<String, Vec<(i64, String)>>) -> Result<()> {
+    for (key, events) in expected {
+        let (status, state) = host.get(&format!("/async-process/{key}")).await?;
+        ensure!(status == 200, "{key}: {status} {state}");
+        let ids: Vec<&str> = state["executions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["id"].as_str())
+            .collect();
+        let want: Vec<&str> = events.iter().map(|(_, id)| id.as_str()).collect();
+        ensure!(ids == want, "{key}: executions {ids:?}, expected {want:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn confluent_clients_use_the_embedded_registry_and_mixed_versions_fold() -> Result<()> {
+    let host = Host::start(&with_avro(&async_process_config()?, "execution-v2.avsc")).await?;
+    let registry = format!("{}/registry", host.url);
+    let summary = tokio::task::block_in_place(|| confluent(&registry, &host.url, None))?;
+    host.wait_caught_up("async-process", T).await?;
+    let mut events = summary["events"].as_array().cloned().unwrap_or_default();
+    events.push(json!({"id": "json-1", "asyncProcessId": "p00", "time": 3_000_000}));
+    check_folds(&host, &expected(&events)).await?;
+    // v2 events keep their worker; v1 events read with v2 get its default.
+    let (_, p01) = host.get("/async-process/p01").await?;
+    ensure!(
+        p01["executions"].as_array().map(Vec::len) == Some(5),
+        "{p01}"
+    );
+    let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
+    ensure!(
+        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "{dead}"
+    );
+    // The API speaks Confluent's content type and error bodies.
+    let r = host
+        .http
+        .get(format!("{registry}/subjects/nope/versions"))
+        .send()
+        .await?;
+    ensure!(r.status() == 404);
+    ensure!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            == Some("application/vnd.schemaregistry.v1+json")
+    );
+    let body: Value = r.json().await?;
+    ensure!(body["error_code"] == 40401, "{body}");
+    let (status, body) = host.get("/registry/subjects/x/versions/zero").await?;
+    ensure!(
+        status == 422 && body["error_code"] == 42202,
+        "{status} {body}"
+    );
+    let (status, body) = host.get("/registry/schemas/types").await?;
+    ensure!(status == 200 && body == json!(["AVRO"]), "{body}");
+    let (status, body) = host
+        .post(
+            &format!("/registry/compatibility/subjects/{SUBJECT}/versions/latest?verbose=true"),
+            json!({"schema": r#"{"type":"record","name":"eddy.example.AsyncProcessExecution","fields":[{"name":"id","type":"int"}]}"#}).to_string(),
+        )
+        .await?;
+    ensure!(
+        status == 200
+            && body["is_compatible"] == false
+            && body["messages"].as_array().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    // The registry survives a restart.
+    let mut host = host;
+    ensure!(host.terminate()?.success());
+    host.restart().await?;
+    let (status, versions) = host
+        .get(&format!("/registry/subjects/{SUBJECT}/versions"))
+        .await?;
+    ensure!(status == 200 && versions == json!([1, 2]), "{versions}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_values_go_to_the_dead_letters_and_the_rest_is_processed() -> Result<()> {
+    let host = Host::start(&with_avro(&async_process_config()?, "execution-v1.avsc")).await?;
+    let v1 =
+        std::fs::read_to_string(root().join("examples/async-process/schemas/execution-v1.avsc"))?;
+    let (status, id) = host
+        .post(
+            &format!("/registry/subjects/{SUBJECT}/versions"),
+            json!({ "schema": v1 }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200 && id["id"] == 1, "{status} {id}");
+    // A value that does not fit the schema is refused up front, naming the field.
+    let (status, refused) = host
+        .post(
+            "/v1/topics/async-process-execution/records",
+            json!({"value": {"id": "x", "asyncProcessId": "k", "time": "soon", "state": "DONE"}})
+                .to_string(),
+        )
+        .await?;
+    ensure!(
+        status == 422
+            && refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("$.time") && e.contains("long")),
+        "{status} {refused}"
+    );
+    // Eddy encodes a good one; take its bytes to forge the poison ones.
+    host.produce(
+        "async-process-execution",
+        &json!({"value": {"id": "good-0", "asyncProcessId": "k1", "time": 1, "state": "STARTED"}}),
+    )
+    .await?;
+    host.wait_caught_up("async-process", T).await?;
+    let (_, back) = host
+        .get("/v1/topics/async-process-execution/records?limit=100")
+        .await?;
+    let good = back["records"]
+        .as_array()
+        .and_then(|r| r.first())
+        .and_then(|r| r["value_base64"].as_str())
+        .context("the encoded record")?
+        .to_owned();
+    let good_bytes = b64decode(&good)?;
+    let mut bad_magic = good_bytes.clone();
+    if let Some(b) = bad_magic.first_mut() {
+        *b = 7;
+    }
+    let mut unknown_id = good_bytes.clone();
+    if let Some(b) = unknown_id.get_mut(4) {
+        *b = 99;
+    }
+    let truncated = good_bytes
+        .get(..good_bytes.len() - 3)
+        .unwrap_or_default()
+        .to_vec();
+    let random: Vec<u8> = (0..40u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("magic", random),
+        ("magic byte", bad_magic),
+        ("not registered", unknown_id),
+        ("does not decode", truncated),
+        ("too short", vec![0, 0]),
+    ];
+    let mut records: Vec<Value> = poison
+        .iter()
+        .map(|(_, b)| json!({ "key": "k1", "value_base64": b64encode(b) }))
+        .collect();
+    records.push(
+        json!({"value": {"id": "good-1", "asyncProcessId": "k1", "time": 2, "state": "DONE"}}),
+    );
+    let (status, answer) = host
+        .post(
+            "/v1/topics/async-process-execution/records",
+            json!({ "records": records }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {answer}");
+    host.wait_caught_up("async-process", T).await?;
+    let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
+    let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        letters.len() == poison.len(),
+        "{} dead letters: {dead}",
+        letters.len()
+    );
+    for (reason, bytes) in &poison {
+        ensure!(
+            letters
+                .iter()
+                .any(|l| l["error"].as_str().is_some_and(|e| e.contains(reason))
+                    && l["value_base64"].as_str() == Some(b64encode(bytes).as_str())),
+            "no dead letter with {reason:?} and the original bytes: {dead}"
+        );
+    }
+    let (_, k1) = host.get("/async-process/k1").await?;
+    ensure!(
+        k1["state"] == "DONE" && k1["executions"].as_array().map(Vec::len) == Some(2),
+        "{k1}"
+    );
+    ensure!(!host.log().contains("panicked"), "{}", host.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_schema_that_cannot_read_a_registered_writer_is_refused() -> Result<()> {
+    let config = with_avro(&async_process_config()?, "execution-v1.avsc");
+    let mut host = Host::start(&config).await?;
+    let v1 =
+        std::fs::read_to_string(root().join("examples/async-process/schemas/execution-v1.avsc"))?;
+    let (status, _) = host
+        .post(
+            &format!("/registry/subjects/{SUBJECT}/versions"),
+            json!({ "schema": v1 }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200);
+    let status = host.terminate()?;
+    ensure!(status.success());
+    // A reader that requires a field v1 does not have, with no default.
+    let strict = v1.replace(
+        r#"{"name": "time", "type": "long"},"#,
+        r#"{"name": "time", "type": "long"}, {"name": "priority", "type": "int"},"#,
+    );
+    ensure!(strict != v1);
+    let strict_path = host.dir().join("strict.avsc");
+    std::fs::write(&strict_path, strict)?;
+    let reader_line = format!(
+        "reader_schema = {:?}",
+        root()
+            .join("examples/async-process/schemas/execution-v1.avsc")
+            .display()
+            .to_string()
+    );
+    host.write_config(&config.replace(
+        &reader_line,
+        &format!("reader_schema = {:?}", strict_path.display().to_string()),
+    ))?;
+    let (status, log) = host.restart_expecting_exit(T)?;
+    ensure!(
+        !status.success(),
+        "started with a reader that cannot read v1:\n{log}"
+    );
+    ensure!(
+        log.contains("pipeline \"async-process\" refused")
+            && log.contains("version 1")
+            && log.contains("priority"),
+        "the refusal names the pipeline, the version and the field:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn avro_over_kafka_with_confluent_serializer_and_an_external_registry() -> Result<()> {
+    let broker = Broker::start()?;
+    let a = Host::start(&with_avro(
+        &kafka_config(&broker.addr, "avro-a", 3)?,
+        "execution-v2.avsc",
+    ))
+    .await?;
+    let registry = format!("{}/registry", a.url);
+    let summary = tokio::task::block_in_place(|| confluent(&registry, &a.url, Some(&broker.addr)))?;
+    // A second host, in its own group, reads its schemas from a's registry
+    // as from any Confluent-compatible registry.
+    let b_config = with_avro(
+        &kafka_config(&broker.addr, "avro-b", 3)?,
+        "execution-v2.avsc",
+    )
+    .replacen(
+        "[store]",
+        &format!("[registry]\nurl = {registry:?}\n\n[store]"),
+        1,
+    );
+    let b = Host::start(&b_config).await?;
+    let events = summary["events"].as_array().cloned().unwrap_or_default();
+    let want = expected(&events);
+    for host in [&a, &b] {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            match check_folds(host, &want).await {
+                Ok(()) => break,
+                Err(e) if std::time::Instant::now() > deadline => return Err(e.context(host.log())),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+    let (status, _) = b.get("/registry/subjects").await?;
+    ensure!(status == 404, "b serves no registry of its own");
+    Ok(())
+}
+
+fn b64encode(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = match Command::new("python3")
+        .args([
+            "-c",
+            "import base64,sys; print(base64.b64encode(sys.stdin.buffer.read()).decode())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => return String::new(),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(bytes);
+    }
+    child
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn b64decode(s: &str) -> Result<Vec<u8>> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))",
+            s,
+        ])
+        .output()?;
+    ensure!(out.status.success(), "bad base64");
+    Ok(out.stdout)
+}
