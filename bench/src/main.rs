@@ -10,6 +10,7 @@
 //! `eddy-bench kafka` measures the broker → committed state rate next to a
 //! plain rdkafka consumer.
 
+mod avro;
 mod kafka;
 
 use std::path::PathBuf;
@@ -79,6 +80,28 @@ enum Command {
         partitions: u32,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/kafka.json")]
+        out: PathBuf,
+    },
+    /// Avro decode cost per event next to JSON, and the embedded end-to-end
+    /// rate with Avro payloads next to JSON ones.
+    Avro {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Directory of `execution-v1.avsc` and `execution-v2.avsc`.
+        #[arg(long, default_value = "examples/async-process/schemas")]
+        schemas: PathBuf,
+        /// Events of the end-to-end runs.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/avro.json")]
         out: PathBuf,
     },
     /// Plugin call cost per language and batch size, next to native code.
@@ -452,6 +475,21 @@ fn main() -> Result<()> {
             keys,
             out,
         } => swap(eddy, v1, v2, events, swaps, keys, out),
+        Command::Avro {
+            eddy,
+            component,
+            schemas,
+            events,
+            keys,
+            out,
+        } => avro::run(&avro::Settings {
+            eddy,
+            component,
+            schemas,
+            events,
+            keys,
+            out,
+        }),
         Command::Kafka {
             eddy,
             tansu,
