@@ -67,11 +67,15 @@ fn base64(bytes: &[u8]) -> String {
 /// and returns the pipeline's events/s from its first commit to its last.
 fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
     std::fs::create_dir_all(dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let format = if avro {
         format!(
             "value_format = \"avro\"\nreader_schema = {:?}\n",
-            std::path::absolute(s.schemas.join("execution-v2.avsc"))?.display().to_string()
+            std::path::absolute(s.schemas.join("execution-v2.avsc"))?
+                .display()
+                .to_string()
         )
     } else {
         String::new()
@@ -131,7 +135,11 @@ fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
             sent += records.len() as u64;
             let r = agent
                 .post(&format!("{base}/v1/topics/events/records"))
-                .send(serde_json::json!({ "records": records }).to_string().as_bytes())?;
+                .send(
+                    serde_json::json!({ "records": records })
+                        .to_string()
+                        .as_bytes(),
+                )?;
             ensure!(r.status().is_success(), "produce: {}", r.status());
         }
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -139,11 +147,19 @@ fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
             ensure!(Instant::now() < deadline, "the pipeline did not finish");
             let mut commits: Vec<(u64, u64)> = Vec::new();
             for line in BufReader::new(std::fs::File::open(&log_path)?).lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line?) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line?) else {
+                    continue;
+                };
                 let f = v.get("fields").unwrap_or(&v);
                 if f.get("message").and_then(|m| m.as_str()) == Some("batch committed") {
-                    let n = f.get("events").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                    let at = f.get("committed_at_us").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                    let n = f
+                        .get("events")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
+                    let at = f
+                        .get("committed_at_us")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
                     commits.push((at, n));
                 }
             }
@@ -166,15 +182,22 @@ fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let v1 = std::fs::read_to_string(s.schemas.join("execution-v1.avsc"))?;
-    let v2 = apache_avro::Schema::parse_str(&std::fs::read_to_string(s.schemas.join("execution-v2.avsc"))?)?;
+    let v2 = apache_avro::Schema::parse_str(&std::fs::read_to_string(
+        s.schemas.join("execution-v2.avsc"),
+    )?)?;
     let writer = apache_avro::Schema::parse_str(&v1)?;
     let n = 100_000u64;
-    let json: Vec<Vec<u8>> = (0..n).map(|i| event(i, 10_000).to_string().into_bytes()).collect();
+    let json: Vec<Vec<u8>> = (0..n)
+        .map(|i| event(i, 10_000).to_string().into_bytes())
+        .collect();
     let avro: Vec<Vec<u8>> = (0..n)
         .map(|i| encode(&writer, 1, &event(i, 10_000)).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<Result<_>>()?;
     let json_us = per_event_us(&Decoder::Json, &json)?;
-    let resolved = Decoder::Avro(Arc::new(AvroDecoder::new(Arc::new(Fixed(v1.clone())), Some(v2))));
+    let resolved = Decoder::Avro(Arc::new(AvroDecoder::new(
+        Arc::new(Fixed(v1.clone())),
+        Some(v2),
+    )));
     let plain = Decoder::Avro(Arc::new(AvroDecoder::new(Arc::new(Fixed(v1)), None)));
     let avro_us = per_event_us(&resolved, &avro)?;
     let plain_us = per_event_us(&plain, &avro)?;
@@ -185,14 +208,31 @@ pub fn run(s: &Settings) -> Result<()> {
     let avg = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>() as f64 / v.len().max(1) as f64;
     println!("| decode, AsyncProcess execution ({n} events) | bytes | µs per event | vs JSON |");
     println!("|---|---:|---:|---:|");
-    println!("| JSON (validate, as text) | {:.0} | {json_us:.2} | 1.00× |", avg(&json));
-    println!("| Avro, writer schema only → JSON | {:.0} | {plain_us:.2} | {:.2}× |", avg(&avro), plain_us / json_us);
-    println!("| Avro, writer v1 resolved to reader v2 → JSON | {:.0} | {avro_us:.2} | {:.2}× |", avg(&avro), avro_us / json_us);
+    println!(
+        "| JSON (validate, as text) | {:.0} | {json_us:.2} | 1.00× |",
+        avg(&json)
+    );
+    println!(
+        "| Avro, writer schema only → JSON | {:.0} | {plain_us:.2} | {:.2}× |",
+        avg(&avro),
+        plain_us / json_us
+    );
+    println!(
+        "| Avro, writer v1 resolved to reader v2 → JSON | {:.0} | {avro_us:.2} | {:.2}× |",
+        avg(&avro),
+        avro_us / json_us
+    );
     println!();
-    println!("| embedded end to end ({} events, {} keys) | events/s | vs JSON |", s.events, s.keys);
+    println!(
+        "| embedded end to end ({} events, {} keys) | events/s | vs JSON |",
+        s.events, s.keys
+    );
     println!("|---|---:|---:|");
     println!("| JSON payloads | {e2e_json:.0} | 1.00× |");
-    println!("| Avro payloads (v1 written, v2 read) | {e2e_avro:.0} | {:.2}× |", e2e_avro / e2e_json);
+    println!(
+        "| Avro payloads (v1 written, v2 read) | {e2e_avro:.0} | {:.2}× |",
+        e2e_avro / e2e_json
+    );
     if let Some(d) = s.out.parent() {
         std::fs::create_dir_all(d)?;
     }

@@ -365,3 +365,113 @@ fn b64decode(s: &str) -> Result<Vec<u8>> {
     ensure!(out.status.success(), "bad base64");
     Ok(out.stdout)
 }
+
+/// Produces a JSON event through `host` (which encodes it in Avro with the
+/// given version) and returns the encoded bytes, base64.
+async fn encoded_by(host: &Host, version: u32, event: Value) -> Result<String> {
+    let (_, before) = host
+        .get("/v1/topics/async-process-execution/records?limit=10000")
+        .await?;
+    let seen = before["records"].as_array().map_or(0, Vec::len);
+    host.produce(
+        "async-process-execution",
+        &json!({ "schema_version": version, "value": event }),
+    )
+    .await?;
+    let (_, after) = host
+        .get("/v1/topics/async-process-execution/records?limit=10000")
+        .await?;
+    let records = after["records"].as_array().cloned().unwrap_or_default();
+    ensure!(records.len() == seen + 1, "one new record");
+    let id = event["id"].as_str().unwrap_or_default().to_owned();
+    records
+        .iter()
+        .filter_map(|r| r["value_base64"].as_str())
+        .find(|b| {
+            // The new record is the one not seen before; ids are unique strings
+            // in the datum, so look for it in the decoded bytes.
+            b64decode(b).is_ok_and(|raw| raw.windows(id.len()).any(|w| w == id.as_bytes()))
+        })
+        .map(str::to_owned)
+        .context("the encoded record")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() -> Result<()> {
+    let mut a = Host::start(&with_avro(&async_process_config()?, "execution-v2.avsc")).await?;
+    for v in ["execution-v1.avsc", "execution-v2.avsc"] {
+        let text = std::fs::read_to_string(root().join("examples/async-process/schemas").join(v))?;
+        let (status, body) = a
+            .post(
+                &format!("/registry/subjects/{SUBJECT}/versions"),
+                json!({ "schema": text }).to_string(),
+            )
+            .await?;
+        ensure!(status == 200, "{status} {body}");
+    }
+    let b_config = with_avro(&async_process_config()?, "execution-v2.avsc").replacen(
+        "[store]",
+        &format!("[registry]\nurl = \"{}/registry\"\n\n[store]", a.url),
+        1,
+    );
+    let b = Host::start(&b_config).await?;
+    let first = encoded_by(
+        &a,
+        1,
+        json!({"id": "x1", "asyncProcessId": "q", "time": 1, "state": "STARTED"}),
+    )
+    .await?;
+    let second = encoded_by(
+        &a,
+        2,
+        json!({"id": "x2", "asyncProcessId": "q", "time": 2, "state": "DONE", "worker": "w"}),
+    )
+    .await?;
+    b.produce(
+        "async-process-execution",
+        &json!({"key": "q", "value_base64": first}),
+    )
+    .await?;
+    b.wait_caught_up("async-process", T).await?;
+    // The registry goes away; b meets a schema id it has not cached yet.
+    ensure!(a.terminate()?.success());
+    b.produce(
+        "async-process-execution",
+        &json!({"key": "q", "value_base64": second}),
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + T;
+    while !b.log().contains("schema registry unreachable; retrying") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "b never retried:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
+    ensure!(
+        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "dead-lettered during the outage: {dead}"
+    );
+    let (_, progress) = b.get("/v1/pipelines/async-process").await?;
+    ensure!(
+        progress["lag"].as_u64().unwrap_or(0) > 0,
+        "the event waits uncommitted: {progress}"
+    );
+    // The registry is back: the event is processed.
+    a.restart().await?;
+    b.wait_caught_up("async-process", T).await?;
+    let (_, q) = b.get("/async-process/q").await?;
+    ensure!(
+        q["state"] == "DONE" && q["executions"].as_array().map(Vec::len) == Some(2),
+        "{q}"
+    );
+    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
+    ensure!(
+        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "{dead}"
+    );
+    Ok(())
+}
