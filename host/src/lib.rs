@@ -18,6 +18,7 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 
 /// Milliseconds since the Unix epoch (0 before it, saturating far after).
 pub fn now_ms() -> i64 {

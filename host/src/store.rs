@@ -370,6 +370,11 @@ impl Store {
         self.db.batch().durability(Some(self.persist))
     }
 
+    /// Disk space the store uses, in bytes (0 when it cannot be read).
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
     /// Flushes everything to disk (used at shutdown).
     ///
     /// # Errors

@@ -317,6 +317,19 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let (log, sink) = open_topics(&config, &store, &rt)?;
 
+    let readiness = crate::source::Readiness::default();
+    if matches!(config.source, SourceConfig::Embedded(_)) {
+        for p in &config.pipelines {
+            readiness.set(&p.name, None);
+        }
+    }
+    let metrics = match crate::telemetry::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    };
     let hub = Hub::new(config.pipelines.iter().map(|p| p.name.as_str()));
     let locks: HashMap<String, PipelineLock> = config
         .pipelines
@@ -346,7 +359,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 Box::new(EmbeddedSource::open(log.clone(), &p.name, &p.topic)?)
             }
             SourceConfig::Kafka(k) => Box::new(
-                KafkaSource::open(k, store.clone(), &p.name, &p.topic)
+                KafkaSource::open(k, store.clone(), &p.name, &p.topic, readiness.clone())
                     .with_context(|| format!("pipeline {:?}", p.name))?,
             ),
         };
@@ -399,6 +412,8 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 .collect(),
         ),
         schemas: schemas.clone(),
+        metrics,
+        readiness,
         admin_token: config
             .http
             .admin_token

@@ -530,6 +530,22 @@ impl Instance {
         state: Option<&str>,
         events: &[bindings::Event],
     ) -> Result<(String, Vec<Emitted>), PluginError> {
+        let started = std::time::Instant::now();
+        let r = self.apply_once(key, state, events);
+        crate::telemetry::plugin_call(
+            &self.plugin.name,
+            started.elapsed(),
+            r.as_ref().err().map(PluginError::class),
+        );
+        r
+    }
+
+    fn apply_once(
+        &mut self,
+        key: &str,
+        state: Option<&str>,
+        events: &[bindings::Event],
+    ) -> Result<(String, Vec<Emitted>), PluginError> {
         let config = self.plugin.config.clone();
         let live = self.live()?;
         let Guest::Aggregator(guest) = &live.guest else {
@@ -569,6 +585,25 @@ impl Instance {
     /// A [`PluginError`] for the whole call (trap, limit); per-event
     /// failures are in the returned list.
     pub fn handle(
+        &mut self,
+        events: &[bindings::Event],
+    ) -> Result<Vec<Result<Vec<Emitted>, PluginError>>, PluginError> {
+        let started = std::time::Instant::now();
+        let r = self.handle_once(events);
+        crate::telemetry::plugin_call(
+            &self.plugin.name,
+            started.elapsed(),
+            r.as_ref().err().map(PluginError::class),
+        );
+        if let Ok(results) = &r {
+            for e in results.iter().filter_map(|x| x.as_ref().err()) {
+                crate::telemetry::plugin_failure(&self.plugin.name, e.class());
+            }
+        }
+        r
+    }
+
+    fn handle_once(
         &mut self,
         events: &[bindings::Event],
     ) -> Result<Vec<Result<Vec<Emitted>, PluginError>>, PluginError> {

@@ -49,6 +49,10 @@ pub struct AppState {
     pub registry: Arc<crate::execute::registry::Registry>,
     /// Bearer token of the admin routes; `None` turns them off.
     pub admin_token: Option<String>,
+    /// The metrics recorder (`None`: metrics off).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Per-pipeline source readiness.
+    pub readiness: crate::source::Readiness,
     /// The embedded schema registry (`None` with an external one).
     pub schemas: Option<Arc<crate::schema::Registry>>,
     /// Becomes `true` when the host shuts down: SSE streams end then.
@@ -191,8 +195,11 @@ pub fn app(state: AppState) -> Router {
         }
     }
     router
+        .route("/metrics", get(metrics_text))
+        .route("/readyz", get(readyz))
         .nest("/registry", registry::routes())
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
 }
 
@@ -242,6 +249,95 @@ fn mount(router: Router<AppState>, pipeline: &str, path: &str, create: bool) -> 
 
 async fn fallback() -> AppError {
     AppError::not_found("no such route; see the API reference in the README")
+}
+
+/// Counts every request by method, matched route (not the raw path, to
+/// keep the label's cardinality low) and status.
+async fn count_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(
+        "eddy_http_requests_total",
+        "method" => method.clone(), "route" => route.clone(), "status" => status
+    )
+    .increment(1);
+    metrics::histogram!("eddy_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus text format. Gauges that are cheap to read
+/// on demand (lag, outbox, store size) are refreshed first.
+async fn metrics_text(State(s): State<AppState>) -> ApiResult<Response> {
+    let Some(handle) = s.metrics.clone() else {
+        return Err(AppError::not_found("metrics are off"));
+    };
+    let (store, sink, pipelines) = (s.store.clone(), s.sink.clone(), s.pipelines.clone());
+    blocking(move || {
+        for p in pipelines.values() {
+            // A broker that cannot be asked right now leaves the last values.
+            if let Ok(Some(ends)) = sink.high_watermarks(&p.topic) {
+                for (part, end) in (0u32..).zip(ends) {
+                    let committed = store.offset(&p.name, &p.topic, part).unwrap_or(0);
+                    metrics::gauge!(
+                        "eddy_consumer_lag_records",
+                        "pipeline" => p.name.clone(), "topic" => p.topic.clone(), "partition" => part.to_string()
+                    )
+                    .set(end.saturating_sub(committed) as f64);
+                }
+            }
+        }
+        if let crate::sink::Sink::Kafka(k) = &sink {
+            metrics::gauge!("eddy_outbox_records").set(k.outbox_depth() as f64);
+        }
+        metrics::gauge!("eddy_store_disk_bytes").set(store.disk_bytes() as f64);
+        handle.run_upkeep();
+        Ok((
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            handle.render(),
+        )
+            .into_response())
+    })
+    .await
+}
+
+/// `GET /readyz`: 200 when the store is open, every plugin is loaded and
+/// every pipeline's source is connected (and, on Kafka, has its
+/// assignment); 503 with the reasons otherwise.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
+    for p in s.pipelines.values() {
+        for plugin in p.aggregator.iter().chain(p.handlers.iter()) {
+            if s.registry.slot(plugin).is_none() {
+                reasons.push(format!(
+                    "pipeline {:?}: plugin {plugin:?} is not loaded",
+                    p.name
+                ));
+            }
+        }
+    }
+    for (pipeline, why) in s.readiness.not_ready() {
+        reasons.push(format!("pipeline {pipeline:?}: {why}"));
+    }
+    if *s.shutdown.borrow() {
+        reasons.push("shutting down".into());
+    }
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons })),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

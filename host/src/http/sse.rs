@@ -92,6 +92,22 @@ fn to_event(change: &Change, per_key: bool) -> Event {
 }
 
 /// Feeds one client: catch-up from the store, then live changes.
+/// Counts an open SSE connection in `eddy_sse_clients` while it lives.
+struct Connected;
+
+impl Connected {
+    fn new() -> Self {
+        metrics::gauge!("eddy_sse_clients").increment(1.0);
+        Connected
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        metrics::gauge!("eddy_sse_clients").decrement(1.0);
+    }
+}
+
 async fn feed(
     s: AppState,
     pipeline: String,
@@ -100,6 +116,7 @@ async fn feed(
     mut live: broadcast::Receiver<Arc<Change>>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
+    let _counted = Connected::new();
     let mut shutdown = s.shutdown.clone();
     let per_key = key.is_some();
     let matches = |c: &Change| key.as_deref().is_none_or(|k| k == c.key);

@@ -198,6 +198,8 @@ impl Worker {
     /// while the schema registry was unreachable): nothing of the batch is
     /// committed then, and the next start processes it again.
     fn process(&mut self, records: Vec<SourceRecord>, stop: &AtomicBool) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let consumed = records.len();
         let lock = self.lock.clone();
         let _guard = lock
             .lock()
@@ -253,6 +255,7 @@ impl Worker {
         }
 
         // Commit.
+        let dead_count = out.dead.len();
         let mut commit = Commit {
             pipeline: self.config.name.clone(),
             history: self.config.sse_history,
@@ -297,6 +300,7 @@ impl Worker {
                 stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
                 "event dead-lettered"
             );
+            crate::telemetry::dead_letter(&self.config.name, dl.stage.as_str(), &dl.error_class);
             let json = dl.to_json(self.dead_id);
             if let Some(topic) = &self.config.dlq_topic {
                 out.emits.push((
@@ -343,6 +347,12 @@ impl Worker {
         let offsets = std::mem::take(&mut commit.offsets);
         self.source.committed(&offsets);
         self.hub.publish(&self.config.name, changes);
+        crate::telemetry::batch(
+            &self.config.name,
+            consumed,
+            consumed.saturating_sub(dead_count),
+            started.elapsed(),
+        );
         Ok(true)
     }
 
@@ -579,10 +589,11 @@ pub fn prepare(
 type Attempted<T> = (Result<T, PluginError>, Vec<u64>);
 
 /// Retries of retryable failures: exponential backoff with jitter.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Retry {
     max_retries: u32,
     base_ms: u64,
+    plugin: Arc<str>,
 }
 
 impl Retry {
@@ -591,6 +602,7 @@ impl Retry {
         Retry {
             max_retries: c.max_retries,
             base_ms: c.retry_backoff_ms,
+            plugin: Arc::from(instance.plugin().name.to_string()),
         }
     }
 
@@ -612,7 +624,9 @@ impl Retry {
             match f() {
                 Err(e) if e.is_retryable() && (delays.len() as u32) < self.max_retries => {
                     let d = self.delay_ms(delays.len() as u32 + 1);
-                    tracing::debug!(error = %e, delay_ms = d, "retrying");
+                    tracing::debug!(plugin = %self.plugin, error = %e, delay_ms = d, "retrying");
+                    metrics::counter!("eddy_plugin_retries_total", "plugin" => self.plugin.to_string())
+                        .increment(1);
                     std::thread::sleep(Duration::from_millis(d));
                     delays.push(d);
                 }

@@ -67,6 +67,15 @@ impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, "kafka producer: {reason}");
     }
+
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        for (name, broker) in &statistics.brokers {
+            if let Some(t) = &broker.throttle {
+                metrics::gauge!("eddy_kafka_producer_throttle_time_ms", "broker" => name.clone())
+                    .set(t.avg as f64);
+            }
+        }
+    }
 }
 
 impl ProducerContext for SinkContext {

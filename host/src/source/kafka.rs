@@ -65,6 +65,8 @@ pub fn client_config(cfg: &KafkaConfig, role: Role) -> ClientConfig {
         }
         Role::Producer => {
             c.set("enable.idempotence", "true")
+                // Statistics feed eddy_kafka_producer_throttle_time_ms.
+                .set("statistics.interval.ms", "5000")
                 .set("acks", "all")
                 // Kafka's Java client partitions by murmur2: keys land where
                 // they would with any other producer (and the embedded log).
@@ -174,6 +176,10 @@ struct Group {
     floor: Mutex<HashMap<(String, i32), i64>>,
     /// Bumped on every assignment change.
     rebalances: AtomicU64,
+    /// What `/readyz` reports for the pipeline.
+    readiness: super::Readiness,
+    /// Set when the client reported all brokers down; cleared by the next record.
+    down: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,6 +198,13 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(pipeline = %self.group.pipeline, error = %error, "kafka consumer: {reason}");
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.group.down.store(true, Ordering::SeqCst);
+            self.group.readiness.set(
+                &self.group.pipeline,
+                Some(format!("all brokers down: {reason}")),
+            );
+        }
     }
 }
 
@@ -240,6 +253,9 @@ impl GroupContext {
             described.push(format!("{topic}/{partition}@{at} ({from})"));
         }
         tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions assigned");
+        metrics::counter!("eddy_rebalances_total", "pipeline" => g.pipeline.clone(), "kind" => "assign")
+            .increment(1);
+        g.readiness.set(&g.pipeline, None);
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -301,6 +317,12 @@ impl GroupContext {
             floor.remove(&k);
         }
         tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions revoked");
+        metrics::counter!("eddy_rebalances_total", "pipeline" => g.pipeline.clone(), "kind" => "revoke")
+            .increment(1);
+        g.readiness.set(
+            &g.pipeline,
+            Some("partitions revoked; waiting for the next assignment".into()),
+        );
         g.rebalances.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -350,7 +372,12 @@ impl KafkaSource {
         store: Store,
         pipeline: &str,
         topic: &str,
+        readiness: super::Readiness,
     ) -> Result<Self, SourceError> {
+        readiness.set(
+            pipeline,
+            Some("waiting for the consumer group's assignment".into()),
+        );
         let group = Arc::new(Group {
             pipeline: pipeline.to_owned(),
             store,
@@ -358,6 +385,8 @@ impl KafkaSource {
             assigned: Mutex::default(),
             floor: Mutex::default(),
             rebalances: AtomicU64::new(0),
+            readiness,
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let mut config = client_config(cfg, Role::Consumer);
         config.set("group.id", format!("{}.{pipeline}", cfg.group_id));
@@ -463,6 +492,9 @@ impl Source for KafkaSource {
                     break;
                 }
                 Some(Ok(m)) => {
+                    if self.group.down.swap(false, Ordering::SeqCst) {
+                        self.group.readiness.set(&self.group.pipeline, None);
+                    }
                     if let Some(r) = self.convert(&m) {
                         out.push(r);
                     }

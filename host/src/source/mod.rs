@@ -72,6 +72,31 @@ pub enum SourceError {
     },
 }
 
+/// Whether each pipeline's source is ready (connected and, on Kafka,
+/// assigned its partitions), with the reason when not. Shared with `/readyz`.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>);
+
+impl Readiness {
+    /// Marks a pipeline ready (`None`) or not, with why.
+    pub fn set(&self, pipeline: &str, not_ready: Option<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pipeline.to_owned(), not_ready);
+    }
+
+    /// The pipelines that are not ready, with the reasons.
+    pub fn not_ready(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|(p, r)| r.clone().map(|r| (p.clone(), r)))
+            .collect()
+    }
+}
+
 /// What a pipeline reads from.
 pub trait Source: Send {
     /// Returns up to `max` records, waiting at most `wait` when none is ready.

@@ -1,0 +1,223 @@
+//! Operations: `/metrics` moves as expected during a scenario (parsed with
+//! the reference Prometheus text parser, not by substring), and `/readyz`.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use eddy_tests::{Host, async_process_config, execution, root};
+use serde_json::{Value, json};
+
+/// One metric sample.
+struct Sample {
+    name: String,
+    labels: Value,
+    value: f64,
+}
+
+/// Scrapes `/metrics` and parses it with `prometheus_client`'s parser.
+async fn scrape(host: &Host) -> Result<Vec<Sample>> {
+    let r = host
+        .http
+        .get(format!("{}/metrics", host.url))
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "/metrics answered {}", r.status());
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(ct.starts_with("text/plain"), "content type {ct}");
+    let text = r.text().await?;
+    let mut child = Command::new("python3")
+        .arg(root().join("tests/ops/prom.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("python3")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(parsed
+        .into_iter()
+        .map(|s| Sample {
+            name: s["name"].as_str().unwrap_or_default().to_owned(),
+            labels: s["labels"].clone(),
+            value: s["value"].as_f64().unwrap_or(f64::NAN),
+        })
+        .collect())
+}
+
+/// Sum of the samples named `name` whose labels include `labels`.
+fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels[*k] == *v))
+        .map(|s| s.value)
+        .sum()
+}
+
+fn max(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_during_a_scenario_and_readyz_reports() -> Result<()> {
+    let host = Host::start(&async_process_config()?).await?;
+    let (status, ready) = host.get("/readyz").await?;
+    ensure!(status == 200 && ready["ready"] == true, "{status} {ready}");
+
+    // A burst: lag rises, then falls to zero.
+    let mut max_lag = 0.0f64;
+    for round in 0..5 {
+        let records: Vec<Value> = (0..10_000)
+            .map(|n| json!({ "value": execution(&format!("e{round}-{n}"), &format!("k{}", n % 500), n, "STARTED") }))
+            .collect();
+        host.produce("async-process-execution", &json!({ "records": records }))
+            .await?;
+        let during = scrape(&host).await?;
+        max_lag = max_lag.max(max(&during, "eddy_consumer_lag_records"));
+        if max_lag > 0.0 {
+            break;
+        }
+    }
+    ensure!(max_lag > 0.0, "lag never rose during a burst");
+    // Bad data: one value that is not JSON (decode), one the plugin refuses (invalid).
+    let (status, _) = host
+        .post(
+            "/v1/topics/async-process-execution/records",
+            json!({ "key": "k1", "value_base64": "bm90IGpzb24=" }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200);
+    host.produce(
+        "async-process-execution",
+        &json!({ "value": { "id": "x", "asyncProcessId": "k2", "time": 1, "state": "EXPLODED" } }),
+    )
+    .await?;
+    host.wait_caught_up("async-process", Duration::from_secs(120))
+        .await?;
+    let mut sse = host.sse("/v1/pipelines/async-process/events", None).await?;
+    let _ = sse.next(Duration::from_millis(200)).await;
+
+    let after = scrape(&host).await?;
+    ensure!(
+        max(&after, "eddy_consumer_lag_records") == 0.0,
+        "lag falls back to 0"
+    );
+    let consumed = sum(
+        &after,
+        "eddy_events_consumed_total",
+        &[("pipeline", "async-process")],
+    );
+    ensure!(consumed >= 10_002.0, "consumed {consumed}");
+    let applied = sum(
+        &after,
+        "eddy_events_applied_total",
+        &[("pipeline", "async-process")],
+    );
+    ensure!(
+        (consumed - applied - 2.0).abs() < 0.5,
+        "consumed {consumed}, applied {applied}"
+    );
+    ensure!(
+        sum(
+            &after,
+            "eddy_dead_letters_total",
+            &[("pipeline", "async-process"), ("stage", "decode")]
+        ) == 1.0,
+        "one decode dead letter"
+    );
+    let by_plugin = sum(
+        &after,
+        "eddy_dead_letters_total",
+        &[("pipeline", "async-process"), ("stage", "aggregate")],
+    );
+    ensure!(
+        by_plugin == 1.0,
+        "one dead letter from the aggregator, got {by_plugin}"
+    );
+    ensure!(
+        sum(
+            &after,
+            "eddy_plugin_failures_total",
+            &[("plugin", "async-process-aggregator")]
+        ) >= 1.0,
+        "plugin failures counted"
+    );
+    ensure!(
+        sum(
+            &after,
+            "eddy_batch_events_count",
+            &[("pipeline", "async-process")]
+        ) > 0.0,
+        "batch histogram"
+    );
+    ensure!(
+        sum(&after, "eddy_batch_duration_seconds_count", &[]) > 0.0,
+        "batch duration histogram"
+    );
+    ensure!(
+        sum(
+            &after,
+            "eddy_plugin_call_duration_seconds_count",
+            &[("plugin", "async-process-aggregator")]
+        ) > 0.0,
+        "plugin call histogram"
+    );
+    ensure!(
+        sum(
+            &after,
+            "eddy_http_requests_total",
+            &[
+                ("route", "/v1/topics/{topic}/records"),
+                ("method", "POST"),
+                ("status", "200")
+            ]
+        ) >= 2.0,
+        "requests counted by route and status"
+    );
+    ensure!(
+        sum(&after, "eddy_sse_clients", &[]) == 1.0,
+        "one SSE client"
+    );
+    ensure!(
+        sum(&after, "eddy_store_disk_bytes", &[]) > 0.0,
+        "store size"
+    );
+    drop(sse);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = scrape(&host).await?;
+        if sum(&now, "eddy_sse_clients", &[]) == 0.0 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the SSE client was never uncounted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
