@@ -412,6 +412,26 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 .collect(),
         ),
         schemas: schemas.clone(),
+        gate: Arc::new(crate::http::guard::Gate::new(
+            config
+                .http
+                .token
+                .clone()
+                .or_else(|| std::env::var("EDDY_TOKEN").ok())
+                .filter(|t| !t.is_empty()),
+            config.http.protect_reads,
+            config.http.produce_rate_per_sec,
+            config.http.produce_burst,
+            config.http.sse_max_clients,
+            config.http.sse_max_per_address,
+            config
+                .pipelines
+                .iter()
+                .filter_map(|p| p.mount.as_ref())
+                .filter(|m| m.create.is_some())
+                .map(|m| m.path.clone())
+                .collect(),
+        )),
         metrics,
         readiness,
         admin_token: config
@@ -441,17 +461,20 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             );
         }
         let shutdown_wait = shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = wait_for_signal() => {},
-                    () = shutdown_wait.notified() => {},
-                }
-                tracing::info!("shutting down");
-                let _ = shutdown_tx.send(true);
-            })
-            .await
-            .context("HTTP server failed")
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = wait_for_signal() => {},
+                () = shutdown_wait.notified() => {},
+            }
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+        })
+        .await
+        .context("HTTP server failed")
     });
     stop.store(true, Ordering::Relaxed);
     for w in workers {

@@ -2,6 +2,7 @@
 //! state queries, SSE streams, and the per-pipeline route aliases (`mount`).
 
 mod dead_letters;
+pub mod guard;
 mod plugins;
 mod produce;
 mod registry;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub registry: Arc<crate::execute::registry::Registry>,
     /// Bearer token of the admin routes; `None` turns them off.
     pub admin_token: Option<String>,
+    /// Tokens, rate limits and SSE caps.
+    pub gate: Arc<guard::Gate>,
     /// The metrics recorder (`None`: metrics off).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Per-pipeline source readiness.
@@ -199,6 +202,10 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .nest("/registry", registry::routes())
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::gate,
+        ))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
 }

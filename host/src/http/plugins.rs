@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
+use super::guard::constant_time_eq;
 use super::{ApiResult, AppError, AppState, blocking};
 use crate::execute::registry::DeployError;
 
@@ -26,14 +27,6 @@ pub fn require_admin(s: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         return Err(AppError::new(StatusCode::FORBIDDEN, "wrong token"));
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
 }
 
 fn deploy_error(e: DeployError) -> AppError {
