@@ -219,6 +219,10 @@ pub struct HttpConfig {
     /// Most open SSE connections from one client address (`429` beyond).
     #[serde(default = "default_sse_per_address")]
     pub sse_max_per_address: usize,
+    /// Naming rule for topics created with `POST /v1/topics`; the one rule
+    /// is `"entity.event_type.version"` (such as `order.created.v1`).
+    #[serde(default)]
+    pub topic_naming: Option<String>,
 }
 
 fn default_burst() -> u32 {
@@ -249,6 +253,7 @@ impl Default for HttpConfig {
             produce_burst: default_burst(),
             sse_max_clients: default_sse_max(),
             sse_max_per_address: default_sse_per_address(),
+            topic_naming: None,
         }
     }
 }
@@ -535,6 +540,13 @@ impl Config {
             if p.memory_mb == 0 {
                 problems.push(format!("plugin {:?}: memory_mb must be > 0", p.name));
             }
+        }
+        if let Some(rule) = &self.http.topic_naming
+            && rule != "entity.event_type.version"
+        {
+            problems.push(format!(
+                "http.topic_naming: unknown rule {rule:?} (the rule is \"entity.event_type.version\")"
+            ));
         }
         let (default_partitions, topics) = match &self.source {
             SourceConfig::Embedded(e) => (e.default_partitions, e.topics.as_slice()),

@@ -221,3 +221,86 @@ async fn metrics_move_during_a_scenario_and_readyz_reports() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_apis_create_topics_and_report_lag() -> Result<()> {
+    let config = async_process_config()?.replacen(
+        "[http]\n",
+        "[http]\ntopic_naming = \"entity.event_type.version\"\n",
+        1,
+    );
+    let host = Host::start(&config).await?;
+    let (status, made) = host
+        .post(
+            "/v1/topics",
+            json!({"name": "order.created.v1", "partitions": 3, "retention_ms": 86_400_000u64})
+                .to_string(),
+        )
+        .await?;
+    ensure!(status == 201 && made["created"] == true, "{status} {made}");
+    let (status, again) = host
+        .post(
+            "/v1/topics",
+            json!({"name": "order.created.v1", "partitions": 3}).to_string(),
+        )
+        .await?;
+    ensure!(
+        status == 200 && again["created"] == false,
+        "{status} {again}"
+    );
+    for (body, needle) in [
+        (
+            json!({"name": "orders", "partitions": 3}),
+            "entity.event_type.version",
+        ),
+        (json!({"name": "order.created.v1x"}), "naming rule"),
+        (
+            json!({"name": "order.created.v2", "retention_ms": 40u64 * 86_400_000}),
+            "30 days",
+        ),
+        (
+            json!({"name": "order.created.v3", "partitions": 0}),
+            "partitions",
+        ),
+        (
+            json!({"name": "order.created.v4", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (status, err) = host.post("/v1/topics", body.to_string()).await?;
+        ensure!(
+            status == 422 && err["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{body}: {status} {err}"
+        );
+    }
+    let (_, topics) = host.get("/v1/topics").await?;
+    ensure!(
+        topics["topics"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["name"] == "order.created.v1" && t["partitions"] == 3)),
+        "{topics}"
+    );
+    host.produce(
+        "async-process-execution",
+        &json!({ "value": execution("l1", "k", 1, "STARTED") }),
+    )
+    .await?;
+    host.wait_caught_up("async-process", Duration::from_secs(60))
+        .await?;
+    let (status, lag) = host.get("/v1/lag").await?;
+    ensure!(status == 200, "{lag}");
+    let p = lag["pipelines"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pipeline"] == "async-process"))
+        .context("async-process in /v1/lag")?;
+    ensure!(
+        p["lag"] == 0 && p["partitions"].as_array().map(Vec::len) == Some(12),
+        "{p}"
+    );
+    let (status, err) = host.post("/v1/consumer/rebalance", "").await?;
+    ensure!(
+        status == 409,
+        "rebalance on the embedded log: {status} {err}"
+    );
+    Ok(())
+}

@@ -412,6 +412,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 .collect(),
         ),
         schemas: schemas.clone(),
+        topic_naming: config.http.topic_naming.clone(),
         gate: Arc::new(crate::http::guard::Gate::new(
             config
                 .http

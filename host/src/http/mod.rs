@@ -1,6 +1,7 @@
 //! Stage 7, serve: the HTTP API (axum on hyper) — the producer endpoint,
 //! state queries, SSE streams, and the per-pipeline route aliases (`mount`).
 
+mod control;
 mod dead_letters;
 pub mod guard;
 mod plugins;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub registry: Arc<crate::execute::registry::Registry>,
     /// Bearer token of the admin routes; `None` turns them off.
     pub admin_token: Option<String>,
+    /// The topic naming rule of `POST /v1/topics`, if any.
+    pub topic_naming: Option<String>,
     /// Tokens, rate limits and SSE caps.
     pub gate: Arc<guard::Gate>,
     /// The metrics recorder (`None`: metrics off).
@@ -151,7 +154,9 @@ fn json_text(text: String) -> Response {
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/topics", get(list_topics))
+        .route("/v1/topics", get(list_topics).post(control::create_topic))
+        .route("/v1/lag", get(control::lag))
+        .route("/v1/consumer/rebalance", post(control::rebalance))
         .route(
             "/v1/topics/{topic}/records",
             post(produce::produce).get(produce::read_records),

@@ -304,6 +304,11 @@ impl KafkaSink {
         Ok(out)
     }
 
+    /// The Kafka configuration (for topic administration).
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
     /// High watermark of each partition of `topic` (`None`: no such topic).
     ///
     /// # Errors

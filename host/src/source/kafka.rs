@@ -456,6 +456,30 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let rejoin = self
+            .group
+            .readiness
+            .control()
+            .rejoin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.group.pipeline);
+        if rejoin {
+            // Leave (committing on revocation, between batches) and join again,
+            // so the group reassigns the partitions.
+            tracing::info!(pipeline = %self.group.pipeline, "leaving and rejoining the consumer group");
+            self.consumer.unsubscribe();
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && !lock(&self.group.assigned).is_empty() {
+                let _ = self.consumer.poll(Duration::from_millis(50));
+            }
+            self.consumer
+                .subscribe(&[&*self.topic])
+                .map_err(|e| SourceError::Broker {
+                    topic: self.topic.to_string(),
+                    error: format!("cannot subscribe again: {e}"),
+                })?;
+        }
         let deadline = Instant::now() + wait;
         let mut out: Vec<SourceRecord> = Vec::new();
         let mut rebalances = self.group.rebalances.load(Ordering::SeqCst);
@@ -519,6 +543,16 @@ impl Source for KafkaSource {
                 };
                 committed.insert((topic.clone(), p), o);
                 floor.insert((topic.clone(), p), o);
+                self.group
+                    .readiness
+                    .control()
+                    .committed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(
+                        (self.group.pipeline.clone(), topic.clone(), *partition),
+                        *next,
+                    );
                 let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
             }
         }
@@ -539,6 +573,57 @@ impl Drop for KafkaSource {
         while Instant::now() < until && !lock(&self.group.assigned).is_empty() {
             let _ = self.consumer.poll(Duration::from_millis(50));
         }
+    }
+}
+
+/// Creates one topic with topic-level configs (`retention.ms`,
+/// `cleanup.policy`); `Ok(false)` when it exists already.
+///
+/// # Errors
+/// A bad property, unreachable brokers, or a topic the brokers refused.
+pub async fn create_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    partitions: u32,
+    configs: &[(&str, String)],
+) -> Result<bool, SourceError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg, Role::Admin)
+        .create()
+        .map_err(|e| SourceError::Config {
+            error: e.to_string(),
+        })?;
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    let mut topic = NewTopic::new(
+        name,
+        i32::try_from(partitions).unwrap_or(i32::MAX),
+        TopicReplication::Fixed(cfg.replication_factor),
+    );
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results =
+        admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|e| SourceError::Unreachable {
+                brokers: cfg.brokers.clone(),
+                error: e.to_string(),
+            })?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
+        Some(Err((n, code))) => Err(SourceError::Config {
+            error: format!("cannot create topic {n:?}: {code}"),
+        }),
+        None => Err(SourceError::Config {
+            error: format!("no answer creating topic {name:?}"),
+        }),
     }
 }
 

@@ -75,9 +75,26 @@ pub enum SourceError {
 /// Whether each pipeline's source is ready (connected and, on Kafka,
 /// assigned its partitions), with the reason when not. Shared with `/readyz`.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>);
+pub struct Readiness(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
+    Arc<Control>,
+);
+
+/// What the control API shares with the Kafka sources.
+#[derive(Default)]
+pub struct Control {
+    /// Offsets each pipeline last committed to its group: (pipeline, topic, partition) -> next offset.
+    pub committed: std::sync::Mutex<std::collections::BTreeMap<(String, String, u32), u64>>,
+    /// Pipelines asked to leave and rejoin their group.
+    pub rejoin: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
 
 impl Readiness {
+    /// The control state shared with the sources.
+    pub fn control(&self) -> &Control {
+        &self.1
+    }
+
     /// Marks a pipeline ready (`None`) or not, with why.
     pub fn set(&self, pipeline: &str, not_ready: Option<String>) {
         self.0

@@ -1,0 +1,228 @@
+//! Control APIs for operators: create topics (on either source), read the
+//! lag of every pipeline, and make this host leave and rejoin its consumer
+//! groups (to move load).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiResult, AppError, AppState, blocking};
+use crate::sink::Sink;
+
+/// Longest retention a topic may ask for: 30 days.
+const MAX_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopic {
+    name: String,
+    #[serde(default)]
+    partitions: Option<u32>,
+    #[serde(default)]
+    retention_ms: Option<u64>,
+    #[serde(default)]
+    compact: bool,
+}
+
+/// Checks `name` against the `entity.event_type.version` rule: three
+/// dot-separated parts of lowercase letters, digits, `_` or `-`, the last
+/// `v` and a number (`order.created.v1`).
+fn check_naming(name: &str) -> Result<(), String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    match parts.as_slice() {
+        [entity, event, version]
+            if ok_part(entity)
+                && ok_part(event)
+                && version
+                    .strip_prefix('v')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "topic name {name:?} does not follow the naming rule entity.event_type.version (such as order.created.v1)"
+        )),
+    }
+}
+
+/// `POST /v1/topics`: `{"name", "partitions"?, "retention_ms"?, "compact"?}`.
+pub async fn create_topic(
+    State(s): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let t: NewTopic =
+        serde_json::from_slice(&body).map_err(|e| AppError::unprocessable(format!("body: {e}")))?;
+    crate::source::validate_topic_name(&t.name).map_err(AppError::unprocessable)?;
+    if s.topic_naming.is_some() {
+        check_naming(&t.name).map_err(AppError::unprocessable)?;
+    }
+    if t.name.starts_with("__") {
+        return Err(AppError::unprocessable(format!(
+            "topic {:?}: names starting with \"__\" are reserved",
+            t.name
+        )));
+    }
+    let partitions = t.partitions.unwrap_or(4);
+    if !(1..=1024).contains(&partitions) {
+        return Err(AppError::unprocessable(
+            "partitions must be within 1..=1024",
+        ));
+    }
+    if let Some(r) = t.retention_ms
+        && (r == 0 || r > MAX_RETENTION_MS)
+    {
+        return Err(AppError::unprocessable(format!(
+            "retention_ms must be within 1..={MAX_RETENTION_MS} (30 days)"
+        )));
+    }
+    let created = match &s.sink {
+        Sink::Embedded(log) => {
+            if let Some(existing) = log.partitions(&t.name) {
+                if existing != partitions {
+                    return Err(AppError::new(
+                        StatusCode::CONFLICT,
+                        format!("topic {:?} exists with {existing} partitions", t.name),
+                    ));
+                }
+                false
+            } else {
+                let (log, name) = (log.clone(), t.name.clone());
+                blocking(move || {
+                    log.ensure_topic(&name, Some(partitions))
+                        .map_err(|e| AppError::unprocessable(e.to_string()))
+                })
+                .await?;
+                true
+            }
+        }
+        Sink::Kafka(k) => {
+            let mut configs = Vec::new();
+            if let Some(r) = t.retention_ms {
+                configs.push(("retention.ms", r.to_string()));
+            }
+            if t.compact {
+                configs.push(("cleanup.policy", "compact".to_owned()));
+            }
+            crate::source::kafka::create_topic(k.config(), &t.name, partitions, &configs)
+                .await
+                .map_err(|e| AppError::unavailable(e.to_string()))?
+        }
+    };
+    let embedded = matches!(s.sink, Sink::Embedded(_));
+    let mut answer = json!({
+        "name": t.name, "partitions": partitions, "created": created,
+        "retention_ms": t.retention_ms, "compact": t.compact,
+    });
+    if embedded
+        && (t.retention_ms.is_some() || t.compact)
+        && let Some(o) = answer.as_object_mut()
+    {
+        o.insert(
+            "note".into(),
+            json!("the embedded log keeps every record: retention and compaction apply on Kafka"),
+        );
+    }
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(answer),
+    ))
+}
+
+/// `GET /v1/lag`: per pipeline and partition, the offset stored with the
+/// state, the offset committed to the group (Kafka; what this host
+/// committed), the high watermark and the lag.
+pub async fn lag(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let (store, sink, pipelines, control) = (
+        s.store.clone(),
+        s.sink.clone(),
+        s.pipelines.clone(),
+        s.readiness.clone(),
+    );
+    blocking(move || {
+        let mut out = Vec::new();
+        let mut names: Vec<&String> = pipelines.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(p) = pipelines.get(name) else {
+                continue;
+            };
+            let ends = sink
+                .high_watermarks(&p.topic)
+                .map_err(|e| AppError::unavailable(e.to_string()))?
+                .unwrap_or_default();
+            let committed = control
+                .control()
+                .committed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let mut rows = Vec::new();
+            let mut total = 0u64;
+            for (part, end) in (0u32..).zip(ends) {
+                let stored = store
+                    .stored_offset(&p.name, &p.topic, part)
+                    .map_err(AppError::internal)?;
+                let group = match &sink {
+                    Sink::Embedded(_) => stored,
+                    Sink::Kafka(_) => committed
+                        .get(&(p.name.clone(), p.topic.clone(), part))
+                        .copied(),
+                };
+                let lag = end.saturating_sub(stored.unwrap_or(0));
+                total += lag;
+                rows.push(json!({
+                    "partition": part, "stored_offset": stored, "committed_offset": group,
+                    "high_watermark": end, "lag": lag,
+                }));
+            }
+            out.push(
+                json!({ "pipeline": p.name, "topic": p.topic, "lag": total, "partitions": rows }),
+            );
+        }
+        Ok(Json(json!({ "pipelines": out })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct RebalanceQuery {
+    pipeline: Option<String>,
+}
+
+/// `POST /v1/consumer/rebalance[?pipeline=]`: this host's consumers leave
+/// their groups (committing first) and join again, so the groups reassign
+/// partitions.
+pub async fn rebalance(
+    State(s): State<AppState>,
+    q: Query<RebalanceQuery>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if matches!(s.sink, Sink::Embedded(_)) {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            "the embedded source has no consumer group to rebalance",
+        ));
+    }
+    let names: Vec<String> = match &q.pipeline {
+        Some(p) => vec![s.pipeline(p)?.name.clone()],
+        None => s.pipelines.keys().cloned().collect(),
+    };
+    s.readiness
+        .control()
+        .rejoin
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend(names.iter().cloned());
+    Ok((StatusCode::ACCEPTED, Json(json!({ "rejoining": names }))))
+}
