@@ -5,7 +5,8 @@
 //!
 //! Admin routes — plugin deploys (`/v1/plugins/...`) and state rebuilds
 //! (`POST /v1/pipelines/{p}/replay`) — keep their own admin token and are
-//! not gated here. `/healthz`, `/readyz` and `/metrics` are always open.
+//! not gated here. `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
+//! are always open.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -160,8 +161,16 @@ pub async fn gate(State(s): State<AppState>, request: Request, next: Next) -> Re
     let gate = s.gate.clone();
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics")
-        || path.starts_with("/v1/plugins")
+    let admin = path.starts_with("/v1/plugins")
+        || (method == Method::POST
+            && path.starts_with("/v1/pipelines/")
+            && path.ends_with("/replay")
+            && path.split('/').count() == 5);
+    if admin
+        || matches!(
+            path.as_str(),
+            "/healthz" | "/readyz" | "/metrics" | "/openapi.json"
+        )
     {
         return next.run(request).await;
     }

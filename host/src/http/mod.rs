@@ -204,6 +204,7 @@ pub fn app(state: AppState) -> Router {
     }
     router
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
         .route("/readyz", get(readyz))
         .nest("/registry", registry::routes())
         .fallback(fallback)
@@ -350,6 +351,40 @@ async fn readyz(State(s): State<AppState>) -> Response {
         Json(serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons })),
     )
         .into_response()
+}
+
+/// The API document: the fixed routes (`http/openapi.json`) plus this
+/// host's `mount` aliases.
+async fn openapi(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("openapi.json")).map_err(AppError::internal)?;
+    let Some(paths) = doc
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return Err(AppError::internal("openapi.json has no paths"));
+    };
+    let op = |summary: String, auth: &str, key: bool| {
+        let mut o = serde_json::json!({ "summary": summary, "x-eddy-auth": auth, "responses": { "200": { "description": "OK" } } });
+        if key && let Some(m) = o.as_object_mut() {
+            m.insert(
+                "parameters".into(),
+                serde_json::json!([{ "name": "key", "in": "path", "required": true, "schema": { "type": "string" } }]),
+            );
+        }
+        o
+    };
+    for p in s.pipelines.values() {
+        let Some(m) = &p.mount else { continue };
+        let name = &p.name;
+        paths.insert(format!("{}/latest", m.path), serde_json::json!({ "get": op(format!("Pipeline {name}: most recently changed states."), "read", false) }));
+        paths.insert(format!("{}/{{key}}", m.path), serde_json::json!({ "get": op(format!("Pipeline {name}: a key's state."), "read", true) }));
+        paths.insert(format!("{}/sse/{{key}}", m.path), serde_json::json!({ "get": op(format!("Pipeline {name}: a key's changes as SSE."), "read", true) }));
+        if m.create.is_some() {
+            paths.insert(m.path.clone(), serde_json::json!({ "post": op(format!("Pipeline {name}: create an entity (produces its first event)."), "token", false) }));
+        }
+    }
+    Ok(Json(doc))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
