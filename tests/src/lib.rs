@@ -207,23 +207,7 @@ impl Host {
         &mut self,
         within: Duration,
     ) -> Result<(std::process::ExitStatus, String)> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("eddy.log"))?;
-        let mut child = Command::new(eddy_bin()?)
-            .arg("run")
-            .arg("--config")
-            .arg(self.dir.path().join("eddy.toml"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--store")
-            .arg(self.dir.path().join("store"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start eddy")?;
+        let mut child = self.spawn()?;
         let deadline = Instant::now() + within;
         loop {
             if let Some(s) = child.try_wait()? {
@@ -238,13 +222,14 @@ impl Host {
         }
     }
 
-    /// Starts the process (again) and waits for `/healthz`.
-    pub async fn restart(&mut self) -> Result<()> {
+    /// Starts `eddy run` on this host's config, port and store, logging to
+    /// its `eddy.log`.
+    fn spawn(&self) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("eddy.log"))?;
-        let child = Command::new(eddy_bin()?)
+        Command::new(eddy_bin()?)
             .arg("run")
             .arg("--config")
             .arg(self.dir.path().join("eddy.toml"))
@@ -256,7 +241,12 @@ impl Host {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("cannot start eddy")?;
+            .context("cannot start eddy")
+    }
+
+    /// Starts the process (again) and waits for `/healthz`.
+    pub async fn restart(&mut self) -> Result<()> {
+        let child = self.spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -139,6 +139,27 @@ struct Doc {
     subject_compatibility: BTreeMap<String, Mode>,
 }
 
+impl Doc {
+    /// A subject's compatibility level: its own, else the global one.
+    fn mode(&self, subject: &str) -> Mode {
+        self.subject_compatibility
+            .get(subject)
+            .copied()
+            .or(self.compatibility)
+            .unwrap_or_default()
+    }
+
+    /// These versions' schemas, parsed, with their version numbers.
+    fn parsed<'a>(&self, versions: impl Iterator<Item = &'a Version>) -> Vec<(u32, Schema)> {
+        versions
+            .filter_map(|v| {
+                let text = self.schemas.get(&v.id)?;
+                Some((v.version, Schema::parse_str(text).ok()?))
+            })
+            .collect()
+    }
+}
+
 /// A registered version as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
@@ -300,22 +321,9 @@ impl Registry {
         if let Some(v) = live.iter().find(|v| doc.schemas.get(&v.id) == Some(&norm)) {
             return Ok(v.id);
         }
-        let mode = doc
-            .subject_compatibility
-            .get(subject)
-            .copied()
-            .or(doc.compatibility)
-            .unwrap_or_default();
-        let previous: Vec<(u32, Schema)> = live
-            .iter()
-            .rev()
-            .filter_map(|v| {
-                let text = doc.schemas.get(&v.id)?;
-                Some((v.version, Schema::parse_str(text).ok()?))
-            })
-            .collect();
+        let previous = doc.parsed(live.iter().rev());
         let refs: Vec<(u32, &Schema)> = previous.iter().map(|(v, s)| (*v, s)).collect();
-        let mut messages = compat::check(mode, &schema, &refs);
+        let mut messages = compat::check(doc.mode(subject), &schema, &refs);
         for r in self
             .readers
             .lock()
@@ -532,12 +540,6 @@ impl Registry {
     pub fn test(&self, subject: &str, spec: VersionSpec, text: &str) -> Result<Vec<String>> {
         let schema = parse(text)?;
         let doc = self.lock();
-        let mode = doc
-            .subject_compatibility
-            .get(subject)
-            .copied()
-            .or(doc.compatibility)
-            .unwrap_or_default();
         let versions = live_versions(&doc, subject, false)?;
         let chosen: Vec<&Version> = match spec {
             VersionSpec::Latest => versions.iter().rev().copied().collect(),
@@ -550,15 +552,9 @@ impl Registry {
                 })?]
             }
         };
-        let previous: Vec<(u32, Schema)> = chosen
-            .iter()
-            .filter_map(|v| {
-                let text = doc.schemas.get(&v.id)?;
-                Some((v.version, Schema::parse_str(text).ok()?))
-            })
-            .collect();
+        let previous = doc.parsed(chosen.into_iter());
         let refs: Vec<(u32, &Schema)> = previous.iter().map(|(v, s)| (*v, s)).collect();
-        Ok(compat::check(mode, &schema, &refs))
+        Ok(compat::check(doc.mode(subject), &schema, &refs))
     }
 
     /// The global compatibility level.
