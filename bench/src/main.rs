@@ -11,7 +11,10 @@
 //! plain rdkafka consumer.
 
 mod avro;
+mod embedded;
 mod kafka;
+mod latency;
+mod restart;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,8 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eddy::config::{Grants, PluginConfig, PluginKind};
-use eddy::execute::bindings::Event;
 use eddy::execute::{Instance, Runtime};
+use eddy_bench::{percentile, workload};
 
 #[derive(Parser)]
 #[command(name = "eddy-bench", about = "Eddy's benchmarks")]
@@ -78,6 +81,10 @@ enum Command {
         /// Partitions of the topic.
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+        /// A Python with Quix Streams installed, to run the peer on the
+        /// same topic (`scripts/bench.sh` makes one in a virtualenv).
+        #[arg(long)]
+        quix_python: Option<PathBuf>,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/kafka.json")]
         out: PathBuf,
@@ -104,6 +111,76 @@ enum Command {
         #[arg(long, default_value = "target/bench/avro.json")]
         out: PathBuf,
     },
+    /// The embedded path next to the native fold and raw fjall.
+    Embedded {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Events.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Events per micro-batch.
+        #[arg(long, default_value_t = 2_000)]
+        batch: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/embedded.json")]
+        out: PathBuf,
+    },
+    /// End-to-end latency at a steady rate (produce → SSE, produce → state
+    /// over HTTP), then GET latency under a request rate while ingest runs.
+    Latency {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Events/s of the latency phase.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// GET requests/s of the query phase (0 skips it).
+        #[arg(long, default_value_t = 20_000)]
+        get_rate: u64,
+        /// Events/s of ingest during the query phase.
+        #[arg(long, default_value_t = 10_000)]
+        query_ingest_rate: u64,
+        /// Threads sending GET requests.
+        #[arg(long, default_value_t = 16)]
+        get_threads: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/latency.json")]
+        out: PathBuf,
+    },
+    /// Time from start to ready with many keys in the store.
+    Restart {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Keys in the store.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Restarts to time.
+        #[arg(long, default_value_t = 3)]
+        restarts: u32,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/restart.json")]
+        out: PathBuf,
+    },
     /// Plugin call cost per language and batch size, next to native code.
     Plugins {
         /// Components as `label=path` (e.g. `rust=target/plugins/async-process-aggregator.wasm`).
@@ -126,31 +203,6 @@ fn parse_component(s: &str) -> Result<(String, PathBuf), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected label=path, got {s:?}"))?;
     Ok((label.to_owned(), PathBuf::from(path)))
-}
-
-/// One batch of AsyncProcess executions for one key.
-fn events(n: usize) -> Vec<Event> {
-    let states = ["ACCEPTED", "STARTED", "RETRY", "ERROR", "DONE"];
-    (0..n)
-        .map(|i| {
-            let value = serde_json::json!({
-                "id": format!("e{i}"), "asyncProcessId": "bench",
-                "time": 1_700_000_000_000i64 + ((i * 7919) % 1000) as i64,
-                "state": states.get(i % states.len()).copied().unwrap_or("DONE"),
-                "description": "benchmark step", "log": "", "params": "{}",
-            });
-            Event {
-                topic: "async-process-execution".into(),
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: 0,
-                key: Some("bench".into()),
-                headers: Vec::new(),
-                schema_id: None,
-                value: value.to_string(),
-            }
-        })
-        .collect()
 }
 
 struct Cell {
@@ -228,20 +280,8 @@ fn plugins(
     }
     let mut cells = Vec::new();
     for &batch in &batches {
-        let evs = events(batch);
-        let native_events: Vec<eddy_sdk::Event<String>> = evs
-            .iter()
-            .map(|e| eddy_sdk::Event {
-                topic: e.topic.clone(),
-                partition: e.partition,
-                offset: e.offset,
-                timestamp_ms: e.timestamp_ms,
-                key: e.key.clone(),
-                headers: Vec::new(),
-                schema_id: None,
-                value: e.value.clone(),
-            })
-            .collect();
+        let evs = workload::one_key_batch(batch);
+        let native_events = workload::native(&evs);
         cells.push(measure("native", batch, budget, || {
             let r = eddy_sdk::runtime::apply::<async_process_aggregator::AsyncProcessAggregator>(
                 "bench",
@@ -296,14 +336,6 @@ fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(i).copied().unwrap_or(0)
 }
 
 fn swap(
@@ -475,6 +507,55 @@ fn main() -> Result<()> {
             keys,
             out,
         } => swap(eddy, v1, v2, events, swaps, keys, out),
+        Command::Embedded {
+            eddy,
+            component,
+            events,
+            keys,
+            batch,
+            out,
+        } => embedded::run(&embedded::Settings {
+            eddy,
+            component,
+            events,
+            keys,
+            batch,
+            out,
+        }),
+        Command::Latency {
+            eddy,
+            component,
+            rate,
+            seconds,
+            keys,
+            get_rate,
+            query_ingest_rate,
+            get_threads,
+            out,
+        } => latency::run(&latency::Settings {
+            eddy,
+            component,
+            rate,
+            seconds,
+            keys,
+            get_rate,
+            query_ingest_rate,
+            get_threads,
+            out,
+        }),
+        Command::Restart {
+            eddy,
+            component,
+            keys,
+            restarts,
+            out,
+        } => restart::run(&restart::Settings {
+            eddy,
+            component,
+            keys,
+            restarts,
+            out,
+        }),
         Command::Avro {
             eddy,
             component,
@@ -497,6 +578,7 @@ fn main() -> Result<()> {
             events,
             keys,
             partitions,
+            quix_python,
             out,
         } => kafka::run(&kafka::Settings {
             eddy,
@@ -505,6 +587,7 @@ fn main() -> Result<()> {
             events,
             keys,
             partitions,
+            quix_python,
             out,
         }),
         Command::Plugins {

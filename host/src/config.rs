@@ -23,6 +23,9 @@ pub struct Config {
     /// The schema registry.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Graceful shutdown on SIGTERM/SIGINT.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// The plugin components the pipelines use.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
@@ -32,6 +35,32 @@ pub struct Config {
     /// Directory the config file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// Graceful shutdown: on SIGTERM or SIGINT Eddy stops taking input, commits
+/// the batch in flight, sends SSE clients a final `shutdown` event, drains
+/// the Kafka outbox and syncs the store — all within `timeout_ms`. If that
+/// bound passes (a broker that stopped answering, say), it exits with status 1;
+/// what was not sent stays in the outbox and goes out after the next start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The whole shutdown's bound, in milliseconds (default 30 000, the
+    /// grace period Kubernetes gives a pod).
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
+}
+
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Where events come from.
@@ -540,6 +569,9 @@ impl Config {
             if p.memory_mb == 0 {
                 problems.push(format!("plugin {:?}: memory_mb must be > 0", p.name));
             }
+        }
+        if self.shutdown.timeout_ms == 0 {
+            problems.push("shutdown.timeout_ms must be > 0".into());
         }
         if let Some(rule) = &self.http.topic_naming
             && rule != "entity.event_type.version"

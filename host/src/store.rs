@@ -964,6 +964,96 @@ impl Store {
     pub fn outbox_len(&self) -> Result<usize> {
         fj("outbox len", self.outbox.len())
     }
+
+    /// What the store holds: entries per keyspace, the outbox depth and every
+    /// pipeline's next offsets. Counts walk the keys; meant for `eddy store
+    /// stats` on a stopped host, not for a hot path.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt offset entry.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut entries = std::collections::BTreeMap::new();
+        for (name, ks) in [
+            ("topics", &self.topics),
+            ("log", &self.log),
+            ("offsets", &self.offsets),
+            ("state", &self.state),
+            ("latest", &self.latest),
+            ("changes", &self.changes),
+            ("dead", &self.dead),
+            ("quarantine", &self.quarantine),
+            ("parked", &self.parked),
+            ("meta", &self.meta),
+            ("outbox", &self.outbox),
+        ] {
+            entries.insert(name, fj("count entries", ks.len())?);
+        }
+        let mut offsets = Vec::new();
+        for item in self.offsets.iter() {
+            let (k, v) = fj("read offsets", item.into_inner())?;
+            let corrupt = || StoreError::Corrupt {
+                what: format!("offset key ({} bytes)", k.len()),
+            };
+            let (pipeline, rest) = split_at_zero(&k).ok_or_else(corrupt)?;
+            let (topic, partition) = split_at_zero(rest).ok_or_else(corrupt)?;
+            let partition = <[u8; 4]>::try_from(partition).map_err(|_| corrupt())?;
+            offsets.push(StoredOffset {
+                pipeline: String::from_utf8_lossy(pipeline).into_owned(),
+                topic: String::from_utf8_lossy(topic).into_owned(),
+                partition: u32::from_be_bytes(partition),
+                next_offset: u64_of(&v, "offset")?,
+            });
+        }
+        let mut last_change = std::collections::BTreeMap::new();
+        for item in self.meta.prefix(join(&[b"seq", b""])) {
+            let (k, v) = fj("read meta", item.into_inner())?;
+            let pipeline = k.get(4..).unwrap_or_default();
+            last_change.insert(
+                String::from_utf8_lossy(pipeline).into_owned(),
+                u64_of(&v, "sequence")?,
+            );
+        }
+        Ok(Stats {
+            disk_bytes: self.disk_bytes(),
+            last_change,
+            outbox: entries.get("outbox").copied().unwrap_or(0),
+            entries,
+            offsets,
+        })
+    }
+}
+
+fn split_at_zero(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|b| *b == 0)?;
+    Some((bytes.get(..at)?, bytes.get(at + 1..)?))
+}
+
+/// A summary of a store (see [`Store::stats`]).
+#[derive(Debug, serde::Serialize)]
+pub struct Stats {
+    /// Disk space used, in bytes.
+    pub disk_bytes: u64,
+    /// Records waiting in the outbox for the Kafka sink.
+    pub outbox: usize,
+    /// Entries per keyspace.
+    pub entries: std::collections::BTreeMap<&'static str, usize>,
+    /// Every pipeline's next offset per topic partition.
+    pub offsets: Vec<StoredOffset>,
+    /// Every pipeline's last change number (its changelog's length).
+    pub last_change: std::collections::BTreeMap<String, u64>,
+}
+
+/// One pipeline's position in one partition.
+#[derive(Debug, serde::Serialize)]
+pub struct StoredOffset {
+    /// Pipeline.
+    pub pipeline: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The next offset the pipeline reads.
+    pub next_offset: u64,
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ fn stop(child: &mut Option<Child>) {
 pub struct Broker {
     child: Option<Child>,
     s3: Option<Child>,
+    tls: Option<Child>,
     port: u16,
     s3_port: Option<u16>,
     /// `127.0.0.1:PORT`.
@@ -68,6 +69,7 @@ impl Broker {
         let mut b = Broker {
             child: None,
             s3: None,
+            tls: None,
             port,
             s3_port: None,
             addr: format!("127.0.0.1:{port}"),
@@ -75,6 +77,46 @@ impl Broker {
         };
         b.start_again()?;
         Ok(b)
+    }
+
+    /// A broker that clients reach only over mutual TLS: a TLS front
+    /// (`tests/kafka/tls_proxy.py`, which also makes the certificates) on
+    /// [`Broker::addr`], piping to the broker's plaintext port, which is
+    /// advertised as the front's address. [`Broker::tls_file`] gives the CA
+    /// and the client's certificate and key. The Python tools here speak
+    /// plaintext, so only clients configured for TLS can use this broker.
+    pub fn start_with_tls() -> Result<Broker> {
+        let port = free_port()?;
+        let front = free_port()?;
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("tls.log"))?;
+        let proxy = Command::new("python3")
+            .arg(root().join("tests/kafka/tls_proxy.py"))
+            .args(["--listen", &front.to_string()])
+            .args(["--upstream", &port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the TLS front")?;
+        let mut b = Broker {
+            child: None,
+            s3: None,
+            tls: Some(proxy),
+            port,
+            s3_port: None,
+            addr: format!("127.0.0.1:{front}"),
+            dir,
+        };
+        wait_port(front, Duration::from_secs(30))?;
+        b.start_again()?;
+        Ok(b)
+    }
+
+    /// A file the TLS front made: `ca.pem`, `client.pem`, `client.key`.
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// A broker keeping its data in an S3-compatible object store (a local
@@ -93,6 +135,7 @@ impl Broker {
         let mut b = Broker {
             child: None,
             s3: Some(s3),
+            tls: None,
             port,
             s3_port: Some(s3_port),
             addr: format!("127.0.0.1:{port}"),
@@ -122,14 +165,15 @@ impl Broker {
             .create(true)
             .append(true)
             .open(self.dir.path().join("broker.log"))?;
-        let url = format!("tcp://{}", self.addr);
+        let listen = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.addr);
         let mut cmd = Command::new(tansu_bin()?);
         cmd.args([
             "broker",
             "--listener-url",
-            &url,
+            &listen,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -157,7 +201,8 @@ impl Broker {
 
     /// The broker's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!("{}{}", read("broker.log"), read("tls.log"))
     }
 
     /// Creates a topic with the broker's own CLI.
@@ -272,6 +317,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         stop(&mut self.child);
         stop(&mut self.s3);
+        stop(&mut self.tls);
     }
 }
 

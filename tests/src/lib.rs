@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 pub mod kafka;
 use futures_util::StreamExt;
@@ -168,6 +168,8 @@ pub struct Host {
     pub url: String,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra environment of the process.
+    env: Vec<(String, String)>,
     /// HTTP client.
     pub http: reqwest::Client,
 }
@@ -175,6 +177,12 @@ pub struct Host {
 impl Host {
     /// Writes `config` into a fresh directory and starts eddy on a free port.
     pub async fn start(config: &str) -> Result<Host> {
+        Host::start_with_env(config, &[]).await
+    }
+
+    /// As [`Host::start`], with extra environment variables (such as
+    /// `RUST_LOG` or `EDDY_LOG_FORMAT`) for every start of the process.
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Result<Host> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("eddy.toml"), config)?;
         let port = free_port()?;
@@ -183,6 +191,10 @@ impl Host {
             url: format!("http://127.0.0.1:{port}"),
             port,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -238,6 +250,7 @@ impl Host {
             .arg("--store")
             .arg(self.dir.path().join("store"))
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -274,6 +287,21 @@ impl Host {
             c.wait()?;
         }
         Ok(())
+    }
+
+    /// `eddy store stats` on this host's store (the host must be stopped).
+    pub fn store_stats(&self) -> Result<Value> {
+        let out = Command::new(eddy_bin()?)
+            .args(["store", "stats", "--store"])
+            .arg(self.dir.path().join("store"))
+            .output()
+            .context("cannot run eddy store stats")?;
+        ensure!(
+            out.status.success(),
+            "eddy store stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("eddy store stats printed no JSON")
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -1,6 +1,6 @@
 //! Eddy against a real Kafka-protocol broker (tansu), fed by Confluent's
-//! Python producer: end to end, kill -9 under a stream, two hosts in one
-//! group, a broker restart, and start-up errors.
+//! Python producer: end to end, kill -9 under a stream, SIGTERM under a
+//! stream, two hosts in one group, a broker restart, and start-up errors.
 #![allow(
     clippy::indexing_slicing,
     reason = "indexing serde_json::Value yields Null, it never panics"
@@ -279,6 +279,90 @@ async fn kafka_kill9_under_a_stream_loses_nothing_and_applies_nothing_twice() ->
     Ok(())
 }
 
+/// SIGTERM in the middle of a stream: the host commits its batch, drains the
+/// outbox and exits 0 within `shutdown.timeout_ms`; the store it leaves has
+/// an empty outbox and the changelog topic holds exactly its changes. After
+/// a restart the stream finishes with every aggregate right, and — unlike
+/// after a crash — no record was sent twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_sigterm_under_a_stream_drains_the_outbox_and_resumes_exactly() -> Result<()> {
+    const EVENTS: u64 = 40_000;
+    const KEYS: u64 = 2_000;
+    let broker = Broker::start()?;
+    let config = format!(
+        "{}\n[shutdown]\ntimeout_ms = 20000\n",
+        kafka_config(&broker.addr, "term", 4)?
+    );
+    let mut host = Host::start(&config).await?;
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    let producer = broker.produce(INPUT, 0, EVENTS, KEYS, 10_000, &ledger)?;
+    // SIGTERM once the host is busy with the stream.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, progress) = host.get("/v1/pipelines/async-process").await?;
+        let committed: u64 = progress["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["committed_offset"].as_u64())
+            .sum();
+        if committed > 2_000 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no progress: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wait = rand::rng().random_range(200..1_200);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let status = tokio::task::block_in_place(|| host.terminate())?;
+    ensure!(status.success(), "exit status {status}:\n{}", host.log());
+
+    let stats = tokio::task::block_in_place(|| host.store_stats())?;
+    ensure!(stats["outbox"] == 0, "outbox not empty after exit: {stats}");
+    let committed = stats["last_change"]["async-process"].as_u64().unwrap_or(0);
+    ensure!(
+        committed > 0,
+        "nothing was processed before SIGTERM: {stats}"
+    );
+    let delivered = broker.dump(CHANGELOG)?;
+    let ids: Vec<String> = delivered.iter().map(id_of).collect::<Result<_>>()?;
+    let unique: HashSet<&String> = ids.iter().collect();
+    let want: HashSet<String> = (1..=committed)
+        .map(|n| format!("async-process/changes/{n}"))
+        .collect();
+    ensure!(
+        unique.len() == ids.len() && unique.into_iter().cloned().collect::<HashSet<_>>() == want,
+        "at exit the changelog topic holds {} records ({} distinct), the store {committed} changes",
+        ids.len(),
+        ids.iter().collect::<HashSet<_>>().len()
+    );
+
+    host.restart().await?;
+    let summary = tokio::task::spawn_blocking(move || finish_producer(producer)).await??;
+    ensure!(summary["acked"] == EVENTS, "producer: {summary}");
+    let b = &broker;
+    tokio::task::block_in_place(|| wait_settled(b, "term"))?;
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    let got = states(&host, expected.keys().cloned()).await?;
+    check_folds(&expected, &got).with_context(|| host.log())?;
+    let changelog = broker.dump(CHANGELOG)?;
+    let rejected = broker.dump(REJECTED)?;
+    let (changes, routed) = check_outputs(&changelog, &rejected, &got)?;
+    ensure!(
+        changes == changelog.len() && routed == rejected.len(),
+        "a record was sent twice: {} changelog records for {changes} changes, \
+         {} routed records for {routed}",
+        changelog.len(),
+        rejected.len()
+    );
+    ensure!(host.log().contains("outbox drained"), "{}", host.log());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_two_hosts_share_a_group_and_never_process_an_event_twice() -> Result<()> {
     let broker = Broker::start()?;
@@ -435,6 +519,77 @@ async fn kafka_start_up_errors_are_clear() -> Result<()> {
     let (status, log) = run_until_exit(&bad, Duration::from_secs(60))?;
     ensure!(
         !status.success() && log.contains("no.such.property"),
+        "{log}"
+    );
+    ensure!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
+
+/// Kafka over mutual TLS, set the usual librdkafka way in
+/// `[source.properties]`: Eddy creates its topics, produces (REST) and
+/// consumes through the TLS front and folds the events. A client without its
+/// certificate is refused at start with an error that says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_over_mutual_tls() -> Result<()> {
+    let broker = Broker::start_with_tls()?;
+    let path = |f: &str| broker.tls_file(f).display().to_string();
+    let tls = format!(
+        "[source.properties]\n\
+         \"security.protocol\" = \"ssl\"\n\
+         \"ssl.ca.location\" = {:?}\n\
+         \"ssl.certificate.location\" = {:?}\n\
+         \"ssl.key.location\" = {:?}\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key")
+    );
+    let config = kafka_config(&broker.addr, "tls", 2)?.replace("[source.properties]\n", &tls);
+    ensure!(config.contains("ssl.key.location"), "{config}");
+    let host = Host::start(&config)
+        .await
+        .with_context(|| format!("broker and TLS front:\n{}", broker.log()))?;
+    let mut records = Vec::new();
+    for (i, state) in ["ACCEPTED", "STARTED", "REJECTED"].iter().enumerate() {
+        records.push(json!({
+            "value": eddy_tests::execution(&format!("e{i}"), "tls-1", i as i64 + 1, state)
+        }));
+    }
+    let (status, produced) = host
+        .post(
+            &format!("/v1/topics/{INPUT}/records"),
+            json!({ "records": records }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {produced}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (status, state) = host.get("/async-process/tls-1").await?;
+        if status == 200 && state["state"] == "REJECTED" {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not folded over TLS: {status} {state}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Without a client certificate the TLS front refuses the handshake.
+    let no_cert = config
+        .lines()
+        .filter(|l| {
+            !l.starts_with("\"ssl.certificate.location\"") && !l.starts_with("\"ssl.key.location\"")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "create_topics = true",
+            "create_topics = false\nconnect_timeout_ms = 3000",
+        );
+    let (status, log) = run_until_exit(&no_cert, Duration::from_secs(60))?;
+    ensure!(
+        !status.success() && log.contains("cannot reach the Kafka brokers") && log.contains("SSL"),
         "{log}"
     );
     ensure!(!log.contains("panicked"), "{log}");

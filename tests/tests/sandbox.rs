@@ -348,3 +348,76 @@ async fn quarantine_holds_a_key_until_its_dead_letter_is_replayed() -> Result<()
     ensure!(status == 400, "unknown filter field is refused");
     Ok(())
 }
+
+/// With JSON logs, every processing line — a plugin's own log line, a retry,
+/// the isolation of a failed batch, a dead letter, a quarantine — carries the
+/// pipeline, the key, the plugin and the offset as top-level fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_pipeline_key_plugin_and_offset() -> Result<()> {
+    let host = Host::start_with_env(
+        &config()?,
+        &[("EDDY_LOG_FORMAT", "json"), ("RUST_LOG", "info,eddy=debug")],
+    )
+    .await?;
+    host.produce(
+        "probe",
+        &json!({ "records": [
+            ev("j", "l1", "log"), ev("j", "a1", "ok"), ev("j", "f1", "fail"), ev("j", "a2", "ok")
+        ] }),
+    )
+    .await?;
+    host.produce("probe", &ev("r", "r1", "retry-twice")).await?;
+    host.produce("probe-q", &ev("q", "qf", "fail")).await?;
+    host.wait_caught_up("probe", T).await?;
+    host.wait_caught_up("quarantined", T).await?;
+    ensure!(applied(&host, "probe", "r").await? == ["r1"]);
+
+    let log = host.log();
+    let mut seen: Vec<String> = Vec::new();
+    for (n, line) in log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("log line {} is not JSON ({e}): {line}", n + 1))?;
+        let message = v["message"].as_str().unwrap_or_default();
+        let processing = [
+            "probe l1 says hello",
+            "retrying",
+            "batch failed; isolating",
+            "event dead-lettered",
+            "key quarantined",
+        ];
+        if !processing.contains(&message) {
+            continue;
+        }
+        for field in ["pipeline", "key", "plugin"] {
+            ensure!(
+                v[field].as_str().is_some_and(|s| !s.is_empty()),
+                "log line {} lacks {field}: {line}",
+                n + 1
+            );
+        }
+        ensure!(
+            v["offset"].is_u64(),
+            "log line {} lacks offset: {line}",
+            n + 1
+        );
+        ensure!(v["plugin"] == "probe", "{line}");
+        seen.push(message.to_owned());
+    }
+    for want in [
+        "probe l1 says hello",
+        "retrying",
+        "batch failed; isolating",
+        "event dead-lettered",
+        "key quarantined",
+    ] {
+        ensure!(
+            seen.iter().any(|m| m == want),
+            "no {want:?} line in the log:\n{log}"
+        );
+    }
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! The command line: `eddy run`, `eddy plugin build|check`.
+//! The command line: `eddy run`, `eddy plugin ...`, `eddy replay`, `eddy store stats`.
 
 mod plugin;
 mod serve;
@@ -6,6 +6,7 @@ mod templates;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Eddy: Kafka-style events in, WebAssembly plugins in the middle, state and
@@ -64,6 +65,20 @@ enum Command {
         /// Admin bearer token.
         #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+    },
+    /// Inspects a store offline.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Prints, as JSON, what a stopped host's store holds: entries per
+    /// keyspace, records waiting in the outbox, every pipeline's offsets.
+    Stats {
+        /// The store directory (a running host holds its lock).
+        #[arg(long)]
+        store: PathBuf,
     },
 }
 
@@ -178,6 +193,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 brokers,
             },
         ),
+        Command::Store(StoreCommand::Stats { store }) => {
+            anyhow::ensure!(
+                store.is_dir(),
+                "store {}: no such directory",
+                store.display()
+            );
+            let opened = crate::store::Store::open(&store, crate::config::Durability::Process)
+                .with_context(|| format!("cannot open the store in {}", store.display()))?;
+            let stats = opened.stats().context("cannot read the store")?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(())
+        }
         Command::Plugin(PluginCommand::Build { dir, out }) => {
             let path = plugin::build(&dir, out.as_deref())?;
             println!("{}", path.display());

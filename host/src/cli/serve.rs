@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -345,7 +345,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         let get = |name: &String| {
             registry
                 .slot(name)
-                .map(Instance::of_slot)
+                .map(|slot| Instance::of_slot(slot).in_pipeline(&p.name))
                 .with_context(|| format!("pipeline {:?}: plugin {name:?} is not loaded", p.name))
         };
         let aggregator = p.aggregator.as_ref().map(get).transpose()?;
@@ -444,8 +444,10 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     };
     let router = app(state).layer(body_limit(config.http.max_body_bytes));
+    let grace = Duration::from_millis(config.shutdown.timeout_ms);
+    let stop_input = stop.clone();
     let listen_addr = config.http.listen;
-    let served: anyhow::Result<()> = rt.block_on(async {
+    let served: anyhow::Result<Instant> = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen_addr)
             .await
             .with_context(|| format!("cannot listen on {listen_addr}"))?;
@@ -462,7 +464,9 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             );
         }
         let shutdown_wait = shutdown.clone();
-        axum::serve(
+        let (deadline_tx, mut deadline_rx) = tokio::sync::watch::channel(None::<Instant>);
+        let deadline_seen = deadline_rx.clone();
+        let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
@@ -471,26 +475,80 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 () = wait_for_signal() => {},
                 () = shutdown_wait.notified() => {},
             }
-            tracing::info!("shutting down");
+            let deadline = Instant::now() + grace;
+            tracing::info!(timeout_ms = grace.as_millis() as u64, "shutting down");
+            // Stop taking input: workers finish and commit the batch in
+            // flight; SSE streams send their final event and close.
+            stop_input.store(true, Ordering::SeqCst);
             let _ = shutdown_tx.send(true);
-        })
-        .await
-        .context("HTTP server failed")
+            let _ = deadline_tx.send(Some(deadline));
+            watchdog(deadline + Duration::from_millis(500));
+        });
+        // HTTP connections get until the deadline to finish.
+        let expired = async move {
+            let deadline = loop {
+                if let Some(d) = *deadline_rx.borrow_and_update() {
+                    break d;
+                }
+                if deadline_rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::time::sleep_until(deadline.into()).await;
+        };
+        let served = tokio::select! {
+            r = server => r.context("HTTP server failed"),
+            () = expired => {
+                tracing::warn!("HTTP connections still open at the shutdown bound; closing them");
+                Ok(())
+            }
+        };
+        let deadline = deadline_seen
+            .borrow()
+            .unwrap_or_else(|| Instant::now() + grace);
+        served.map(|()| deadline)
     });
-    stop.store(true, Ordering::Relaxed);
+    let deadline = served
+        .as_ref()
+        .map_or_else(|_| Instant::now() + grace, |d| *d);
+    stop.store(true, Ordering::SeqCst);
     for w in workers {
         let _ = w.join();
     }
+    let mut left_in_outbox = 0;
     if let Sink::Kafka(k) = &sink {
-        k.shutdown(Duration::from_secs(10));
+        left_in_outbox = k.shutdown(deadline.saturating_duration_since(Instant::now()));
     }
     store.sync().context("final store sync failed")?;
     served?;
     if let Some(f) = failed.lock().ok().and_then(|mut f| f.take()) {
         anyhow::bail!("stopped because a pipeline failed: {f}");
     }
+    if left_in_outbox > 0 {
+        anyhow::bail!(
+            "shutdown.timeout_ms ({} ms) passed with {left_in_outbox} records still in the outbox; \
+             they are kept and sent after the next start",
+            grace.as_millis()
+        );
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The shutdown's backstop: if the process is still alive at `at`, it exits
+/// with status 1. Everything committed is in the store (crash-safe), so a
+/// forced exit loses nothing; it only skips what had not finished.
+fn watchdog(at: Instant) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            tracing::error!("shutdown did not finish within shutdown.timeout_ms; exiting now");
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the shutdown watchdog");
+    }
 }
 
 async fn wait_for_signal() {

@@ -131,8 +131,12 @@ pub enum LoadError {
 /// Per-store host state: limits, WASI (nothing granted) and log context.
 pub struct PluginCtx {
     plugin: Arc<str>,
-    /// The key being processed, for log lines.
+    /// The pipeline the instance serves, for log lines.
+    pipeline: Arc<str>,
+    /// The key being processed, for log lines (empty in a handler's batch).
     pub key: String,
+    /// The offset of the first event of the call, for log lines.
+    offset: Option<i64>,
     limiter: MemoryLimiter,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -179,13 +183,15 @@ impl WasiView for PluginCtx {
 impl bindings::Host for PluginCtx {
     fn log(&mut self, level: bindings::Level, message: String) {
         let plugin = &*self.plugin;
-        let key = self.key.as_str();
+        let pipeline = (!self.pipeline.is_empty()).then_some(&*self.pipeline);
+        let key = (!self.key.is_empty()).then_some(self.key.as_str());
+        let offset = self.offset;
         match level {
-            bindings::Level::Trace => tracing::trace!(plugin, key, "{message}"),
-            bindings::Level::Debug => tracing::debug!(plugin, key, "{message}"),
-            bindings::Level::Info => tracing::info!(plugin, key, "{message}"),
-            bindings::Level::Warn => tracing::warn!(plugin, key, "{message}"),
-            bindings::Level::Error => tracing::error!(plugin, key, "{message}"),
+            bindings::Level::Trace => tracing::trace!(pipeline, plugin, key, offset, "{message}"),
+            bindings::Level::Debug => tracing::debug!(pipeline, plugin, key, offset, "{message}"),
+            bindings::Level::Info => tracing::info!(pipeline, plugin, key, offset, "{message}"),
+            bindings::Level::Warn => tracing::warn!(pipeline, plugin, key, offset, "{message}"),
+            bindings::Level::Error => tracing::error!(pipeline, plugin, key, offset, "{message}"),
         }
     }
 }
@@ -395,6 +401,8 @@ pub struct Instance {
     plugin: Arc<Plugin>,
     live: Option<Live>,
     slot: Option<(Arc<registry::Slot>, u64)>,
+    /// The pipeline it serves (for log lines); empty outside a pipeline.
+    pipeline: Arc<str>,
 }
 
 /// One emitted record, as the host will produce it.
@@ -407,7 +415,15 @@ impl Instance {
             plugin,
             live: None,
             slot: None,
+            pipeline: Arc::from(""),
         }
+    }
+
+    /// Names the pipeline this instance serves in its log lines.
+    #[must_use]
+    pub fn in_pipeline(mut self, pipeline: &str) -> Self {
+        self.pipeline = Arc::from(pipeline);
+        self
     }
 
     /// An instance that follows a registry slot: [`Instance::refresh`]
@@ -418,6 +434,7 @@ impl Instance {
             plugin: slot.current(),
             live: None,
             slot: Some((slot, generation)),
+            pipeline: Arc::from(""),
         }
     }
 
@@ -453,7 +470,9 @@ impl Instance {
                 &p.engine,
                 PluginCtx {
                     plugin: p.name.clone(),
+                    pipeline: self.pipeline.clone(),
                     key: String::new(),
+                    offset: None,
                     limiter: MemoryLimiter {
                         max_bytes,
                         hit: false,
@@ -554,6 +573,7 @@ impl Instance {
         let store = &mut live.store;
         store.data_mut().key.clear();
         store.data_mut().key.push_str(key);
+        store.data_mut().offset = events.first().map(|e| e.offset);
         arm(store, &config);
         let r = guest
             .call_apply(&mut *store, key, state, events)
@@ -614,6 +634,7 @@ impl Instance {
         };
         let store = &mut live.store;
         store.data_mut().key.clear();
+        store.data_mut().offset = events.first().map(|e| e.offset);
         arm(store, &config);
         let r = guest
             .call_handle(&mut *store, events)

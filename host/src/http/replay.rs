@@ -41,7 +41,7 @@ pub async fn start(
         .aggregator
         .as_ref()
         .and_then(|a| s.registry.slot(a))
-        .map(|slot| Instance::new(slot.current()));
+        .map(|slot| Instance::new(slot.current()).in_pipeline(&pipeline));
     let tracker = s.replays.get(&pipeline).cloned().unwrap_or_default();
     let lock = s.locks.get(&pipeline).cloned().unwrap_or_default();
     let progress =

@@ -93,8 +93,9 @@ struct Outputs {
     states: Vec<(String, String, Option<u64>)>,
     emits: Vec<(String, ProduceRecord)>,
     dead: Vec<DeadLetter>,
-    /// Keys that got a new dead letter in quarantine mode (once per letter).
-    quarantine: Vec<String>,
+    /// Keys that got a new dead letter in quarantine mode (once per letter),
+    /// with the offset of the event that failed.
+    quarantine: Vec<(String, u64)>,
     /// Events parked behind a quarantined key.
     park: Vec<(String, SourceRecord)>,
 }
@@ -295,7 +296,7 @@ impl Worker {
         for dl in out.dead {
             self.dead_id += 1;
             tracing::warn!(
-                pipeline = %self.config.name,
+                pipeline = %self.config.name, key = dl.key.as_deref(), plugin = dl.plugin.as_deref(),
                 topic = %dl.topic, partition = dl.partition, offset = dl.offset,
                 stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
                 "event dead-lettered"
@@ -320,13 +321,18 @@ impl Worker {
             commit.dead_letters.push((self.dead_id, json));
         }
         commit.last_dead_id = self.dead_id;
-        let mut opened: HashMap<String, u64> = HashMap::new();
-        for key in out.quarantine {
-            *opened.entry(key).or_insert(0) += 1;
+        // Per key: new dead letters and the offset of the first.
+        let mut opened: HashMap<String, (u64, u64)> = HashMap::new();
+        for (key, offset) in out.quarantine {
+            opened.entry(key).or_insert((0, offset)).0 += 1;
         }
-        for (key, n) in opened {
+        let aggregator = self.aggregator.as_ref().map(|a| a.plugin().name.clone());
+        for (key, (n, offset)) in opened {
             let open = self.store.quarantined(&self.config.name, &key)? + n;
-            tracing::warn!(pipeline = %self.config.name, key = %key, open, "key quarantined");
+            tracing::warn!(
+                pipeline = %self.config.name, plugin = aggregator.as_deref(), key = %key,
+                offset, open, "key quarantined"
+            );
             commit.quarantine.push((key, open));
         }
         if !out.park.is_empty() {
@@ -367,15 +373,16 @@ impl Worker {
         };
         let events: Vec<Event> = items.iter().map(|i| i.event.clone()).collect();
         let plugin = handler.plugin().clone();
-        let policy = Retry::of(handler);
-        let (whole, _) = policy.run(|| handler.handle(&events));
+        let policy = Retry::of(handler, &self.config.name);
+        let first_offset = events.first().map(|e| e.offset);
+        let (whole, _) = policy.run(None, first_offset, || handler.handle(&events));
         let per_event: Vec<Attempted<Vec<Emitted>>> = match whole {
             Ok(results) => results.into_iter().map(|r| (r, Vec::new())).collect(),
             // The whole call failed: isolate the poison event(s) one by one.
             Err(_) => items
                 .iter()
                 .map(|item| {
-                    policy.run(|| {
+                    policy.run(Some(&item.key), Some(item.event.offset), || {
                         handler
                             .handle(std::slice::from_ref(&item.event))?
                             .pop()
@@ -426,7 +433,7 @@ impl Worker {
             return Ok(());
         };
         let plugin = agg.plugin().clone();
-        let policy = Retry::of(agg);
+        let policy = Retry::of(agg, &pipeline);
         for key in order {
             let Some(group) = groups.get(key) else {
                 continue;
@@ -447,7 +454,7 @@ impl Worker {
             let state = stored.map(|s| s.json);
             let events: Vec<Event> = group.iter().map(|i| i.event.clone()).collect();
             let call = |agg: &mut Instance, state: Option<&str>, events: &[Event]| {
-                policy.run(|| {
+                policy.run(Some(key), events.first().map(|e| e.offset), || {
                     let (s, emits) = agg.apply(key, state, events)?;
                     Ok((s, check_emits(&plugin.name, emits)?))
                 })
@@ -469,7 +476,7 @@ impl Worker {
                     .retries(delays.clone()),
                 );
                 if quarantine {
-                    out.quarantine.push(key.to_owned());
+                    out.quarantine.push((key.to_owned(), item.record.offset));
                 }
                 continue;
             }
@@ -484,7 +491,12 @@ impl Worker {
                 }
                 (Err(first_error), _) => {
                     // Find the poison event(s): apply one at a time from the same state.
-                    tracing::debug!(pipeline = %pipeline, key, error = %first_error, "batch failed; isolating");
+                    tracing::debug!(
+                        pipeline = %pipeline, plugin = %plugin.name, key,
+                        offset = events.first().map(|e| e.offset),
+                        last_offset = events.last().map(|e| e.offset),
+                        error = %first_error, "batch failed; isolating"
+                    );
                     let mut current = state;
                     let mut changed = false;
                     let mut parking = false;
@@ -515,7 +527,7 @@ impl Worker {
                                     .retries(delays),
                                 );
                                 if quarantine {
-                                    out.quarantine.push(key.to_owned());
+                                    out.quarantine.push((key.to_owned(), item.record.offset));
                                     parking = true;
                                 }
                             }
@@ -594,15 +606,17 @@ struct Retry {
     max_retries: u32,
     base_ms: u64,
     plugin: Arc<str>,
+    pipeline: Arc<str>,
 }
 
 impl Retry {
-    fn of(instance: &Instance) -> Self {
+    fn of(instance: &Instance, pipeline: &str) -> Self {
         let c = instance.plugin().config();
         Retry {
             max_retries: c.max_retries,
             base_ms: c.retry_backoff_ms,
             plugin: Arc::from(instance.plugin().name.to_string()),
+            pipeline: Arc::from(pipeline),
         }
     }
 
@@ -616,15 +630,24 @@ impl Retry {
         step / 2 + rand::rng().random_range(0..=step / 2)
     }
 
-    /// Runs `f`, retrying retryable failures; returns the result and the
-    /// delays slept.
-    fn run<T>(&self, mut f: impl FnMut() -> Result<T, PluginError>) -> Attempted<T> {
+    /// Runs `f` (a call for `key`, or a handler's batch when `None`, whose
+    /// first event is at `offset`), retrying retryable failures; returns the
+    /// result and the delays slept.
+    fn run<T>(
+        &self,
+        key: Option<&str>,
+        offset: Option<i64>,
+        mut f: impl FnMut() -> Result<T, PluginError>,
+    ) -> Attempted<T> {
         let mut delays = Vec::new();
         loop {
             match f() {
                 Err(e) if e.is_retryable() && (delays.len() as u32) < self.max_retries => {
                     let d = self.delay_ms(delays.len() as u32 + 1);
-                    tracing::debug!(plugin = %self.plugin, error = %e, delay_ms = d, "retrying");
+                    tracing::debug!(
+                        pipeline = %self.pipeline, plugin = %self.plugin, key, offset,
+                        error = %e, delay_ms = d, "retrying"
+                    );
                     metrics::counter!("eddy_plugin_retries_total", "plugin" => self.plugin.to_string())
                         .increment(1);
                     std::thread::sleep(Duration::from_millis(d));

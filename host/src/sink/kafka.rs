@@ -339,7 +339,7 @@ impl KafkaSink {
 
     /// Stops taking outbox entries once the outbox is empty (or `bound`
     /// passed), flushes the producer and stops the drainer.
-    pub fn shutdown(&self, bound: Duration) {
+    pub fn shutdown(&self, bound: Duration) -> usize {
         let until = Instant::now() + bound;
         while Instant::now() < until && self.outbox_depth() > 0 {
             std::thread::sleep(Duration::from_millis(20));
@@ -358,6 +358,7 @@ impl KafkaSink {
         } else {
             tracing::info!("outbox drained");
         }
+        left
     }
 
     fn send_entry(&self, seq: u64, r: &OutboxRecord) -> Result<(), KafkaError> {

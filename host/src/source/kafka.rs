@@ -131,6 +131,78 @@ pub(crate) fn log_client_event(level: RDKafkaLogLevel, fac: &str, message: &str)
     }
 }
 
+/// The admin client's context: librdkafka's log lines and errors go to
+/// `tracing`, and the last error is kept to explain a timeout (a TLS
+/// handshake or an authentication that failed, say).
+#[derive(Default)]
+pub(crate) struct AdminContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_event(level, fac, log_message);
+        let telling = [
+            "SSL",
+            "handshake",
+            "SASL",
+            "uthenticat",
+            "certificate",
+            "Disconnected",
+        ];
+        if matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        ) || telling.iter().any(|w| log_message.contains(w))
+        {
+            *lock(&self.last_error) = Some(log_message.to_owned());
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "kafka client: {reason}");
+        // "n/n brokers are down" says less than what came before it.
+        let mut last = lock(&self.last_error);
+        if last.is_none() || !reason.contains("brokers are down") {
+            *last = Some(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for AdminContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, (): ()) {}
+}
+
+/// Why the brokers cannot be reached, as librdkafka tells it: asks for
+/// metadata with a throwaway producer and serves its log and error callbacks
+/// (librdkafka queues them until polled, and admin clients are not polled).
+fn diagnose(cfg: &KafkaConfig) -> Option<String> {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let probe: BaseProducer<AdminContext> = client_config(cfg, Role::Producer)
+        .set("debug", "broker,security")
+        .set_log_level(RDKafkaLogLevel::Debug)
+        .create_with_context(AdminContext::default())
+        .ok()?;
+    let _ = probe.client().fetch_metadata(None, Duration::from_secs(2));
+    probe.poll(Duration::from_millis(100));
+    lock(&probe.context().last_error).clone()
+}
+
+/// `error`, followed by librdkafka's own reason when it has one.
+fn unreachable(cfg: &KafkaConfig, error: &impl std::fmt::Display) -> SourceError {
+    SourceError::Unreachable {
+        brokers: cfg.brokers.clone(),
+        error: match diagnose(cfg) {
+            Some(reason) => format!("{error}; librdkafka: {reason}"),
+            None => error.to_string(),
+        },
+    }
+}
+
 /// Checks that `topics` exist on the cluster, within the connect timeout.
 ///
 /// # Errors
@@ -143,13 +215,9 @@ pub fn check_topics<C: ClientContext>(
 ) -> Result<(), SourceError> {
     let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
     for topic in topics {
-        let metadata =
-            client
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(|e| SourceError::Unreachable {
-                    brokers: cfg.brokers.clone(),
-                    error: e.to_string(),
-                })?;
+        let metadata = client
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| unreachable(cfg, &e))?;
         let found = metadata
             .topics()
             .iter()
@@ -588,10 +656,9 @@ pub async fn create_topic(
     configs: &[(&str, String)],
 ) -> Result<bool, SourceError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg, Role::Admin)
-        .create()
+    let admin: AdminClient<AdminContext> = client_config(cfg, Role::Admin)
+        .create_with_context(AdminContext::default())
         .map_err(|e| SourceError::Config {
             error: e.to_string(),
         })?;
@@ -607,14 +674,10 @@ pub async fn create_topic(
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));
-    let results =
-        admin
-            .create_topics([&topic], &opts)
-            .await
-            .map_err(|e| SourceError::Unreachable {
-                brokers: cfg.brokers.clone(),
-                error: e.to_string(),
-            })?;
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .map_err(|e| unreachable(cfg, &e))?;
     match results.into_iter().next() {
         Some(Ok(_)) => Ok(true),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
@@ -633,13 +696,12 @@ pub async fn create_topic(
 /// A bad property, unreachable brokers, or a topic the brokers refused (named).
 pub async fn create_topics(cfg: &KafkaConfig, wanted: &[(String, u32)]) -> Result<(), SourceError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
     if wanted.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg, Role::Admin)
-        .create()
+    let admin: AdminClient<AdminContext> = client_config(cfg, Role::Admin)
+        .create_with_context(AdminContext::default())
         .map_err(|e| SourceError::Config {
             error: e.to_string(),
         })?;
@@ -657,14 +719,10 @@ pub async fn create_topics(cfg: &KafkaConfig, wanted: &[(String, u32)]) -> Resul
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));
-    let results =
-        admin
-            .create_topics(new.iter(), &opts)
-            .await
-            .map_err(|e| SourceError::Unreachable {
-                brokers: cfg.brokers.clone(),
-                error: e.to_string(),
-            })?;
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(|e| unreachable(cfg, &e))?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "topic created"),

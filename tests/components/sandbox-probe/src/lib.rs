@@ -9,6 +9,8 @@
 //! - `retry-twice`: a `retryable` failure the first two times an event id is
 //!   seen by this instance, then applied;
 //! - `retry-forever`: always `retryable`.
+//! - `emit`: emits a record to `probe-out`;
+//! - `log`: writes a warning to the host's log, then is applied.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -78,6 +80,7 @@ impl Aggregator for SandboxProbe {
             }
             "retry-forever" => return Err(Failure::Retryable(format!("probe {} never", p.id))),
             "emit" => out.emit("probe-out", Some(&p.id), &p.id)?,
+            "log" => eddy_sdk::log::warn(&format!("probe {} says hello", p.id)),
             _ => {}
         }
         state.applied.push(p.id);

@@ -1,0 +1,176 @@
+//! `eddy-bench embedded`: the embedded path (HTTP append → decode → Rust
+//! aggregator component → fjall commit) next to its two ceilings, in one run:
+//!
+//! - the same fold compiled natively into this binary, over the same events
+//!   in the same micro-batches, states kept in memory (what the work costs
+//!   without WebAssembly, a store or HTTP);
+//! - raw fjall: write batches of the states that fold produced, batch for
+//!   batch, into one keyspace (what the store costs without Eddy's
+//!   bookkeeping).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use async_process_aggregator::AsyncProcessAggregator;
+use eddy_bench::process::{EddyProcess, commit_rate};
+use eddy_bench::workload::{execution, key};
+use serde_json::json;
+
+/// Scenario settings.
+pub struct Settings {
+    /// The eddy binary.
+    pub eddy: PathBuf,
+    /// The AsyncProcess aggregator component.
+    pub component: PathBuf,
+    /// Events.
+    pub events: u64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Events per micro-batch (Eddy's `max_batch`).
+    pub batch: usize,
+    /// Where to write the JSON results.
+    pub out: PathBuf,
+}
+
+/// Per batch, the final state of each key it touched.
+type Written = Vec<Vec<(String, String)>>;
+
+/// The fold in native code: decode, group by key, apply, keep states.
+fn native(s: &Settings, values: &[(String, String)]) -> Result<(f64, Written)> {
+    let mut states: HashMap<String, String> = HashMap::new();
+    let mut written = Vec::new();
+    let started = Instant::now();
+    for batch in values.chunks(s.batch.max(1)) {
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: HashMap<&str, Vec<eddy_sdk::Event<String>>> = HashMap::new();
+        for (offset, (k, v)) in batch.iter().enumerate() {
+            // Eddy validates JSON payloads before handing them on.
+            serde_json::from_str::<serde::de::IgnoredAny>(v)?;
+            groups
+                .entry(k.as_str())
+                .or_insert_with(|| {
+                    order.push(k.as_str());
+                    Vec::new()
+                })
+                .push(eddy_sdk::Event {
+                    topic: "events".into(),
+                    partition: 0,
+                    offset: offset as i64,
+                    timestamp_ms: 0,
+                    key: Some(k.clone()),
+                    headers: Vec::new(),
+                    schema_id: None,
+                    value: v.clone(),
+                });
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for k in order {
+            let events = groups.remove(k).unwrap_or_default();
+            let (state, _) = eddy_sdk::runtime::apply::<AsyncProcessAggregator>(
+                k,
+                states.get(k).map(String::as_str),
+                events,
+            )
+            .map_err(|f| anyhow::anyhow!("native fold: {f}"))?;
+            states.insert(k.to_owned(), state.clone());
+            out.push((k.to_owned(), state));
+        }
+        written.push(out);
+    }
+    Ok((
+        values.len() as f64 / started.elapsed().as_secs_f64(),
+        written,
+    ))
+}
+
+/// The same states written straight to fjall, one write batch per batch.
+fn raw_fjall(dir: &std::path::Path, written: &Written, events: usize) -> Result<f64> {
+    let db = fjall::Database::builder(dir).open()?;
+    let ks = db.keyspace("state", fjall::KeyspaceCreateOptions::default)?;
+    let started = Instant::now();
+    for batch in written {
+        let mut b = db.batch().durability(Some(fjall::PersistMode::Buffer));
+        for (k, v) in batch {
+            b.insert(&ks, k.as_bytes(), v.as_bytes());
+        }
+        b.commit()?;
+    }
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the scenario and prints the table.
+pub fn run(s: &Settings) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("eddy-bench-embedded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let values: Vec<(String, String)> = (0..s.events)
+        .map(|n| (key(n, s.keys), execution(n, s.keys).to_string()))
+        .collect();
+    let (native_rate, written) = native(s, &values)?;
+    let fjall_rate = raw_fjall(&dir.join("fjall"), &written, values.len())?;
+
+    let config = format!(
+        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
+         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = {}\n",
+        std::path::absolute(&s.component)?.display().to_string(),
+        s.batch
+    );
+    let mut eddy = EddyProcess::start(
+        &s.eddy,
+        &dir.join("eddy"),
+        &config,
+        "warn,eddy::pipeline=debug",
+    )?;
+    let url = format!("{}/v1/topics/events/records", eddy.base);
+    for chunk in values.chunks(2_000) {
+        let records: Vec<_> = chunk
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": serde_json::from_str::<serde_json::Value>(v).unwrap_or_default() }))
+            .collect();
+        let r = eddy
+            .agent
+            .post(&url)
+            .send(json!({ "records": records }).to_string().as_bytes())?;
+        ensure!(r.status().is_success(), "produce: {}", r.status());
+    }
+    let commits = eddy.wait_committed(s.events, Duration::from_secs(1_800))?;
+    let eddy_rate = commit_rate(&commits);
+    let rss = eddy.peak_rss_kib().unwrap_or(0);
+    drop(eddy);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "| embedded path ({} events, {} keys, batches of {}) | events/s | Eddy vs this |",
+        s.events, s.keys, s.batch
+    );
+    println!("|---|---:|---:|");
+    println!(
+        "| native fold in this binary (decode + fold, states in memory) | {native_rate:.0} | {:.2}× |",
+        eddy_rate / native_rate
+    );
+    println!(
+        "| raw fjall write batches of the fold's states | {fjall_rate:.0} | {:.2}× |",
+        eddy_rate / fjall_rate
+    );
+    println!(
+        "| Eddy: HTTP append → decode → Rust component → fjall commit | {eddy_rate:.0} | 1.00× |"
+    );
+    println!("Eddy's peak RSS: {:.0} MiB", rss as f64 / 1024.0);
+    if let Some(d) = s.out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(
+        &s.out,
+        serde_json::to_string_pretty(&json!({
+            "events": s.events, "keys": s.keys, "batch": s.batch,
+            "native_events_per_s": native_rate,
+            "raw_fjall_events_per_s": fjall_rate,
+            "eddy_events_per_s": eddy_rate,
+            "eddy_vs_native": eddy_rate / native_rate,
+            "eddy_vs_raw_fjall": eddy_rate / fjall_rate,
+            "eddy_peak_rss_kib": rss,
+        }))?,
+    )?;
+    Ok(())
+}
