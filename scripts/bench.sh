@@ -35,6 +35,12 @@ target/release/eddy-bench avro --events 100000 --keys 10000 --out target/bench/a
 # at 20,000 requests/s with ingest at 10,000 events/s.
 target/release/eddy-bench latency --rate 10000 --seconds 20 --keys 10000 \
   --get-rate 20000 --query-ingest-rate 10000 --out target/bench/latency.json
+# SSE fan-out: as many clients as the open-file limit allows (the target is
+# 50,000; raise the hard limit with `ulimit -Hn` as root where permitted).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+clients=$(( $(ulimit -n) - 2000 ))
+[ "$clients" -gt 50000 ] && clients=50000
+target/release/eddy-bench sse --clients "$clients" --out target/bench/sse.json
 # Start to ready with 1,000,000 keys in the store.
 target/release/eddy-bench restart --keys 1000000 --restarts 3 --out target/bench/restart.json
 # Criterion micro-benchmarks: decode, one plugin call per batch size, one commit.

@@ -208,6 +208,11 @@ pub fn run(s: &Settings) -> Result<()> {
             &s.partitions.to_string(),
             "--broker",
             &url,
+            // Quix Streams derives its state's topic settings from these.
+            "--config",
+            "retention.ms=604800000",
+            "--config",
+            "retention.bytes=-1",
         ])
         .stdout(Stdio::null())
         .status()?;

@@ -12,6 +12,7 @@
 
 mod avro;
 mod embedded;
+mod fanout;
 mod kafka;
 mod latency;
 mod restart;
@@ -161,6 +162,21 @@ enum Command {
         get_threads: usize,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/latency.json")]
+        out: PathBuf,
+    },
+    /// SSE fan-out: clients held, memory per client, one change to all.
+    Sse {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Connections to open (bounded by the open-file limit).
+        #[arg(long, default_value_t = 18_000)]
+        clients: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/sse.json")]
         out: PathBuf,
     },
     /// Time from start to ready with many keys in the store.
@@ -541,6 +557,17 @@ fn main() -> Result<()> {
             get_rate,
             query_ingest_rate,
             get_threads,
+            out,
+        }),
+        Command::Sse {
+            eddy,
+            component,
+            clients,
+            out,
+        } => fanout::run(&fanout::Settings {
+            eddy,
+            component,
+            clients,
             out,
         }),
         Command::Restart {
