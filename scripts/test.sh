@@ -11,5 +11,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # release binary already compiled (one build of wasmtime, not two), which saves
 # minutes and gigabytes.
 EDDY_BIN="$PWD/target/release/eddy" cargo test --workspace --release --locked
+# The benchmark harness and the criterion benchmarks build (they run in scripts/bench.sh).
+cargo bench --locked -p eddy-bench --bench micro --no-run
 python3 -m unittest discover -s sdk/python -v
 npm test --prefix sdk/js
