@@ -330,6 +330,9 @@ pub struct Store {
     meta: Keyspace,
     outbox: Keyspace,
     persist: PersistMode,
+    /// Bumped whenever states change outside a pipeline's own commits (a
+    /// replay's swap), so caches of states know to drop what they hold.
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -362,6 +365,7 @@ impl Store {
                 Durability::Process => PersistMode::Buffer,
                 Durability::Power => PersistMode::SyncData,
             },
+            epoch: std::sync::Arc::default(),
             db,
         })
     }
@@ -777,7 +781,15 @@ impl Store {
             seq.to_be_bytes().to_vec(),
         );
         fj("swap", b.commit())?;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(seq)
+    }
+
+    /// Changes whenever states were changed outside a pipeline's commits
+    /// (see [`Store::swap_rebuilt`]).
+    #[must_use]
+    pub fn state_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Writes one micro-batch's results in one atomic write batch.

@@ -201,3 +201,52 @@ async fn replay_from_a_timestamp_with_the_cli() -> Result<()> {
     );
     Ok(())
 }
+
+/// A replay that rebuilds nothing (from past the end of the topic) leaves no
+/// state; the next event of a key then starts from nothing, not from a state
+/// the worker remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_rebuild_clears_state_for_the_running_pipeline() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(&config(dir.path())?).await?;
+    produce(&host, 0, 1_000).await?;
+    host.wait_caught_up("versioned", T).await?;
+    let (_, before) = host.get("/v1/pipelines/versioned/state/k7").await?;
+    ensure!(tags(&before).len() == 10, "{before}");
+    let r = host
+        .http
+        .post(format!("{}/v1/pipelines/versioned/replay", host.url))
+        .bearer_auth(TOKEN)
+        .body(json!({ "from": "offset", "at": 1_000_000 }).to_string())
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 202, "start: {}", r.status());
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, p) = host.get("/v1/pipelines/versioned/replay").await?;
+        if p["phase"] == "done" {
+            break;
+        }
+        ensure!(p["phase"] != "failed", "{p}");
+        ensure!(Instant::now() < deadline, "replay did not finish: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, gone) = host.get("/v1/pipelines/versioned/state/k7").await?;
+    ensure!(status == 404, "the rebuilt state is empty: {status} {gone}");
+    host.produce(
+        "events",
+        &json!({ "value": { "key": "k7", "id": "after" } }),
+    )
+    .await?;
+    host.wait_caught_up("versioned", T).await?;
+    let (_, after) = host.get("/v1/pipelines/versioned/state/k7").await?;
+    ensure!(
+        tags(&after)
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            == ["after"],
+        "the key starts again from nothing: {after}"
+    );
+    Ok(())
+}

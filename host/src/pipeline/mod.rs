@@ -49,6 +49,45 @@ pub struct Worker {
     seq: u64,
     dead_id: u64,
     lock: PipelineLock,
+    cache: StateCache,
+}
+
+/// The states this worker committed last, so a key's next batch does not
+/// read its state back from the store. Bounded by bytes (dropped whole when
+/// full) and dropped whole when something else changed the pipeline's states
+/// (a replay swapping in rebuilt states moves the change numbers on).
+#[derive(Default)]
+struct StateCache {
+    states: HashMap<String, (u64, String)>,
+    bytes: usize,
+    /// The store's state epoch the entries belong to.
+    epoch: u64,
+}
+
+impl StateCache {
+    const MAX_BYTES: usize = 64 << 20;
+
+    fn get(&self, key: &str) -> Option<(u64, &str)> {
+        self.states
+            .get(key)
+            .map(|(seq, json)| (*seq, json.as_str()))
+    }
+
+    fn put(&mut self, key: String, seq: u64, json: String) {
+        let size = key.len() + json.len();
+        if self.bytes + size > Self::MAX_BYTES {
+            self.clear();
+        }
+        self.bytes += size;
+        if let Some((_, old)) = self.states.insert(key, (seq, json)) {
+            self.bytes = self.bytes.saturating_sub(old.len());
+        }
+    }
+
+    fn clear(&mut self) {
+        self.states.clear();
+        self.bytes = 0;
+    }
 }
 
 /// Serialises a pipeline's batches with the control operations (dead-letter
@@ -146,6 +185,7 @@ impl Worker {
             seq,
             dead_id,
             lock,
+            cache: StateCache::default(),
         })
     }
 
@@ -211,7 +251,13 @@ impl Worker {
             instance.refresh();
         }
         // A replay may have swapped in rebuilt states with new change numbers.
-        self.seq = self.seq.max(self.store.last_seq(&self.config.name)?);
+        let stored_seq = self.store.last_seq(&self.config.name)?;
+        let epoch = self.store.state_epoch();
+        if stored_seq != self.seq || epoch != self.cache.epoch {
+            self.cache.clear();
+            self.cache.epoch = epoch;
+        }
+        self.seq = self.seq.max(stored_seq);
         let mut out = Outputs::default();
         let mut next_offsets: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         let mut items = Vec::with_capacity(records.len());
@@ -352,6 +398,9 @@ impl Worker {
             .map_err(|e| anyhow::anyhow!("pipeline {}: commit failed: {e}", self.config.name))?;
         let offsets = std::mem::take(&mut commit.offsets);
         self.source.committed(&offsets);
+        for (change, _) in std::mem::take(&mut commit.states) {
+            self.cache.put(change.key, change.seq, change.state);
+        }
         self.hub.publish(&self.config.name, changes);
         crate::telemetry::batch(
             &self.config.name,
@@ -449,9 +498,13 @@ impl Worker {
                 }
                 continue;
             }
-            let stored = self.store.state(&pipeline, key)?;
-            let previous_seq = stored.as_ref().map(|s| s.seq);
-            let state = stored.map(|s| s.json);
+            let (previous_seq, state) = match self.cache.get(key) {
+                Some((seq, json)) => (Some(seq), Some(json.to_owned())),
+                None => {
+                    let stored = self.store.state(&pipeline, key)?;
+                    (stored.as_ref().map(|s| s.seq), stored.map(|s| s.json))
+                }
+            };
             let events: Vec<Event> = group.iter().map(|i| i.event.clone()).collect();
             let call = |agg: &mut Instance, state: Option<&str>, events: &[Event]| {
                 policy.run(Some(key), events.first().map(|e| e.offset), || {
