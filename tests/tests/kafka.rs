@@ -289,10 +289,11 @@ async fn kafka_sigterm_under_a_stream_drains_the_outbox_and_resumes_exactly() ->
     const EVENTS: u64 = 40_000;
     const KEYS: u64 = 2_000;
     let broker = Broker::start()?;
-    let config = format!(
-        "{}\n[shutdown]\ntimeout_ms = 20000\n",
-        kafka_config(&broker.addr, "term", 4)?
+    let config = kafka_config(&broker.addr, "term", 4)?.replace(
+        "[shutdown]\ntimeout_ms = 30000",
+        "[shutdown]\ntimeout_ms = 20000",
     );
+    ensure!(config.contains("timeout_ms = 20000"), "{config}");
     let mut host = Host::start(&config).await?;
     let ledger_dir = tempfile::tempdir()?;
     let ledger = ledger_dir.path().join("ledger.jsonl");
