@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use eddy::config::{Durability, Grants, PluginConfig, PluginKind};
+use eddy::config::{Durability, PluginKind};
 use eddy::decode::Decoder;
 use eddy::decode::avro::{AvroDecoder, encode};
 use eddy::execute::{Instance, Runtime};
@@ -69,16 +69,7 @@ fn plugin_call(c: &mut Criterion) {
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build.sh first)", path.display()));
     let runtime = Runtime::new().expect("wasmtime engine");
-    let config = PluginConfig {
-        name: "async-process-aggregator".into(),
-        path: path.clone(),
-        timeout_ms: 60_000,
-        memory_mb: 1024,
-        max_output_bytes: usize::MAX,
-        max_retries: 0,
-        retry_backoff_ms: 0,
-        grants: Grants::default(),
-    };
+    let config = workload::unlimited_plugin("async-process-aggregator", &path);
     let plugin = runtime
         .load(
             &config,

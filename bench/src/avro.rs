@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use eddy::decode::Decoder;
 use eddy::decode::avro::{AvroDecoder, encode};
 use eddy::schema::SchemaSource;
-use eddy_bench::process::{EddyProcess, commit_rate};
+use eddy_bench::process::{EddyProcess, commit_rate, embedded_config, write_results};
 use eddy_bench::workload::execution;
 
 /// Scenario settings.
@@ -67,11 +67,7 @@ fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
     } else {
         String::new()
     };
-    let config = format!(
-        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\n{format}aggregator = \"agg\"\nmax_batch = 2000\n",
-        std::path::absolute(&s.component)?.display().to_string()
-    );
+    let config = embedded_config(&s.component, "", &format!("{format}max_batch = 2000\n"))?;
     let mut eddy = EddyProcess::start(&s.eddy, dir, &config, "warn,eddy::pipeline=debug")?;
     let base = eddy.base.clone();
     let agent = eddy.agent.clone();
@@ -165,16 +161,13 @@ pub fn run(s: &Settings) -> Result<()> {
         "| Avro payloads (v1 written, v2 read) | {e2e_avro:.0} | {:.2}× |",
         e2e_avro / e2e_json
     );
-    if let Some(d) = s.out.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(
+    write_results(
         &s.out,
-        serde_json::to_string_pretty(&serde_json::json!({
+        &serde_json::json!({
             "decode_json_us": json_us, "decode_avro_us": plain_us, "decode_avro_resolved_us": avro_us,
             "json_bytes": avg(&json), "avro_bytes": avg(&avro),
             "e2e_json_events_per_s": e2e_json, "e2e_avro_events_per_s": e2e_avro,
-        }))?,
+        }),
     )?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use async_process_aggregator::AsyncProcessAggregator;
-use eddy_bench::process::{EddyProcess, commit_rate};
+use eddy_bench::process::{EddyProcess, commit_rate, embedded_config, write_results};
 use eddy_bench::workload::{execution, key};
 use serde_json::json;
 
@@ -110,12 +110,7 @@ pub fn run(s: &Settings) -> Result<()> {
     let (native_rate, written) = native(s, &values)?;
     let fjall_rate = raw_fjall(&dir.join("fjall"), &written, values.len())?;
 
-    let config = format!(
-        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = {}\n",
-        std::path::absolute(&s.component)?.display().to_string(),
-        s.batch
-    );
+    let config = embedded_config(&s.component, "", &format!("max_batch = {}\n", s.batch))?;
     let mut eddy = EddyProcess::start(
         &s.eddy,
         &dir.join("eddy"),
@@ -157,12 +152,9 @@ pub fn run(s: &Settings) -> Result<()> {
         "| Eddy: HTTP append → decode → Rust component → fjall commit | {eddy_rate:.0} | 1.00× |"
     );
     println!("Eddy's peak RSS: {:.0} MiB", rss as f64 / 1024.0);
-    if let Some(d) = s.out.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(
+    write_results(
         &s.out,
-        serde_json::to_string_pretty(&json!({
+        &json!({
             "events": s.events, "keys": s.keys, "batch": s.batch,
             "native_events_per_s": native_rate,
             "raw_fjall_events_per_s": fjall_rate,
@@ -170,7 +162,7 @@ pub fn run(s: &Settings) -> Result<()> {
             "eddy_vs_native": eddy_rate / native_rate,
             "eddy_vs_raw_fjall": eddy_rate / fjall_rate,
             "eddy_peak_rss_kib": rss,
-        }))?,
+        }),
     )?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use eddy_bench::process::EddyProcess;
+use eddy_bench::process::{EddyProcess, embedded_config, proc_status_kib, write_results};
 use eddy_bench::workload::{execution, key};
 use serde_json::json;
 
@@ -31,14 +31,7 @@ pub struct Settings {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    proc_status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// Reads from `s` until `needle` shows up in what was read.
@@ -58,12 +51,11 @@ fn read_until(s: &mut TcpStream, needle: &[u8], within: Duration) -> Result<()> 
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eddy-bench-sse-{}", std::process::id()));
-    let config = format!(
-        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\nsse_max_clients = 1000000\n\
-         sse_max_per_address = 1000000\nsse_keepalive_secs = 600\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\n",
-        std::path::absolute(&s.component)?.display().to_string()
-    );
+    let config = embedded_config(
+        &s.component,
+        "sse_max_clients = 1000000\nsse_max_per_address = 1000000\nsse_keepalive_secs = 600\n",
+        "",
+    )?;
     let p = EddyProcess::start(&s.eddy, &dir, &config, "warn")?;
     let addr = p.base.trim_start_matches("http://").to_owned();
     std::thread::sleep(Duration::from_millis(300));
@@ -122,19 +114,16 @@ pub fn run(s: &Settings) -> Result<()> {
         delivered.as_secs_f64() * 1e3
     );
     println!("| host peak RSS | {:.0} MiB |", peak as f64 / 1024.0);
-    if let Some(d) = s.out.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(
+    write_results(
         &s.out,
-        serde_json::to_string_pretty(&json!({
+        &json!({
             "clients": s.clients,
             "open_ms": opened.as_secs_f64() * 1e3,
             "rss_before_kib": before, "rss_after_kib": after,
             "per_client_kib": per_client_kib,
             "broadcast_to_all_ms": delivered.as_secs_f64() * 1e3,
             "peak_rss_kib": peak,
-        }))?,
+        }),
     )?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use eddy_bench::process::{EddyProcess, commit_rate, free_port};
+use eddy_bench::process::{EddyProcess, commit_rate, free_port, write_results};
 use eddy_bench::workload;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -247,12 +247,9 @@ pub fn run(s: &Settings) -> Result<()> {
          and the rest waiting on the consumer.",
         busy * 100.0
     );
-    if let Some(d) = s.out.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(
+    write_results(
         &s.out,
-        serde_json::to_string_pretty(&serde_json::json!({
+        &serde_json::json!({
             "events": s.events, "keys": s.keys, "partitions": s.partitions,
             "produce_events_per_s": produce_rate,
             "raw_consumer_events_per_s": raw,
@@ -261,7 +258,7 @@ pub fn run(s: &Settings) -> Result<()> {
             "eddy_busy_share": busy,
             "ratio": eddy_rate / raw,
             "quix_events_per_s": quix_rate,
-        }))?,
+        }),
     )?;
     if std::env::var_os("EDDY_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use eddy_bench::percentile;
-use eddy_bench::process::EddyProcess;
+use eddy_bench::process::{EddyProcess, embedded_config, write_results};
 use eddy_bench::workload::{execution, key};
 use serde_json::{Value, json};
 
@@ -232,11 +232,7 @@ fn query_load(s: &Settings, base: &str, rate: u64, threads: usize) -> (Vec<u64>,
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eddy-bench-latency-{}", std::process::id()));
-    let config = format!(
-        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = 2000\n",
-        std::path::absolute(&s.component)?.display().to_string()
-    );
+    let config = embedded_config(&s.component, "", "max_batch = 2000\n")?;
     let p = EddyProcess::start(&s.eddy, &dir, &config, "warn")?;
 
     // Phase 1: steady ingest, SSE follower, HTTP sampler.
@@ -277,7 +273,6 @@ pub fn run(s: &Settings) -> Result<()> {
     let http_us = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("sampler thread panicked"))?;
-    let rss_phase1 = p.peak_rss_kib();
 
     // Phase 2: GET load while ingest runs.
     let mut queries = Value::Null;
@@ -304,7 +299,7 @@ pub fn run(s: &Settings) -> Result<()> {
         "produce_to_sse": summary(sse_us),
         "produce_to_http": summary(http_us),
         "queries": queries,
-        "peak_rss_mib": p.peak_rss_kib().or(rss_phase1).map(|k| k as f64 / 1024.0),
+        "peak_rss_mib": p.peak_rss_kib().map(|k| k as f64 / 1024.0),
     });
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -343,9 +338,6 @@ pub fn run(s: &Settings) -> Result<()> {
         "peak RSS: {:.0} MiB",
         results["peak_rss_mib"].as_f64().unwrap_or(0.0)
     );
-    if let Some(d) = s.out.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(&s.out, serde_json::to_string_pretty(&results)?)?;
+    write_results(&s.out, &results)?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use eddy::config::{Grants, PluginConfig, PluginKind};
+use eddy::config::PluginKind;
 use eddy::execute::{Instance, Runtime};
 use eddy_bench::{percentile, workload};
 
@@ -270,16 +270,7 @@ fn plugins(
     for (label, path) in &components {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config = PluginConfig {
-            name: label.clone(),
-            path: path.clone(),
-            timeout_ms: 60_000,
-            memory_mb: 1024,
-            max_output_bytes: usize::MAX,
-            max_retries: 0,
-            retry_backoff_ms: 0,
-            grants: Grants::default(),
-        };
+        let config = workload::unlimited_plugin(label, path);
         let compile = Instant::now();
         let plugin = runtime.load(
             &config,

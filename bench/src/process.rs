@@ -124,10 +124,16 @@ impl Drop for EddyProcess {
 /// A process's peak resident memory (`VmHWM`), in KiB.
 #[must_use]
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM")
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`...) of `/proc/PID/status`, in KiB.
+#[must_use]
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -203,4 +209,31 @@ pub fn commit_rate(commits: &[BatchCommit]) -> f64 {
     let events: u64 = commits.iter().skip(1).map(|c| c.events).sum();
     let secs = last.at_us.saturating_sub(first.at_us) as f64 / 1e6;
     events as f64 / secs.max(1e-9)
+}
+
+/// The AsyncProcess pipeline `p` on topic `events` of an embedded host, its
+/// aggregator the component at `component`; `http` and `pipeline` are extra
+/// lines for those tables (`max_batch = 2000`, say).
+///
+/// # Errors
+/// When `component` has no absolute form.
+pub fn embedded_config(component: &Path, http: &str, pipeline: &str) -> Result<String> {
+    Ok(format!(
+        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n{http}\n\
+         [[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
+         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\n{pipeline}",
+        std::path::absolute(component)?.display().to_string()
+    ))
+}
+
+/// Writes a scenario's results as pretty JSON to `out`, making its folder.
+///
+/// # Errors
+/// On an I/O error.
+pub fn write_results(out: &Path, results: &serde_json::Value) -> Result<()> {
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(results)?)?;
+    Ok(())
 }

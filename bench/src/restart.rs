@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use eddy_bench::process::EddyProcess;
+use eddy_bench::process::{EddyProcess, embedded_config, write_results};
 use eddy_bench::workload::{execution, key};
 use serde_json::json;
 
@@ -28,11 +28,7 @@ pub struct Settings {
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eddy-bench-restart-{}", std::process::id()));
-    let config = format!(
-        "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n\n[[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = 2000\n",
-        std::path::absolute(&s.component)?.display().to_string()
-    );
+    let config = embedded_config(&s.component, "", "max_batch = 2000\n")?;
     let mut p = EddyProcess::start(&s.eddy, &dir, &config, "warn,eddy::pipeline=debug")?;
     let fill = Instant::now();
     let url = format!("{}/v1/topics/events/records", p.base);
@@ -91,19 +87,16 @@ pub fn run(s: &Settings) -> Result<()> {
             *rss as f64 / 1024.0
         );
     }
-    if let Some(d) = s.out.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(
+    write_results(
         &s.out,
-        serde_json::to_string_pretty(&json!({
+        &json!({
             "keys": s.keys, "store_bytes": disk, "fill_seconds": filled_s,
             "runs": rows.iter().map(|(h, r, rss)| json!({
                 "start_to_healthy_ms": h.as_secs_f64() * 1e3,
                 "start_to_ready_ms": r.as_secs_f64() * 1e3,
                 "peak_rss_kib": rss,
             })).collect::<Vec<_>>(),
-        }))?,
+        }),
     )?;
     Ok(())
 }

@@ -57,3 +57,19 @@ pub fn native(events: &[Event]) -> Vec<eddy_sdk::Event<String>> {
         })
         .collect()
 }
+
+/// A plugin config for measuring a component: generous limits, no retries,
+/// so the limits never shape the figures.
+#[must_use]
+pub fn unlimited_plugin(name: &str, path: &std::path::Path) -> eddy::config::PluginConfig {
+    eddy::config::PluginConfig {
+        name: name.to_owned(),
+        path: path.to_path_buf(),
+        timeout_ms: 60_000,
+        memory_mb: 1024,
+        max_output_bytes: usize::MAX,
+        max_retries: 0,
+        retry_backoff_ms: 0,
+        grants: eddy::config::Grants::default(),
+    }
+}

@@ -78,9 +78,11 @@ impl StateCache {
         if self.bytes + size > Self::MAX_BYTES {
             self.clear();
         }
+        let key_len = key.len();
         self.bytes += size;
         if let Some((_, old)) = self.states.insert(key, (seq, json)) {
-            self.bytes = self.bytes.saturating_sub(old.len());
+            // The key was already counted with the entry it replaces.
+            self.bytes = self.bytes.saturating_sub(key_len + old.len());
         }
     }
 
