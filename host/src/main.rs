@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use eddy::cli;
 
+/// mimalloc instead of the system allocator: the pipeline allocates and
+/// frees many state-sized strings per batch, and glibc's allocator spent a
+/// large share of the worker's time consolidating and splitting chunks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging(cli.log_format);
