@@ -360,7 +360,8 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
     .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
     .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-    .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+    // Debug info goes, function names stay: traps and profiles name them.
+    .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
     if tc.build_std {

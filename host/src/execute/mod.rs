@@ -60,6 +60,15 @@ pub enum PluginError {
         /// The limit.
         limit: usize,
     },
+    /// The plugin returned something the contract rules out (a state that
+    /// is not JSON).
+    #[error("plugin {plugin}: {message}")]
+    BadOutput {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The plugin reported a failure itself.
     #[error("plugin {plugin} failed ({class}): {message}")]
     Failed {
@@ -88,6 +97,7 @@ impl PluginError {
             PluginError::MemoryLimit { .. } => "memory_limit",
             PluginError::Trap { .. } => "trap",
             PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::BadOutput { .. } => "bad_output",
             PluginError::Failed { class, .. } => class,
             PluginError::Instantiate { .. } => "instantiate",
         }
@@ -212,6 +222,11 @@ impl Runtime {
         let mut config = WasmConfig::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `EDDY_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map so `perf`
+        // names the functions of plugins (built with their name section).
+        if std::env::var("EDDY_WASM_PROFILER").is_ok_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -594,6 +609,14 @@ impl Instance {
                 let bytes = outcome.state.len()
                     + outcome.emits.iter().map(|e| e.value.len()).sum::<usize>();
                 self.check_output(bytes)?;
+                // The host serves states as they are (HTTP, SSE, changelog
+                // records): they must be JSON.
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&outcome.state) {
+                    return Err(PluginError::BadOutput {
+                        plugin: self.plugin.name.to_string(),
+                        message: format!("returned a state for key {key:?} that is not JSON: {e}"),
+                    });
+                }
                 Ok((outcome.state, outcome.emits))
             }
         }
