@@ -118,7 +118,6 @@ fn store_commit(c: &mut Criterion) {
             b.iter(|| {
                 let mut commit = Commit {
                     pipeline: "bench".into(),
-                    history: 1_000,
                     plugin_version: "v1".into(),
                     ..Commit::default()
                 };

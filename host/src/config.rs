@@ -178,6 +178,11 @@ pub struct StoreConfig {
     /// crash of Eddy) or `power` (fsynced, survives a power loss; slower).
     #[serde(default)]
     pub durability: Durability,
+    /// With `process` durability, the journal is written back to disk in
+    /// the background every this many milliseconds, so it never piles up
+    /// into one long write that stalls commits (0 leaves it to the OS).
+    #[serde(default = "default_writeback_ms")]
+    pub writeback_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -185,8 +190,13 @@ impl Default for StoreConfig {
         Self {
             path: default_store_path(),
             durability: Durability::default(),
+            writeback_ms: default_writeback_ms(),
         }
     }
+}
+
+fn default_writeback_ms() -> u64 {
+    100
 }
 
 fn default_store_path() -> PathBuf {
@@ -450,7 +460,10 @@ pub struct PipelineConfig {
     /// Most records in one micro-batch.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
-    /// State changes kept for SSE resumption (`Last-Event-ID`).
+    /// Recent state changes kept in memory (up to 64 MiB) so a client that
+    /// reconnects with `Last-Event-ID` gets exactly the changes it missed.
+    /// A client resuming from further back (or after a restart) gets each
+    /// key that changed since, once, with its current state.
     #[serde(default = "default_history")]
     pub sse_history: u64,
     /// Optional route aliases serving this pipeline under a path of its own.

@@ -227,3 +227,84 @@ async fn state_survives_a_clean_restart() -> Result<()> {
     ensure!(states(&pa).len() == 1, "{pa}");
     Ok(())
 }
+
+/// The SSE history lives in memory: after a restart, a client resuming
+/// from an older `Last-Event-ID` gets every key that changed since, once,
+/// with its current state, in change order — then live changes as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_after_a_restart_sends_each_changed_key_once() -> Result<()> {
+    let mut host = Host::start(&async_process_config()?).await?;
+    let a = create(&host, "first").await?;
+    host.wait_caught_up("async-process", T).await?;
+    let b = create(&host, "second").await?;
+    host.wait_caught_up("async-process", T).await?;
+    let (_, pa) = host.get(&format!("/async-process/{a}")).await?;
+    let t = pa["lastUpdate"].as_i64().unwrap_or_default();
+    host.produce(
+        "async-process-execution",
+        &json!({ "value": execution("a-2", &a, t + 10, "STARTED") }),
+    )
+    .await?;
+    host.wait_caught_up("async-process", T).await?;
+    // Before the restart the history is exact: a, b, then a again.
+    let mut exact = host
+        .sse("/v1/pipelines/async-process/events", Some("0"))
+        .await?;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let e = exact.next(T).await?;
+        keys.push((e.id, e.data["key"].as_str().unwrap_or_default().to_owned()));
+    }
+    ensure!(
+        keys == [
+            ("1".to_owned(), a.clone()),
+            ("2".to_owned(), b.clone()),
+            ("3".to_owned(), a.clone())
+        ],
+        "{keys:?}"
+    );
+    drop(exact);
+
+    let status = host.terminate()?;
+    ensure!(status.success(), "SIGTERM must exit 0\n{}", host.log());
+    host.restart().await?;
+    let mut resumed = host
+        .sse("/v1/pipelines/async-process/events", Some("0"))
+        .await?;
+    let first = resumed.next(T).await?;
+    let second = resumed.next(T).await?;
+    ensure!(
+        first.id == "2" && first.data["key"] == b.as_str(),
+        "b's last change first: {first:?}"
+    );
+    ensure!(
+        second.id == "3"
+            && second.data["key"] == a.as_str()
+            && states(&second.data["state"]) == ["ACCEPTED", "STARTED"],
+        "then a, once, with its current state: {second:?}"
+    );
+    ensure!(
+        resumed.next(Duration::from_millis(500)).await.is_err(),
+        "nothing else was missed"
+    );
+    // A key's own stream resumes the same way.
+    let mut per_key = host
+        .sse(&format!("/async-process/sse/{a}"), Some("1"))
+        .await?;
+    let e = per_key.next(T).await?;
+    ensure!(e.id == "3" && states(&e.data).len() == 2, "{e:?}");
+    // Then live changes follow.
+    let (_, pb) = host.get(&format!("/async-process/{b}")).await?;
+    let tb = pb["lastUpdate"].as_i64().unwrap_or_default();
+    host.produce(
+        "async-process-execution",
+        &json!({ "value": execution("b-2", &b, tb + 10, "DONE") }),
+    )
+    .await?;
+    let live = resumed.next(T).await?;
+    ensure!(
+        live.id == "4" && live.data["key"] == b.as_str() && live.data["state"]["state"] == "DONE",
+        "{live:?}"
+    );
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::{Config, EmbeddedConfig, PluginConfig, PluginKind, SourceConfig};
+use crate::config::{Config, Durability, EmbeddedConfig, PluginConfig, PluginKind, SourceConfig};
 use crate::execute::registry::Registry;
 use crate::execute::{Instance, Runtime};
 use crate::http::{AppState, app, body_limit};
@@ -21,7 +21,7 @@ use crate::sink::kafka::KafkaSink;
 use crate::source::embedded::{EmbeddedLog, EmbeddedSource};
 use crate::source::kafka::KafkaSource;
 use crate::source::{Chain, Source};
-use crate::store::Store;
+use crate::store::{Store, Writeback};
 
 /// Resolves every plugin of the config with the role the pipelines give it.
 fn plugin_roles(config: &Config) -> anyhow::Result<Vec<(PluginConfig, PathBuf, PluginKind)>> {
@@ -300,6 +300,18 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create store directory {}", store_path.display()))?;
     let store = Store::open(&store_path, config.store.durability)
         .with_context(|| format!("cannot open store {}", store_path.display()))?;
+    let _writeback =
+        if config.store.durability == Durability::Process && config.store.writeback_ms > 0 {
+            Some(
+                Writeback::start(
+                    &store_path,
+                    Duration::from_millis(config.store.writeback_ms),
+                )
+                .context("cannot start the store's journal write-back")?,
+            )
+        } else {
+            None
+        };
 
     let schemas = open_schemas(&mut config, &store)?;
 
@@ -330,7 +342,21 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             None
         }
     };
-    let hub = Hub::new(config.pipelines.iter().map(|p| p.name.as_str()));
+    let mut last_seqs = Vec::with_capacity(config.pipelines.len());
+    for p in &config.pipelines {
+        last_seqs.push(
+            store
+                .last_seq(&p.name)
+                .with_context(|| format!("pipeline {}: cannot read its change number", p.name))?,
+        );
+    }
+    let hub = Hub::new(
+        config
+            .pipelines
+            .iter()
+            .zip(last_seqs)
+            .map(|(p, last)| (p.name.as_str(), last, p.sse_history)),
+    );
     let locks: HashMap<String, PipelineLock> = config
         .pipelines
         .iter()

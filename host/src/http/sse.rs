@@ -1,10 +1,13 @@
 //! Server-Sent Events of committed state changes.
 //!
-//! Each event's id is the pipeline's change sequence number, so a client
-//! that reconnects with `Last-Event-ID` gets exactly what it missed (within
-//! the pipeline's `sse_history`). A per-client task feeds a small bounded
-//! channel: a slow client holds at most that much memory; when it falls
-//! behind the live broadcast it catches up from the store instead.
+//! Each event's id is the pipeline's change sequence number. A client that
+//! reconnects with `Last-Event-ID` gets exactly the changes it missed while
+//! they are in the pipeline's in-memory history (its last `sse_history`
+//! changes); older ones (before a restart, or past the history) come from the
+//! store compacted: each key that changed since, once, with its current state
+//! — what a client needs to be up to date. A per-client task feeds a small
+//! bounded channel: a slow client holds at most that much memory; when it
+//! falls behind the live broadcast it catches up the same way.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{AppError, AppState};
+use crate::notify::Missed;
 use crate::store::Change;
 
 /// Events buffered per client.
@@ -84,14 +88,77 @@ fn to_event(change: &Change, per_key: bool) -> Event {
     let data = if per_key {
         change.state.clone()
     } else {
-        let state: serde_json::Value =
-            serde_json::from_str(&change.state).unwrap_or(serde_json::Value::Null);
-        serde_json::json!({ "key": change.key, "state": state }).to_string()
+        // States are JSON (the execute stage checks every plugin's output),
+        // so they go in as they are, without parsing them again.
+        let key = serde_json::Value::String(change.key.clone());
+        format!("{{\"key\":{key},\"state\":{}}}", change.state)
     };
     Event::default().id(change.seq.to_string()).data(data)
 }
 
-/// Feeds one client: catch-up from the store, then live changes.
+/// Sends a client what it missed after change `sent`: from the pipeline's
+/// history where it holds them, else the store's compacted view of the gap
+/// before the history. Moves `sent` on; `false` when the client is gone.
+async fn catch_up(
+    s: &AppState,
+    pipeline: &str,
+    key: Option<&str>,
+    sent: &mut u64,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+) -> bool {
+    let per_key = key.is_some();
+    let matches = |c: &Change| key.is_none_or(|k| k == c.key);
+    loop {
+        match s.hub.missed(pipeline, *sent, CATCH_UP_PAGE) {
+            None => return false,
+            Some(Missed::Changes(page)) => {
+                let n = page.len();
+                for c in page {
+                    *sent = c.seq;
+                    if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                        return false;
+                    }
+                }
+                if n < CATCH_UP_PAGE {
+                    return true;
+                }
+            }
+            Some(Missed::Before { until }) => {
+                let store = s.store.clone();
+                let (p, k, after) = (pipeline.to_owned(), key.map(str::to_owned), *sent);
+                let page = tokio::task::spawn_blocking(move || match k {
+                    // One key: its state, if its last change is in the gap.
+                    Some(k) => store.state(&p, &k).map(|st| {
+                        st.filter(|st| st.seq > after && st.seq <= until)
+                            .map(|st| Change {
+                                seq: st.seq,
+                                key: k,
+                                state: st.json,
+                            })
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                    }),
+                    None => store.latest_between(&p, after, until, CATCH_UP_PAGE),
+                })
+                .await;
+                let Ok(Ok(page)) = page else {
+                    return false;
+                };
+                let done = per_key || page.len() < CATCH_UP_PAGE;
+                for c in page {
+                    *sent = c.seq;
+                    if tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                        return false;
+                    }
+                }
+                if done {
+                    *sent = until;
+                }
+            }
+        }
+    }
+}
+
 /// Counts an open SSE connection in `eddy_sse_clients` while it lives.
 struct Connected;
 
@@ -108,6 +175,7 @@ impl Drop for Connected {
     }
 }
 
+/// Feeds one client: what it missed (see [`catch_up`]), then live changes.
 async fn feed(
     s: AppState,
     pipeline: String,
@@ -157,28 +225,8 @@ async fn feed(
     let mut need_catch_up = resume.is_some();
     loop {
         if need_catch_up {
-            // Read missed changes from the store, page by page.
-            loop {
-                let store = s.store.clone();
-                let p = pipeline.clone();
-                let after = sent;
-                let page = tokio::task::spawn_blocking(move || {
-                    store.changes_after(&p, after, CATCH_UP_PAGE)
-                })
-                .await;
-                let Ok(Ok(page)) = page else {
-                    return;
-                };
-                let n = page.len();
-                for c in page {
-                    sent = c.seq;
-                    if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {
-                        return;
-                    }
-                }
-                if n < CATCH_UP_PAGE {
-                    break;
-                }
+            if !catch_up(&s, &pipeline, key.as_deref(), &mut sent, &tx).await {
+                return;
             }
             need_catch_up = false;
         }
@@ -196,12 +244,10 @@ async fn feed(
                         continue;
                     }
                     if c.seq > sent + 1 {
-                        // A gap: changes committed before we subscribed or while lagging.
+                        // A gap: changes committed before we subscribed or
+                        // while lagging; this one comes with the catch-up.
                         need_catch_up = true;
-                        if c.seq > sent + 1 {
-                            // Fetch the gap from the store, then this one arrives in the page.
-                            continue;
-                        }
+                        continue;
                     }
                     sent = c.seq;
                     if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {

@@ -55,10 +55,11 @@ pub struct Worker {
 /// The states this worker committed last, so a key's next batch does not
 /// read its state back from the store. Bounded by bytes (dropped whole when
 /// full) and dropped whole when something else changed the pipeline's states
-/// (a replay swapping in rebuilt states moves the change numbers on).
+/// (a replay swapping in rebuilt states moves the change numbers on). Its
+/// changes are the ones the SSE history holds, shared, not copied.
 #[derive(Default)]
 struct StateCache {
-    states: HashMap<String, (u64, String)>,
+    states: HashMap<String, Arc<Change>>,
     bytes: usize,
     /// The store's state epoch the entries belong to.
     epoch: u64,
@@ -67,22 +68,19 @@ struct StateCache {
 impl StateCache {
     const MAX_BYTES: usize = 64 << 20;
 
-    fn get(&self, key: &str) -> Option<(u64, &str)> {
-        self.states
-            .get(key)
-            .map(|(seq, json)| (*seq, json.as_str()))
+    fn get(&self, key: &str) -> Option<Arc<Change>> {
+        self.states.get(key).cloned()
     }
 
-    fn put(&mut self, key: String, seq: u64, json: String) {
-        let size = key.len() + json.len();
+    fn put(&mut self, change: Arc<Change>) {
+        let size = change.key.len() + change.state.len();
         if self.bytes + size > Self::MAX_BYTES {
             self.clear();
         }
-        let key_len = key.len();
         self.bytes += size;
-        if let Some((_, old)) = self.states.insert(key, (seq, json)) {
+        if let Some(old) = self.states.insert(change.key.clone(), change) {
             // The key was already counted with the entry it replaces.
-            self.bytes = self.bytes.saturating_sub(key_len + old.len());
+            self.bytes = self.bytes.saturating_sub(old.key.len() + old.state.len());
         }
     }
 
@@ -120,10 +118,10 @@ pub const REGISTRY_UNAVAILABLE: &str = "registry-unavailable";
 /// The header naming where a replayed or released event first came from.
 pub const SOURCE_HEADER: &str = "eddy-source";
 
-/// One decoded, keyed input event.
+/// One decoded, keyed input event (its [`Event`] is kept alongside, in the
+/// same order, so calls can take slices of events without copying them).
 struct Item {
     record: SourceRecord,
-    event: Event,
     key: String,
 }
 
@@ -263,6 +261,7 @@ impl Worker {
         let mut out = Outputs::default();
         let mut next_offsets: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         let mut items = Vec::with_capacity(records.len());
+        let mut events = Vec::with_capacity(records.len());
         for record in records {
             let next = next_offsets
                 .entry((record.topic.clone(), record.partition))
@@ -271,7 +270,10 @@ impl Worker {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.prepare(&record) {
-                    Ok((event, key)) => items.push(Item { record, event, key }),
+                    Ok((event, key)) => {
+                        items.push(Item { record, key });
+                        events.push(event);
+                    }
                     // The registry is down: wait for it, never dead-letter.
                     Err(dl) if dl.error_class == REGISTRY_UNAVAILABLE => {
                         tracing::warn!(
@@ -297,17 +299,16 @@ impl Worker {
         }
 
         for i in 0..self.handlers.len() {
-            self.run_handler(i, &items, &mut out);
+            self.run_handler(i, &items, &events, &mut out);
         }
         if self.aggregator.is_some() {
-            self.run_aggregator(&items, &mut out)?;
+            self.run_aggregator(&items, events, &mut out)?;
         }
 
         // Commit.
         let dead_count = out.dead.len();
         let mut commit = Commit {
             pipeline: self.config.name.clone(),
-            history: self.config.sse_history,
             plugin_version: self
                 .aggregator
                 .as_ref()
@@ -315,7 +316,6 @@ impl Worker {
                 .unwrap_or_default(),
             ..Commit::default()
         };
-        let mut changes = Vec::with_capacity(out.states.len());
         for (key, state, previous) in out.states {
             self.seq += 1;
             let change = Change {
@@ -337,7 +337,6 @@ impl Worker {
                     },
                 ));
             }
-            changes.push(change.clone());
             commit.states.push((change, previous));
         }
         commit.last_seq = self.seq;
@@ -400,10 +399,14 @@ impl Worker {
             .map_err(|e| anyhow::anyhow!("pipeline {}: commit failed: {e}", self.config.name))?;
         let offsets = std::mem::take(&mut commit.offsets);
         self.source.committed(&offsets);
-        for (change, _) in std::mem::take(&mut commit.states) {
-            self.cache.put(change.key, change.seq, change.state);
+        let changes: Vec<Arc<Change>> = std::mem::take(&mut commit.states)
+            .into_iter()
+            .map(|(change, _)| Arc::new(change))
+            .collect();
+        self.hub.publish(&self.config.name, &changes);
+        for change in changes {
+            self.cache.put(change);
         }
-        self.hub.publish(&self.config.name, changes);
         crate::telemetry::batch(
             &self.config.name,
             consumed,
@@ -418,24 +421,24 @@ impl Worker {
         prepare(&self.config, &self.key, record)
     }
 
-    fn run_handler(&mut self, index: usize, items: &[Item], out: &mut Outputs) {
+    fn run_handler(&mut self, index: usize, items: &[Item], events: &[Event], out: &mut Outputs) {
         let Some(handler) = self.handlers.get_mut(index) else {
             return;
         };
-        let events: Vec<Event> = items.iter().map(|i| i.event.clone()).collect();
         let plugin = handler.plugin().clone();
         let policy = Retry::of(handler, &self.config.name);
         let first_offset = events.first().map(|e| e.offset);
-        let (whole, _) = policy.run(None, first_offset, || handler.handle(&events));
+        let (whole, _) = policy.run(None, first_offset, || handler.handle(events));
         let per_event: Vec<Attempted<Vec<Emitted>>> = match whole {
             Ok(results) => results.into_iter().map(|r| (r, Vec::new())).collect(),
             // The whole call failed: isolate the poison event(s) one by one.
             Err(_) => items
                 .iter()
-                .map(|item| {
-                    policy.run(Some(&item.key), Some(item.event.offset), || {
+                .zip(events)
+                .map(|(item, event)| {
+                    policy.run(Some(&item.key), Some(event.offset), || {
                         handler
-                            .handle(std::slice::from_ref(&item.event))?
+                            .handle(std::slice::from_ref(event))?
                             .pop()
                             .unwrap_or_else(|| Ok(Vec::new()))
                     })
@@ -465,18 +468,34 @@ impl Worker {
         }
     }
 
-    fn run_aggregator(&mut self, items: &[Item], out: &mut Outputs) -> anyhow::Result<()> {
-        // Group by key, keeping first-appearance order and offset order within a key.
-        let mut order: Vec<&str> = Vec::new();
-        let mut groups: HashMap<&str, Vec<&Item>> = HashMap::new();
-        for item in items {
-            groups
-                .entry(item.key.as_str())
-                .or_insert_with(|| {
-                    order.push(item.key.as_str());
-                    Vec::new()
-                })
-                .push(item);
+    fn run_aggregator(
+        &mut self,
+        items: &[Item],
+        events: Vec<Event>,
+        out: &mut Outputs,
+    ) -> anyhow::Result<()> {
+        // Group by key, keeping first-appearance order and offset order
+        // within a key: each key's events are moved next to each other in
+        // `grouped`, so a call takes a slice of it without copying events.
+        let mut order: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut slot_of: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
+        for (i, item) in items.iter().enumerate() {
+            let slot = *slot_of.entry(item.key.as_str()).or_insert_with(|| {
+                order.push((item.key.as_str(), Vec::new()));
+                order.len() - 1
+            });
+            if let Some((_, members)) = order.get_mut(slot) {
+                members.push(i);
+            }
+        }
+        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+        let mut grouped: Vec<Event> = Vec::with_capacity(events.len());
+        for (_, members) in &order {
+            grouped.extend(
+                members
+                    .iter()
+                    .filter_map(|&i| events.get_mut(i).and_then(Option::take)),
+            );
         }
         let pipeline = self.config.name.clone();
         let quarantine = self.config.on_dead_letter == OnDeadLetter::Quarantine;
@@ -485,29 +504,38 @@ impl Worker {
         };
         let plugin = agg.plugin().clone();
         let policy = Retry::of(agg, &pipeline);
-        for key in order {
-            let Some(group) = groups.get(key) else {
-                continue;
-            };
+        let mut start = 0;
+        for (key, members) in &order {
+            let key = *key;
+            let events = grouped
+                .get(start..start + members.len())
+                .unwrap_or_default();
+            start += members.len();
+            let group: Vec<&Item> = members.iter().filter_map(|&i| items.get(i)).collect();
             let open = if quarantine {
                 self.store.quarantined(&pipeline, key)?
             } else {
                 0
             };
             if open > 0 {
-                for item in group {
+                for item in &group {
                     out.park.push((key.to_owned(), item.record.clone()));
                 }
                 continue;
             }
-            let (previous_seq, state) = match self.cache.get(key) {
-                Some((seq, json)) => (Some(seq), Some(json.to_owned())),
-                None => {
-                    let stored = self.store.state(&pipeline, key)?;
-                    (stored.as_ref().map(|s| s.seq), stored.map(|s| s.json))
-                }
+            let cached = self.cache.get(key);
+            let stored = match cached {
+                Some(_) => None,
+                None => self.store.state(&pipeline, key)?,
             };
-            let events: Vec<Event> = group.iter().map(|i| i.event.clone()).collect();
+            let previous_seq = cached
+                .as_ref()
+                .map(|c| c.seq)
+                .or(stored.as_ref().map(|s| s.seq));
+            let state: Option<&str> = cached
+                .as_ref()
+                .map(|c| c.state.as_str())
+                .or(stored.as_ref().map(|s| s.json.as_str()));
             let call = |agg: &mut Instance, state: Option<&str>, events: &[Event]| {
                 policy.run(Some(key), events.first().map(|e| e.offset), || {
                     let (s, emits) = agg.apply(key, state, events)?;
@@ -515,7 +543,7 @@ impl Worker {
                 })
             };
             let last = group.last().map(|i| &i.record);
-            let first = call(agg, state.as_deref(), &events);
+            let first = call(agg, state, events);
             if let ((Err(e), delays), [item]) = (&first, group.as_slice()) {
                 // A single event failed: that is the poison, no need to isolate.
                 out.dead.push(
@@ -552,7 +580,7 @@ impl Worker {
                         last_offset = events.last().map(|e| e.offset),
                         error = %first_error, "batch failed; isolating"
                     );
-                    let mut current = state;
+                    let mut current = state.map(str::to_owned);
                     let mut changed = false;
                     let mut parking = false;
                     for (item, event) in group.iter().zip(events.iter()) {
