@@ -263,3 +263,52 @@ handlers = ["granted"]
     ensure!(granted["env"] == json!({ "GREETING": "hi" }), "{granted}");
     Ok(())
 }
+
+/// The host serves states as they are, so a state that is not JSON (here
+/// Python's `NaN`) is refused as the plugin's bad output: the event is
+/// dead-lettered, the key keeps its last good state, later events apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_that_is_not_json_is_dead_lettered_and_never_served() -> Result<()> {
+    let plugin = test_component("python-nan-state")?;
+    let config = format!(
+        r#"
+[source]
+kind = "embedded"
+[[source.topics]]
+name = "numbers"
+partitions = 1
+
+[[plugin]]
+name = "sum"
+path = "{}"
+max_retries = 0
+
+[[pipeline]]
+name = "sums"
+topic = "numbers"
+aggregator = "sum"
+"#,
+        plugin.display()
+    );
+    let host = Host::start(&config).await?;
+    for value in [json!({ "n": 2 }), json!({ "nan": true }), json!({ "n": 3 })] {
+        host.produce("numbers", &json!({ "key": "k", "value": value }))
+            .await?;
+        host.wait_caught_up("sums", T).await?;
+    }
+    let (status, state) = host.get("/v1/pipelines/sums/state/k").await?;
+    ensure!(status == 200 && state == json!({ "sum": 5 }), "{status} {state}");
+    let (_, dead) = host.get("/v1/pipelines/sums/dead-letters").await?;
+    let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
+    ensure!(letters.len() == 1, "{dead}");
+    let letter = letters.first().cloned().unwrap_or_default();
+    ensure!(
+        letter["error_class"] == "bad_output"
+            && letter["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not JSON") && e.contains("\"k\""))
+            && letter["offset"] == 1,
+        "{letter}"
+    );
+    Ok(())
+}
