@@ -67,7 +67,7 @@ fn end_to_end(s: &Settings, avro: bool, dir: &Path) -> Result<f64> {
     } else {
         String::new()
     };
-    let config = embedded_config(&s.component, "", &format!("{format}max_batch = 2000\n"))?;
+    let config = embedded_config(&s.component, "", &format)?;
     let mut eddy = EddyProcess::start(&s.eddy, dir, &config, "warn,eddy::pipeline=debug")?;
     let base = eddy.base.clone();
     let agent = eddy.agent.clone();

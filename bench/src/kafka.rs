@@ -137,7 +137,7 @@ fn eddy(s: &Settings, brokers: &str, topic: &str, dir: &Path) -> Result<(f64, u6
          [source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n\
          [http]\nwatch_plugins = false\n\n\
          [[plugin]]\nname = \"agg\"\npath = \"{}\"\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"{topic}\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\nmax_batch = 2000\n",
+         [[pipeline]]\nname = \"p\"\ntopic = \"{topic}\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\n",
         std::path::absolute(&s.component)?.display()
     );
     let mut eddy = EddyProcess::start(&s.eddy, dir, &config, "warn,eddy::pipeline=debug")?;

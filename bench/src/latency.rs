@@ -232,7 +232,7 @@ fn query_load(s: &Settings, base: &str, rate: u64, threads: usize) -> (Vec<u64>,
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eddy-bench-latency-{}", std::process::id()));
-    let config = embedded_config(&s.component, "", "max_batch = 2000\n")?;
+    let config = embedded_config(&s.component, "", "")?;
     let p = EddyProcess::start(&s.eddy, &dir, &config, "warn")?;
 
     // Phase 1: steady ingest, SSE follower, HTTP sampler.

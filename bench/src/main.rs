@@ -126,9 +126,10 @@ enum Command {
         /// Distinct keys.
         #[arg(long, default_value_t = 10_000)]
         keys: u64,
-        /// Events per micro-batch.
-        #[arg(long, default_value_t = 2_000)]
-        batch: usize,
+        /// Eddy's `max_batch` (default: Eddy's own, batches growing under
+        /// the backlog as `batch_target_ms` allows).
+        #[arg(long)]
+        max_batch: Option<usize>,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/embedded.json")]
         out: PathBuf,
@@ -519,14 +520,14 @@ fn main() -> Result<()> {
             component,
             events,
             keys,
-            batch,
+            max_batch,
             out,
         } => embedded::run(&embedded::Settings {
             eddy,
             component,
             events,
             keys,
-            batch,
+            max_batch,
             out,
         }),
         Command::Latency {

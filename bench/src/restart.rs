@@ -28,7 +28,7 @@ pub struct Settings {
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eddy-bench-restart-{}", std::process::id()));
-    let config = embedded_config(&s.component, "", "max_batch = 2000\n")?;
+    let config = embedded_config(&s.component, "", "")?;
     let mut p = EddyProcess::start(&s.eddy, &dir, &config, "warn,eddy::pipeline=debug")?;
     let fill = Instant::now();
     let url = format!("{}/v1/topics/events/records", p.base);

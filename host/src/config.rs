@@ -457,9 +457,24 @@ pub struct PipelineConfig {
     /// Size of the `latest` query's largest page.
     #[serde(default = "default_latest")]
     pub latest: usize,
-    /// Most records in one micro-batch.
+    /// Most records in one micro-batch. A batch takes what is waiting, up
+    /// to the current batch size (see `batch_target_ms`), never more than this.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
+    /// How long one micro-batch should take at most, in milliseconds. Under
+    /// a backlog the worker doubles its batch size (from 1,000, up to
+    /// `max_batch`) while batches take less than half of this, and halves it
+    /// when one takes longer: bigger batches fold more of a key's events per
+    /// plugin call and commit less often, while a commit (and the SSE event
+    /// after it) still comes within about this time. Without a backlog a
+    /// batch is whatever arrived, so latency stays low.
+    #[serde(default = "default_batch_target_ms")]
+    pub batch_target_ms: u64,
+    /// Bytes (keys, headers and values) after which a micro-batch takes no
+    /// more records, so large records cannot make a batch take unbounded
+    /// memory.
+    #[serde(default = "default_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// Recent state changes kept in memory (up to 64 MiB) so a client that
     /// reconnects with `Last-Event-ID` gets exactly the changes it missed.
     /// A client resuming from further back (or after a restart) gets each
@@ -499,7 +514,13 @@ fn default_latest() -> usize {
     100
 }
 fn default_batch() -> usize {
-    1000
+    50_000
+}
+fn default_batch_bytes() -> usize {
+    32 << 20
+}
+fn default_batch_target_ms() -> u64 {
+    500
 }
 fn default_history() -> u64 {
     10_000
@@ -668,8 +689,11 @@ impl Config {
                     "{at}: key_field must be a dot-separated field path"
                 ));
             }
-            if p.max_batch == 0 || p.latest == 0 {
-                problems.push(format!("{at}: max_batch and latest must be > 0"));
+            if p.max_batch == 0 || p.max_batch_bytes == 0 || p.latest == 0 || p.batch_target_ms == 0
+            {
+                problems.push(format!(
+                    "{at}: max_batch, max_batch_bytes, batch_target_ms and latest must be > 0"
+                ));
             }
             if let Some(m) = &p.mount {
                 if !m.path.starts_with('/') || m.path.len() < 2 || m.path.ends_with('/') {

@@ -543,7 +543,8 @@ impl Store {
     }
 
     /// Reads up to `max` records of a partition from offset `from` to `end`
-    /// (exclusive), in offset order.
+    /// (exclusive), in offset order, stopping early once the records read
+    /// hold `max_bytes` bytes (keys, headers and values; at least one record).
     ///
     /// # Errors
     /// On an I/O error or a corrupt record.
@@ -554,15 +555,21 @@ impl Store {
         from: u64,
         end: u64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, LogRecord)>> {
         if from >= end || max == 0 {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(max.min((end - from) as usize));
+        let mut out = Vec::with_capacity(max.min((end - from) as usize).min(4096));
+        let mut bytes = 0;
         let range = log_key(topic, partition, from)..log_key(topic, partition, end);
         for item in self.log.range(range).take(max) {
             let (k, v) = fj("read log", item.into_inner())?;
             out.push((u64_suffix(&k, "log key")?, LogRecord::decode(&v)?));
+            bytes += v.len();
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(out)
     }
@@ -797,7 +804,7 @@ impl Store {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let at = self
-                .read_log(topic, partition, mid, mid + 1, 1)?
+                .read_log(topic, partition, mid, mid + 1, 1, usize::MAX)?
                 .first()
                 .map(|(_, r)| r.timestamp_ms)
                 .unwrap_or(i64::MAX);
@@ -1256,6 +1263,40 @@ mod tests {
         assert_eq!(s.log_end("t", 0)?, 1);
         assert_eq!(s.topics()?, vec![("t".to_string(), 2)]);
         assert_eq!(s.latest_between("p", 0, 10, 10)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn read_log_stops_at_its_byte_limit_but_returns_at_least_one()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let s = Store::open(dir.path(), Durability::Process)?;
+        s.create_topic("t", 1)?;
+        let appends: Vec<Append> = (0..10)
+            .map(|offset| Append {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+                record: LogRecord {
+                    timestamp_ms: 0,
+                    key: None,
+                    headers: vec![],
+                    value: vec![b'x'; 1000],
+                },
+            })
+            .collect();
+        s.append(&appends)?;
+        let offsets = |max, bytes| -> Result<Vec<u64>, StoreError> {
+            Ok(s.read_log("t", 0, 0, 10, max, bytes)?
+                .into_iter()
+                .map(|(o, _)| o)
+                .collect())
+        };
+        assert_eq!(offsets(100, usize::MAX)?.len(), 10);
+        assert_eq!(offsets(4, usize::MAX)?, [0, 1, 2, 3]);
+        // Each stored record is a little over 1,000 bytes: three reach 3,000.
+        assert_eq!(offsets(100, 3_000)?, [0, 1, 2]);
+        assert_eq!(offsets(100, 1)?, [0]);
         Ok(())
     }
 

@@ -312,7 +312,14 @@ pub async fn read_records(
             let end = log.high_watermark(&topic, p);
             let rows = log
                 .store()
-                .read_log(&topic, p, from, end, limit.saturating_sub(out.len()))
+                .read_log(
+                    &topic,
+                    p,
+                    from,
+                    end,
+                    limit.saturating_sub(out.len()),
+                    usize::MAX,
+                )
                 .map_err(AppError::internal)?;
             for (offset, r) in rows {
                 let (value, raw) = match serde_json::from_slice::<Value>(&r.value) {

@@ -25,7 +25,7 @@ use crate::notify::Hub;
 use crate::route::KeySpec;
 use crate::sink::Sink;
 use crate::source::embedded::ProduceRecord;
-use crate::source::{Source, SourceRecord, validate_topic_name};
+use crate::source::{Limit, Source, SourceRecord, validate_topic_name};
 use crate::store::{Change, Commit, LogRecord, Store};
 use dead_letter::{DeadLetter, Stage};
 
@@ -87,6 +87,38 @@ impl StateCache {
     fn clear(&mut self) {
         self.states.clear();
         self.bytes = 0;
+    }
+}
+
+/// How many records the next micro-batch may take. Under a backlog (a
+/// batch came back full) the size doubles while batches take less than half
+/// the target time; it halves when one takes longer than the target.
+#[derive(Debug, Clone, Copy)]
+struct BatchSize {
+    limit: usize,
+    max: usize,
+    target: Duration,
+}
+
+impl BatchSize {
+    /// The size a worker starts with, and the least it goes down to.
+    const START: usize = 1_000;
+    const FLOOR: usize = 100;
+
+    fn new(max: usize, target: Duration) -> Self {
+        BatchSize {
+            limit: Self::START.min(max).max(1),
+            max: max.max(1),
+            target,
+        }
+    }
+
+    fn observe(&mut self, taken: usize, elapsed: Duration) {
+        if elapsed > self.target {
+            self.limit = (self.limit / 2).max(Self::FLOOR.min(self.max));
+        } else if taken >= self.limit && elapsed < self.target / 2 {
+            self.limit = self.limit.saturating_mul(2).min(self.max);
+        }
     }
 }
 
@@ -198,11 +230,16 @@ impl Worker {
     pub fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let name = self.config.name.clone();
         tracing::info!(pipeline = %name, topic = %self.config.topic, "pipeline started");
+        let mut size = BatchSize::new(
+            self.config.max_batch,
+            Duration::from_millis(self.config.batch_target_ms),
+        );
         while !stop.load(Ordering::Relaxed) {
-            let records = match self
-                .source
-                .poll(self.config.max_batch, Duration::from_millis(200))
-            {
+            let limit = Limit {
+                records: size.limit,
+                bytes: self.config.max_batch_bytes,
+            };
+            let records = match self.source.poll(limit, Duration::from_millis(200)) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(pipeline = %name, error = %e, "source failed; retrying");
@@ -218,6 +255,7 @@ impl Worker {
             if !self.process(records, stop)? {
                 break;
             }
+            size.observe(n, started.elapsed());
             tracing::debug!(
                 pipeline = %name,
                 events = n,
@@ -808,4 +846,40 @@ pub fn spawn(
             on_fatal(e);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchSize;
+    use std::time::Duration;
+
+    #[test]
+    fn batches_grow_under_a_backlog_and_shrink_when_slow() {
+        let ms = Duration::from_millis;
+        let mut size = BatchSize::new(50_000, ms(250));
+        assert_eq!(size.limit, 1_000);
+        // Full and fast: doubles up to the maximum.
+        for expected in [2_000, 4_000, 8_000, 16_000, 32_000, 50_000, 50_000] {
+            size.observe(size.limit, ms(10));
+            assert_eq!(size.limit, expected);
+        }
+        // Not full (no backlog): stays.
+        size.observe(10, ms(1));
+        assert_eq!(size.limit, 50_000);
+        // Between half and the whole target: stays.
+        size.observe(50_000, ms(200));
+        assert_eq!(size.limit, 50_000);
+        // Too slow: halves, down to the floor.
+        for _ in 0..20 {
+            size.observe(size.limit, ms(900));
+        }
+        assert_eq!(size.limit, BatchSize::FLOOR);
+        // A small max_batch is kept to.
+        let mut small = BatchSize::new(50, ms(250));
+        assert_eq!(small.limit, 50);
+        small.observe(50, ms(1));
+        assert_eq!(small.limit, 50);
+        small.observe(50, ms(900));
+        assert_eq!(small.limit, 50);
+    }
 }

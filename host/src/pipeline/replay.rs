@@ -117,6 +117,7 @@ impl Rebuild {
                 *pos,
                 *target,
                 self.config.max_batch,
+                self.config.max_batch_bytes,
             )? {
                 *pos = offset + 1;
                 records.push(SourceRecord {

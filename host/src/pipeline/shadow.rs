@@ -242,7 +242,14 @@ pub fn run(
             let end = ends.get(p).copied().unwrap_or(0);
             let want = (config.max_batch as u64).min(remaining.saturating_sub(records.len() as u64))
                 as usize;
-            for (offset, r) in store.read_log(&config.topic, partition, *pos, end, want)? {
+            for (offset, r) in store.read_log(
+                &config.topic,
+                partition,
+                *pos,
+                end,
+                want,
+                config.max_batch_bytes,
+            )? {
                 *pos = offset + 1;
                 records.push(SourceRecord {
                     topic: topic.clone(),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{Source, SourceError, SourceRecord, partition_for_key, validate_topic_name};
+use super::{Limit, Source, SourceError, SourceRecord, partition_for_key, validate_topic_name};
 use crate::config::EmbeddedConfig;
 use crate::store::{Append, Commit, LogRecord, Store, StoreError};
 
@@ -381,13 +381,15 @@ impl EmbeddedSource {
         })
     }
 
-    fn read_some(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
+    fn read_some(&mut self, limit: Limit) -> Result<Vec<SourceRecord>, SourceError> {
         let n = self.positions.len();
         let mut out = Vec::new();
+        let mut bytes = 0;
         // Fair share per partition, starting where the last poll stopped.
-        let share = max.div_ceil(n.max(1)).max(1);
+        let share = limit.records.div_ceil(n.max(1)).max(1);
+        let share_bytes = limit.bytes.div_ceil(n.max(1)).max(1);
         for i in 0..n {
-            if out.len() >= max {
+            if limit.reached(out.len(), bytes) {
                 break;
             }
             let p = (self.next_partition + i) % n;
@@ -396,11 +398,18 @@ impl EmbeddedSource {
                 continue;
             };
             let end = self.log.high_watermark(&self.topic, partition);
-            let want = share.min(max - out.len());
+            let left = limit.less(out.len(), bytes);
             let records = self
                 .log
                 .store()
-                .read_log(&self.topic, partition, from, end, want)
+                .read_log(
+                    &self.topic,
+                    partition,
+                    from,
+                    end,
+                    share.min(left.records),
+                    share_bytes.min(left.bytes),
+                )
                 .map_err(|source| SourceError::Store {
                     topic: self.topic.to_string(),
                     source,
@@ -411,7 +420,7 @@ impl EmbeddedSource {
                     break; // never skip: a gap means the rest is not visible yet
                 }
                 expected += 1;
-                out.push(SourceRecord {
+                let record = SourceRecord {
                     topic: self.topic.clone(),
                     partition,
                     offset,
@@ -419,7 +428,9 @@ impl EmbeddedSource {
                     key: r.key,
                     headers: r.headers,
                     value: r.value,
-                });
+                };
+                bytes += record.size();
+                out.push(record);
             }
             if let Some(pos) = self.positions.get_mut(p) {
                 *pos = expected;
@@ -431,13 +442,13 @@ impl EmbeddedSource {
 }
 
 impl Source for EmbeddedSource {
-    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
-        let records = self.read_some(max)?;
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let records = self.read_some(limit)?;
         if !records.is_empty() {
             return Ok(records);
         }
         self.generation = self.log.wait_for_append(self.generation, wait);
-        self.read_some(max)
+        self.read_some(limit)
     }
 
     fn committed(&mut self, _next_offsets: &[(String, u32, u64)]) {

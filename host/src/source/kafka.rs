@@ -32,7 +32,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use super::{Source, SourceError, SourceRecord};
+use super::{Limit, Source, SourceError, SourceRecord};
 use crate::config::KafkaConfig;
 use crate::store::Store;
 
@@ -523,7 +523,7 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         let rejoin = self
             .group
             .readiness
@@ -550,8 +550,9 @@ impl Source for KafkaSource {
         }
         let deadline = Instant::now() + wait;
         let mut out: Vec<SourceRecord> = Vec::new();
+        let mut bytes = 0;
         let mut rebalances = self.group.rebalances.load(Ordering::SeqCst);
-        while out.len() < max {
+        while !limit.reached(out.len(), bytes) {
             let timeout = if out.is_empty() {
                 deadline.saturating_duration_since(Instant::now())
             } else {
@@ -565,6 +566,7 @@ impl Source for KafkaSource {
                 // from the committed offsets by whoever owns it now.
                 rebalances = now;
                 out.clear();
+                bytes = 0;
             }
             match polled {
                 None => {
@@ -588,6 +590,7 @@ impl Source for KafkaSource {
                         self.group.readiness.set(&self.group.pipeline, None);
                     }
                     if let Some(r) = self.convert(&m) {
+                        bytes += r.size();
                         out.push(r);
                     }
                 }

@@ -30,6 +30,19 @@ pub struct SourceRecord {
     pub value: Vec<u8>,
 }
 
+impl SourceRecord {
+    /// Bytes of its key, headers and value (what a poll's byte limit counts).
+    pub fn size(&self) -> usize {
+        self.value.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// Source failures.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -114,15 +127,42 @@ impl Readiness {
     }
 }
 
+/// How much one poll may return: at most `records` records, and no more
+/// records once their keys, headers and values reach `bytes` (a poll always
+/// returns at least one record when one is ready, whatever its size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Most records.
+    pub records: usize,
+    /// Bytes after which no more records are added.
+    pub bytes: usize,
+}
+
+impl Limit {
+    /// Whether a poll holding `records` records of `bytes` bytes is full.
+    pub fn reached(&self, records: usize, bytes: usize) -> bool {
+        records >= self.records || bytes >= self.bytes
+    }
+
+    /// What is left of this limit after `records` records of `bytes` bytes.
+    #[must_use]
+    pub fn less(&self, records: usize, bytes: usize) -> Limit {
+        Limit {
+            records: self.records.saturating_sub(records),
+            bytes: self.bytes.saturating_sub(bytes),
+        }
+    }
+}
+
 /// What a pipeline reads from.
 pub trait Source: Send {
-    /// Returns up to `max` records, waiting at most `wait` when none is ready.
-    /// Records of one partition come in offset order, each exactly once
-    /// unless the source is reset.
+    /// Returns what is ready, within `limit`, waiting at most `wait` when
+    /// nothing is. Records of one partition come in offset order, each
+    /// exactly once unless the source is reset.
     ///
     /// # Errors
     /// When the underlying log or broker fails.
-    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError>;
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError>;
 
     /// Tells the source that everything before these next offsets is
     /// committed with its state (a Kafka source commits them to its group).
@@ -210,20 +250,23 @@ impl Chain {
 }
 
 impl Source for Chain {
-    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         for round in 0..2 {
-            let mut out = Vec::new();
+            let mut out: Vec<SourceRecord> = Vec::new();
+            let mut bytes = 0;
             for s in &mut self.sources {
-                if out.len() >= max {
+                if limit.reached(out.len(), bytes) {
                     break;
                 }
-                out.extend(s.poll(max - out.len(), Duration::ZERO)?);
+                let got = s.poll(limit.less(out.len(), bytes), Duration::ZERO)?;
+                bytes += got.iter().map(SourceRecord::size).sum::<usize>();
+                out.extend(got);
             }
             if !out.is_empty() || round == 1 {
                 return Ok(out);
             }
             if let Some(first) = self.sources.first_mut() {
-                let got = first.poll(max, wait)?;
+                let got = first.poll(limit, wait)?;
                 if !got.is_empty() {
                     return Ok(got);
                 }
