@@ -510,15 +510,30 @@ impl KafkaSource {
         })
     }
 
-    /// Whether a fetched record is still ours to process.
-    fn wanted(&self, r: &SourceRecord) -> bool {
-        let k = (
-            r.topic.to_string(),
-            i32::try_from(r.partition).unwrap_or(-1),
-        );
-        let offset = i64::try_from(r.offset).unwrap_or(i64::MAX);
-        lock(&self.group.assigned).contains(&k)
-            && lock(&self.group.floor).get(&k).is_none_or(|f| offset >= *f)
+    /// Drops fetched records that are no longer ours to process: their
+    /// partition was revoked, or they lie before where the consumer was sent.
+    /// (Takes the group's locks once per poll, not per record.)
+    fn keep_wanted(&self, records: &mut Vec<SourceRecord>) {
+        // topic → partition → the lowest offset to hand out, if any.
+        let mut wanted: HashMap<String, HashMap<i32, Option<i64>>> = HashMap::new();
+        {
+            let assigned = lock(&self.group.assigned);
+            let floor = lock(&self.group.floor);
+            for (t, p) in assigned.iter() {
+                wanted
+                    .entry(t.clone())
+                    .or_default()
+                    .insert(*p, floor.get(&(t.clone(), *p)).copied());
+            }
+        }
+        records.retain(|r| {
+            let partition = i32::try_from(r.partition).unwrap_or(-1);
+            let offset = i64::try_from(r.offset).unwrap_or(i64::MAX);
+            wanted
+                .get(&*r.topic)
+                .and_then(|ps| ps.get(&partition))
+                .is_some_and(|f| f.is_none_or(|f| offset >= f))
+        });
     }
 }
 
@@ -596,7 +611,7 @@ impl Source for KafkaSource {
                 }
             }
         }
-        out.retain(|r| self.wanted(r));
+        self.keep_wanted(&mut out);
         Ok(out)
     }
 
