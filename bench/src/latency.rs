@@ -9,7 +9,8 @@
 //!
 //! Phase 2 keeps ingest at `query_ingest_rate` and sends `get_rate` GET
 //! state requests/s, open loop (each request has a scheduled time; latency
-//! counts from it, so a stall is not hidden), from `get_threads` threads.
+//! counts from it, so a stall is not hidden), from one thread over
+//! `get_connections` keep-alive connections.
 
 #![allow(
     clippy::indexing_slicing,
@@ -45,8 +46,8 @@ pub struct Settings {
     pub get_rate: u64,
     /// Events/s of ingest during phase 2.
     pub query_ingest_rate: u64,
-    /// Threads sending the GET requests.
-    pub get_threads: usize,
+    /// Keep-alive connections the GET requests go over.
+    pub get_connections: usize,
     /// Where to write the JSON results.
     pub out: PathBuf,
 }
@@ -179,54 +180,99 @@ fn sample_http(base: &str, rx: std::sync::mpsc::Receiver<Sample>) -> Vec<u64> {
     out
 }
 
-/// Open-loop GETs at `rate`/s spread over `threads` threads.
-fn query_load(s: &Settings, base: &str, rate: u64, threads: usize) -> (Vec<u64>, u64) {
-    let per_thread = (rate as f64 / threads.max(1) as f64).max(1.0);
-    let interval = Duration::from_secs_f64(1.0 / per_thread);
-    let seconds = s.seconds;
+/// Open-loop GETs at `rate`/s for the scenario's seconds, from one thread
+/// (a current-thread tokio runtime) over `connections` keep-alive
+/// connections, so the load generator takes as little of the machine as it
+/// can. Request `i` is due at `start + i / rate`; a request sent late (it
+/// waited for a free connection: the server is slow) counts from its due
+/// time, so a stall is not hidden. Returns the latencies (µs) and
+/// the count of failed requests.
+fn query_load(s: &Settings, base: &str, rate: u64, connections: usize) -> Result<(Vec<u64>, u64)> {
+    let addr = base
+        .strip_prefix("http://")
+        .context("base URL is not http://")?
+        .to_owned();
+    let total = rate.saturating_mul(s.seconds);
     let keys = s.keys;
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let base = base.to_owned();
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                let start = Instant::now();
-                let end = start + Duration::from_secs(seconds);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let start = tokio::time::Instant::now() + Duration::from_millis(50);
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..connections.max(1) {
+            let (addr, next) = (addr.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
-                let mut i = t as u64;
-                let mut due = start + interval.mul_f64(t as f64 / threads.max(1) as f64);
-                while due < end {
-                    if let Some(w) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(w);
+                let mut conn = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
                     }
-                    let url = format!("{base}/v1/pipelines/p/state/{}", key(i * 31, keys));
-                    match agent.get(&url).call() {
-                        Ok(r) if r.status() == 200 || r.status() == 404 => {
-                            let _ = r.into_body().read_to_vec();
-                            lat.push(due.elapsed().as_micros() as u64);
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    // tokio's timer ticks in milliseconds: wake a tick early
+                    // and start the clock at the send (or at the due time
+                    // when sent late), so timer lag is not taken for server
+                    // latency and waiting for the server still is.
+                    tokio::time::sleep_until(due - Duration::from_millis(1)).await;
+                    let sent = tokio::time::Instant::now().min(due);
+                    if conn.is_none() {
+                        conn = connect(&addr).await.ok();
+                    }
+                    let Some(sender) = conn.as_mut() else {
+                        errors += 1;
+                        continue;
+                    };
+                    let path = format!("/v1/pipelines/p/state/{}", key(i * 31, keys));
+                    match get(sender, &addr, &path).await {
+                        Ok(status) if status == 200 || status == 404 => {
+                            lat.push(sent.elapsed().as_micros() as u64);
                         }
-                        _ => errors += 1,
+                        Ok(_) => errors += 1,
+                        Err(_) => {
+                            errors += 1;
+                            conn = None;
+                        }
                     }
-                    i += threads as u64;
-                    due += interval;
                 }
                 (lat, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for h in handles {
-        if let Ok((l, e)) = h.join() {
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await?;
             all.extend(l);
             errors += e;
         }
-    }
-    (all, errors)
+        Ok((all, errors))
+    })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>;
+
+async fn connect(addr: &str) -> Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(sender: &mut Sender, host: &str, path: &str) -> Result<u16> {
+    use http_body_util::BodyExt;
+    sender.ready().await?;
+    let req = hyper::Request::get(path)
+        .header("host", host)
+        .body(http_body_util::Empty::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await?;
+    Ok(status)
 }
 
 /// Runs the scenario and prints the table.
@@ -283,7 +329,7 @@ pub fn run(s: &Settings) -> Result<()> {
             std::thread::spawn(move || produce((&base, &agent), load, produced + 1, None, None))
         };
         let started = Instant::now();
-        let (lat, errors) = query_load(s, &p.base, s.get_rate, s.get_threads);
+        let (lat, errors) = query_load(s, &p.base, s.get_rate, s.get_connections)?;
         let achieved = lat.len() as f64 / started.elapsed().as_secs_f64();
         let ingested = ingest
             .join()

@@ -158,9 +158,9 @@ enum Command {
         /// Events/s of ingest during the query phase.
         #[arg(long, default_value_t = 10_000)]
         query_ingest_rate: u64,
-        /// Threads sending GET requests.
-        #[arg(long, default_value_t = 16)]
-        get_threads: usize,
+        /// Keep-alive connections the GET requests go over (from one thread).
+        #[arg(long, default_value_t = 64)]
+        get_connections: usize,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/latency.json")]
         out: PathBuf,
@@ -538,7 +538,7 @@ fn main() -> Result<()> {
             keys,
             get_rate,
             query_ingest_rate,
-            get_threads,
+            get_connections,
             out,
         } => latency::run(&latency::Settings {
             eddy,
@@ -548,7 +548,7 @@ fn main() -> Result<()> {
             keys,
             get_rate,
             query_ingest_rate,
-            get_threads,
+            get_connections,
             out,
         }),
         Command::Sse {
