@@ -297,7 +297,10 @@ aggregator = "sum"
         host.wait_caught_up("sums", T).await?;
     }
     let (status, state) = host.get("/v1/pipelines/sums/state/k").await?;
-    ensure!(status == 200 && state == json!({ "sum": 5 }), "{status} {state}");
+    ensure!(
+        status == 200 && state == json!({ "sum": 5 }),
+        "{status} {state}"
+    );
     let (_, dead) = host.get("/v1/pipelines/sums/dead-letters").await?;
     let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
     ensure!(letters.len() == 1, "{dead}");

@@ -415,6 +415,8 @@ struct Live {
 pub struct Instance {
     plugin: Arc<Plugin>,
     live: Option<Live>,
+    /// The plugin's call-duration histogram, looked up on the first call.
+    calls: Option<metrics::Histogram>,
     slot: Option<(Arc<registry::Slot>, u64)>,
     /// The pipeline it serves (for log lines); empty outside a pipeline.
     pipeline: Arc<str>,
@@ -429,6 +431,7 @@ impl Instance {
         Instance {
             plugin,
             live: None,
+            calls: None,
             slot: None,
             pipeline: Arc::from(""),
         }
@@ -448,6 +451,7 @@ impl Instance {
         Instance {
             plugin: slot.current(),
             live: None,
+            calls: None,
             slot: Some((slot, generation)),
             pipeline: Arc::from(""),
         }
@@ -498,7 +502,7 @@ impl Instance {
             );
             store.limiter(|ctx| &mut ctx.limiter);
             store.epoch_deadline_trap();
-            arm(&mut store, &p.config);
+            arm(&mut store, p.config.timeout_ms);
             let instance = p
                 .pre
                 .instantiate(&mut store)
@@ -566,11 +570,13 @@ impl Instance {
     ) -> Result<(String, Vec<Emitted>), PluginError> {
         let started = std::time::Instant::now();
         let r = self.apply_once(key, state, events);
-        crate::telemetry::plugin_call(
-            &self.plugin.name,
-            started.elapsed(),
-            r.as_ref().err().map(PluginError::class),
-        );
+        let took = started.elapsed().as_secs_f64();
+        self.calls
+            .get_or_insert_with(|| crate::telemetry::plugin_calls(&self.plugin.name))
+            .record(took);
+        if let Err(e) = &r {
+            crate::telemetry::plugin_failure(&self.plugin.name, e.class());
+        }
         r
     }
 
@@ -580,7 +586,7 @@ impl Instance {
         state: Option<&str>,
         events: &[bindings::Event],
     ) -> Result<(String, Vec<Emitted>), PluginError> {
-        let config = self.plugin.config.clone();
+        let timeout_ms = self.plugin.config.timeout_ms;
         let live = self.live()?;
         let Guest::Aggregator(guest) = &live.guest else {
             return Err(self.wrong_kind("an aggregator"));
@@ -589,7 +595,7 @@ impl Instance {
         store.data_mut().key.clear();
         store.data_mut().key.push_str(key);
         store.data_mut().offset = events.first().map(|e| e.offset);
-        arm(store, &config);
+        arm(store, timeout_ms);
         let r = guest
             .call_apply(&mut *store, key, state, events)
             .map_err(anyhow::Error::from);
@@ -650,7 +656,7 @@ impl Instance {
         &mut self,
         events: &[bindings::Event],
     ) -> Result<Vec<Result<Vec<Emitted>, PluginError>>, PluginError> {
-        let config = self.plugin.config.clone();
+        let timeout_ms = self.plugin.config.timeout_ms;
         let live = self.live()?;
         let Guest::Handler(guest) = &live.guest else {
             return Err(self.wrong_kind("a handler"));
@@ -658,7 +664,7 @@ impl Instance {
         let store = &mut live.store;
         store.data_mut().key.clear();
         store.data_mut().offset = events.first().map(|e| e.offset);
-        arm(store, &config);
+        arm(store, timeout_ms);
         let r = guest
             .call_handle(&mut *store, events)
             .map_err(anyhow::Error::from);
@@ -718,9 +724,9 @@ fn wasi_ctx(config: &PluginConfig) -> Result<WasiCtx, PluginError> {
 }
 
 /// Sets the call's deadline and clears the memory-limit flag.
-fn arm(store: &mut Store<PluginCtx>, config: &PluginConfig) {
+fn arm(store: &mut Store<PluginCtx>, timeout_ms: u64) {
     let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
-    store.set_epoch_deadline(config.timeout_ms.div_ceil(tick_ms) + 1);
+    store.set_epoch_deadline(timeout_ms.div_ceil(tick_ms) + 1);
     store.data_mut().limiter.hit = false;
 }
 
