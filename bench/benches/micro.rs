@@ -87,7 +87,7 @@ fn plugin_call(c: &mut Criterion) {
         g.bench_function(format!("wasm/{batch}"), |b| {
             b.iter(|| {
                 instance
-                    .apply("k000000", None, black_box(&events))
+                    .apply(workload::ONE_KEY, None, black_box(&events))
                     .expect("fold")
             });
         });
@@ -96,7 +96,9 @@ fn plugin_call(c: &mut Criterion) {
                 || native.clone(),
                 |evs| {
                     eddy_sdk::runtime::apply::<async_process_aggregator::AsyncProcessAggregator>(
-                        "k000000", None, evs,
+                        workload::ONE_KEY,
+                        None,
+                        evs,
                     )
                 },
                 BatchSize::SmallInput,

@@ -292,7 +292,7 @@ fn plugins(
         let native_events = workload::native(&evs);
         cells.push(measure("native", batch, budget, || {
             let r = eddy_sdk::runtime::apply::<async_process_aggregator::AsyncProcessAggregator>(
-                "bench",
+                workload::ONE_KEY,
                 None,
                 native_events.clone(),
             );
@@ -302,7 +302,7 @@ fn plugins(
         for (label, instance) in &mut instances {
             cells.push(measure(label, batch, budget, || {
                 instance
-                    .apply("bench", None, &evs)
+                    .apply(workload::ONE_KEY, None, &evs)
                     .map(drop)
                     .map_err(|e| anyhow::anyhow!("{e}"))
             })?);

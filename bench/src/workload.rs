@@ -22,7 +22,10 @@ pub fn execution(n: u64, keys: u64) -> serde_json::Value {
     })
 }
 
-/// `n` executions of one key, as the host hands them to an aggregator.
+/// The key of [`one_key_batch`]'s events.
+pub const ONE_KEY: &str = "k000000";
+
+/// `n` executions of one key ([`ONE_KEY`]), as the host hands them to an aggregator.
 #[must_use]
 pub fn one_key_batch(n: usize) -> Vec<Event> {
     (0..n as u64)
@@ -31,7 +34,7 @@ pub fn one_key_batch(n: usize) -> Vec<Event> {
             partition: 0,
             offset: i as i64,
             timestamp_ms: 0,
-            key: Some("k000000".into()),
+            key: Some(ONE_KEY.into()),
             headers: Vec::new(),
             schema_id: None,
             value: execution(i, 1).to_string(),
