@@ -18,17 +18,10 @@ use super::DecodeError;
 use crate::schema::SchemaSource;
 
 /// Decodes wire-format values with a pipeline's reader schema.
-///
-/// Each writer schema id gets a datum reader built once (its schemas'
-/// names resolved, for the writer and the reader schema) and kept for the
-/// life of the process, as schema ids never change meaning: building one per
-/// value cost as much as decoding the value. The schemas they borrow are
-/// interned (leaked): one per schema id a pipeline ever meets, plus its
-/// reader schema.
 pub struct AvroDecoder {
     source: Arc<dyn SchemaSource>,
-    reader: Option<&'static Schema>,
-    writers: Mutex<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
+    reader: Option<Schema>,
+    writers: Mutex<HashMap<u32, Arc<Schema>>>,
 }
 
 impl AvroDecoder {
@@ -37,12 +30,12 @@ impl AvroDecoder {
     pub fn new(source: Arc<dyn SchemaSource>, reader: Option<Schema>) -> Self {
         AvroDecoder {
             source,
-            reader: reader.map(|r| &*Box::leak(Box::new(r))),
+            reader,
             writers: Mutex::default(),
         }
     }
 
-    fn datum_reader(&self, id: u32) -> Result<Arc<GenericDatumReader<'static>>, DecodeError> {
+    fn writer(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
         if let Some(s) = self
             .writers
             .lock()
@@ -56,24 +49,18 @@ impl AvroDecoder {
             .schema_text(id)
             .map_err(|error| DecodeError::RegistryUnavailable { id, error })?
             .ok_or(DecodeError::UnknownSchema { id })?;
-        let schema = Schema::parse_str(&text).map_err(|e| DecodeError::BadWriterSchema {
-            id,
-            error: e.to_string(),
-        })?;
-        let writer: &'static Schema = Box::leak(Box::new(schema));
-        let reader = GenericDatumReader::builder(writer)
-            .maybe_reader_schema(self.reader)
-            .build()
-            .map(Arc::new)
-            .map_err(|e| DecodeError::BadWriterSchema {
-                id,
-                error: e.to_string(),
-            })?;
+        let schema =
+            Arc::new(
+                Schema::parse_str(&text).map_err(|e| DecodeError::BadWriterSchema {
+                    id,
+                    error: e.to_string(),
+                })?,
+            );
         self.writers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, reader.clone());
-        Ok(reader)
+            .insert(id, schema.clone());
+        Ok(schema)
     }
 
     /// Decodes one value to JSON text; returns it with the writer schema id.
@@ -83,12 +70,15 @@ impl AvroDecoder {
     /// decode (truncated or corrupt), or an unreachable registry (retryable).
     pub fn decode(&self, bytes: &[u8]) -> Result<(String, u32), DecodeError> {
         let (id, mut payload) = split_wire(bytes)?;
-        let reader = self.datum_reader(id)?;
+        let writer = self.writer(id)?;
         let corrupt = |error: String| DecodeError::Avro { id, error };
         // The datum reader is not trusted with hostile bytes: a panic in it
         // becomes this event's dead letter, never the pipeline's end.
         let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            reader.read_value(&mut payload)
+            GenericDatumReader::builder(&writer)
+                .maybe_reader_schema(self.reader.as_ref())
+                .build()
+                .and_then(|r| r.read_value(&mut payload))
         }))
         .map_err(|_| corrupt("the datum reader failed on this value".into()))?
         .map_err(|e| corrupt(e.to_string()))?;
