@@ -415,8 +415,17 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Two read threads per core: reads are short and mostly CPU, but one
+    // may wait on the disk.
+    let read_threads = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .saturating_mul(2);
     let state = AppState {
         store: store.clone(),
+        reads: Arc::new(
+            crate::http::reads::Reads::start(read_threads)
+                .context("cannot start the store read threads")?,
+        ),
         log: log.clone(),
         sink: sink.clone(),
         hub,

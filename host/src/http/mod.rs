@@ -6,6 +6,7 @@ mod dead_letters;
 pub mod guard;
 mod plugins;
 mod produce;
+pub mod reads;
 mod registry;
 mod replay;
 mod sse;
@@ -30,8 +31,10 @@ use crate::store::Store;
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
-    /// The store (read through `spawn_blocking`).
+    /// The store (read through `spawn_blocking`, or [`AppState::reads`]).
     pub store: Store,
+    /// The threads the query routes read the store on.
+    pub reads: Arc<reads::Reads>,
     /// The embedded log (its topics on the embedded source, the replay
     /// topics on both).
     pub log: Arc<EmbeddedLog>,
@@ -137,6 +140,17 @@ impl IntoResponse for AppError {
 type ApiResult<T> = Result<T, AppError>;
 
 /// Runs a blocking store read off the async workers.
+/// Runs a query route's store read on the read pool.
+async fn read<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    s.reads
+        .run(f)
+        .await
+        .ok_or_else(|| AppError::internal("the store read failed"))?
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
@@ -471,8 +485,8 @@ async fn get_state(
     }
     s.pipeline(&pipeline)?;
     let store = s.store.clone();
-    blocking(
-        move || match store.state(&pipeline, &key).map_err(AppError::internal)? {
+    read(&s, move || {
+        match store.state(&pipeline, &key).map_err(AppError::internal)? {
             Some(st) => Ok(json_text(format!(
                 "{{\"state\":{},\"seq\":{},\"plugin_version\":{}}}",
                 st.json,
@@ -482,22 +496,22 @@ async fn get_state(
             None => Err(AppError::not_found(format!(
                 "pipeline {pipeline:?} has no state for key {key:?}"
             ))),
-        },
-    )
+        }
+    })
     .await
 }
 
 async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {
     s.pipeline(&pipeline)?;
     let store = s.store.clone();
-    blocking(
-        move || match store.state(&pipeline, &key).map_err(AppError::internal)? {
+    read(&s, move || {
+        match store.state(&pipeline, &key).map_err(AppError::internal)? {
             Some(st) => Ok(json_text(st.json)),
             None => Err(AppError::not_found(format!(
                 "pipeline {pipeline:?} has no state for key {key:?}"
             ))),
-        },
-    )
+        }
+    })
     .await
 }
 
@@ -523,7 +537,7 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
         )));
     }
     let store = s.store.clone();
-    blocking(move || {
+    read(&s, move || {
         let rows = store.latest(&pipeline, limit).map_err(AppError::internal)?;
         let mut body =
             String::with_capacity(rows.iter().map(|(_, s)| s.json.len() + 1).sum::<usize>() + 2);
