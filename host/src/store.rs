@@ -543,8 +543,8 @@ impl Store {
     }
 
     /// Reads up to `max` records of a partition from offset `from` to `end`
-    /// (exclusive), in offset order, stopping early once the records read
-    /// hold `max_bytes` bytes (keys, headers and values; at least one record).
+    /// (exclusive), in offset order, stopping early once the stored records
+    /// read come to `max_bytes` bytes (at least one record).
     ///
     /// # Errors
     /// On an I/O error or a corrupt record.
