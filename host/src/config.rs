@@ -110,6 +110,11 @@ pub struct KafkaConfig {
     /// How long start-up waits for the brokers before giving up, in ms.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// How long a replay or a shadow run waits for records it expects from
+    /// the brokers before it fails (a replay that fails leaves the live
+    /// state as it was), in ms.
+    #[serde(default = "default_replay_stall_timeout_ms")]
+    pub replay_stall_timeout_ms: u64,
 }
 
 fn default_group_id() -> String {
@@ -123,6 +128,9 @@ fn default_replication() -> i32 {
 }
 fn default_connect_timeout_ms() -> u64 {
     10_000
+}
+fn default_replay_stall_timeout_ms() -> u64 {
+    30_000
 }
 
 impl Default for SourceConfig {

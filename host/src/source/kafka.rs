@@ -32,6 +32,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
+use super::rewind::{Polled, Rewind};
 use super::{Limit, Source, SourceError, SourceRecord};
 use crate::config::KafkaConfig;
 use crate::store::Store;
@@ -421,6 +422,40 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// A fetched message as a [`SourceRecord`] (`topic` is shared when the
+/// message is of it); `None` for a negative partition or offset.
+fn record_of(m: &rdkafka::message::BorrowedMessage<'_>, topic: &Arc<str>) -> Option<SourceRecord> {
+    let partition = u32::try_from(m.partition()).ok()?;
+    let offset = u64::try_from(m.offset()).ok()?;
+    let topic = if m.topic() == &**topic {
+        topic.clone()
+    } else {
+        Arc::from(m.topic())
+    };
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(SourceRecord {
+        topic,
+        partition,
+        offset,
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        key: m.key().map(<[u8]>::to_vec),
+        headers,
+        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    })
+}
+
 /// A pipeline's group consumer over its input topic.
 pub struct KafkaSource {
     consumer: BaseConsumer<GroupContext>,
@@ -475,38 +510,6 @@ impl KafkaSource {
             consumer,
             group,
             topic: Arc::from(topic),
-        })
-    }
-
-    fn convert(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<SourceRecord> {
-        let partition = u32::try_from(m.partition()).ok()?;
-        let offset = u64::try_from(m.offset()).ok()?;
-        let topic = if m.topic() == &*self.topic {
-            self.topic.clone()
-        } else {
-            Arc::from(m.topic())
-        };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(SourceRecord {
-            topic,
-            partition,
-            offset,
-            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-            key: m.key().map(<[u8]>::to_vec),
-            headers,
-            value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         })
     }
 
@@ -604,7 +607,7 @@ impl Source for KafkaSource {
                     if self.group.down.swap(false, Ordering::SeqCst) {
                         self.group.readiness.set(&self.group.pipeline, None);
                     }
-                    if let Some(r) = self.convert(&m) {
+                    if let Some(r) = record_of(&m, &self.topic) {
                         bytes += r.size();
                         out.push(r);
                     }
@@ -659,6 +662,170 @@ impl Drop for KafkaSource {
         while Instant::now() < until && !lock(&self.group.assigned).is_empty() {
             let _ = self.consumer.poll(Duration::from_millis(50));
         }
+    }
+}
+
+impl ConsumerContext for AdminContext {}
+
+/// A topic of the cluster read by position (a [`Rewind`]): a consumer in no
+/// group, assigned exactly the partitions it is asked for, that never
+/// commits anything — a replay or a shadow run leaves the pipeline's group
+/// and its offsets alone.
+pub struct KafkaRewind {
+    consumer: BaseConsumer<AdminContext>,
+    topic: Arc<str>,
+    partitions: u32,
+    timeout: Duration,
+}
+
+impl KafkaRewind {
+    /// A reader of `topic`, after checking that the brokers answer and the
+    /// topic exists.
+    ///
+    /// # Errors
+    /// A bad librdkafka property, unreachable brokers or a missing topic.
+    pub fn open(cfg: &KafkaConfig, topic: &str) -> Result<Self, SourceError> {
+        let mut config = client_config(cfg, Role::Consumer);
+        config
+            .set("client.id", format!("{}.rewind", cfg.client_id))
+            // librdkafka assigns partitions only to a consumer with a group
+            // id; this one never subscribes or commits, so it never joins
+            // (or touches the offsets of) that group.
+            .set("group.id", format!("{}.rewind", cfg.group_id))
+            // Tells the reader when a partition has nothing more for now.
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer<AdminContext> = config
+            .create_with_context(AdminContext::default())
+            .map_err(|e| SourceError::Config {
+                error: e.to_string(),
+            })?;
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| unreachable(cfg, &e))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| SourceError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+        Ok(KafkaRewind {
+            consumer,
+            topic: Arc::from(topic),
+            partitions: u32::try_from(partitions).unwrap_or(u32::MAX),
+            timeout,
+        })
+    }
+
+    fn broker_error(&self, e: &KafkaError) -> SourceError {
+        SourceError::Broker {
+            topic: self.topic.to_string(),
+            error: e.to_string(),
+        }
+    }
+}
+
+fn kafka_partition(p: u32) -> i32 {
+    i32::try_from(p).unwrap_or(i32::MAX)
+}
+
+impl Rewind for KafkaRewind {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn watermarks(&mut self, partition: u32) -> Result<(u64, u64), SourceError> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, kafka_partition(partition), self.timeout)
+            .map_err(|e| self.broker_error(&e))?;
+        Ok((
+            u64::try_from(low).unwrap_or(0),
+            u64::try_from(high).unwrap_or(0),
+        ))
+    }
+
+    fn offset_for_time(&mut self, partition: u32, timestamp_ms: i64) -> Result<u64, SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.topic,
+            kafka_partition(partition),
+            Offset::Offset(timestamp_ms),
+        )
+        .map_err(|e| self.broker_error(&e))?;
+        let found = self
+            .consumer
+            .offsets_for_times(tpl, self.timeout)
+            .map_err(|e| self.broker_error(&e))?;
+        match found
+            .find_partition(&self.topic, kafka_partition(partition))
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) if o >= 0 => Ok(u64::try_from(o).unwrap_or(0)),
+            // No record at or after that time: the partition's end.
+            _ => Ok(self.watermarks(partition)?.1),
+        }
+    }
+
+    fn assign(&mut self, positions: &[(u32, u64)]) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in positions {
+            tpl.add_partition_offset(
+                &self.topic,
+                kafka_partition(*p),
+                Offset::Offset(i64::try_from(*o).unwrap_or(i64::MAX)),
+            )
+            .map_err(|e| self.broker_error(&e))?;
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| self.broker_error(&e))
+    }
+
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Polled, SourceError> {
+        let deadline = Instant::now() + wait;
+        let mut polled = Polled::default();
+        let mut bytes = 0;
+        while !limit.reached(polled.records.len(), bytes) {
+            let idle = polled.records.is_empty() && polled.at_end.is_empty();
+            let timeout = if idle {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                None => {
+                    if !idle || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Ok(p) = u32::try_from(p) {
+                        polled.at_end.push(p);
+                    }
+                }
+                Some(Err(e)) => {
+                    // Kept to explain a read that stalls; the client retries.
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka reader");
+                    *lock(&self.consumer.context().last_error) = Some(e.to_string());
+                    break;
+                }
+                Some(Ok(m)) => {
+                    if let Some(r) = record_of(&m, &self.topic) {
+                        bytes += r.size();
+                        polled.records.push(r);
+                    }
+                }
+            }
+        }
+        Ok(polled)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        lock(&self.consumer.context().last_error).clone()
     }
 }
 

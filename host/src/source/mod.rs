@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod rewind;
 
 use std::sync::Arc;
 use std::time::Duration;
