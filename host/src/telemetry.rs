@@ -137,6 +137,11 @@ pub fn plugin_calls(plugin: &str) -> metrics::Histogram {
     metrics::histogram!("eddy_plugin_call_duration_seconds", "plugin" => plugin.to_owned())
 }
 
+/// Records a retry of a plugin call that failed retryably.
+pub fn plugin_retry(plugin: &str) {
+    metrics::counter!("eddy_plugin_retries_total", "plugin" => plugin.to_owned()).increment(1);
+}
+
 /// Records a failed plugin call or event.
 pub fn plugin_failure(plugin: &str, class: &'static str) {
     metrics::counter!("eddy_plugin_failures_total", "plugin" => plugin.to_owned(), "class" => class)

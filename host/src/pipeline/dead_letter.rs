@@ -3,12 +3,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::source::SourceRecord;
 
 /// Where in the pipeline an event failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// The value did not decode.
@@ -33,8 +33,8 @@ impl Stage {
     }
 }
 
-/// One dead letter.
-#[derive(Debug, Clone, Serialize)]
+/// One dead letter, as stored (JSON, with its id) and served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Pipeline.
     pub pipeline: String,
@@ -70,6 +70,53 @@ pub struct DeadLetter {
     pub retry_delays_ms: Vec<u64>,
     /// When it was dead-lettered.
     pub dead_lettered_at_ms: i64,
+}
+
+/// Where an event first came from: `topic/partition/offset` of the record
+/// as first read from the pipeline's input, also when it ran again through
+/// the replay topic (a replayed dead letter, a released parked event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+}
+
+impl Origin {
+    /// The origin of a record with these headers read at this position:
+    /// its first `eddy-source` header when it has one (the first is the
+    /// oldest), else the position itself.
+    pub fn of(headers: &[(String, Vec<u8>)], topic: &str, partition: u32, offset: u64) -> Origin {
+        headers
+            .iter()
+            .find(|(n, _)| n == super::SOURCE_HEADER)
+            .and_then(|(_, v)| Origin::parse(std::str::from_utf8(v).ok()?))
+            .unwrap_or_else(|| Origin {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+            })
+    }
+
+    /// Reads `topic/partition/offset` (the topic may hold no `/`).
+    pub fn parse(text: &str) -> Option<Origin> {
+        let (rest, offset) = text.rsplit_once('/')?;
+        let (topic, partition) = rest.rsplit_once('/')?;
+        Some(Origin {
+            topic: topic.to_owned(),
+            partition: partition.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
+    }
 }
 
 impl DeadLetter {
@@ -132,6 +179,25 @@ impl DeadLetter {
     pub fn key(mut self, key: &str) -> Self {
         self.key = Some(key.to_owned());
         self
+    }
+
+    /// Where its event first came from (see [`Origin`]).
+    pub fn origin(&self) -> Origin {
+        let headers: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == super::SOURCE_HEADER)
+            .filter_map(|(n, v)| Some((n.clone(), unbase64(v)?)))
+            .collect();
+        Origin::of(&headers, &self.topic, self.partition, self.offset)
+    }
+
+    /// Reads a stored dead letter.
+    ///
+    /// # Errors
+    /// When the JSON is not a dead letter.
+    pub fn from_json(json: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(json)
     }
 
     /// As stored and served: JSON with its id.

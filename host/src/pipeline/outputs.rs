@@ -1,0 +1,329 @@
+//! What a micro-batch produced, and the atomic commit built from it: new
+//! states with their change numbers, emitted, changelog and dead-letter
+//! records, dead letters, quarantined keys and parked events.
+//!
+//! The live worker commits it with the next source offsets; a replay's
+//! rebuild commits the same thing into its side namespace (without the
+//! records: a rebuild repeats no side effects).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::dead_letter::{DeadLetter, Stage};
+use super::fold::{Attempted, KeyFold};
+use super::{ID_HEADER, Item, SOURCE_HEADER};
+use crate::execute::{Emitted, Plugin};
+use crate::source::SourceRecord;
+use crate::source::embedded::ProduceRecord;
+use crate::store::{Change, Commit, LogRecord, Store, StoreError};
+
+/// Who folded: the pipeline, its aggregator and whether a failure
+/// quarantines the key.
+#[derive(Clone, Copy)]
+pub struct Folder<'a> {
+    /// The pipeline.
+    pub pipeline: &'a str,
+    /// The aggregator's plugin.
+    pub plugin: &'a Plugin,
+    /// Whether a failed event quarantines its key.
+    pub quarantine: bool,
+}
+
+/// What processing a micro-batch produced, before it is committed.
+#[derive(Default)]
+pub struct Outputs {
+    /// New states: (key, state, the key's previous change number).
+    pub states: Vec<(String, String, Option<u64>)>,
+    /// Records for other topics: (topic, record).
+    pub emits: Vec<(String, ProduceRecord)>,
+    /// Dead letters, in the order they happened.
+    pub dead: Vec<DeadLetter>,
+    /// Keys that got a new dead letter in quarantine mode (once per letter),
+    /// with the offset of the event that failed.
+    pub quarantine: Vec<(String, u64)>,
+    /// Events held back behind a quarantined key.
+    pub park: Vec<(String, SourceRecord)>,
+}
+
+impl Outputs {
+    /// Adds what folding `key`'s events (`group`, in order) produced by
+    /// `by`, whose previous change number was `previous_seq`.
+    pub fn add_fold(
+        &mut self,
+        by: &Folder<'_>,
+        key: &str,
+        group: &[&Item],
+        fold: KeyFold,
+        previous_seq: Option<u64>,
+    ) {
+        let Folder {
+            pipeline,
+            plugin,
+            quarantine,
+        } = *by;
+        for (index, emits) in fold.emits {
+            if let Some(item) = group.get(index) {
+                self.add_emits(&item.record, emits);
+            }
+        }
+        for failed in fold.failed {
+            let Some(item) = group.get(failed.index) else {
+                continue;
+            };
+            self.dead.push(
+                DeadLetter::new(
+                    pipeline,
+                    &item.record,
+                    Stage::Aggregate,
+                    failed.error.class(),
+                    failed.error.to_string(),
+                )
+                .plugin(&plugin.name, &plugin.version)
+                .key(key)
+                .retries(failed.delays),
+            );
+            if quarantine {
+                self.quarantine(key, item.record.offset);
+            }
+        }
+        if let Some(state) = fold.state {
+            self.states.push((key.to_owned(), state, previous_seq));
+        }
+        if let Some(from) = fold.held_from {
+            self.hold(key, group.get(from..).unwrap_or_default());
+        }
+    }
+
+    /// Records that `key` got a dead letter for the event at `offset` in
+    /// quarantine mode.
+    pub fn quarantine(&mut self, key: &str, offset: u64) {
+        self.quarantine.push((key.to_owned(), offset));
+    }
+
+    /// Holds `items` back behind their quarantined `key`.
+    pub fn hold(&mut self, key: &str, items: &[&Item]) {
+        for item in items {
+            self.park.push((key.to_owned(), item.record.clone()));
+        }
+    }
+
+    /// Adds a handler's results, one per item.
+    pub fn add_handled(
+        &mut self,
+        pipeline: &str,
+        plugin: &Plugin,
+        items: &[Item],
+        results: Vec<Attempted<Vec<Emitted>>>,
+    ) {
+        for (item, (result, delays)) in items.iter().zip(results) {
+            match result {
+                Ok(emits) => self.add_emits(&item.record, emits),
+                Err(e) => self.dead.push(
+                    DeadLetter::new(
+                        pipeline,
+                        &item.record,
+                        Stage::Handle,
+                        e.class(),
+                        e.to_string(),
+                    )
+                    .plugin(&plugin.name, &plugin.version)
+                    .key(&item.key)
+                    .retries(delays),
+                ),
+            }
+        }
+    }
+
+    fn add_emits(&mut self, source: &SourceRecord, emits: Vec<Emitted>) {
+        for (i, e) in emits.into_iter().enumerate() {
+            self.emits.push(to_produce(source, i, e));
+        }
+    }
+}
+
+/// Where a batch's commit goes and the numbers it continues from.
+pub struct Target<'a> {
+    /// The pipeline (for log lines and metrics).
+    pub pipeline: &'a str,
+    /// Where its states go: the pipeline itself, or a replay's namespace.
+    pub name: &'a str,
+    /// The store (quarantine counts and park numbers are read from it).
+    pub store: &'a Store,
+    /// Last change number used.
+    pub seq: &'a mut u64,
+    /// Last dead-letter id used.
+    pub dead_id: &'a mut u64,
+    /// Topic each new state is appended to, if any.
+    pub changelog: Option<&'a str>,
+    /// Topic each dead letter is appended to, if any.
+    pub dlq: Option<&'a str>,
+    /// Version of the aggregator that produced the states.
+    pub plugin_version: String,
+    /// The aggregator's name, for log lines.
+    pub aggregator: Option<&'a str>,
+}
+
+impl Outputs {
+    /// Builds the atomic commit of these outputs and the records it
+    /// produces (emits, then changelog and dead-letter records); numbers
+    /// states and dead letters after `target`'s and moves them on.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn into_commit(
+        self,
+        target: Target<'_>,
+    ) -> Result<(Commit, Vec<(String, ProduceRecord)>), StoreError> {
+        let Outputs {
+            states,
+            mut emits,
+            dead,
+            quarantine,
+            park,
+        } = self;
+        let mut commit = Commit {
+            pipeline: target.name.to_owned(),
+            plugin_version: target.plugin_version,
+            ..Commit::default()
+        };
+        for (key, state, previous) in states {
+            *target.seq += 1;
+            let change = Change {
+                seq: *target.seq,
+                key,
+                state,
+            };
+            if let Some(topic) = target.changelog {
+                emits.push((
+                    topic.to_owned(),
+                    ProduceRecord {
+                        partition: None,
+                        key: Some(change.key.as_bytes().to_vec()),
+                        headers: vec![(
+                            ID_HEADER.to_owned(),
+                            format!("{}/changes/{}", target.pipeline, change.seq).into_bytes(),
+                        )],
+                        value: change.state.as_bytes().to_vec(),
+                    },
+                ));
+            }
+            commit.states.push((change, previous));
+        }
+        commit.last_seq = *target.seq;
+        // A rebuild's failures are counted in its progress, not as the live pipeline's.
+        let live = target.name == target.pipeline;
+        for dl in dead {
+            *target.dead_id += 1;
+            let json = dl.to_json(*target.dead_id);
+            if live {
+                tracing::warn!(
+                    pipeline = %target.pipeline, key = dl.key.as_deref(), plugin = dl.plugin.as_deref(),
+                    topic = %dl.topic, partition = dl.partition, offset = dl.offset,
+                    stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
+                    "event dead-lettered"
+                );
+                crate::telemetry::dead_letter(target.pipeline, dl.stage.as_str(), &dl.error_class);
+            }
+            if let Some(topic) = target.dlq {
+                emits.push((
+                    topic.to_owned(),
+                    ProduceRecord {
+                        partition: None,
+                        key: dl.key.as_ref().map(|k| k.as_bytes().to_vec()),
+                        headers: vec![(
+                            ID_HEADER.to_owned(),
+                            format!("{}/{}/{}/dead", dl.topic, dl.partition, dl.offset)
+                                .into_bytes(),
+                        )],
+                        value: json.as_bytes().to_vec(),
+                    },
+                ));
+            }
+            commit.dead_letters.push((*target.dead_id, json));
+        }
+        commit.last_dead_id = *target.dead_id;
+        // Per key: new dead letters and the offset of the first.
+        let mut opened: HashMap<String, (u64, u64)> = HashMap::new();
+        for (key, offset) in quarantine {
+            opened.entry(key).or_insert((0, offset)).0 += 1;
+        }
+        for (key, (n, offset)) in opened {
+            let open = target.store.quarantined(target.name, &key)? + n;
+            if live {
+                tracing::warn!(
+                    pipeline = %target.pipeline, plugin = target.aggregator, key = %key,
+                    offset, open, "key quarantined"
+                );
+            }
+            commit.quarantine.push((key, open));
+        }
+        if !park.is_empty() {
+            let mut seq = target.store.last_park_seq(target.name)?;
+            for (key, record) in park {
+                seq += 1;
+                commit.park.push((key, seq, park_encode(&record)));
+            }
+            commit.last_park_seq = seq;
+        }
+        Ok((commit, emits))
+    }
+}
+
+/// A parked event, stored as a log record with its source position in the
+/// `eddy-source` header, ready to be appended to the replay topic.
+fn park_encode(record: &SourceRecord) -> Vec<u8> {
+    let mut headers = record.headers.clone();
+    headers.push((
+        SOURCE_HEADER.to_owned(),
+        format!("{}/{}/{}", record.topic, record.partition, record.offset).into_bytes(),
+    ));
+    LogRecord {
+        timestamp_ms: record.timestamp_ms,
+        key: record.key.clone(),
+        headers,
+        value: record.value.clone(),
+    }
+    .encode()
+}
+
+/// An emitted record as produced, with its deterministic `eddy-id`:
+/// derived from the input's own id when it has one (a changelog or an
+/// emitted record), so a record re-delivered after a crash yields the same
+/// ids downstream; otherwise from the input's position.
+fn to_produce(source: &SourceRecord, index: usize, e: Emitted) -> (String, ProduceRecord) {
+    let mut headers: Vec<(String, Vec<u8>)> =
+        e.headers.into_iter().map(|h| (h.name, h.value)).collect();
+    let id = match source
+        .headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n == ID_HEADER)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    {
+        Some(parent) => format!("{parent}/{index}"),
+        None => format!(
+            "{}/{}/{}/{}",
+            source.topic, source.partition, source.offset, index
+        ),
+    };
+    headers.retain(|(n, _)| n != ID_HEADER);
+    headers.push((ID_HEADER.to_owned(), id.into_bytes()));
+    (
+        e.topic,
+        ProduceRecord {
+            partition: None,
+            key: e.key.map(String::into_bytes),
+            headers,
+            value: e.value.into_bytes(),
+        },
+    )
+}
+
+/// Shared, not copied: the changes a commit made, as the SSE history, the
+/// live subscribers and the worker's state cache all hold them.
+pub fn shared_changes(commit: &mut Commit) -> Vec<Arc<Change>> {
+    std::mem::take(&mut commit.states)
+        .into_iter()
+        .map(|(change, _)| Arc::new(change))
+        .collect()
+}
