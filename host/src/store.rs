@@ -310,6 +310,31 @@ pub struct Commit {
     pub outbox: Vec<(u64, OutboxRecord)>,
 }
 
+/// What a replay's switch-over changes besides the states (see
+/// [`Store::swap_rebuilt`]): the pipeline's dead letters, parked events and
+/// quarantine counts of the rebuilt range give way to the rebuild's.
+#[derive(Debug, Default)]
+pub struct Swap {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The namespace the rebuild wrote to.
+    pub ns: String,
+    /// Live dead letters to remove.
+    pub remove_dead: Vec<u64>,
+    /// Dead letters to add (JSON), with their new ids.
+    pub add_dead: Vec<(u64, String)>,
+    /// The pipeline's last dead-letter id afterwards.
+    pub last_dead_id: u64,
+    /// Live parked events to remove: (key, park seq).
+    pub remove_parked: Vec<(String, u64)>,
+    /// Parked events to add: (key, park seq, record).
+    pub add_parked: Vec<(String, u64, Vec<u8>)>,
+    /// The pipeline's last park number afterwards.
+    pub last_park_seq: u64,
+    /// New open-dead-letter counts per key (0 lifts the quarantine).
+    pub quarantine: Vec<(String, u64)>,
+}
+
 /// Largest memtable of a keyspace before fjall writes it out as a segment.
 /// fjall's default is 64 MiB; flushing that much takes a core for ~50 ms on
 /// a small machine, a pause the pipeline feels. Smaller memtables spread the
@@ -817,30 +842,89 @@ impl Store {
         Ok(lo)
     }
 
-    /// Deletes every state, latest and change entry of a namespace.
+    /// Every parked event of a pipeline: (key, park seq, stored bytes), by key.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt key.
+    pub fn parked_all(&self, pipeline: &str) -> Result<Vec<(String, u64, Vec<u8>)>> {
+        let prefix = join(&[pipeline.as_bytes(), b""]);
+        let mut out = Vec::new();
+        for item in self.parked.prefix(&prefix) {
+            let (k, v) = fj("read parked", item.into_inner())?;
+            let corrupt = || StoreError::Corrupt {
+                what: "parked key".into(),
+            };
+            // pipeline \0 key \0 seq(8)
+            let rest = k.get(prefix.len()..).ok_or_else(corrupt)?;
+            let key = rest
+                .len()
+                .checked_sub(9)
+                .and_then(|at| rest.get(..at))
+                .ok_or_else(corrupt)?;
+            out.push((
+                String::from_utf8_lossy(key).into_owned(),
+                u64_suffix(&k, "parked key")?,
+                v.to_vec(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every quarantined key of a pipeline with its open dead letters.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn quarantined_keys(&self, pipeline: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = join(&[pipeline.as_bytes(), b""]);
+        let mut out = Vec::new();
+        for item in self.quarantine.prefix(&prefix) {
+            let (k, v) = fj("read quarantine", item.into_inner())?;
+            let key = k.get(prefix.len()..).unwrap_or_default();
+            out.push((
+                String::from_utf8_lossy(key).into_owned(),
+                u64_of(&v, "quarantine")?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Deletes everything a namespace holds: states, the latest index, dead
+    /// letters, quarantined keys, parked events and its numbers.
     ///
     /// # Errors
     /// On an I/O error.
     pub fn clear_namespace(&self, ns: &str) -> Result<()> {
         let prefix = join(&[ns.as_bytes(), b""]);
         let mut b = self.batch();
-        for ks in [&self.state, &self.latest] {
+        for ks in [
+            &self.state,
+            &self.latest,
+            &self.dead,
+            &self.quarantine,
+            &self.parked,
+        ] {
             for item in ks.prefix(&prefix) {
                 b.remove(ks, fj("clear", item.key())?);
             }
         }
+        for kind in [&b"seq"[..], b"dead", b"park"] {
+            b.remove(&self.meta, join(&[kind, ns.as_bytes()]));
+        }
         fj("clear", b.commit())
     }
 
-    /// Replaces a pipeline's states with those rebuilt under `ns`, in one
-    /// atomic write: the rebuilt keys take fresh change numbers after
-    /// `last_seq` in their rebuilt order, the namespace is emptied. Returns
-    /// the pipeline's new last change number.
+    /// Replaces a pipeline's states, and the dead letters, parked events
+    /// and quarantine counts `swap` names, with those rebuilt under
+    /// `swap.ns`, in one atomic write: the rebuilt keys take fresh change
+    /// numbers after the pipeline's last in their rebuilt order; the
+    /// namespace is emptied. Returns the pipeline's new last change number.
     ///
     /// # Errors
     /// On an I/O error or a corrupt entry; nothing changes then.
-    pub fn swap_rebuilt(&self, pipeline: &str, ns: &str, last_seq: u64) -> Result<u64> {
-        let live = join(&[pipeline.as_bytes(), b""]);
+    pub fn swap_rebuilt(&self, swap: &Swap) -> Result<u64> {
+        let (pipeline, ns) = (swap.pipeline.as_str(), swap.ns.as_str());
+        let p = pipeline.as_bytes();
+        let live = join(&[p, b""]);
         let rebuilt = join(&[ns.as_bytes(), b""]);
         let mut b = self.batch();
         // A key is written once per batch: a remove and an insert of the same
@@ -851,10 +935,8 @@ impl Store {
             b.remove(&self.latest, k);
             keys.push(String::from_utf8_lossy(&key).into_owned());
         }
-        let kept: std::collections::HashSet<Vec<u8>> = keys
-            .iter()
-            .map(|k| join(&[pipeline.as_bytes(), k.as_bytes()]))
-            .collect();
+        let kept: std::collections::HashSet<Vec<u8>> =
+            keys.iter().map(|k| join(&[p, k.as_bytes()])).collect();
         for item in self.state.prefix(&live) {
             let k = fj("swap", item.key())?;
             if !kept.contains(k.as_ref()) {
@@ -864,7 +946,7 @@ impl Store {
         for item in self.latest.prefix(&live) {
             b.remove(&self.latest, fj("swap", item.key())?);
         }
-        let mut seq = last_seq;
+        let mut seq = self.last_seq(pipeline)?;
         for key in keys {
             let Some(st) = self.state(ns, &key)? else {
                 continue;
@@ -874,19 +956,58 @@ impl Store {
             v.extend_from_slice(&seq.to_be_bytes());
             put_bytes(&mut v, st.plugin_version.as_bytes());
             v.extend_from_slice(st.json.as_bytes());
-            b.insert(&self.state, join(&[pipeline.as_bytes(), key.as_bytes()]), v);
+            b.insert(&self.state, join(&[p, key.as_bytes()]), v);
             b.insert(
                 &self.latest,
                 seq_key(pipeline, seq),
                 key.as_bytes().to_vec(),
             );
-            b.remove(&self.state, join(&[ns.as_bytes(), key.as_bytes()]));
+        }
+        b.insert(&self.meta, join(&[b"seq", p]), seq.to_be_bytes().to_vec());
+        for id in &swap.remove_dead {
+            b.remove(&self.dead, seq_key(pipeline, *id));
+        }
+        for (id, json) in &swap.add_dead {
+            b.insert(&self.dead, seq_key(pipeline, *id), json.as_bytes().to_vec());
         }
         b.insert(
             &self.meta,
-            join(&[b"seq", pipeline.as_bytes()]),
-            seq.to_be_bytes().to_vec(),
+            join(&[b"dead", p]),
+            swap.last_dead_id.to_be_bytes().to_vec(),
         );
+        let parked_key = |key: &str, seq: u64| {
+            let mut k = join(&[p, key.as_bytes(), b""]);
+            k.extend_from_slice(&seq.to_be_bytes());
+            k
+        };
+        for (key, seq) in &swap.remove_parked {
+            b.remove(&self.parked, parked_key(key, *seq));
+        }
+        for (key, seq, record) in &swap.add_parked {
+            b.insert(&self.parked, parked_key(key, *seq), record.clone());
+        }
+        b.insert(
+            &self.meta,
+            join(&[b"park", p]),
+            swap.last_park_seq.to_be_bytes().to_vec(),
+        );
+        for (key, open) in &swap.quarantine {
+            let k = join(&[p, key.as_bytes()]);
+            if *open == 0 {
+                b.remove(&self.quarantine, k);
+            } else {
+                b.insert(&self.quarantine, k, open.to_be_bytes().to_vec());
+            }
+        }
+        // The namespace, emptied (its latest entries are removed above).
+        for ks in [&self.state, &self.dead, &self.quarantine, &self.parked] {
+            for item in ks.prefix(&rebuilt) {
+                b.remove(ks, fj("swap", item.key())?);
+            }
+        }
+        for kind in [&b"seq"[..], b"dead", b"park"] {
+            b.remove(&self.meta, join(&[kind, ns.as_bytes()]));
+        }
         fj("swap", b.commit())?;
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(seq)

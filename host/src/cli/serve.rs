@@ -427,6 +427,10 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 .context("cannot start the store read threads")?,
         ),
         log: log.clone(),
+        history: match &config.source {
+            SourceConfig::Embedded(_) => crate::source::rewind::History::Embedded(log.clone()),
+            SourceConfig::Kafka(k) => crate::source::rewind::History::Kafka(Arc::new(k.clone())),
+        },
         sink: sink.clone(),
         hub,
         pipelines: Arc::new(

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,7 +15,7 @@ use serde_json::Value;
 use super::{ApiResult, AppError, AppState, blocking, json_text};
 use crate::config::OnDeadLetter;
 use crate::pipeline::SOURCE_HEADER;
-use crate::pipeline::dead_letter::unbase64;
+use crate::pipeline::dead_letter::{DeadLetter, Stage, unbase64};
 use crate::source::embedded::ProduceRecord;
 use crate::store::{Commit, LogRecord};
 
@@ -248,11 +249,23 @@ async fn resolve(
 ) -> ApiResult<usize> {
     let p = s.pipeline(pipeline)?.clone();
     let lock = s.locks.get(pipeline).cloned().unwrap_or_default();
+    let tracker = s.replays.get(pipeline).cloned().unwrap_or_default();
     let log = s.log.clone();
     blocking(move || {
         let _guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A rebuild replaces the dead letters of its range when it switches
+        // over: resolving one meanwhile could apply its event twice.
+        if crate::pipeline::replay::running(&tracker) {
+            return Err(AppError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a replay of pipeline {:?} is running; resolve its dead letters once it is done",
+                    p.name
+                ),
+            ));
+        }
         let store = log.store();
         let quarantine = p.on_dead_letter == OnDeadLetter::Quarantine;
         let topic = p.replay_topic();
@@ -273,14 +286,13 @@ async fn resolve(
                 }
                 continue;
             };
-            let dl: Value = serde_json::from_str(&json).map_err(AppError::internal)?;
+            let dl = DeadLetter::from_json(&json)
+                .map_err(|e| AppError::internal(format!("dead letter {id} is not readable: {e}")))?;
             if replay {
                 emits.push((topic.clone(), replay_record(id, &dl, override_value)?));
             }
             commit.remove_dead.push(id);
-            let key = dl.get("key").and_then(Value::as_str);
-            if let (true, Some(key), Some("aggregate")) =
-                (quarantine, key, dl.get("stage").and_then(Value::as_str))
+            if let (true, Some(key), Stage::Aggregate) = (quarantine, dl.key.as_deref(), dl.stage)
             {
                 let n = match open.get(key) {
                     Some(n) => *n,
@@ -317,34 +329,25 @@ async fn resolve(
     .await
 }
 
-fn replay_record(id: u64, dl: &Value, value: Option<Vec<u8>>) -> ApiResult<ProduceRecord> {
+fn replay_record(id: u64, dl: &DeadLetter, value: Option<Vec<u8>>) -> ApiResult<ProduceRecord> {
     let corrupt = || AppError::internal(format!("dead letter {id} is not readable"));
-    let b64 = |v: Option<&Value>| v.and_then(Value::as_str).and_then(unbase64);
     let value = match value {
         Some(v) => v,
-        None => b64(dl.get("value_base64")).ok_or_else(corrupt)?,
+        None => unbase64(&dl.value_base64).ok_or_else(corrupt)?,
     };
-    let key = b64(dl.get("record_key_base64"));
+    let key = dl.record_key_base64.as_deref().and_then(unbase64);
     let mut headers: Vec<(String, Vec<u8>)> = dl
-        .get("headers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|h| {
-            let name = h.get(0)?.as_str()?.to_owned();
-            Some((name, b64(h.get(1))?))
-        })
+        .headers
+        .iter()
         .filter(|(n, _)| n != SOURCE_HEADER && n != REPLAY_HEADER)
+        .filter_map(|(n, v)| Some((n.clone(), unbase64(v)?)))
         .collect();
-    let source = format!(
-        "{}/{}/{}",
-        dl.get("topic").and_then(Value::as_str).unwrap_or_default(),
-        dl.get("partition")
-            .and_then(Value::as_u64)
-            .unwrap_or_default(),
-        dl.get("offset").and_then(Value::as_u64).unwrap_or_default()
-    );
-    headers.push((SOURCE_HEADER.to_owned(), source.into_bytes()));
+    // Where the event first came from, also when it failed again after an
+    // earlier replay.
+    headers.push((
+        SOURCE_HEADER.to_owned(),
+        dl.origin().to_string().into_bytes(),
+    ));
     headers.push((REPLAY_HEADER.to_owned(), id.to_string().into_bytes()));
     Ok(ProduceRecord {
         partition: Some(0),

@@ -38,6 +38,8 @@ pub struct AppState {
     /// The embedded log (its topics on the embedded source, the replay
     /// topics on both).
     pub log: Arc<EmbeddedLog>,
+    /// The pipelines' source read by position (replays, shadow runs).
+    pub history: crate::source::rewind::History,
     /// Where produced records go (the embedded log or Kafka).
     pub sink: crate::sink::Sink,
     /// Committed-change notifications.

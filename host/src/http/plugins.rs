@@ -124,15 +124,16 @@ pub async fn shadow(
     let from = parse_from(q.from.as_deref().unwrap_or("beginning"))?;
     let limit = q.limit.unwrap_or(1_000_000).max(1);
     let current = crate::execute::Instance::new(slot.current());
-    let (log, registry) = (s.log.clone(), s.registry.clone());
+    let (history, registry) = (s.history.clone(), s.registry.clone());
     let report = blocking(move || {
         // Compiling a large component takes seconds: off the async workers.
         let candidate = registry
             .compile_candidate(&name, &body)
             .map_err(deploy_error)?;
         let candidate = crate::execute::Instance::new(std::sync::Arc::new(candidate));
-        crate::pipeline::shadow::run(&pipeline, current, candidate, &log, from, limit)
-            .map_err(AppError::internal)
+        crate::pipeline::shadow::run(&pipeline, current, candidate, &history, from, limit).map_err(
+            |e| AppError::unavailable(format!("shadow run over {:?}: {e:#}", pipeline.topic)),
+        )
     })
     .await?;
     Ok(Json(
@@ -141,8 +142,8 @@ pub async fn shadow(
 }
 
 /// `beginning`, `offset:N` or `timestamp:MS`.
-pub fn parse_from(s: &str) -> ApiResult<crate::pipeline::replay::From> {
-    use crate::pipeline::replay::From;
+pub fn parse_from(s: &str) -> ApiResult<crate::source::rewind::From> {
+    use crate::source::rewind::From;
     let bad = || {
         AppError::bad_request(format!(
             "from must be beginning, offset:N or timestamp:MS, not {s:?}"

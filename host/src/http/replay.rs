@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::plugins::require_admin;
-use super::{ApiResult, AppError, AppState};
+use super::{ApiResult, AppError, AppState, blocking};
 use crate::execute::Instance;
 use crate::pipeline::replay::{self, From, ReplayError};
 
@@ -42,13 +42,22 @@ pub async fn start(
         .as_ref()
         .and_then(|a| s.registry.slot(a))
         .map(|slot| Instance::new(slot.current()).in_pipeline(&pipeline));
-    let tracker = s.replays.get(&pipeline).cloned().unwrap_or_default();
-    let lock = s.locks.get(&pipeline).cloned().unwrap_or_default();
-    let progress =
-        replay::start(p, aggregator, s.log.clone(), lock, tracker, from).map_err(|e| match e {
-            e @ ReplayError::Running(_) => AppError::new(StatusCode::CONFLICT, e.to_string()),
+    let inputs = replay::Inputs {
+        history: s.history.clone(),
+        log: s.log.clone(),
+        lock: s.locks.get(&pipeline).cloned().unwrap_or_default(),
+        tracker: s.replays.get(&pipeline).cloned().unwrap_or_default(),
+    };
+    let progress = blocking(move || {
+        replay::start(p, aggregator, inputs, from).map_err(|e| match e {
+            e @ (ReplayError::Running(_) | ReplayError::ReplaysWaiting { .. }) => {
+                AppError::new(StatusCode::CONFLICT, e.to_string())
+            }
             e @ ReplayError::NoState(_) => AppError::unprocessable(e.to_string()),
-        })?;
+            e @ ReplayError::Store { .. } => AppError::internal(e),
+        })
+    })
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(progress)).into_response())
 }
 

@@ -1,40 +1,76 @@
-//! Replay: rebuild a pipeline's state from its source topic while queries
+//! Replay: rebuild a pipeline's state from its input topic while queries
 //! keep answering from the last good state, then switch over atomically.
 //!
-//! The rebuild folds the topic from `from` into a separate namespace of the
-//! store (`{pipeline}@replay`) with the aggregator's current version, chasing
-//! the live worker's committed offsets. Once caught up, it takes the
-//! pipeline's lock (the live worker pauses between batches), folds the last
-//! few events up to exactly the live offsets, and swaps the rebuilt states
-//! in with one atomic write. Emitted records, changelog records and dead
-//! letters are not produced again: a replay rebuilds state, it does not
-//! repeat side effects. Events that fail during the rebuild are counted and
-//! skipped.
+//! The rebuild reads the input through the pipeline's source — the embedded
+//! log, or on Kafka a consumer of its own outside the pipeline's group
+//! ([`crate::source::rewind`]) — from where [`From`] says, and folds it into
+//! a side namespace of the store (`{pipeline}@replay`) with the aggregator's
+//! current version and the worker's own fold ([`super::fold`]: retries,
+//! isolation, quarantine). It chases the live worker's committed offsets;
+//! once close, it takes the pipeline's lock (the live worker pauses between
+//! batches), reads exactly up to the live offsets and swaps the rebuilt
+//! states in with one atomic write.
+//!
+//! The swap happens only when every partition was read from its start to
+//! the live offset it caught up with; otherwise the replay ends `failed`
+//! with the reason and the live state is untouched. A range that holds no
+//! events while the topic holds some is a failure too: a rebuild never
+//! replaces live state with less than it should.
+//!
+//! Failures during the rebuild are dead letters, as in the live pipeline:
+//! at the swap, the live dead letters (decode, route and aggregate stages),
+//! parked events and quarantine counts of the rebuilt range give way to the
+//! rebuild's, so every event of the range is either in the state or in the
+//! dead letters. Emitted records and changelog records are not produced
+//! again: a replay rebuilds state, it does not repeat side effects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{PipelineLock, prepare};
+use super::dead_letter::{DeadLetter, Origin, Stage};
+use super::fold::{self, ByKey, Policy};
+use super::outputs::{Folder, Outputs, Target};
+use super::{Item, PipelineLock, prepare_batch};
 use crate::config::PipelineConfig;
 use crate::execute::Instance;
-use crate::execute::bindings::Event;
+use crate::now_ms;
 use crate::route::KeySpec;
-use crate::source::SourceRecord;
 use crate::source::embedded::EmbeddedLog;
-use crate::store::{Change, Commit};
+use crate::source::rewind::{History, RangeReader, Span};
+use crate::source::{Limit, SourceRecord};
+use crate::store::{LogRecord, Store, Swap};
 
-/// Where a replay starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase", tag = "from", content = "at")]
-pub enum From {
-    /// Every partition from offset 0.
-    Beginning,
-    /// Every partition from this offset (earlier events are left out).
-    Offset(u64),
-    /// Each partition from its first record appended at or after this time (ms).
-    Timestamp(i64),
+pub use crate::source::rewind::From;
+
+/// How long a rebuild waits for an unreachable schema registry before it fails.
+const REGISTRY_WAIT: Duration = Duration::from_secs(60);
+
+/// A chase round that reads fewer events than this is close enough: the
+/// rest is read with the live pipeline paused.
+const CLOSE_ENOUGH: u64 = 1_000;
+
+/// Where a replay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Reading and folding the input while the live pipeline runs.
+    Rebuilding,
+    /// The live pipeline paused: the last events, then the swap.
+    Switching,
+    /// The rebuilt state is live.
+    Done,
+    /// Stopped; the live state is as it was.
+    Failed,
+}
+
+impl Phase {
+    /// Whether a replay in this phase is still running.
+    pub fn running(self) -> bool {
+        matches!(self, Phase::Rebuilding | Phase::Switching)
+    }
 }
 
 /// What a replay is doing, for HTTP, SSE and the CLI.
@@ -42,8 +78,8 @@ pub enum From {
 pub struct Progress {
     /// Pipeline.
     pub pipeline: String,
-    /// `rebuilding`, `switching`, `done` or `failed`.
-    pub phase: String,
+    /// Where it is.
+    pub phase: Phase,
     /// Where it started.
     #[serde(flatten)]
     pub from: From,
@@ -52,13 +88,17 @@ pub struct Progress {
     /// Events between the start offsets and the live offsets (grows while
     /// the live pipeline runs).
     pub total: u64,
-    /// Events that failed during the rebuild (skipped).
+    /// Events the rebuild dead-lettered (they replace the range's dead
+    /// letters at the swap).
     pub failed: u64,
     /// Keys in the rebuilt state.
     pub keys: u64,
+    /// Per partition: where the rebuild started, how far it read, and the
+    /// live offset it reads up to.
+    pub partitions: Vec<Span>,
     /// Plugin version used for the rebuild.
     pub plugin_version: String,
-    /// When it started / finished (ms since the Unix epoch).
+    /// When it started (ms since the Unix epoch).
     pub started_at_ms: i64,
     /// When it finished.
     pub finished_at_ms: Option<i64>,
@@ -69,17 +109,29 @@ pub struct Progress {
 /// A pipeline's replay status, shared with the HTTP layer.
 pub type Tracker = Arc<Mutex<Option<Progress>>>;
 
-use crate::now_ms;
+/// Whether a replay of the pipeline tracked by `tracker` is running.
+pub fn running(tracker: &Tracker) -> bool {
+    tracker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|p| p.phase.running())
+}
 
 struct Rebuild {
     config: PipelineConfig,
     ns: String,
     key: KeySpec,
     aggregator: Instance,
-    log: Arc<EmbeddedLog>,
-    positions: Vec<u64>,
+    policy: Policy,
+    store: Store,
+    reader: RangeReader,
     tracker: Tracker,
+    /// Keys quarantined by dead letters from before the range (they stay
+    /// open after the swap, so the rebuild holds these keys' events too).
+    held: HashSet<String>,
     seq: u64,
+    dead_id: u64,
 }
 
 impl Rebuild {
@@ -94,147 +146,287 @@ impl Rebuild {
         }
     }
 
+    /// The live pipeline's next offset in every partition of its input.
     fn live_offsets(&self) -> anyhow::Result<Vec<u64>> {
-        let store = self.log.store();
-        (0..self.positions.len())
-            .map(|p| {
-                let p = u32::try_from(p).unwrap_or(u32::MAX);
-                Ok(store.offset(&self.config.name, &self.config.topic, p)?)
+        self.reader
+            .spans()
+            .iter()
+            .map(|s| {
+                Ok(self
+                    .store
+                    .offset(&self.config.name, &self.config.topic, s.partition)?)
             })
             .collect()
     }
 
-    /// Folds events up to `targets` (exclusive), one bounded batch per partition.
-    /// Returns how many were folded.
-    fn step(&mut self, targets: &[u64]) -> anyhow::Result<usize> {
-        let store = self.log.store().clone();
-        let mut records = Vec::new();
-        for (p, (pos, target)) in self.positions.iter_mut().zip(targets).enumerate() {
-            let partition = u32::try_from(p).unwrap_or(u32::MAX);
-            for (offset, r) in store.read_log(
-                &self.config.topic,
-                partition,
-                *pos,
-                *target,
-                self.config.max_batch,
-                self.config.max_batch_bytes,
-            )? {
-                *pos = offset + 1;
-                records.push(SourceRecord {
-                    topic: Arc::from(self.config.topic.as_str()),
-                    partition,
-                    offset,
-                    timestamp_ms: r.timestamp_ms,
-                    key: r.key,
-                    headers: r.headers,
-                    value: r.value,
-                });
-            }
-        }
-        let n = records.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let mut order: Vec<String> = Vec::new();
-        let mut groups: HashMap<String, Vec<Event>> = HashMap::new();
-        let mut failed = 0u64;
-        for r in &records {
-            match prepare(&self.config, &self.key, r) {
-                Ok((event, key)) => groups
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        order.push(key);
-                        Vec::new()
-                    })
-                    .push(event),
-                Err(_) => failed += 1,
-            }
-        }
-        let mut commit = Commit {
-            pipeline: self.ns.clone(),
-            plugin_version: self.aggregator.plugin().version.clone(),
-            ..Commit::default()
-        };
-        let mut new_keys = 0u64;
-        for key in order {
-            let Some(events) = groups.get(&key) else {
-                continue;
-            };
-            let previous = store.state(&self.ns, &key)?;
-            let mut state = previous.as_ref().map(|s| s.json.clone());
-            match self.aggregator.apply(&key, state.as_deref(), events) {
-                Ok((s, _emits)) => state = Some(s),
-                Err(_) => {
-                    // Isolate: apply one at a time, skipping the failures.
-                    for e in events {
-                        match self
-                            .aggregator
-                            .apply(&key, state.as_deref(), std::slice::from_ref(e))
-                        {
-                            Ok((s, _)) => state = Some(s),
-                            Err(_) => failed += 1,
-                        }
-                    }
-                }
-            }
-            if let Some(s) = state {
-                if previous.is_none() {
-                    new_keys += 1;
-                }
-                self.seq += 1;
-                commit.states.push((
-                    Change {
-                        seq: self.seq,
-                        key,
-                        state: s,
-                    },
-                    previous.map(|p| p.seq),
-                ));
-            }
-        }
-        commit.last_seq = self.seq;
-        store.commit(&commit)?;
+    /// Sets the range's ends to the live offsets; returns the events in it.
+    fn chase_live(&mut self) -> anyhow::Result<u64> {
+        let live = self.live_offsets()?;
+        self.reader.chase(&live);
+        let total: u64 = self.reader.spans().iter().filter_map(Span::records).sum();
+        let spans = self.reader.spans().to_vec();
         self.update(|p| {
-            p.processed += n as u64;
+            p.total = total;
+            p.partitions = spans;
+        });
+        Ok(total)
+    }
+
+    /// Reads and folds up to the range's current ends; returns how many
+    /// events it folded.
+    fn read_to_ends(&mut self) -> anyhow::Result<u64> {
+        let limit = Limit {
+            records: self.config.max_batch.min(10_000),
+            bytes: self.config.max_batch_bytes,
+        };
+        let mut n = 0;
+        loop {
+            let records = self.reader.next_batch(limit)?;
+            if records.is_empty() {
+                return Ok(n);
+            }
+            n += records.len() as u64;
+            self.fold(records)?;
+        }
+    }
+
+    /// Folds one batch into the namespace, as the live worker would.
+    fn fold(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
+        let n = records.len() as u64;
+        let waiting_since = Instant::now();
+        let prepared = prepare_batch(&self.config, &self.key, records, &mut || {
+            waiting_since.elapsed() < REGISTRY_WAIT
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the schema registry was unreachable for {} s",
+                REGISTRY_WAIT.as_secs()
+            )
+        })?;
+        let mut out = Outputs {
+            dead: prepared.dead,
+            ..Outputs::default()
+        };
+        let items: &[Item] = &prepared.items;
+        let by_key = ByKey::new(items.iter().map(|i| i.key.as_str()), prepared.events);
+        let plugin = self.aggregator.plugin().clone();
+        let folder = Folder {
+            pipeline: &self.config.name,
+            plugin: &plugin,
+            quarantine: self.policy.quarantines(),
+        };
+        let mut new_keys = 0;
+        for (key, members, events) in by_key.iter() {
+            let group: Vec<&Item> = members.iter().filter_map(|&i| items.get(i)).collect();
+            if self.policy.quarantines()
+                && (self.held.contains(key) || self.store.quarantined(&self.ns, key)? > 0)
+            {
+                out.hold(key, &group);
+                continue;
+            }
+            let previous = self.store.state(&self.ns, key)?;
+            let fold = fold::aggregate(
+                &self.policy,
+                &mut self.aggregator,
+                key,
+                previous.as_ref().map(|s| s.json.as_str()),
+                events,
+            );
+            if previous.is_none() && fold.state.is_some() {
+                new_keys += 1;
+            }
+            out.add_fold(&folder, key, &group, fold, previous.map(|p| p.seq));
+        }
+        let failed = out.dead.len() as u64;
+        // The records a rebuild would emit are dropped: no side effects twice.
+        let (commit, _records) = out.into_commit(Target {
+            pipeline: &self.config.name,
+            name: &self.ns,
+            store: &self.store,
+            seq: &mut self.seq,
+            dead_id: &mut self.dead_id,
+            changelog: None,
+            dlq: None,
+            plugin_version: plugin.version.clone(),
+            aggregator: Some(&plugin.name),
+        })?;
+        self.store.commit(&commit)?;
+        self.update(|p| {
+            p.processed += n;
             p.failed += failed;
             p.keys += new_keys;
         });
-        Ok(n)
+        Ok(())
+    }
+
+    /// Fails unless the range holds events or the topic holds none.
+    fn refuse_an_empty_range(&mut self, total: u64) -> anyhow::Result<()> {
+        if total > 0 {
+            return Ok(());
+        }
+        let held: u64 = self
+            .reader
+            .watermarks()?
+            .iter()
+            .map(|(low, high)| high.saturating_sub(*low))
+            .sum();
+        if held > 0 {
+            anyhow::bail!(
+                "the range to rebuild holds no events (from {:?} up to the live offsets) while topic \
+                 {:?} holds {held}: refusing to replace the live state with an empty one",
+                self.reader
+                    .spans()
+                    .iter()
+                    .map(|s| s.start)
+                    .collect::<Vec<_>>(),
+                self.config.topic
+            );
+        }
+        Ok(())
     }
 
     fn run(mut self, lock: &PipelineLock) -> anyhow::Result<()> {
-        let started: Vec<u64> = self.positions.clone();
         // Chase the live pipeline without stopping it.
+        let total = self.chase_live()?;
+        self.refuse_an_empty_range(total)?;
         loop {
-            let targets = self.live_offsets()?;
-            let total: u64 = targets
-                .iter()
-                .zip(&started)
-                .map(|(t, s)| t.saturating_sub(*s))
-                .sum();
-            self.update(|p| p.total = total);
-            if self.step(&targets)? == 0 {
+            let read = self.read_to_ends()?;
+            self.chase_live()?;
+            if read < CLOSE_ENOUGH {
                 break;
             }
         }
         // Catch up exactly and switch, with the live worker paused.
-        self.update(|p| p.phase = "switching".into());
+        self.update(|p| p.phase = Phase::Switching);
         let _guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let targets = self.live_offsets()?;
-        let total: u64 = targets
-            .iter()
-            .zip(&started)
-            .map(|(t, s)| t.saturating_sub(*s))
-            .sum();
-        self.update(|p| p.total = total);
-        while self.step(&targets)? > 0 {}
-        let store = self.log.store();
-        let last = store.last_seq(&self.config.name)?;
-        store.swap_rebuilt(&self.config.name, &self.ns, last)?;
+        let total = self.chase_live()?;
+        self.refuse_an_empty_range(total)?;
+        self.read_to_ends()?;
+        if !self.reader.complete() {
+            anyhow::bail!("the rebuild did not read its whole range; the live state is unchanged");
+        }
+        let spans = self.reader.spans().to_vec();
+        self.update(|p| p.partitions.clone_from(&spans));
+        let swap = self.plan_swap(&spans)?;
+        self.store.swap_rebuilt(&swap)?;
         Ok(())
     }
+
+    /// What the swap replaces besides the states: the live dead letters and
+    /// parked events whose events lie in the rebuilt range give way to the
+    /// rebuild's; quarantine counts become those left open.
+    fn plan_swap(&self, spans: &[Span]) -> anyhow::Result<Swap> {
+        let (pipeline, ns) = (self.config.name.as_str(), self.ns.as_str());
+        let in_range = |o: &Origin| {
+            o.topic == self.config.topic
+                && spans
+                    .get(o.partition as usize)
+                    .is_some_and(|s| o.offset >= s.start)
+        };
+        let mut swap = Swap {
+            pipeline: pipeline.to_owned(),
+            ns: ns.to_owned(),
+            ..Swap::default()
+        };
+        let mut open: HashMap<String, u64> = HashMap::new();
+        for (id, json) in all_dead_letters(&self.store, pipeline)? {
+            let dl = DeadLetter::from_json(&json)
+                .map_err(|e| anyhow::anyhow!("dead letter {id} of {pipeline:?}: {e}"))?;
+            // Handlers do not run in a rebuild: their dead letters stay.
+            if dl.stage != Stage::Handle && in_range(&dl.origin()) {
+                swap.remove_dead.push(id);
+            } else if dl.stage == Stage::Aggregate
+                && let Some(key) = dl.key
+            {
+                *open.entry(key).or_default() += 1;
+            }
+        }
+        swap.last_dead_id = self.store.last_dead_id(pipeline)?;
+        for (_, json) in all_dead_letters(&self.store, ns)? {
+            let dl = DeadLetter::from_json(&json)
+                .map_err(|e| anyhow::anyhow!("a rebuilt dead letter: {e}"))?;
+            swap.last_dead_id += 1;
+            swap.add_dead
+                .push((swap.last_dead_id, dl.to_json(swap.last_dead_id)));
+            if dl.stage == Stage::Aggregate
+                && let Some(key) = dl.key
+            {
+                *open.entry(key).or_default() += 1;
+            }
+        }
+        for (key, seq, bytes) in self.store.parked_all(pipeline)? {
+            let r = LogRecord::decode(&bytes)?;
+            // A parked record carries its origin in its first source header
+            // (one without is kept: nothing is dropped that cannot be placed).
+            if in_range(&Origin::of(&r.headers, "", 0, 0)) {
+                swap.remove_parked.push((key, seq));
+            }
+        }
+        swap.last_park_seq = self.store.last_park_seq(pipeline)?;
+        for (key, _, bytes) in self.store.parked_all(ns)? {
+            swap.last_park_seq += 1;
+            swap.add_parked.push((key, swap.last_park_seq, bytes));
+        }
+        if self.policy.quarantines() {
+            let mut keys: HashSet<String> = open.keys().cloned().collect();
+            keys.extend(
+                self.store
+                    .quarantined_keys(pipeline)?
+                    .into_iter()
+                    .map(|(k, _)| k),
+            );
+            swap.quarantine = keys
+                .into_iter()
+                .map(|k| {
+                    let n = open.get(&k).copied().unwrap_or(0);
+                    (k, n)
+                })
+                .collect();
+        }
+        Ok(swap)
+    }
+}
+
+/// Every dead letter of a pipeline (or namespace), oldest first.
+fn all_dead_letters(store: &Store, pipeline: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.dead_letters(pipeline, after, 10_000)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(out);
+        };
+        after = *last;
+        out.extend(page);
+    }
+}
+
+/// Keys quarantined by open dead letters whose events lie before the range
+/// that starts at `spans` (those stay open after the swap).
+fn held_before(
+    store: &Store,
+    config: &PipelineConfig,
+    spans: &[Span],
+) -> anyhow::Result<HashSet<String>> {
+    let mut held = HashSet::new();
+    for (id, json) in all_dead_letters(store, &config.name)? {
+        let dl = DeadLetter::from_json(&json)
+            .map_err(|e| anyhow::anyhow!("dead letter {id} of {:?}: {e}", config.name))?;
+        let o = dl.origin();
+        let before = o.topic != config.topic
+            || spans
+                .get(o.partition as usize)
+                .is_none_or(|s| o.offset < s.start);
+        if dl.stage == Stage::Aggregate
+            && before
+            && let Some(key) = dl.key
+        {
+            held.insert(key);
+        }
+    }
+    Ok(held)
 }
 
 /// Why a replay cannot start.
@@ -246,31 +438,88 @@ pub enum ReplayError {
     /// The pipeline has no aggregator: there is no state to rebuild.
     #[error("pipeline {0:?} has no aggregator: there is no state to rebuild")]
     NoState(String),
+    /// Replayed dead letters wait in the replay topic: a rebuild now would
+    /// apply them twice.
+    #[error(
+        "pipeline {pipeline:?} still has {waiting} replayed dead letters waiting in {topic:?}; \
+         replay again once it has applied them"
+    )]
+    ReplaysWaiting {
+        /// The pipeline.
+        pipeline: String,
+        /// Its replay topic.
+        topic: String,
+        /// Records not yet applied.
+        waiting: u64,
+    },
+    /// The store could not be read.
+    #[error("pipeline {pipeline:?}: {source}")]
+    Store {
+        /// The pipeline.
+        pipeline: String,
+        /// Cause.
+        #[source]
+        source: crate::store::StoreError,
+    },
+}
+
+/// What a replay reads and writes.
+pub struct Inputs {
+    /// The pipeline's source, read by position.
+    pub history: History,
+    /// The embedded log (it holds the pipeline's replay topic) and the store.
+    pub log: Arc<EmbeddedLog>,
+    /// The pipeline's lock.
+    pub lock: PipelineLock,
+    /// Where its progress goes.
+    pub tracker: Tracker,
 }
 
 /// Starts a replay on its own thread.
 ///
 /// # Errors
-/// [`ReplayError`] when one is running or the pipeline keeps no state.
+/// [`ReplayError`] when one is running, the pipeline keeps no state, or
+/// replayed dead letters still wait to be applied.
 pub fn start(
     config: PipelineConfig,
     aggregator: Option<Instance>,
-    log: Arc<EmbeddedLog>,
-    lock: PipelineLock,
-    tracker: Tracker,
+    inputs: Inputs,
     from: From,
 ) -> Result<Progress, ReplayError> {
+    let Inputs {
+        history,
+        log,
+        lock,
+        tracker,
+    } = inputs;
     let Some(aggregator) = aggregator else {
         return Err(ReplayError::NoState(config.name));
     };
+    let replay_topic = config.replay_topic();
+    let applied = log
+        .store()
+        .offset(&config.name, &replay_topic, 0)
+        .map_err(|source| ReplayError::Store {
+            pipeline: config.name.clone(),
+            source,
+        })?;
+    let waiting = log.high_watermark(&replay_topic, 0).saturating_sub(applied);
+    if waiting > 0 {
+        return Err(ReplayError::ReplaysWaiting {
+            pipeline: config.name,
+            topic: replay_topic,
+            waiting,
+        });
+    }
     let progress = Progress {
         pipeline: config.name.clone(),
-        phase: "rebuilding".into(),
+        phase: Phase::Rebuilding,
         from,
         processed: 0,
         total: 0,
         failed: 0,
         keys: 0,
+        partitions: Vec::new(),
         plugin_version: aggregator.plugin().version.clone(),
         started_at_ms: now_ms(),
         finished_at_ms: None,
@@ -280,9 +529,7 @@ pub fn start(
         let mut t = tracker
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if t.as_ref()
-            .is_some_and(|p| p.phase == "rebuilding" || p.phase == "switching")
-        {
+        if t.as_ref().is_some_and(|p| p.phase.running()) {
             return Err(ReplayError::Running(config.name));
         }
         *t = Some(progress.clone());
@@ -293,46 +540,52 @@ pub fn start(
         .name(format!("eddy-replay-{name}"))
         .spawn(move || {
             let ns = format!("{}@replay", config.name);
+            let store = log.store().clone();
             let result = (|| -> anyhow::Result<()> {
-                let store = log.store();
                 store.clear_namespace(&ns)?;
-                let partitions = log.partitions(&config.topic).unwrap_or(0);
-                let mut positions = Vec::with_capacity(partitions as usize);
-                for p in 0..partitions {
-                    positions.push(match from {
-                        From::Beginning => 0,
-                        From::Offset(o) => o,
-                        From::Timestamp(t) => {
-                            store.offset_for_time(&config.topic, p, log.high_watermark(&config.topic, p), t)?
-                        }
-                    });
-                }
+                let rewind = history.open(&config.topic)?;
+                let reader =
+                    RangeReader::open(rewind, &config.topic, from, history.stall_timeout())?;
+                let policy = Policy::of(&aggregator, &config);
+                let held = if policy.quarantines() {
+                    held_before(&store, &config, reader.spans())?
+                } else {
+                    HashSet::new()
+                };
                 tracing::info!(pipeline = %config.name, ?from, "replay started");
                 Rebuild {
                     key: KeySpec::new(config.key_field.as_deref()),
                     ns: ns.clone(),
                     aggregator,
-                    log: log.clone(),
-                    positions,
+                    policy,
+                    store: store.clone(),
+                    reader,
                     tracker: tracker.clone(),
+                    held,
                     seq: 0,
+                    dead_id: 0,
                     config: config.clone(),
                 }
                 .run(&lock)
             })();
-            let mut t = tracker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut t = tracker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(p) = t.as_mut() {
                 p.finished_at_ms = Some(now_ms());
                 match result {
                     Ok(()) => {
-                        p.phase = "done".into();
-                        tracing::info!(pipeline = %config.name, processed = p.processed, keys = p.keys, "replay done; rebuilt state is live");
+                        p.phase = Phase::Done;
+                        tracing::info!(
+                            pipeline = %config.name, processed = p.processed, keys = p.keys,
+                            dead_lettered = p.failed, "replay done; rebuilt state is live"
+                        );
                     }
                     Err(e) => {
-                        p.phase = "failed".into();
+                        p.phase = Phase::Failed;
                         p.error = Some(format!("{e:#}"));
                         tracing::error!(pipeline = %config.name, error = %format!("{e:#}"), "replay failed; the live state is unchanged");
-                        let _ = log.store().clear_namespace(&ns);
+                        let _ = store.clear_namespace(&ns);
                     }
                 }
             }
@@ -344,7 +597,7 @@ pub fn start(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_mut()
         {
-            p.phase = "failed".into();
+            p.phase = Phase::Failed;
             p.error = Some(format!("cannot start the replay thread: {e}"));
         }
     }

@@ -5,23 +5,24 @@
 //! emitted records that differ, events that would fail.
 //!
 //! Both versions fold the same records in the same micro-batches from the
-//! same starting point (no state before `from`), so every difference comes
-//! from the candidate's code.
+//! same starting point (no state before `from`), with the live worker's own
+//! fold (retries, isolation, quarantine), so every difference comes from the
+//! candidate's code. The input is read through the pipeline's source (on
+//! Kafka, by a consumer outside the pipeline's group).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::prepare;
-use super::replay::From;
+use super::fold::{self, ByKey, Policy};
+use super::prepare_batch;
 use crate::config::{PipelineConfig, PluginKind};
 use crate::execute::bindings::Event;
 use crate::execute::{Emitted, Instance, PluginError};
 use crate::route::KeySpec;
-use crate::source::SourceRecord;
-use crate::source::embedded::EmbeddedLog;
+use crate::source::Limit;
+use crate::source::rewind::{From, History, RangeReader};
 
 /// Most differences listed in detail (counts are always complete).
 const DETAIL: usize = 1000;
@@ -90,6 +91,11 @@ pub struct Report {
     pub candidate_failures: u64,
     /// How many fail with the running version.
     pub current_failures: u64,
+    /// Events the candidate holds back behind a quarantined key (pipelines
+    /// with `on_dead_letter = "quarantine"`).
+    pub candidate_held: u64,
+    /// Events the running version holds back.
+    pub current_held: u64,
     /// Events failing with either (first 1000).
     pub failures: Vec<Failed>,
 }
@@ -105,56 +111,60 @@ fn emits_view(emits: &[Emitted]) -> Vec<(String, Option<String>, Value)> {
         .collect()
 }
 
+/// One version's run: its instance, its in-memory states, and (in
+/// quarantine mode) the keys it holds back after a failure.
 struct Side {
     instance: Instance,
+    policy: Policy,
     states: HashMap<String, String>,
+    quarantined: HashSet<String>,
+    held: u64,
 }
 
 impl Side {
-    /// Folds one key's events; failures isolated per event like the live path.
-    fn fold(&mut self, key: &str, events: &[Event]) -> (Vec<Emitted>, Vec<(usize, PluginError)>) {
-        let state = self.states.get(key).cloned();
-        match self.instance.apply(key, state.as_deref(), events) {
-            Ok((s, emits)) => {
-                self.states.insert(key.to_owned(), s);
-                (emits, Vec::new())
-            }
-            Err(_) => {
-                let mut current = state;
-                let mut emits = Vec::new();
-                let mut failed = Vec::new();
-                for (i, e) in events.iter().enumerate() {
-                    match self
-                        .instance
-                        .apply(key, current.as_deref(), std::slice::from_ref(e))
-                    {
-                        Ok((s, em)) => {
-                            current = Some(s);
-                            emits.extend(em);
-                        }
-                        Err(err) => failed.push((i, err)),
-                    }
-                }
-                if let Some(s) = current {
-                    self.states.insert(key.to_owned(), s);
-                }
-                (emits, failed)
-            }
+    fn new(instance: Instance, config: &PipelineConfig) -> Self {
+        Side {
+            policy: Policy::of(&instance, config),
+            instance,
+            states: HashMap::new(),
+            quarantined: HashSet::new(),
+            held: 0,
         }
     }
 
-    fn handle(&mut self, events: &[Event]) -> Vec<Result<Vec<Emitted>, PluginError>> {
-        match self.instance.handle(events) {
-            Ok(r) => r,
-            Err(_) => events
-                .iter()
-                .map(|e| {
-                    self.instance
-                        .handle(std::slice::from_ref(e))
-                        .and_then(|mut v| v.pop().unwrap_or_else(|| Ok(Vec::new())))
-                })
-                .collect(),
+    /// Folds one key's events with the live worker's fold; returns the
+    /// records it emits and the events that fail.
+    fn fold(&mut self, key: &str, events: &[Event]) -> (Vec<Emitted>, Vec<(usize, PluginError)>) {
+        if self.quarantined.contains(key) {
+            self.held += events.len() as u64;
+            return (Vec::new(), Vec::new());
         }
+        let state = self.states.get(key).map(String::as_str);
+        let f = fold::aggregate(&self.policy, &mut self.instance, key, state, events);
+        if let Some(s) = f.state {
+            self.states.insert(key.to_owned(), s);
+        }
+        if let Some(from) = f.held_from {
+            self.held += events.len().saturating_sub(from) as u64;
+        }
+        if self.policy.quarantines() && !f.failed.is_empty() {
+            self.quarantined.insert(key.to_owned());
+        }
+        (
+            f.emits.into_iter().flat_map(|(_, e)| e).collect(),
+            f.failed.into_iter().map(|f| (f.index, f.error)).collect(),
+        )
+    }
+
+    fn handle(
+        &mut self,
+        keys: &[&str],
+        events: &[Event],
+    ) -> Vec<Result<Vec<Emitted>, PluginError>> {
+        fold::handle(&self.policy, &mut self.instance, keys, events)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
     }
 }
 
@@ -163,15 +173,16 @@ fn source_of(e: &Event) -> String {
 }
 
 /// Runs `candidate` next to `current` over the pipeline's input from `from`,
-/// reading at most `limit` events (up to the topic's current end).
+/// read through the pipeline's source, reading at most `limit` events (up to
+/// the end each partition has when the run reaches it).
 ///
 /// # Errors
-/// When the log cannot be read.
+/// When the input cannot be read.
 pub fn run(
     config: &PipelineConfig,
     current: Instance,
     candidate: Instance,
-    log: &Arc<EmbeddedLog>,
+    history: &History,
     from: From,
     limit: u64,
 ) -> anyhow::Result<Report> {
@@ -189,31 +200,19 @@ pub fn run(
         emits_differ: Vec::new(),
         candidate_failures: 0,
         current_failures: 0,
+        candidate_held: 0,
+        current_held: 0,
         failures: Vec::new(),
     };
-    let mut before = Side {
-        instance: current,
-        states: HashMap::new(),
-    };
-    let mut after = Side {
-        instance: candidate,
-        states: HashMap::new(),
-    };
+    let mut before = Side::new(current, config);
+    let mut after = Side::new(candidate, config);
     let key_spec = KeySpec::new(config.key_field.as_deref());
-    let store = log.store();
-    let partitions = log.partitions(&config.topic).unwrap_or(0);
-    let mut positions = Vec::new();
-    let mut ends = Vec::new();
-    for p in 0..partitions {
-        let end = log.high_watermark(&config.topic, p);
-        ends.push(end);
-        positions.push(match from {
-            From::Beginning => 0,
-            From::Offset(o) => o.min(end),
-            From::Timestamp(t) => store.offset_for_time(&config.topic, p, end, t)?,
-        });
-    }
-    let topic: Arc<str> = Arc::from(config.topic.as_str());
+    let mut reader = RangeReader::open(
+        history.open(&config.topic)?,
+        &config.topic,
+        from,
+        history.stall_timeout(),
+    )?;
     let note_failure =
         |report: &mut Report, e: &Event, key: &str, version: &str, err: &PluginError| {
             if version == "candidate" {
@@ -236,57 +235,26 @@ pub fn run(
         if remaining == 0 {
             break;
         }
-        let mut records = Vec::new();
-        for (p, pos) in positions.iter_mut().enumerate() {
-            let partition = u32::try_from(p).unwrap_or(u32::MAX);
-            let end = ends.get(p).copied().unwrap_or(0);
-            let want = (config.max_batch as u64).min(remaining.saturating_sub(records.len() as u64))
-                as usize;
-            for (offset, r) in store.read_log(
-                &config.topic,
-                partition,
-                *pos,
-                end,
-                want,
-                config.max_batch_bytes,
-            )? {
-                *pos = offset + 1;
-                records.push(SourceRecord {
-                    topic: topic.clone(),
-                    partition,
-                    offset,
-                    timestamp_ms: r.timestamp_ms,
-                    key: r.key,
-                    headers: r.headers,
-                    value: r.value,
-                });
-            }
-        }
+        let records = reader.next_batch(Limit {
+            records: usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .min(config.max_batch)
+                .min(10_000),
+            bytes: config.max_batch_bytes,
+        })?;
         if records.is_empty() {
             break;
         }
         report.events += records.len() as u64;
-        let items: Vec<(Event, String)> = records
-            .iter()
-            .filter_map(|r| prepare(config, &key_spec, r).ok())
-            .collect();
+        // Decode failures are the same for both versions: not a difference.
+        let Some(prepared) = prepare_batch(config, &key_spec, records, &mut || false) else {
+            anyhow::bail!("the schema registry is unreachable");
+        };
+        let keys: Vec<&str> = prepared.items.iter().map(|i| i.key.as_str()).collect();
         match kind {
             PluginKind::Aggregator => {
-                let mut order: Vec<&str> = Vec::new();
-                let mut groups: HashMap<&str, Vec<Event>> = HashMap::new();
-                for (e, k) in &items {
-                    groups
-                        .entry(k.as_str())
-                        .or_insert_with(|| {
-                            order.push(k.as_str());
-                            Vec::new()
-                        })
-                        .push(e.clone());
-                }
-                for key in order {
-                    let Some(events) = groups.get(key) else {
-                        continue;
-                    };
+                let by_key = ByKey::new(keys.iter().copied(), prepared.events);
+                for (key, _, events) in by_key.iter() {
                     let (eb, fb) = before.fold(key, events);
                     let (ea, fa) = after.fold(key, events);
                     for (i, err) in &fb {
@@ -315,10 +283,9 @@ pub fn run(
                 }
             }
             PluginKind::Handler => {
-                let events: Vec<Event> = items.iter().map(|(e, _)| e.clone()).collect();
-                let rb = before.handle(&events);
-                let ra = after.handle(&events);
-                for (((e, key), b), a) in items.iter().zip(rb).zip(ra) {
+                let rb = before.handle(&keys, &prepared.events);
+                let ra = after.handle(&keys, &prepared.events);
+                for (((e, key), b), a) in prepared.events.iter().zip(&keys).zip(rb).zip(ra) {
                     if let Err(err) = &b {
                         note_failure(&mut report, e, key, "current", err);
                     }
@@ -341,6 +308,8 @@ pub fn run(
             }
         }
     }
+    report.current_held = before.held;
+    report.candidate_held = after.held;
     let mut keys: Vec<&String> = before.states.keys().chain(after.states.keys()).collect();
     keys.sort();
     keys.dedup();
