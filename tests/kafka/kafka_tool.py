@@ -1,9 +1,11 @@
 """Confluent's Python client, used by the Kafka tests as a client that is not Eddy.
 
-    produce  --brokers B --topic T --events N --keys K [--first F] [--rate R] --ledger FILE
+    produce  --brokers B --topic T --events N --keys K [--first F] [--rate R]
+             [--mark-keys K1,K2,...] --ledger FILE
         Produces AsyncProcessExecution events n = F .. F+N-1 (idempotent
         producer, keyed by asyncProcessId) and appends one JSON line per
-        acknowledged event to FILE: {"id", "key", "state", "time"}.
+        acknowledged event to FILE: {"id", "key", "state", "time"}. The ids
+        of the events of the keys in --mark-keys end in "-x".
     dump     --brokers B --topic T
         Prints every record of the topic as a JSON line:
         {"partition", "offset", "key", "headers", "value"}.
@@ -53,9 +55,12 @@ def produce(args):
             ledger.write(json.dumps({"id": ev["id"], "key": ev["asyncProcessId"], "state": ev["state"], "time": ev["time"]}) + "\n")
 
     start = time.monotonic()
+    marked = set(filter(None, args.mark_keys.split(",")))
     for i in range(args.events):
         n = args.first + i
         key, ev = event(n, args.keys)
+        if key in marked:
+            ev["id"] += "-x"
         while True:
             try:
                 p.produce(args.topic, key=key, value=json.dumps(ev), on_delivery=lambda e, m, ev=ev: delivered(e, m, ev))
@@ -160,6 +165,7 @@ def main():
     pr.add_argument("--keys", type=int, required=True)
     pr.add_argument("--first", type=int, default=0)
     pr.add_argument("--rate", type=float, default=0)
+    pr.add_argument("--mark-keys", default="")
     pr.add_argument("--ledger", required=True)
     du = sub.add_parser("dump")
     du.add_argument("--brokers", required=True)

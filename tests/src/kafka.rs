@@ -243,8 +243,28 @@ impl Broker {
         rate: u64,
         ledger: &Path,
     ) -> Result<Child> {
+        self.produce_marking(topic, first, events, keys, rate, &[], ledger)
+    }
+
+    /// As [`Broker::produce`]; the ids of the events of the keys in `marked`
+    /// end in `-x`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the tool's own options, one each"
+    )]
+    pub fn produce_marking(
+        &self,
+        topic: &str,
+        first: u64,
+        events: u64,
+        keys: u64,
+        rate: u64,
+        marked: &[&str],
+        ledger: &Path,
+    ) -> Result<Child> {
         self.tool()
             .args(["produce", "--brokers", &self.addr, "--topic", topic])
+            .args(["--mark-keys", &marked.join(",")])
             .args([
                 "--first",
                 &first.to_string(),

@@ -57,7 +57,15 @@ fn expected(events: &[Value]) -> BTreeMap<String, Vec<(i64, String)>> {
     by_key
 }
 
-async fn check_folds(host: &Host, expected: &BTreeMap<String, Vec<(i64, String)>>) -> Result<()> {
+/// Each key's state holds exactly its expected executions, in time order;
+/// returns how many events it checked (an empty expectation is an error: a
+/// check of nothing proves nothing).
+async fn check_folds(
+    host: &Host,
+    expected: &BTreeMap<String, Vec<(i64, String)>>,
+) -> Result<usize> {
+    ensure!(!expected.is_empty(), "no events to check");
+    let mut checked = 0;
     for (key, events) in expected {
         let (status, state) = host.get(&format!("/async-process/{key}")).await?;
         ensure!(status == 200, "{key}: {status} {state}");
@@ -69,8 +77,9 @@ async fn check_folds(host: &Host, expected: &BTreeMap<String, Vec<(i64, String)>
             .collect();
         let want: Vec<&str> = events.iter().map(|(_, id)| id.as_str()).collect();
         ensure!(ids == want, "{key}: executions {ids:?}, expected {want:?}");
+        checked += ids.len();
     }
-    Ok(())
+    Ok(checked)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,8 +89,13 @@ async fn confluent_clients_use_the_embedded_registry_and_mixed_versions_fold() -
     let summary = tokio::task::block_in_place(|| confluent(&registry, &host.url, None))?;
     host.wait_caught_up("async-process", T).await?;
     let mut events = summary["events"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        events.len() == 60,
+        "Confluent's serializer sent 60 events: {summary}"
+    );
     events.push(json!({"id": "json-1", "asyncProcessId": "p00", "time": 3_000_000}));
-    check_folds(&host, &expected(&events)).await?;
+    let checked = check_folds(&host, &expected(&events)).await?;
+    ensure!(checked == 61, "{checked} events checked");
     // v2 events keep their worker; v1 events read with v2 get its default.
     let (_, p01) = host.get("/async-process/p01").await?;
     ensure!(
@@ -315,12 +329,19 @@ async fn avro_over_kafka_with_confluent_serializer_and_an_external_registry() ->
     );
     let b = Host::start(&b_config).await?;
     let events = summary["events"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        events.len() == 60,
+        "Confluent's serializer sent 60 events: {summary}"
+    );
     let want = expected(&events);
     for host in [&a, &b] {
         let deadline = std::time::Instant::now() + T;
         loop {
             match check_folds(host, &want).await {
-                Ok(()) => break,
+                Ok(checked) => {
+                    ensure!(checked == 60, "{checked} events checked");
+                    break;
+                }
                 Err(e) if std::time::Instant::now() > deadline => return Err(e.context(host.log())),
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }

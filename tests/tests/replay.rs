@@ -202,37 +202,70 @@ async fn replay_from_a_timestamp_with_the_cli() -> Result<()> {
     Ok(())
 }
 
-/// A replay that rebuilds nothing (from past the end of the topic) leaves no
-/// state; the next event of a key then starts from nothing, not from a state
-/// the worker remembered.
+/// A replay whose range holds no events (from past the end of the topic)
+/// is refused and changes nothing; a replay of part of the topic replaces
+/// the states, and the next event of a key starts from the rebuilt state,
+/// not from a state the worker remembered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_rebuild_clears_state_for_the_running_pipeline() -> Result<()> {
+async fn an_empty_rebuild_is_refused_and_a_partial_one_replaces_what_the_worker_kept() -> Result<()>
+{
     let dir = tempfile::tempdir()?;
     let host = Host::start(&config(dir.path())?).await?;
     produce(&host, 0, 1_000).await?;
     host.wait_caught_up("versioned", T).await?;
     let (_, before) = host.get("/v1/pipelines/versioned/state/k7").await?;
     ensure!(tags(&before).len() == 10, "{before}");
-    let r = host
-        .http
-        .post(format!("{}/v1/pipelines/versioned/replay", host.url))
-        .bearer_auth(TOKEN)
-        .body(json!({ "from": "offset", "at": 1_000_000 }).to_string())
-        .send()
-        .await?;
-    ensure!(r.status().as_u16() == 202, "start: {}", r.status());
-    let deadline = Instant::now() + T;
-    loop {
-        let (_, p) = host.get("/v1/pipelines/versioned/replay").await?;
-        if p["phase"] == "done" {
-            break;
+    let replay = |from: Value| {
+        let host = &host;
+        async move {
+            let r = host
+                .http
+                .post(format!("{}/v1/pipelines/versioned/replay", host.url))
+                .bearer_auth(TOKEN)
+                .body(from.to_string())
+                .send()
+                .await?;
+            ensure!(r.status().as_u16() == 202, "start: {}", r.status());
+            let deadline = Instant::now() + T;
+            loop {
+                let (_, p) = host.get("/v1/pipelines/versioned/replay").await?;
+                if p["phase"] == "done" || p["phase"] == "failed" {
+                    return Ok(p);
+                }
+                ensure!(Instant::now() < deadline, "replay did not finish: {p}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        ensure!(p["phase"] != "failed", "{p}");
-        ensure!(Instant::now() < deadline, "replay did not finish: {p}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (status, gone) = host.get("/v1/pipelines/versioned/state/k7").await?;
-    ensure!(status == 404, "the rebuilt state is empty: {status} {gone}");
+    };
+    let p = replay(json!({ "from": "offset", "at": 1_000_000 })).await?;
+    ensure!(
+        p["phase"] == "failed"
+            && p["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no events"),
+        "an empty range is a failure: {p}"
+    );
+    let (status, kept) = host.get("/v1/pipelines/versioned/state/k7").await?;
+    ensure!(
+        status == 200 && kept == before,
+        "the live state is untouched: {kept}"
+    );
+
+    // From offset 100 of each partition: k7 keeps only its later events.
+    let p = replay(json!({ "from": "offset", "at": 100 })).await?;
+    ensure!(p["phase"] == "done", "{p}");
+    let (_, rebuilt) = host.get("/v1/pipelines/versioned/state/k7").await?;
+    let offsets: Vec<i64> = rebuilt["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e[3].as_i64())
+        .collect();
+    ensure!(
+        !offsets.is_empty() && offsets.len() < 10 && offsets.iter().all(|o| *o >= 100),
+        "only the events from offset 100 on: {rebuilt}"
+    );
     host.produce(
         "events",
         &json!({ "value": { "key": "k7", "id": "after" } }),
@@ -240,13 +273,11 @@ async fn an_empty_rebuild_clears_state_for_the_running_pipeline() -> Result<()> 
     .await?;
     host.wait_caught_up("versioned", T).await?;
     let (_, after) = host.get("/v1/pipelines/versioned/state/k7").await?;
+    let mut expected = tags(&rebuilt);
+    expected.push(("after".into(), "v1".into()));
     ensure!(
-        tags(&after)
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .collect::<Vec<_>>()
-            == ["after"],
-        "the key starts again from nothing: {after}"
+        tags(&after) == expected,
+        "the key goes on from its rebuilt state: {after}"
     );
     Ok(())
 }

@@ -14,6 +14,9 @@ fn config() -> Result<String> {
     let probe = test_component("sandbox-probe")?;
     Ok(format!(
         r#"
+[http]
+admin_token = "{ADMIN}"
+
 [source]
 kind = "embedded"
 [[source.topics]]
@@ -49,6 +52,8 @@ on_dead_letter = "quarantine"
         probe = probe.display()
     ))
 }
+
+const ADMIN: &str = "sandbox-admin";
 
 fn ev(key: &str, id: &str, action: &str) -> Value {
     json!({ "value": { "key": key, "id": id, "action": action, "size": 200_000 } })
@@ -346,6 +351,93 @@ async fn quarantine_holds_a_key_until_its_dead_letter_is_replayed() -> Result<()
         )
         .await?;
     ensure!(status == 400, "unknown filter field is refused");
+    Ok(())
+}
+
+/// A replay folds as the live worker does: a retryable failure is retried
+/// (not skipped), a poison event is dead-lettered again — replacing the
+/// live dead letter of the same event, not adding a second — and in
+/// quarantine mode the key's later events stay parked, once each, until
+/// that dead letter is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_keeps_failures_as_dead_letters_and_holds_quarantined_keys() -> Result<()> {
+    let host = Host::start(&config()?).await?;
+    host.produce(
+        "probe-q",
+        &json!({ "records": [
+            ev("q", "q1", "ok"), ev("q", "q2", "fail"), ev("q", "q3", "ok"), ev("q", "q4", "ok"),
+            ev("other", "o1", "ok"), ev("other", "o2", "retry-twice"),
+        ] }),
+    )
+    .await?;
+    host.wait_caught_up("quarantined", T).await?;
+    ensure!(applied(&host, "quarantined", "q").await? == ["q1"]);
+    ensure!(applied(&host, "quarantined", "other").await? == ["o1", "o2"]);
+    let before = dead_letters(&host, "quarantined", "").await?;
+    ensure!(before.len() == 1, "{before:?}");
+
+    let r = host
+        .http
+        .post(format!("{}/v1/pipelines/quarantined/replay", host.url))
+        .bearer_auth(ADMIN)
+        .body(r#"{"from":"beginning"}"#)
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 202, "replay: {}", r.status());
+    let deadline = std::time::Instant::now() + T;
+    let progress = loop {
+        let (_, p) = host.get("/v1/pipelines/quarantined/replay").await?;
+        if p["phase"] == "done" || p["phase"] == "failed" {
+            break p;
+        }
+        ensure!(std::time::Instant::now() < deadline, "{p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(
+        progress["phase"] == "done" && progress["processed"] == 6 && progress["failed"] == 1,
+        "{progress}"
+    );
+    // o2 was retried in the rebuild as in the live pipeline.
+    ensure!(applied(&host, "quarantined", "other").await? == ["o1", "o2"]);
+    ensure!(
+        applied(&host, "quarantined", "q").await? == ["q1"],
+        "q3 and q4 still wait"
+    );
+    let after = dead_letters(&host, "quarantined", "").await?;
+    ensure!(
+        after.len() == 1,
+        "one dead letter for q2, not two: {after:?}"
+    );
+    let letter = after.first().cloned().unwrap_or_default();
+    ensure!(
+        letter["key"] == "q"
+            && letter["offset"] == before[0]["offset"]
+            && letter["id"] != before[0]["id"],
+        "the rebuild's own letter for the same event: {letter}"
+    );
+
+    // Replaying it releases q3 and q4 once each, in order.
+    let id = letter["id"].as_u64().unwrap_or_default();
+    let (status, v) = host
+        .post(
+            &format!("/v1/pipelines/quarantined/dead-letters/{id}/replay"),
+            json!({ "value": { "key": "q", "id": "q2", "action": "ok" } }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200 && v["replayed"] == 1, "{status} {v}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let got = applied(&host, "quarantined", "q").await?;
+        if got.len() >= 4 {
+            ensure!(got == ["q1", "q2", "q3", "q4"], "{got:?}");
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "released: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.wait_caught_up("quarantined", T).await?;
+    ensure!(applied(&host, "quarantined", "q").await? == ["q1", "q2", "q3", "q4"]);
+    ensure!(dead_letters(&host, "quarantined", "").await?.is_empty());
     Ok(())
 }
 
