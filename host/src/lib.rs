@@ -20,6 +20,13 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 
+/// Locks a mutex, recovering it when a thread panicked while holding it:
+/// every mutex in Eddy guards data that is consistent between statements,
+/// so one panicked thread is no reason to stop the others.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Milliseconds since the Unix epoch (0 before it, saturating far after).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -36,12 +36,7 @@ impl AvroDecoder {
     }
 
     fn writer(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
-        if let Some(s) = self
-            .writers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-        {
+        if let Some(s) = crate::lock(&self.writers).get(&id) {
             return Ok(s.clone());
         }
         let text = self
@@ -56,10 +51,7 @@ impl AvroDecoder {
                     error: e.to_string(),
                 })?,
             );
-        self.writers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, schema.clone());
+        crate::lock(&self.writers).insert(id, schema.clone());
         Ok(schema)
     }
 

@@ -75,9 +75,7 @@ impl Slot {
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
-        self.meta
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.meta)
     }
 
     /// Its status.
@@ -213,10 +211,7 @@ impl Registry {
         let slot = self
             .slot(name)
             .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
-        let _one_at_a_time = slot
-            .deploying
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = crate::lock(&slot.deploying);
         if super::content_hash(&bytes) == slot.current().version {
             return Ok(slot.current().version.clone());
         }
@@ -281,10 +276,7 @@ impl Registry {
         let slot = self
             .slot(name)
             .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
-        let _one_at_a_time = slot
-            .deploying
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = crate::lock(&slot.deploying);
         let (previous, bytes) = slot
             .meta()
             .previous

@@ -162,12 +162,7 @@ pub async fn lag(State(s): State<AppState>) -> ApiResult<Json<Value>> {
                 .high_watermarks(&p.topic)
                 .map_err(|e| AppError::unavailable(e.to_string()))?
                 .unwrap_or_default();
-            let committed = control
-                .control()
-                .committed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let committed = crate::lock(&control.control().committed).clone();
             let mut rows = Vec::new();
             let mut total = 0u64;
             for (part, end) in (0u32..).zip(ends) {
@@ -218,11 +213,6 @@ pub async fn rebalance(
         Some(p) => vec![s.pipeline(p)?.name.clone()],
         None => s.pipelines.keys().cloned().collect(),
     };
-    s.readiness
-        .control()
-        .rejoin
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .extend(names.iter().cloned());
+    crate::lock(&s.readiness.control().rejoin).extend(names.iter().cloned());
     Ok((StatusCode::ACCEPTED, Json(json!({ "rejoining": names }))))
 }

@@ -252,9 +252,7 @@ async fn resolve(
     let tracker = s.replays.get(pipeline).cloned().unwrap_or_default();
     let log = s.log.clone();
     blocking(move || {
-        let _guard = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = crate::lock(&lock);
         // A rebuild replaces the dead letters of its range when it switches
         // over: resolving one meanwhile could apply its event twice.
         if crate::pipeline::replay::running(&tracker) {

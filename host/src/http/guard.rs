@@ -74,10 +74,7 @@ impl Gate {
         if self.produce_rate <= 0.0 {
             return Ok(());
         }
-        let mut b = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut b = crate::lock(&self.buckets);
         let now = Instant::now();
         let (tokens, at) = b.entry(who.to_owned()).or_insert((self.produce_burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.produce_rate)
@@ -142,11 +139,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut sse = self
-            .gate
-            .sse
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut sse = crate::lock(&self.gate.sse);
         if let Some(n) = sse.get_mut(&self.address) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -214,10 +207,7 @@ pub async fn gate(State(s): State<AppState>, request: Request, next: Next) -> Re
     }
     if read && is_sse(&path) {
         let slot = {
-            let mut sse = gate
-                .sse
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut sse = crate::lock(&gate.sse);
             let total: usize = sse.values().sum();
             let mine = sse.get(&address).copied().unwrap_or(0);
             if total >= gate.sse_max {

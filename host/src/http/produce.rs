@@ -1,7 +1,5 @@
 //! The producer endpoint of the embedded log and `POST {mount}` (create).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -379,11 +377,7 @@ pub async fn create(s: AppState, pipeline: String, body: Bytes) -> ApiResult<Jso
         event.insert(f.clone(), Value::String(uuid::Uuid::new_v4().to_string()));
     }
     if let Some(f) = &create.time_field {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        event.insert(f.clone(), Value::from(now));
+        event.insert(f.clone(), Value::from(crate::now_ms()));
     }
     let id = uuid::Uuid::new_v4().to_string();
     // The key field may be a path; set its last segment under the parents.

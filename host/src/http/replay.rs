@@ -64,10 +64,7 @@ pub async fn start(
 fn current(s: &AppState, pipeline: &str) -> ApiResult<Value> {
     s.pipeline(pipeline)?;
     let tracker = s.replays.get(pipeline).cloned().unwrap_or_default();
-    let p = tracker
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let p = crate::lock(&tracker).clone();
     match p {
         Some(p) => serde_json::to_value(p).map_err(AppError::internal),
         None => Err(AppError::not_found(format!(

@@ -129,10 +129,7 @@ impl Hub {
             return;
         };
         {
-            let mut history = ch
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut history = crate::lock(&ch.history);
             for c in changes {
                 history.push(c.clone());
             }
@@ -153,10 +150,7 @@ impl Hub {
     /// history; `None` for an unknown pipeline.
     pub fn missed(&self, pipeline: &str, seq: u64, max: usize) -> Option<Missed> {
         let ch = self.pipelines.get(pipeline)?;
-        let history = ch
-            .history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let history = crate::lock(&ch.history);
         Some(history.after(seq, max))
     }
 }

@@ -1,8 +1,6 @@
 //! Dead letters: events that could not be decoded, keyed or processed, kept
 //! with everything needed to understand and replay them.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 use crate::source::SourceRecord;
@@ -149,10 +147,7 @@ impl DeadLetter {
             value_base64: base64(&record.value),
             attempts: 1,
             retry_delays_ms: Vec::new(),
-            dead_lettered_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0),
+            dead_lettered_at_ms: crate::now_ms(),
         }
     }
 

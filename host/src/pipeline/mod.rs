@@ -316,9 +316,7 @@ impl Worker {
         let started = Instant::now();
         let consumed = records.len();
         let lock = self.lock.clone();
-        let _guard = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = crate::lock(&lock);
         self.between_batches()?;
         let offsets = next_offsets(&records);
         let Some(prepared) = prepare_batch(&self.config, &self.key, records, &mut || {

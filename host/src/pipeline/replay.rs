@@ -111,9 +111,7 @@ pub type Tracker = Arc<Mutex<Option<Progress>>>;
 
 /// Whether a replay of the pipeline tracked by `tracker` is running.
 pub fn running(tracker: &Tracker) -> bool {
-    tracker
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::lock(tracker)
         .as_ref()
         .is_some_and(|p| p.phase.running())
 }
@@ -136,12 +134,7 @@ struct Rebuild {
 
 impl Rebuild {
     fn update(&self, f: impl FnOnce(&mut Progress)) {
-        if let Some(p) = self
-            .tracker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_mut()
-        {
+        if let Some(p) = crate::lock(&self.tracker).as_mut() {
             f(p);
         }
     }
@@ -298,9 +291,7 @@ impl Rebuild {
         }
         // Catch up exactly and switch, with the live worker paused.
         self.update(|p| p.phase = Phase::Switching);
-        let _guard = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = crate::lock(lock);
         let total = self.chase_live()?;
         self.refuse_an_empty_range(total)?;
         self.read_to_ends()?;
@@ -526,9 +517,7 @@ pub fn start(
         error: None,
     };
     {
-        let mut t = tracker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = crate::lock(&tracker);
         if t.as_ref().is_some_and(|p| p.phase.running()) {
             return Err(ReplayError::Running(config.name));
         }
@@ -568,9 +557,7 @@ pub fn start(
                 }
                 .run(&lock)
             })();
-            let mut t = tracker
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut t = crate::lock(&tracker);
             if let Some(p) = t.as_mut() {
                 p.finished_at_ms = Some(now_ms());
                 match result {
@@ -592,11 +579,7 @@ pub fn start(
         });
     if let Err(e) = spawned {
         tracing::error!(pipeline = %name, error = %e, "cannot start the replay thread");
-        if let Some(p) = tracker_for_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_mut()
-        {
+        if let Some(p) = crate::lock(&tracker_for_error).as_mut() {
             p.phase = Phase::Failed;
             p.error = Some(format!("cannot start the replay thread: {e}"));
         }

@@ -32,12 +32,7 @@ impl Remote {
 
 impl SchemaSource for Remote {
     fn schema_text(&self, id: u32) -> Result<Option<String>, String> {
-        if let Some(s) = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-        {
+        if let Some(s) = crate::lock(&self.cache).get(&id) {
             return Ok(Some(s.clone()));
         }
         let url = format!("{}/schemas/ids/{id}", self.url);
@@ -61,10 +56,7 @@ impl SchemaSource for Remote {
                     .and_then(serde_json::Value::as_str)
                     .ok_or_else(|| format!("schema registry {url}: answer has no \"schema\""))?
                     .to_owned();
-                self.cache
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(id, text.clone());
+                crate::lock(&self.cache).insert(id, text.clone());
                 Ok(Some(text))
             }
             404 => Ok(None),

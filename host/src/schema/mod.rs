@@ -257,9 +257,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Doc> {
-        self.doc
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.doc)
     }
 
     fn save(&self, doc: &Doc) -> Result<()> {
@@ -274,18 +272,12 @@ impl Registry {
     /// Registers the pipelines' reader schemas: a new writer schema they
     /// cannot read is refused.
     pub fn set_readers(&self, readers: Vec<Reader>) {
-        *self
-            .readers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = readers;
+        *crate::lock(&self.readers) = readers;
     }
 
     /// The parsed schema of `id`.
     pub fn schema(&self, id: u32) -> Option<Arc<Schema>> {
-        let mut parsed = self
-            .parsed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut parsed = crate::lock(&self.parsed);
         if let Some(s) = parsed.get(&id) {
             return Some(s.clone());
         }
@@ -324,10 +316,7 @@ impl Registry {
         let previous = doc.parsed(live.iter().rev());
         let refs: Vec<(u32, &Schema)> = previous.iter().map(|(v, s)| (*v, s)).collect();
         let mut messages = compat::check(doc.mode(subject), &schema, &refs);
-        for r in self
-            .readers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        for r in crate::lock(&self.readers)
             .iter()
             .filter(|r| r.subject == subject)
         {

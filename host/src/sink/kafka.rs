@@ -50,10 +50,6 @@ struct Deliveries {
     wake: Condvar,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The producer's context: routes delivery reports.
 pub struct SinkContext {
     deliveries: Arc<Deliveries>,
@@ -84,7 +80,7 @@ impl ProducerContext for SinkContext {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Delivery>) {
         match *opaque {
             Delivery::Outbox(seq) => {
-                let mut r = lock(&self.deliveries.reports);
+                let mut r = crate::lock(&self.deliveries.reports);
                 match result {
                     Ok(_) => r.acked.push(seq),
                     Err((e, m)) => r.failed.push((seq, format!("topic {:?}: {e}", m.topic()))),
@@ -171,7 +167,7 @@ impl KafkaSink {
             .map_err(|e| SourceError::Config {
                 error: format!("cannot start the outbox drainer: {e}"),
             })?;
-        *lock(&sink.drainer) = Some(handle);
+        *crate::lock(&sink.drainer) = Some(handle);
         Ok(sink)
     }
 
@@ -187,7 +183,7 @@ impl KafkaSink {
         for (topic, _) in &emits {
             crate::source::validate_topic_name(topic).map_err(ProduceError::BadTopicName)?;
         }
-        let mut last = lock(&self.last_seq);
+        let mut last = crate::lock(&self.last_seq);
         let now = crate::now_ms();
         let mut seq = *last;
         commit.outbox = emits
@@ -224,7 +220,7 @@ impl KafkaSink {
     /// # Errors
     /// When the brokers cannot be asked.
     pub fn partitions(&self, topic: &str) -> Result<Option<u32>, ProduceError> {
-        if let Some(n) = lock(&self.partitions).get(topic) {
+        if let Some(n) = crate::lock(&self.partitions).get(topic) {
             return Ok(Some(*n));
         }
         let metadata = self
@@ -242,7 +238,7 @@ impl KafkaSink {
             .map(|t| u32::try_from(t.partitions().len()).unwrap_or(u32::MAX))
             .filter(|n| *n > 0);
         if let Some(n) = n {
-            lock(&self.partitions).insert(topic.to_owned(), n);
+            crate::lock(&self.partitions).insert(topic.to_owned(), n);
         }
         Ok(n)
     }
@@ -346,7 +342,7 @@ impl KafkaSink {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.deliveries.wake.notify_all();
-        if let Some(h) = lock(&self.drainer).take() {
+        if let Some(h) = crate::lock(&self.drainer).take() {
             let _ = h.join();
         }
         let left = self.outbox_depth();
@@ -384,7 +380,8 @@ impl KafkaSink {
         let mut cursor = 0u64;
         let mut retry_at: Option<Instant> = None;
         loop {
-            let Reports { acked, failed } = std::mem::take(&mut *lock(&self.deliveries.reports));
+            let Reports { acked, failed } =
+                std::mem::take(&mut *crate::lock(&self.deliveries.reports));
             if !acked.is_empty() {
                 if let Err(e) = self.store.outbox_remove(&acked) {
                     tracing::error!(error = %e, "cannot delete delivered outbox entries; they will be sent again");
@@ -434,7 +431,7 @@ impl KafkaSink {
                 }
             }
             if sent == 0 {
-                let reports = lock(&self.deliveries.reports);
+                let reports = crate::lock(&self.deliveries.reports);
                 if reports.acked.is_empty() && reports.failed.is_empty() {
                     let _ = self
                         .deliveries
@@ -444,7 +441,7 @@ impl KafkaSink {
             }
         }
         let _ = self.producer.flush(Duration::from_secs(5));
-        let Reports { acked, .. } = std::mem::take(&mut *lock(&self.deliveries.reports));
+        let Reports { acked, .. } = std::mem::take(&mut *crate::lock(&self.deliveries.reports));
         if let Err(e) = self.store.outbox_remove(&acked) {
             tracing::error!(error = %e, "cannot delete delivered outbox entries");
         }

@@ -108,9 +108,7 @@ impl EmbeddedLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Topics> {
-        self.topics
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.topics)
     }
 
     /// Creates a topic if it does not exist; returns its partition count.
@@ -253,9 +251,7 @@ impl EmbeddedLog {
 
     fn notify_appended(&self) {
         let (gen_lock, cv) = &self.appended;
-        let mut g = gen_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = crate::lock(gen_lock);
         *g += 1;
         cv.notify_all();
     }
@@ -319,9 +315,7 @@ impl EmbeddedLog {
     /// Waits until something is appended after generation `seen`, or `wait` passes.
     pub fn wait_for_append(&self, seen: u64, wait: Duration) -> u64 {
         let (gen_lock, cv) = &self.appended;
-        let g = gen_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let g = crate::lock(gen_lock);
         if *g != seen {
             return *g;
         }
@@ -333,11 +327,7 @@ impl EmbeddedLog {
 
     /// The current append generation.
     pub fn generation(&self) -> u64 {
-        *self
-            .appended
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *crate::lock(&self.appended.0)
     }
 }
 

@@ -159,14 +159,14 @@ impl ClientContext for AdminContext {
                 | RDKafkaLogLevel::Error
         ) || telling.iter().any(|w| log_message.contains(w))
         {
-            *lock(&self.last_error) = Some(log_message.to_owned());
+            *crate::lock(&self.last_error) = Some(log_message.to_owned());
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, "kafka client: {reason}");
         // "n/n brokers are down" says less than what came before it.
-        let mut last = lock(&self.last_error);
+        let mut last = crate::lock(&self.last_error);
         if last.is_none() || !reason.contains("brokers are down") {
             *last = Some(reason.to_owned());
         }
@@ -190,7 +190,7 @@ fn diagnose(cfg: &KafkaConfig) -> Option<String> {
         .ok()?;
     let _ = probe.client().fetch_metadata(None, Duration::from_secs(2));
     probe.poll(Duration::from_millis(100));
-    lock(&probe.context().last_error).clone()
+    crate::lock(&probe.context().last_error).clone()
 }
 
 /// `error`, followed by librdkafka's own reason when it has one.
@@ -251,10 +251,6 @@ struct Group {
     down: std::sync::atomic::AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The consumer's context: rebalance handling with store offsets.
 pub struct GroupContext {
     group: Arc<Group>,
@@ -310,7 +306,7 @@ impl GroupContext {
                 if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*o)) {
                     tracing::warn!(pipeline = %g.pipeline, topic = %topic, partition, error = %e, "cannot set start offset");
                 }
-                lock(&g.floor).insert((topic.clone(), *partition), *o);
+                crate::lock(&g.floor).insert((topic.clone(), *partition), *o);
             }
             let at = start.map_or_else(|| "reset".to_owned(), |o| o.to_string());
             let from = match (stored, in_group) {
@@ -332,7 +328,7 @@ impl GroupContext {
         if let Err(e) = assigned {
             tracing::error!(pipeline = %g.pipeline, error = %e, "assign failed");
         }
-        let mut a = lock(&g.assigned);
+        let mut a = crate::lock(&g.assigned);
         if !matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -352,7 +348,7 @@ impl GroupContext {
         if !consumer.assignment_lost() {
             let mut commit = TopicPartitionList::new();
             {
-                let committed = lock(&g.committed);
+                let committed = crate::lock(&g.committed);
                 for el in tpl.elements() {
                     if let Some(o) = committed.get(&(el.topic().to_owned(), el.partition())) {
                         let _ = commit.add_partition_offset(
@@ -376,8 +372,8 @@ impl GroupContext {
         if let Err(e) = released {
             tracing::error!(pipeline = %g.pipeline, error = %e, "unassign failed");
         }
-        let mut a = lock(&g.assigned);
-        let mut floor = lock(&g.floor);
+        let mut a = crate::lock(&g.assigned);
+        let mut floor = crate::lock(&g.floor);
         let mut described = Vec::new();
         for el in tpl.elements() {
             let k = (el.topic().to_owned(), el.partition());
@@ -409,7 +405,7 @@ impl ConsumerContext for GroupContext {
             other => {
                 tracing::error!(pipeline = %self.group.pipeline, error = ?other, "rebalance failed");
                 let _ = consumer.unassign();
-                lock(&self.group.assigned).clear();
+                crate::lock(&self.group.assigned).clear();
                 self.group.rebalances.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -520,8 +516,8 @@ impl KafkaSource {
         // topic → partition → the lowest offset to hand out, if any.
         let mut wanted: HashMap<String, HashMap<i32, Option<i64>>> = HashMap::new();
         {
-            let assigned = lock(&self.group.assigned);
-            let floor = lock(&self.group.floor);
+            let assigned = crate::lock(&self.group.assigned);
+            let floor = crate::lock(&self.group.floor);
             for (t, p) in assigned.iter() {
                 wanted
                     .entry(t.clone())
@@ -542,21 +538,15 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
-        let rejoin = self
-            .group
-            .readiness
-            .control()
-            .rejoin
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.group.pipeline);
+        let rejoin =
+            crate::lock(&self.group.readiness.control().rejoin).remove(&self.group.pipeline);
         if rejoin {
             // Leave (committing on revocation, between batches) and join again,
             // so the group reassigns the partitions.
             tracing::info!(pipeline = %self.group.pipeline, "leaving and rejoining the consumer group");
             self.consumer.unsubscribe();
             let until = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < until && !lock(&self.group.assigned).is_empty() {
+            while Instant::now() < until && !crate::lock(&self.group.assigned).is_empty() {
                 let _ = self.consumer.poll(Duration::from_millis(50));
             }
             self.consumer
@@ -621,8 +611,8 @@ impl Source for KafkaSource {
     fn committed(&mut self, next_offsets: &[(String, u32, u64)]) {
         let mut tpl = TopicPartitionList::new();
         {
-            let mut committed = lock(&self.group.committed);
-            let mut floor = lock(&self.group.floor);
+            let mut committed = crate::lock(&self.group.committed);
+            let mut floor = crate::lock(&self.group.floor);
             for (topic, partition, next) in next_offsets {
                 if topic.as_str() != &*self.topic {
                     continue;
@@ -632,16 +622,10 @@ impl Source for KafkaSource {
                 };
                 committed.insert((topic.clone(), p), o);
                 floor.insert((topic.clone(), p), o);
-                self.group
-                    .readiness
-                    .control()
-                    .committed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(
-                        (self.group.pipeline.clone(), topic.clone(), *partition),
-                        *next,
-                    );
+                crate::lock(&self.group.readiness.control().committed).insert(
+                    (self.group.pipeline.clone(), topic.clone(), *partition),
+                    *next,
+                );
                 let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
             }
         }
@@ -659,7 +643,7 @@ impl Drop for KafkaSource {
         // the session time out, so partitions move to the other members at once.
         self.consumer.unsubscribe();
         let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until && !lock(&self.group.assigned).is_empty() {
+        while Instant::now() < until && !crate::lock(&self.group.assigned).is_empty() {
             let _ = self.consumer.poll(Duration::from_millis(50));
         }
     }
@@ -810,7 +794,7 @@ impl Rewind for KafkaRewind {
                 Some(Err(e)) => {
                     // Kept to explain a read that stalls; the client retries.
                     tracing::warn!(topic = %self.topic, error = %e, "kafka reader");
-                    *lock(&self.consumer.context().last_error) = Some(e.to_string());
+                    *crate::lock(&self.consumer.context().last_error) = Some(e.to_string());
                     break;
                 }
                 Some(Ok(m)) => {
@@ -825,7 +809,7 @@ impl Rewind for KafkaRewind {
     }
 
     fn last_error(&self) -> Option<String> {
-        lock(&self.consumer.context().last_error).clone()
+        crate::lock(&self.consumer.context().last_error).clone()
     }
 }
 

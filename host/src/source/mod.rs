@@ -111,17 +111,12 @@ impl Readiness {
 
     /// Marks a pipeline ready (`None`) or not, with why.
     pub fn set(&self, pipeline: &str, not_ready: Option<String>) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(pipeline.to_owned(), not_ready);
+        crate::lock(&self.0).insert(pipeline.to_owned(), not_ready);
     }
 
     /// The pipelines that are not ready, with the reasons.
     pub fn not_ready(&self) -> Vec<(String, String)> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.0)
             .iter()
             .filter_map(|(p, r)| r.clone().map(|r| (p.clone(), r)))
             .collect()
