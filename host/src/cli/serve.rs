@@ -190,13 +190,18 @@ fn open_topics(
     }
 }
 
+/// The schema registry that [`open_schemas`] opened (`None`: an external
+/// one) and each pipeline's intake, by pipeline name.
+type Schemas = (
+    Option<Arc<crate::schema::Registry>>,
+    HashMap<String, crate::pipeline::Intake>,
+);
+
 /// Opens the schema registry (embedded, unless `[registry] url` names an
-/// external one) and gives each Avro pipeline its decoder, after checking
-/// that its reader schema can read every writer schema of its subject.
-fn open_schemas(
-    config: &mut Config,
-    store: &Store,
-) -> anyhow::Result<Option<Arc<crate::schema::Registry>>> {
+/// external one) and builds each pipeline's intake: Avro pipelines decode
+/// with the registry's writers and their reader schema, after checking
+/// that it can read every writer schema of its subject.
+fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
     use crate::decode::Decoder;
     use crate::decode::avro::AvroDecoder;
     use crate::schema::{Reader, Registry, SchemaSource, external::Remote};
@@ -210,11 +215,13 @@ fn open_schemas(
         (None, None) => anyhow::bail!("no schema registry"),
     };
     let mut readers = Vec::new();
-    for i in 0..config.pipelines.len() {
-        let Some(p) = config.pipelines.get(i) else {
-            continue;
-        };
+    let mut intakes = HashMap::new();
+    for p in &config.pipelines {
         if p.value_format != crate::config::ValueFormat::Avro {
+            intakes.insert(
+                p.name.clone(),
+                crate::pipeline::Intake::new(p, Decoder::Json),
+            );
             continue;
         }
         let reader = match &p.reader_schema {
@@ -254,14 +261,12 @@ fn open_schemas(
             });
         }
         let decoder = Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), reader)));
-        if let Some(p) = config.pipelines.get_mut(i) {
-            p.decoder = decoder;
-        }
+        intakes.insert(p.name.clone(), crate::pipeline::Intake::new(p, decoder));
     }
     if let Some(r) = &embedded {
         r.set_readers(readers);
     }
-    Ok(embedded)
+    Ok((embedded, intakes))
 }
 
 /// Command-line settings that override the config file.
@@ -313,7 +318,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             None
         };
 
-    let schemas = open_schemas(&mut config, &store)?;
+    let (schemas, intakes) = open_schemas(&config, &store)?;
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
     let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
@@ -398,6 +403,10 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             handlers,
             Wiring {
                 source: Box::new(source),
+                intake: intakes
+                    .get(&p.name)
+                    .cloned()
+                    .with_context(|| format!("pipeline {:?} has no decoder", p.name))?,
                 sink: sink.clone(),
                 store: store.clone(),
                 hub: hub.clone(),
@@ -433,6 +442,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         },
         sink: sink.clone(),
         hub,
+        intakes: Arc::new(intakes),
         pipelines: Arc::new(
             config
                 .pipelines

@@ -60,7 +60,7 @@ pub async fn create_topic(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let t: NewTopic =
         serde_json::from_slice(&body).map_err(|e| AppError::unprocessable(format!("body: {e}")))?;
-    crate::source::validate_topic_name(&t.name).map_err(AppError::unprocessable)?;
+    crate::config::validate_topic_name(&t.name).map_err(AppError::unprocessable)?;
     if s.topic_naming.is_some() {
         check_naming(&t.name).map_err(AppError::unprocessable)?;
     }

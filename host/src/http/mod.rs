@@ -46,6 +46,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Pipelines by name.
     pub pipelines: Arc<HashMap<String, PipelineConfig>>,
+    /// How each pipeline decodes and keys its records, by name.
+    pub intakes: Arc<HashMap<String, crate::pipeline::Intake>>,
     /// SSE keep-alive interval.
     pub keepalive: Duration,
     /// Per-pipeline locks shared with the workers.
@@ -73,6 +75,12 @@ pub struct AppState {
 impl AppState {
     fn pipeline(&self, name: &str) -> Result<&PipelineConfig, AppError> {
         self.pipelines
+            .get(name)
+            .ok_or_else(|| AppError::not_found(format!("pipeline {name:?} does not exist")))
+    }
+
+    fn intake(&self, name: &str) -> Result<&crate::pipeline::Intake, AppError> {
+        self.intakes
             .get(name)
             .ok_or_else(|| AppError::not_found(format!("pipeline {name:?} does not exist")))
     }

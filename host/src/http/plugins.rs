@@ -125,15 +125,17 @@ pub async fn shadow(
     let limit = q.limit.unwrap_or(1_000_000).max(1);
     let current = crate::execute::Instance::new(slot.current());
     let (history, registry) = (s.history.clone(), s.registry.clone());
+    let intake = s.intake(&pipeline.name)?.clone();
     let report = blocking(move || {
         // Compiling a large component takes seconds: off the async workers.
         let candidate = registry
             .compile_candidate(&name, &body)
             .map_err(deploy_error)?;
         let candidate = crate::execute::Instance::new(std::sync::Arc::new(candidate));
-        crate::pipeline::shadow::run(&pipeline, current, candidate, &history, from, limit).map_err(
-            |e| AppError::unavailable(format!("shadow run over {:?}: {e:#}", pipeline.topic)),
+        crate::pipeline::shadow::run(
+            &pipeline, &intake, current, candidate, &history, from, limit,
         )
+        .map_err(|e| AppError::unavailable(format!("shadow run over {:?}: {e:#}", pipeline.topic)))
     })
     .await?;
     Ok(Json(

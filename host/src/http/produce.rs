@@ -249,7 +249,7 @@ pub async fn produce(
                     .consumers_of(&topic)
                     .iter()
                     .find_map(|p| {
-                        let (json, _) = p.decoder.decode(&r.value).ok()?;
+                        let (json, _) = s.intakes.get(&p.name)?.decoder().decode(&r.value).ok()?;
                         let v: Value = serde_json::from_str(&json).ok()?;
                         KeySpec::new(p.key_field.as_deref()).key_in_value(&v).ok()
                     })

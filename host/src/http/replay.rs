@@ -44,6 +44,7 @@ pub async fn start(
         .map(|slot| Instance::new(slot.current()).in_pipeline(&pipeline));
     let inputs = replay::Inputs {
         history: s.history.clone(),
+        intake: s.intake(&pipeline)?.clone(),
         log: s.log.clone(),
         lock: s.locks.get(&pipeline).cloned().unwrap_or_default(),
         tracker: s.replays.get(&pipeline).cloned().unwrap_or_default(),

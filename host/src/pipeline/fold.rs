@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::config::validate_topic_name;
 use crate::config::{OnDeadLetter, PipelineConfig};
 use crate::execute::bindings::Event;
 use crate::execute::{Emitted, Instance, PluginError};
-use crate::source::validate_topic_name;
 
 /// A result and the retry delays it took.
 pub type Attempted<T> = (Result<T, PluginError>, Vec<u64>);

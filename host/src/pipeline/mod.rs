@@ -9,6 +9,7 @@
 
 pub mod dead_letter;
 pub mod fold;
+pub mod intake;
 pub mod outputs;
 pub mod replay;
 pub mod shadow;
@@ -20,14 +21,13 @@ use std::time::{Duration, Instant};
 
 use crate::config::PipelineConfig;
 use crate::execute::Instance;
-use crate::execute::bindings::{Event, Header};
+use crate::execute::bindings::Event;
 use crate::notify::Hub;
-use crate::route::KeySpec;
 use crate::sink::Sink;
 use crate::source::{Limit, Source, SourceRecord};
 use crate::store::{Change, Store};
-use dead_letter::{DeadLetter, Stage};
 use fold::{ByKey, Policy};
+pub use intake::{Intake, Item, Prepared};
 use outputs::{Folder, Outputs, Target, shared_changes};
 
 /// The header carrying an emitted record's deterministic id:
@@ -40,7 +40,7 @@ pub const ID_HEADER: &str = "eddy-id";
 /// A running pipeline's parts.
 pub struct Worker {
     config: PipelineConfig,
-    key: KeySpec,
+    intake: Intake,
     aggregator: Option<Instance>,
     handlers: Vec<Instance>,
     source: Box<dyn Source>,
@@ -127,85 +127,15 @@ impl BatchSize {
 /// replay and delete, a replay's switch-over) that change the same keys.
 pub type PipelineLock = Arc<std::sync::Mutex<()>>;
 
-/// Error class of an event whose writer schema could not be fetched: the
-/// worker retries it and never dead-letters it.
-pub const REGISTRY_UNAVAILABLE: &str = "registry-unavailable";
-
 /// The header naming where a replayed or released event first came from.
 pub const SOURCE_HEADER: &str = "eddy-source";
-
-/// One decoded, keyed input event (its [`Event`] is kept alongside, in the
-/// same order, so calls can take slices of events without copying them).
-pub struct Item {
-    /// The record as read.
-    pub record: SourceRecord,
-    /// Its key.
-    pub key: String,
-}
-
-/// A batch decoded and keyed.
-#[derive(Default)]
-pub struct Prepared {
-    /// The events that decoded, with their keys.
-    pub items: Vec<Item>,
-    /// Their events for the plugins, in the same order.
-    pub events: Vec<Event>,
-    /// The records that did not decode or had no key.
-    pub dead: Vec<DeadLetter>,
-}
-
-/// Decodes and keys a batch. While the schema registry cannot be reached
-/// the record waits (backoff from 100 ms to 5 s) and is never dead-lettered;
-/// `keep_waiting` is asked between waits, and `None` is returned when it
-/// says to stop (nothing of the batch is used then).
-pub fn prepare_batch(
-    config: &PipelineConfig,
-    key_spec: &KeySpec,
-    records: Vec<SourceRecord>,
-    keep_waiting: &mut dyn FnMut() -> bool,
-) -> Option<Prepared> {
-    let mut out = Prepared {
-        items: Vec::with_capacity(records.len()),
-        events: Vec::with_capacity(records.len()),
-        dead: Vec::new(),
-    };
-    for record in records {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match prepare(config, key_spec, &record) {
-                Ok((event, key)) => {
-                    out.items.push(Item { record, key });
-                    out.events.push(event);
-                }
-                Err(dl) if dl.error_class == REGISTRY_UNAVAILABLE => {
-                    tracing::warn!(
-                        pipeline = %config.name, topic = %record.topic,
-                        partition = record.partition, offset = record.offset,
-                        error = %dl.error, retry_in_ms = backoff.as_millis() as u64,
-                        "schema registry unreachable; retrying"
-                    );
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until {
-                        if !keep_waiting() {
-                            return None;
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-                Err(dl) => out.dead.push(*dl),
-            }
-            break;
-        }
-    }
-    Some(out)
-}
 
 /// What a worker reads from and writes to.
 pub struct Wiring {
     /// Input (the topic, chained with the pipeline's replay topic).
     pub source: Box<dyn Source>,
+    /// How its records are decoded and keyed.
+    pub intake: Intake,
     /// Where emitted records go.
     pub sink: Sink,
     /// The state store.
@@ -229,6 +159,7 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let Wiring {
             source,
+            intake,
             sink,
             store,
             hub,
@@ -237,7 +168,7 @@ impl Worker {
         let seq = store.last_seq(&config.name)?;
         let dead_id = store.last_dead_id(&config.name)?;
         Ok(Worker {
-            key: KeySpec::new(config.key_field.as_deref()),
+            intake,
             cache: StateCache {
                 epoch: store.state_epoch(),
                 ..StateCache::default()
@@ -319,9 +250,10 @@ impl Worker {
         let _guard = crate::lock(&lock);
         self.between_batches()?;
         let offsets = next_offsets(&records);
-        let Some(prepared) = prepare_batch(&self.config, &self.key, records, &mut || {
-            !stop.load(Ordering::Relaxed)
-        }) else {
+        let Some(prepared) = self
+            .intake
+            .prepare_batch(records, &mut || !stop.load(Ordering::Relaxed))
+        else {
             return Ok(false);
         };
         let mut out = Outputs {
@@ -452,60 +384,6 @@ fn next_offsets(records: &[SourceRecord]) -> Vec<(String, u32, u64)> {
     next.into_iter()
         .map(|((t, p), o)| (t.to_owned(), p, o))
         .collect()
-}
-
-/// Decodes and keys one record, or says why it goes to the dead letters.
-pub fn prepare(
-    config: &PipelineConfig,
-    key_spec: &KeySpec,
-    record: &SourceRecord,
-) -> Result<(Event, String), Box<DeadLetter>> {
-    let pipeline = config.name.as_str();
-    let (value, schema_id) = config.decoder.decode(&record.value).map_err(|e| {
-        Box::new(DeadLetter::new(
-            pipeline,
-            record,
-            Stage::Decode,
-            if e.is_retryable() {
-                REGISTRY_UNAVAILABLE
-            } else {
-                "decode"
-            },
-            e.to_string(),
-        ))
-    })?;
-    let key = key_spec
-        .key_of(record.key.as_deref(), &value)
-        .map_err(|e| {
-            Box::new(DeadLetter::new(
-                pipeline,
-                record,
-                Stage::Route,
-                "key",
-                e.to_string(),
-            ))
-        })?;
-    let event = Event {
-        topic: record.topic.to_string(),
-        partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
-        offset: i64::try_from(record.offset).unwrap_or(i64::MAX),
-        timestamp_ms: record.timestamp_ms,
-        key: record
-            .key
-            .as_deref()
-            .map(|k| String::from_utf8_lossy(k).into_owned()),
-        headers: record
-            .headers
-            .iter()
-            .map(|(name, value)| Header {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
-        schema_id,
-        value,
-    };
-    Ok((event, key))
 }
 
 /// Stops all workers when set.

@@ -33,11 +33,10 @@ use serde::Serialize;
 use super::dead_letter::{DeadLetter, Origin, Stage};
 use super::fold::{self, ByKey, Policy};
 use super::outputs::{Folder, Outputs, Target};
-use super::{Item, PipelineLock, prepare_batch};
+use super::{Intake, Item, PipelineLock};
 use crate::config::PipelineConfig;
 use crate::execute::Instance;
 use crate::now_ms;
-use crate::route::KeySpec;
 use crate::source::embedded::EmbeddedLog;
 use crate::source::rewind::{History, RangeReader, Span};
 use crate::source::{Limit, SourceRecord};
@@ -119,7 +118,7 @@ pub fn running(tracker: &Tracker) -> bool {
 struct Rebuild {
     config: PipelineConfig,
     ns: String,
-    key: KeySpec,
+    intake: Intake,
     aggregator: Instance,
     policy: Policy,
     store: Store,
@@ -187,15 +186,15 @@ impl Rebuild {
     fn fold(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
         let n = records.len() as u64;
         let waiting_since = Instant::now();
-        let prepared = prepare_batch(&self.config, &self.key, records, &mut || {
-            waiting_since.elapsed() < REGISTRY_WAIT
-        })
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the schema registry was unreachable for {} s",
-                REGISTRY_WAIT.as_secs()
-            )
-        })?;
+        let prepared = self
+            .intake
+            .prepare_batch(records, &mut || waiting_since.elapsed() < REGISTRY_WAIT)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the schema registry was unreachable for {} s",
+                    REGISTRY_WAIT.as_secs()
+                )
+            })?;
         let mut out = Outputs {
             dead: prepared.dead,
             ..Outputs::default()
@@ -458,6 +457,8 @@ pub enum ReplayError {
 pub struct Inputs {
     /// The pipeline's source, read by position.
     pub history: History,
+    /// How its records are decoded and keyed.
+    pub intake: Intake,
     /// The embedded log (it holds the pipeline's replay topic) and the store.
     pub log: Arc<EmbeddedLog>,
     /// The pipeline's lock.
@@ -479,6 +480,7 @@ pub fn start(
 ) -> Result<Progress, ReplayError> {
     let Inputs {
         history,
+        intake,
         log,
         lock,
         tracker,
@@ -543,7 +545,7 @@ pub fn start(
                 };
                 tracing::info!(pipeline = %config.name, ?from, "replay started");
                 Rebuild {
-                    key: KeySpec::new(config.key_field.as_deref()),
+                    intake,
                     ns: ns.clone(),
                     aggregator,
                     policy,

@@ -15,12 +15,11 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::Intake;
 use super::fold::{self, ByKey, Policy};
-use super::prepare_batch;
 use crate::config::{PipelineConfig, PluginKind};
 use crate::execute::bindings::Event;
 use crate::execute::{Emitted, Instance, PluginError};
-use crate::route::KeySpec;
 use crate::source::Limit;
 use crate::source::rewind::{From, History, RangeReader};
 
@@ -180,6 +179,7 @@ fn source_of(e: &Event) -> String {
 /// When the input cannot be read.
 pub fn run(
     config: &PipelineConfig,
+    intake: &Intake,
     current: Instance,
     candidate: Instance,
     history: &History,
@@ -206,7 +206,6 @@ pub fn run(
     };
     let mut before = Side::new(current, config);
     let mut after = Side::new(candidate, config);
-    let key_spec = KeySpec::new(config.key_field.as_deref());
     let mut reader = RangeReader::open(
         history.open(&config.topic)?,
         &config.topic,
@@ -247,7 +246,7 @@ pub fn run(
         }
         report.events += records.len() as u64;
         // Decode failures are the same for both versions: not a difference.
-        let Some(prepared) = prepare_batch(config, &key_spec, records, &mut || false) else {
+        let Some(prepared) = intake.prepare_batch(records, &mut || false) else {
             anyhow::bail!("the schema registry is unreachable");
         };
         let keys: Vec<&str> = prepared.items.iter().map(|i| i.key.as_str()).collect();

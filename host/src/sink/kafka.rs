@@ -181,7 +181,7 @@ impl KafkaSink {
         emits: Vec<(String, ProduceRecord)>,
     ) -> Result<(), ProduceError> {
         for (topic, _) in &emits {
-            crate::source::validate_topic_name(topic).map_err(ProduceError::BadTopicName)?;
+            crate::config::validate_topic_name(topic).map_err(ProduceError::BadTopicName)?;
         }
         let mut last = crate::lock(&self.last_seq);
         let now = crate::now_ms();

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{Limit, Source, SourceError, SourceRecord, partition_for_key, validate_topic_name};
+use super::{Limit, Source, SourceError, SourceRecord, partition_for_key};
 use crate::config::EmbeddedConfig;
+use crate::config::validate_topic_name;
 use crate::store::{Append, Commit, LogRecord, Store, StoreError};
 
 /// A record to produce.

@@ -1,0 +1,98 @@
+//! `[http]`: the HTTP server, its tokens and limits.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Seconds between SSE keep-alive comments.
+    #[serde(default = "default_keepalive")]
+    pub sse_keepalive_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    /// Bearer token required by the admin routes (plugin deploy and
+    /// rollback). `EDDY_ADMIN_TOKEN` sets it too. Without one, they are off.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Deploy a plugin's component when its file changes on disk.
+    #[serde(default = "default_true")]
+    pub watch_plugins: bool,
+    /// Token required on every write route (producing, entity creation,
+    /// dead-letter and replay operations, schema registry writes), as
+    /// `Authorization: Bearer <token>` (or as the password of Basic auth,
+    /// as Confluent's clients send it). `EDDY_TOKEN` sets it too. Without
+    /// one, writes are open. Plugin deploys and state rebuilds use `admin_token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Require the token on read routes too (all but `/healthz`, `/readyz`
+    /// and `/metrics`).
+    #[serde(default)]
+    pub protect_reads: bool,
+    /// Producer requests per second allowed per token (per client address
+    /// without one); beyond it, `429` with `Retry-After`. 0 turns it off.
+    #[serde(default)]
+    pub produce_rate_per_sec: f64,
+    /// Producer requests a caller may send at once before the rate applies.
+    #[serde(default = "default_burst")]
+    pub produce_burst: u32,
+    /// Most open SSE connections overall (`503` beyond).
+    #[serde(default = "default_sse_max")]
+    pub sse_max_clients: usize,
+    /// Most open SSE connections from one client address (`429` beyond).
+    #[serde(default = "default_sse_per_address")]
+    pub sse_max_per_address: usize,
+    /// Naming rule for topics created with `POST /v1/topics`; the one rule
+    /// is `"entity.event_type.version"` (such as `order.created.v1`).
+    #[serde(default)]
+    pub topic_naming: Option<String>,
+}
+
+fn default_burst() -> u32 {
+    20
+}
+fn default_sse_max() -> usize {
+    50_000
+}
+fn default_sse_per_address() -> usize {
+    1_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            sse_keepalive_secs: default_keepalive(),
+            max_body_bytes: default_body_limit(),
+            admin_token: None,
+            watch_plugins: true,
+            token: None,
+            protect_reads: false,
+            produce_rate_per_sec: 0.0,
+            produce_burst: default_burst(),
+            sse_max_clients: default_sse_max(),
+            sse_max_per_address: default_sse_per_address(),
+            topic_naming: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_keepalive() -> u64 {
+    15
+}
+fn default_body_limit() -> usize {
+    8 * 1024 * 1024
+}

@@ -1,0 +1,312 @@
+//! `eddy.toml`: what runs. Plain data, one file per section; every field is
+//! documented, so this module is the reference for the file format. The
+//! stages read it; it calls into none of them.
+
+mod http;
+mod names;
+mod pipeline;
+mod plugin;
+mod source;
+mod store;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use http::HttpConfig;
+pub use names::{valid_name, validate_topic_name};
+pub use pipeline::{CreateConfig, MountConfig, OnDeadLetter, PipelineConfig, ValueFormat};
+pub use plugin::{DirGrant, Grants, PluginConfig, PluginKind};
+pub use source::{EmbeddedConfig, KafkaConfig, SourceConfig, TopicConfig};
+pub use store::{Durability, StoreConfig};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where events come from.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// The local state store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The schema registry.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// Graceful shutdown on SIGTERM/SIGINT.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// The plugin components the pipelines use.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+    /// The pipelines: each binds a topic to an aggregator and/or handlers.
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineConfig>,
+    /// Directory the config file was read from; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Graceful shutdown: on SIGTERM or SIGINT Eddy stops taking input, commits
+/// the batch in flight, sends SSE clients a final `shutdown` event, drains
+/// the Kafka outbox and syncs the store — all within `timeout_ms`. If that
+/// bound passes (a broker that stopped answering, say), it exits with status 1;
+/// what was not sent stays in the outbox and goes out after the next start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The whole shutdown's bound, in milliseconds (default 30 000, the
+    /// grace period Kubernetes gives a pod).
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
+}
+
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Where writer schemas come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// An external Confluent-compatible registry (`http://host:8081`).
+    /// Without it, Eddy's embedded registry (served at `/registry`) is used.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    ///
+    /// # Errors
+    /// A message naming the file and every problem found.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if let Err(problems) = config.validate() {
+            anyhow::bail!(
+                "invalid config {}:\n  - {}",
+                path.display(),
+                problems.join("\n  - ")
+            );
+        }
+        Ok(config)
+    }
+
+    /// Resolves a path from the config file against its directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Checks the rules that span fields; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut plugin_names = HashSet::new();
+        for p in &self.plugins {
+            if !plugin_names.insert(p.name.as_str()) {
+                problems.push(format!("plugin {:?} is declared twice", p.name));
+            }
+            if p.timeout_ms == 0 {
+                problems.push(format!("plugin {:?}: timeout_ms must be > 0", p.name));
+            }
+            if p.memory_mb == 0 {
+                problems.push(format!("plugin {:?}: memory_mb must be > 0", p.name));
+            }
+        }
+        if self.shutdown.timeout_ms == 0 {
+            problems.push("shutdown.timeout_ms must be > 0".into());
+        }
+        if let Some(rule) = &self.http.topic_naming
+            && rule != "entity.event_type.version"
+        {
+            problems.push(format!(
+                "http.topic_naming: unknown rule {rule:?} (the rule is \"entity.event_type.version\")"
+            ));
+        }
+        let (default_partitions, topics) = match &self.source {
+            SourceConfig::Embedded(e) => (e.default_partitions, e.topics.as_slice()),
+            SourceConfig::Kafka(k) => {
+                if k.brokers.trim().is_empty() {
+                    problems.push("source.brokers must name at least one broker".into());
+                }
+                if k.group_id.trim().is_empty() {
+                    problems.push("source.group_id must not be empty".into());
+                }
+                (k.default_partitions, k.topics.as_slice())
+            }
+        };
+        if !(1..=1024).contains(&default_partitions) {
+            problems.push("source.default_partitions must be within 1..=1024".into());
+        }
+        for t in topics {
+            if let Err(e) = validate_topic_name(&t.name) {
+                problems.push(format!("source.topics: {e}"));
+            }
+            if !(1..=1024).contains(&t.partitions) {
+                problems.push(format!(
+                    "topic {:?}: partitions must be within 1..=1024",
+                    t.name
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut mounts = HashSet::new();
+        for p in &self.pipelines {
+            let at = format!("pipeline {:?}", p.name);
+            if !valid_name(&p.name) {
+                problems.push(format!(
+                    "{at}: name may hold only letters, digits, '.', '_' and '-'"
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                problems.push(format!("{at} is declared twice"));
+            }
+            if let Err(e) = validate_topic_name(&p.topic) {
+                problems.push(format!("{at}: {e}"));
+            }
+            if let Some(c) = &p.changelog_topic {
+                if let Err(e) = validate_topic_name(c) {
+                    problems.push(format!("{at}: changelog_topic: {e}"));
+                }
+                if c == &p.topic {
+                    problems.push(format!(
+                        "{at}: changelog_topic must differ from the input topic"
+                    ));
+                }
+                if p.aggregator.is_none() {
+                    problems.push(format!("{at}: changelog_topic needs an aggregator"));
+                }
+            }
+            if let Some(d) = &p.dlq_topic
+                && let Err(e) = validate_topic_name(d)
+            {
+                problems.push(format!("{at}: dlq_topic: {e}"));
+            }
+            if p.aggregator.is_none() && p.handlers.is_empty() {
+                problems.push(format!("{at}: needs an aggregator or at least one handler"));
+            }
+            for name in p.aggregator.iter().chain(p.handlers.iter()) {
+                if !plugin_names.contains(name.as_str()) {
+                    problems.push(format!("{at}: plugin {name:?} is not declared"));
+                }
+            }
+            if p.key_field
+                .as_deref()
+                .is_some_and(|f| f.is_empty() || f.split('.').any(str::is_empty))
+            {
+                problems.push(format!(
+                    "{at}: key_field must be a dot-separated field path"
+                ));
+            }
+            if p.max_batch == 0 || p.max_batch_bytes == 0 || p.latest == 0 || p.batch_target_ms == 0
+            {
+                problems.push(format!(
+                    "{at}: max_batch, max_batch_bytes, batch_target_ms and latest must be > 0"
+                ));
+            }
+            if let Some(m) = &p.mount {
+                if !m.path.starts_with('/') || m.path.len() < 2 || m.path.ends_with('/') {
+                    problems.push(format!(
+                        "{at}: mount path {:?} must start with '/' and not end with one",
+                        m.path
+                    ));
+                } else if m.path.starts_with("/v1/") || m.path == "/v1" || m.path == "/healthz" {
+                    problems.push(format!(
+                        "{at}: mount path {:?} collides with Eddy's API",
+                        m.path
+                    ));
+                }
+                if !mounts.insert(m.path.as_str()) {
+                    problems.push(format!("{at}: mount path {:?} is used twice", m.path));
+                }
+                if m.create.is_some() && p.key_field.is_none() {
+                    problems.push(format!(
+                        "{at}: mount.create needs key_field (the field that gets the new id)"
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|p| p.join("; "))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = parse("[store]\npaht = \"x\"\n").err().unwrap_or_default();
+        assert!(err.contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_problems_are_all_reported() {
+        let err = parse(
+            r#"
+            [[pipeline]]
+            name = "p"
+            topic = "bad topic"
+            aggregator = "missing"
+            changelog_topic = "bad topic"
+            "#,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("\"missing\" is not declared"), "{err}");
+        assert!(err.contains("bad topic"), "{err}");
+        assert!(err.contains("changelog_topic must differ"), "{err}");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() -> Result<(), String> {
+        let c = parse(
+            r#"
+            [[plugin]]
+            name = "agg"
+            path = "agg.wasm"
+            [[pipeline]]
+            name = "p"
+            topic = "t"
+            aggregator = "agg"
+            "#,
+        )?;
+        let p = c.pipelines.first().ok_or("no pipeline")?;
+        assert_eq!(p.latest, 100);
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.store.durability, Durability::Process);
+        Ok(())
+    }
+}

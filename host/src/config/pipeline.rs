@@ -1,0 +1,155 @@
+//! `[[pipeline]]`: what runs — a topic, how its values are read and keyed,
+//! and the plugins that run on it.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How a pipeline's values are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// JSON text.
+    #[default]
+    Json,
+    /// Avro in Confluent's wire format.
+    Avro,
+}
+
+/// A pipeline: a topic, how to key it, and what runs on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name, used in the HTTP API (`/v1/pipelines/{name}/...`).
+    pub name: String,
+    /// Input topic.
+    pub topic: String,
+    /// How values are encoded: `json`, or `avro` (Confluent's wire format,
+    /// writer schema from the registry by id).
+    #[serde(default)]
+    pub value_format: ValueFormat,
+    /// For `avro`: the reader schema (`.avsc`, relative to the config file)
+    /// every event is resolved to; without it, events are read with their
+    /// writer schema. At start, every writer schema registered for
+    /// `{topic}-value` must be readable with it, or the host refuses to start.
+    #[serde(default)]
+    pub reader_schema: Option<PathBuf>,
+    /// Dot-separated path of the field in the value that holds the key
+    /// (`asyncProcessId`, `customer.id`). Without it the record key is used.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// The aggregator plugin (a stateful fold per key), if any.
+    #[serde(default)]
+    pub aggregator: Option<String>,
+    /// Handler plugins run on every input event, in this order.
+    #[serde(default)]
+    pub handlers: Vec<String>,
+    /// Topic to which every new state is appended (keyed by the key), in
+    /// the same commit as the state: other pipelines can consume it.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// Topic every dead letter is also appended to (as JSON, keyed by the
+    /// event's key), in the same commit that records it.
+    #[serde(default)]
+    pub dlq_topic: Option<String>,
+    /// Size of the `latest` query's largest page.
+    #[serde(default = "default_latest")]
+    pub latest: usize,
+    /// Most records in one micro-batch. A batch takes what is waiting, up
+    /// to the current batch size (see `batch_target_ms`), never more than this.
+    #[serde(default = "default_batch")]
+    pub max_batch: usize,
+    /// How long one micro-batch should take at most, in milliseconds. Under
+    /// a backlog the worker doubles its batch size (from 1,000, up to
+    /// `max_batch`) while batches take less than half of this, and halves it
+    /// when one takes longer: bigger batches fold more of a key's events per
+    /// plugin call and commit less often, while a commit (and the SSE event
+    /// after it) still comes within about this time. Without a backlog a
+    /// batch is whatever arrived, so latency stays low.
+    #[serde(default = "default_batch_target_ms")]
+    pub batch_target_ms: u64,
+    /// Bytes (keys, headers and values) after which a micro-batch takes no
+    /// more records, so large records cannot make a batch take unbounded
+    /// memory.
+    #[serde(default = "default_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// Recent state changes kept in memory (up to 64 MiB) so a client that
+    /// reconnects with `Last-Event-ID` gets exactly the changes it missed.
+    /// A client resuming from further back (or after a restart) gets each
+    /// key that changed since, once, with its current state.
+    #[serde(default = "default_history")]
+    pub sse_history: u64,
+    /// Optional route aliases serving this pipeline under a path of its own.
+    #[serde(default)]
+    pub mount: Option<MountConfig>,
+    /// What happens to a key's later events once one of its events is
+    /// dead-lettered by the aggregator: `continue` (default) applies them;
+    /// `quarantine` parks them until the key's dead letters are replayed or
+    /// deleted, then applies them in order.
+    #[serde(default)]
+    pub on_dead_letter: OnDeadLetter,
+}
+
+/// See [`PipelineConfig::on_dead_letter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeadLetter {
+    /// Later events of the key are applied.
+    #[default]
+    Continue,
+    /// Later events of the key wait until its dead letters are resolved.
+    Quarantine,
+}
+
+impl PipelineConfig {
+    /// The internal topic dead letters are replayed through.
+    pub fn replay_topic(&self) -> String {
+        format!("__eddy.replay.{}", self.name)
+    }
+}
+
+fn default_latest() -> usize {
+    100
+}
+fn default_batch() -> usize {
+    50_000
+}
+fn default_batch_bytes() -> usize {
+    32 << 20
+}
+fn default_batch_target_ms() -> u64 {
+    500
+}
+fn default_history() -> u64 {
+    10_000
+}
+
+/// Route aliases: `GET {path}/{key}`, `GET {path}/latest`,
+/// `GET {path}/sse/{key}` and, with `create`, `POST {path}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// Path prefix, such as `/async-process`.
+    pub path: String,
+    /// What `POST {path}` produces to the pipeline's topic.
+    #[serde(default)]
+    pub create: Option<CreateConfig>,
+}
+
+/// `POST {path}` creates a new entity: it produces one event to the
+/// pipeline's topic for a freshly generated key and answers
+/// `{"status":"OK","id":<key>}`. The event is the request's JSON object
+/// (may be empty) with `fields` set over it, then the generated values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConfig {
+    /// Fixed fields of the event, such as `{ state = "ACCEPTED" }`.
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Fields that get a fresh UUID each (an event id, for instance).
+    #[serde(default)]
+    pub uuid_fields: Vec<String>,
+    /// Field set to the current time, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub time_field: Option<String>,
+}
