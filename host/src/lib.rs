@@ -11,6 +11,7 @@ pub mod config;
 pub mod decode;
 pub mod execute;
 pub mod http;
+pub mod kafka;
 pub mod notify;
 pub mod pipeline;
 pub mod route;

@@ -175,7 +175,15 @@ fn open_topics(
             }
             wanted.sort();
             wanted.dedup_by(|a, b| a.0 == b.0);
-            rt.block_on(crate::source::kafka::create_topics(k, &wanted))
+            let wanted: Vec<crate::kafka::NewTopicSpec> = wanted
+                .into_iter()
+                .map(|(name, partitions)| crate::kafka::NewTopicSpec {
+                    name,
+                    partitions,
+                    configs: Vec::new(),
+                })
+                .collect();
+            rt.block_on(crate::kafka::create_topics(k, &wanted))
                 .context("creating Kafka topics")?;
             let outputs: Vec<String> = config
                 .pipelines

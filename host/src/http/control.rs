@@ -111,9 +111,17 @@ pub async fn create_topic(
             if t.compact {
                 configs.push(("cleanup.policy", "compact".to_owned()));
             }
-            crate::source::kafka::create_topic(k.config(), &t.name, partitions, &configs)
+            let spec = crate::kafka::NewTopicSpec {
+                name: t.name.clone(),
+                partitions,
+                configs,
+            };
+            crate::kafka::create_topics(k.config(), &[spec])
                 .await
                 .map_err(|e| AppError::unavailable(e.to_string()))?
+                .first()
+                .copied()
+                .unwrap_or(false)
         }
     };
     let embedded = matches!(s.sink, Sink::Embedded(_));

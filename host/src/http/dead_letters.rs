@@ -16,7 +16,7 @@ use super::{ApiResult, AppError, AppState, blocking, json_text};
 use crate::config::OnDeadLetter;
 use crate::pipeline::SOURCE_HEADER;
 use crate::pipeline::dead_letter::{DeadLetter, Stage, unbase64};
-use crate::source::embedded::ProduceRecord;
+use crate::sink::ProduceRecord;
 use crate::store::{Commit, LogRecord};
 
 /// The header a replayed event carries: the dead letter it came from.
@@ -321,7 +321,7 @@ async fn resolve(
             commit.quarantine.push((key, n));
         }
         let n = commit.remove_dead.len();
-        log.commit(&mut commit, emits).map_err(AppError::internal)?;
+        crate::sink::commit_embedded(&log, &mut commit, emits).map_err(AppError::internal)?;
         Ok(n)
     })
     .await

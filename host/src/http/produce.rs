@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{ApiResult, AppError, AppState, blocking};
 use crate::route::KeySpec;
-use crate::source::embedded::{ProduceError, ProduceRecord};
+use crate::sink::{ProduceError, ProduceRecord};
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| {
@@ -183,7 +183,10 @@ fn produce_error(e: ProduceError) -> AppError {
             AppError::bad_request(e.to_string())
         }
         ProduceError::Store(e) => AppError::internal(e),
-        e @ ProduceError::Broker(_) => AppError::unavailable(e.to_string()),
+        e @ (ProduceError::Broker(_) | ProduceError::Client(_)) => {
+            AppError::unavailable(e.to_string())
+        }
+        e @ ProduceError::Interrupted(_) => AppError::internal(e),
     }
 }
 

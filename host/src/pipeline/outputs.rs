@@ -13,8 +13,8 @@ use super::dead_letter::{DeadLetter, Stage};
 use super::fold::{Attempted, KeyFold};
 use super::{ID_HEADER, Item, SOURCE_HEADER};
 use crate::execute::{Emitted, Plugin};
+use crate::sink::ProduceRecord;
 use crate::source::SourceRecord;
-use crate::source::embedded::ProduceRecord;
 use crate::store::{Change, Commit, LogRecord, Store, StoreError};
 
 /// Who folded: the pipeline, its aggregator and whether a failure

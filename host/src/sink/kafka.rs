@@ -17,10 +17,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
+use super::{ProduceError, ProduceRecord};
 use crate::config::KafkaConfig;
-use crate::source::SourceError;
-use crate::source::embedded::{ProduceError, ProduceRecord};
-use crate::source::kafka::{Role, check_topics, client_config, log_client_event};
+use crate::kafka::{ClientError, Role, check_topics, client_config, log_client_event};
 use crate::store::{Commit, LogRecord, OutboxRecord, Store};
 
 /// Most outbox entries sent and not yet acknowledged.
@@ -136,20 +135,17 @@ impl KafkaSink {
         cfg: &KafkaConfig,
         store: Store,
         topics: &[&str],
-    ) -> Result<Arc<Self>, SourceError> {
+    ) -> Result<Arc<Self>, ProduceError> {
         let deliveries = Arc::new(Deliveries::default());
         let producer: ThreadedProducer<SinkContext> = client_config(cfg, Role::Producer)
             .create_with_context(SinkContext {
                 deliveries: deliveries.clone(),
             })
-            .map_err(|e| SourceError::Config {
+            .map_err(|e| ClientError::Config {
                 error: e.to_string(),
             })?;
         check_topics(producer.client(), cfg, topics)?;
-        let last_seq = store.outbox_last().map_err(|source| SourceError::Store {
-            topic: "outbox".into(),
-            source,
-        })?;
+        let last_seq = store.outbox_last()?;
         let sink = Arc::new(KafkaSink {
             producer,
             store,
@@ -164,8 +160,8 @@ impl KafkaSink {
         let handle = std::thread::Builder::new()
             .name("eddy-outbox".into())
             .spawn(move || drainer.drain())
-            .map_err(|e| SourceError::Config {
-                error: format!("cannot start the outbox drainer: {e}"),
+            .map_err(|e| {
+                ProduceError::Interrupted(format!("cannot start the outbox drainer: {e}"))
             })?;
         *crate::lock(&sink.drainer) = Some(handle);
         Ok(sink)

@@ -10,8 +10,108 @@ pub mod kafka;
 
 use std::sync::Arc;
 
-use crate::source::embedded::{EmbeddedLog, ProduceError, ProduceRecord};
-use crate::store::Commit;
+use crate::kafka::ClientError;
+use crate::source::embedded::{AppendError, EmbeddedLog, Entry};
+use crate::store::{Commit, LogRecord, StoreError};
+
+/// A record to produce.
+#[derive(Debug, Clone)]
+pub struct ProduceRecord {
+    /// Explicit partition; otherwise chosen from the key (murmur2, as Kafka)
+    /// or round-robin when there is no key.
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Value bytes.
+    pub value: Vec<u8>,
+}
+
+impl ProduceRecord {
+    /// As an entry of the embedded log (stamped with the append time).
+    fn into_entry(self) -> Entry {
+        (
+            self.partition,
+            LogRecord {
+                timestamp_ms: 0,
+                key: self.key,
+                headers: self.headers,
+                value: self.value,
+            },
+        )
+    }
+}
+
+/// Produce failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// No such topic.
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    /// Partition out of range.
+    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
+    BadPartition {
+        /// Topic.
+        topic: String,
+        /// Requested partition.
+        partition: u32,
+        /// Partition count.
+        partitions: u32,
+    },
+    /// Invalid topic name.
+    #[error("{0}")]
+    BadTopicName(String),
+    /// The store failed; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Kafka brokers refused or did not acknowledge the records.
+    #[error("Kafka: {0}")]
+    Broker(String),
+    /// The Kafka client could not be set up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The thread doing the write stopped before it answered.
+    #[error("the write did not finish: {0}")]
+    Interrupted(String),
+}
+
+impl From<AppendError> for ProduceError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::UnknownTopic(t) => ProduceError::UnknownTopic(t),
+            AppendError::BadPartition {
+                topic,
+                partition,
+                partitions,
+            } => ProduceError::BadPartition {
+                topic,
+                partition,
+                partitions,
+            },
+            AppendError::BadTopicName(t) => ProduceError::BadTopicName(t),
+            AppendError::Store(e) => ProduceError::Store(e),
+        }
+    }
+}
+
+/// Writes `commit` to the embedded log's store with `records` appended to
+/// their topics, in one atomic write (the pipelines' replay topics live in
+/// the embedded log on every source).
+///
+/// # Errors
+/// A store failure or an invalid topic; nothing is written then.
+pub fn commit_embedded(
+    log: &EmbeddedLog,
+    commit: &mut Commit,
+    records: Vec<(String, ProduceRecord)>,
+) -> Result<(), ProduceError> {
+    let entries = records
+        .into_iter()
+        .map(|(t, r)| (t, r.into_entry()))
+        .collect();
+    Ok(log.commit(commit, entries)?)
+}
 
 /// Where emitted and produced records go.
 #[derive(Clone)]
@@ -33,7 +133,7 @@ impl Sink {
         emits: Vec<(String, ProduceRecord)>,
     ) -> Result<(), ProduceError> {
         match self {
-            Sink::Embedded(log) => log.commit(commit, emits),
+            Sink::Embedded(log) => commit_embedded(log, commit, emits),
             Sink::Kafka(k) => k.commit(commit, emits),
         }
     }
@@ -49,7 +149,7 @@ impl Sink {
                 let (k, topic) = (k.clone(), topic.to_owned());
                 tokio::task::spawn_blocking(move || k.partitions(&topic))
                     .await
-                    .map_err(|e| ProduceError::Broker(e.to_string()))?
+                    .map_err(|e| ProduceError::Interrupted(e.to_string()))?
             }
         }
     }
@@ -81,9 +181,12 @@ impl Sink {
         match self {
             Sink::Embedded(log) => {
                 let log = log.clone();
-                tokio::task::spawn_blocking(move || log.produce(&topic, records))
-                    .await
-                    .map_err(|e| ProduceError::Broker(e.to_string()))?
+                let entries = records.into_iter().map(ProduceRecord::into_entry).collect();
+                Ok(
+                    tokio::task::spawn_blocking(move || log.append(&topic, entries))
+                        .await
+                        .map_err(|e| ProduceError::Interrupted(e.to_string()))??,
+                )
             }
             Sink::Kafka(k) => k.produce(&topic, records).await,
         }

@@ -16,23 +16,9 @@ use crate::config::EmbeddedConfig;
 use crate::config::validate_topic_name;
 use crate::store::{Append, Commit, LogRecord, Store, StoreError};
 
-/// A record to produce.
-#[derive(Debug, Clone)]
-pub struct ProduceRecord {
-    /// Explicit partition; otherwise chosen from the key (murmur2, as Kafka)
-    /// or round-robin when there is no key.
-    pub partition: Option<u32>,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Value bytes.
-    pub value: Vec<u8>,
-}
-
-/// Produce failures.
+/// Why records could not be appended to the embedded log.
 #[derive(Debug, thiserror::Error)]
-pub enum ProduceError {
+pub enum AppendError {
     /// No such topic.
     #[error("topic {0:?} does not exist")]
     UnknownTopic(String),
@@ -52,10 +38,12 @@ pub enum ProduceError {
     /// The store failed; nothing was appended.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The Kafka brokers refused or did not acknowledge the records.
-    #[error("Kafka: {0}")]
-    Broker(String),
 }
+
+/// A record to append: its partition (`None`: chosen from the key with
+/// murmur2, as Kafka does, or round-robin without a key) and the record
+/// (the log stamps it with the append time).
+pub type Entry = (Option<u32>, LogRecord);
 
 struct Topics {
     /// Per topic: the next offset of each partition (its high watermark).
@@ -116,7 +104,7 @@ impl EmbeddedLog {
     ///
     /// # Errors
     /// On an invalid name or a store failure.
-    pub fn ensure_topic(&self, name: &str, partitions: Option<u32>) -> Result<u32, ProduceError> {
+    pub fn ensure_topic(&self, name: &str, partitions: Option<u32>) -> Result<u32, AppendError> {
         let mut topics = self.lock();
         self.ensure_locked(&mut topics, name, partitions)
     }
@@ -126,11 +114,11 @@ impl EmbeddedLog {
         topics: &mut Topics,
         name: &str,
         partitions: Option<u32>,
-    ) -> Result<u32, ProduceError> {
+    ) -> Result<u32, AppendError> {
         if let Some(ends) = topics.ends.get(name) {
             return Ok(u32::try_from(ends.len()).unwrap_or(u32::MAX));
         }
-        validate_topic_name(name).map_err(ProduceError::BadTopicName)?;
+        validate_topic_name(name).map_err(AppendError::BadTopicName)?;
         let n = partitions.unwrap_or(self.default_partitions).max(1);
         self.store.create_topic(name, n)?;
         topics.ends.insert(name.to_owned(), vec![0; n as usize]);
@@ -187,10 +175,10 @@ impl EmbeddedLog {
         &self,
         topics: &mut Topics,
         topic: &str,
-        r: ProduceRecord,
+        (partition, record): Entry,
         auto_create: bool,
         out: &mut Vec<Append>,
-    ) -> Result<(), ProduceError> {
+    ) -> Result<(), AppendError> {
         let partitions = if auto_create {
             self.ensure_locked(topics, topic, None)?
         } else {
@@ -198,18 +186,18 @@ impl EmbeddedLog {
                 .ends
                 .get(topic)
                 .map(|e| u32::try_from(e.len()).unwrap_or(u32::MAX))
-                .ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))?
+                .ok_or_else(|| AppendError::UnknownTopic(topic.to_owned()))?
         };
-        let partition = match r.partition {
+        let partition = match partition {
             Some(p) if p >= partitions => {
-                return Err(ProduceError::BadPartition {
+                return Err(AppendError::BadPartition {
                     topic: topic.to_owned(),
                     partition: p,
                     partitions,
                 });
             }
             Some(p) => p,
-            None => self.pick_partition(r.key.as_deref(), partitions),
+            None => self.pick_partition(record.key.as_deref(), partitions),
         };
         // The lock is held until the batch is committed, so moving the end
         // now is safe: on failure the caller restores the saved ends.
@@ -228,9 +216,7 @@ impl EmbeddedLog {
             offset: end,
             record: LogRecord {
                 timestamp_ms: now_ms(),
-                key: r.key,
-                headers: r.headers,
-                value: r.value,
+                ..record
             },
         });
         Ok(())
@@ -263,11 +249,7 @@ impl EmbeddedLog {
     ///
     /// # Errors
     /// Unknown topic or partition, or a store failure; nothing is appended then.
-    pub fn produce(
-        &self,
-        topic: &str,
-        records: Vec<ProduceRecord>,
-    ) -> Result<Vec<(u32, u64)>, ProduceError> {
+    pub fn append(&self, topic: &str, records: Vec<Entry>) -> Result<Vec<(u32, u64)>, AppendError> {
         let mut topics = self.lock();
         let mut appends = Vec::with_capacity(records.len());
         let written = records
@@ -283,16 +265,17 @@ impl EmbeddedLog {
         Ok(appends.iter().map(|a| (a.partition, a.offset)).collect())
     }
 
-    /// Commits a pipeline's micro-batch, appending `emits` (topic, record)
-    /// to their topics (created on first use) in the same atomic write.
+    /// Writes `commit` and appends `records` (topic, entry) to their topics
+    /// (created on first use) in the same atomic write.
     ///
     /// # Errors
-    /// A store failure or an invalid emitted topic; nothing is written then.
+    /// A store failure or an invalid topic name; nothing is written then.
     pub fn commit(
         &self,
         commit: &mut Commit,
-        emits: Vec<(String, ProduceRecord)>,
-    ) -> Result<(), ProduceError> {
+        records: Vec<(String, Entry)>,
+    ) -> Result<(), AppendError> {
+        let emits = records;
         if emits.is_empty() {
             self.store.commit(commit)?;
             return Ok(());

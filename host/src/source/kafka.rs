@@ -16,8 +16,7 @@
 //! 16 MiB per consumer unless set): when processing falls behind, fetching
 //! stops instead of buffering without bound.
 //!
-//! This module is the one place that configures Kafka clients
-//! ([`client_config`]); the sink's producer uses it too.
+//! Clients are configured in [`crate::kafka`], shared with the sink.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
@@ -35,203 +34,10 @@ use rdkafka::types::RDKafkaRespErr;
 use super::rewind::{Polled, Rewind};
 use super::{Limit, Source, SourceError, SourceRecord};
 use crate::config::KafkaConfig;
+use crate::kafka::{
+    AdminContext, ClientError, Role, check_topics, client_config, log_client_event, unreachable,
+};
 use crate::store::Store;
-
-/// What a Kafka client is for; decides Eddy's defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A pipeline's group consumer.
-    Consumer,
-    /// The sink's producer.
-    Producer,
-    /// Metadata and topic administration.
-    Admin,
-}
-
-/// The librdkafka configuration for `role`: Eddy's defaults, then the
-/// user's `properties`, which win.
-pub fn client_config(cfg: &KafkaConfig, role: Role) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("client.id", &cfg.client_id)
-        // A missing topic is an error that names it, never a surprise topic.
-        .set("allow.auto.create.topics", "false")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    match role {
-        Role::Consumer => {
-            c.set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("queued.max.messages.kbytes", "16384");
-        }
-        Role::Producer => {
-            c.set("enable.idempotence", "true")
-                // Statistics feed eddy_kafka_producer_throttle_time_ms.
-                .set("statistics.interval.ms", "5000")
-                .set("acks", "all")
-                // Kafka's Java client partitions by murmur2: keys land where
-                // they would with any other producer (and the embedded log).
-                .set("partitioner", "murmur2_random")
-                .set("linger.ms", "5");
-        }
-        Role::Admin => {}
-    }
-    for (k, v) in &cfg.properties {
-        let consumer_only = matches!(
-            k.as_str(),
-            "session.timeout.ms"
-                | "heartbeat.interval.ms"
-                | "max.poll.interval.ms"
-                | "auto.offset.reset"
-                | "group.instance.id"
-                | "partition.assignment.strategy"
-                | "fetch.min.bytes"
-                | "fetch.wait.max.ms"
-                | "queued.max.messages.kbytes"
-                | "queued.min.messages"
-                | "isolation.level"
-        );
-        let producer_only = matches!(
-            k.as_str(),
-            "acks"
-                | "linger.ms"
-                | "batch.size"
-                | "batch.num.messages"
-                | "compression.type"
-                | "compression.codec"
-                | "enable.idempotence"
-                | "message.timeout.ms"
-                | "partitioner"
-                | "queue.buffering.max.messages"
-                | "queue.buffering.max.kbytes"
-        );
-        let applies = match role {
-            Role::Consumer => !producer_only,
-            Role::Producer => !consumer_only,
-            Role::Admin => !producer_only && !consumer_only,
-        };
-        if applies {
-            c.set(k, v);
-        }
-    }
-    c
-}
-
-/// Routes librdkafka's log lines and errors to `tracing`.
-pub(crate) fn log_client_event(level: RDKafkaLogLevel, fac: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "kafka: {message}"),
-        RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "kafka: {message}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(facility = fac, "kafka: {message}");
-        }
-        RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "kafka: {message}"),
-    }
-}
-
-/// The admin client's context: librdkafka's log lines and errors go to
-/// `tracing`, and the last error is kept to explain a timeout (a TLS
-/// handshake or an authentication that failed, say).
-#[derive(Default)]
-pub(crate) struct AdminContext {
-    last_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for AdminContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_client_event(level, fac, log_message);
-        let telling = [
-            "SSL",
-            "handshake",
-            "SASL",
-            "uthenticat",
-            "certificate",
-            "Disconnected",
-        ];
-        if matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-        ) || telling.iter().any(|w| log_message.contains(w))
-        {
-            *crate::lock(&self.last_error) = Some(log_message.to_owned());
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, "kafka client: {reason}");
-        // "n/n brokers are down" says less than what came before it.
-        let mut last = crate::lock(&self.last_error);
-        if last.is_none() || !reason.contains("brokers are down") {
-            *last = Some(reason.to_owned());
-        }
-    }
-}
-
-impl rdkafka::producer::ProducerContext for AdminContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, (): ()) {}
-}
-
-/// Why the brokers cannot be reached, as librdkafka tells it: asks for
-/// metadata with a throwaway producer and serves its log and error callbacks
-/// (librdkafka queues them until polled, and admin clients are not polled).
-fn diagnose(cfg: &KafkaConfig) -> Option<String> {
-    use rdkafka::producer::{BaseProducer, Producer};
-    let probe: BaseProducer<AdminContext> = client_config(cfg, Role::Producer)
-        .set("debug", "broker,security")
-        .set_log_level(RDKafkaLogLevel::Debug)
-        .create_with_context(AdminContext::default())
-        .ok()?;
-    let _ = probe.client().fetch_metadata(None, Duration::from_secs(2));
-    probe.poll(Duration::from_millis(100));
-    crate::lock(&probe.context().last_error).clone()
-}
-
-/// `error`, followed by librdkafka's own reason when it has one.
-fn unreachable(cfg: &KafkaConfig, error: &impl std::fmt::Display) -> SourceError {
-    SourceError::Unreachable {
-        brokers: cfg.brokers.clone(),
-        error: match diagnose(cfg) {
-            Some(reason) => format!("{error}; librdkafka: {reason}"),
-            None => error.to_string(),
-        },
-    }
-}
-
-/// Checks that `topics` exist on the cluster, within the connect timeout.
-///
-/// # Errors
-/// [`SourceError::Unreachable`] when no broker answers,
-/// [`SourceError::UnknownTopic`] naming the first missing topic.
-pub fn check_topics<C: ClientContext>(
-    client: &rdkafka::client::Client<C>,
-    cfg: &KafkaConfig,
-    topics: &[&str],
-) -> Result<(), SourceError> {
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
-    for topic in topics {
-        let metadata = client
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| unreachable(cfg, &e))?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == *topic)
-            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
-        if !found {
-            return Err(SourceError::UnknownTopic {
-                topic: (*topic).to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
 
 /// State shared between the consumer's rebalance callback and the worker.
 struct Group {
@@ -493,13 +299,13 @@ impl KafkaSource {
             .create_with_context(GroupContext {
                 group: group.clone(),
             })
-            .map_err(|e| SourceError::Config {
+            .map_err(|e| ClientError::Config {
                 error: e.to_string(),
             })?;
         check_topics(consumer.client(), cfg, &[topic])?;
         consumer
             .subscribe(&[topic])
-            .map_err(|e| SourceError::Config {
+            .map_err(|e| ClientError::Config {
                 error: format!("cannot subscribe to {topic:?}: {e}"),
             })?;
         Ok(KafkaSource {
@@ -649,8 +455,6 @@ impl Drop for KafkaSource {
     }
 }
 
-impl ConsumerContext for AdminContext {}
-
 /// A topic of the cluster read by position (a [`Rewind`]): a consumer in no
 /// group, assigned exactly the partitions it is asked for, that never
 /// commits anything — a replay or a shadow run leaves the pipeline's group
@@ -680,7 +484,7 @@ impl KafkaRewind {
             .set("enable.partition.eof", "true");
         let consumer: BaseConsumer<AdminContext> = config
             .create_with_context(AdminContext::default())
-            .map_err(|e| SourceError::Config {
+            .map_err(|e| ClientError::Config {
                 error: e.to_string(),
             })?;
         let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
@@ -794,7 +598,7 @@ impl Rewind for KafkaRewind {
                 Some(Err(e)) => {
                     // Kept to explain a read that stalls; the client retries.
                     tracing::warn!(topic = %self.topic, error = %e, "kafka reader");
-                    *crate::lock(&self.consumer.context().last_error) = Some(e.to_string());
+                    self.consumer.context().note(e.to_string());
                     break;
                 }
                 Some(Ok(m)) => {
@@ -809,99 +613,6 @@ impl Rewind for KafkaRewind {
     }
 
     fn last_error(&self) -> Option<String> {
-        crate::lock(&self.consumer.context().last_error).clone()
+        self.consumer.context().last_error()
     }
-}
-
-/// Creates one topic with topic-level configs (`retention.ms`,
-/// `cleanup.policy`); `Ok(false)` when it exists already.
-///
-/// # Errors
-/// A bad property, unreachable brokers, or a topic the brokers refused.
-pub async fn create_topic(
-    cfg: &KafkaConfig,
-    name: &str,
-    partitions: u32,
-    configs: &[(&str, String)],
-) -> Result<bool, SourceError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<AdminContext> = client_config(cfg, Role::Admin)
-        .create_with_context(AdminContext::default())
-        .map_err(|e| SourceError::Config {
-            error: e.to_string(),
-        })?;
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
-    let mut topic = NewTopic::new(
-        name,
-        i32::try_from(partitions).unwrap_or(i32::MAX),
-        TopicReplication::Fixed(cfg.replication_factor),
-    );
-    for (k, v) in configs {
-        topic = topic.set(k, v);
-    }
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(timeout))
-        .request_timeout(Some(timeout));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .map_err(|e| unreachable(cfg, &e))?;
-    match results.into_iter().next() {
-        Some(Ok(_)) => Ok(true),
-        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
-        Some(Err((n, code))) => Err(SourceError::Config {
-            error: format!("cannot create topic {n:?}: {code}"),
-        }),
-        None => Err(SourceError::Config {
-            error: format!("no answer creating topic {name:?}"),
-        }),
-    }
-}
-
-/// Creates the topics of `wanted` (name, partitions) that do not exist yet.
-///
-/// # Errors
-/// A bad property, unreachable brokers, or a topic the brokers refused (named).
-pub async fn create_topics(cfg: &KafkaConfig, wanted: &[(String, u32)]) -> Result<(), SourceError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::types::RDKafkaErrorCode;
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let admin: AdminClient<AdminContext> = client_config(cfg, Role::Admin)
-        .create_with_context(AdminContext::default())
-        .map_err(|e| SourceError::Config {
-            error: e.to_string(),
-        })?;
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
-    let new: Vec<NewTopic<'_>> = wanted
-        .iter()
-        .map(|(name, partitions)| {
-            NewTopic::new(
-                name,
-                i32::try_from(*partitions).unwrap_or(i32::MAX),
-                TopicReplication::Fixed(cfg.replication_factor),
-            )
-        })
-        .collect();
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(timeout))
-        .request_timeout(Some(timeout));
-    let results = admin
-        .create_topics(new.iter(), &opts)
-        .await
-        .map_err(|e| unreachable(cfg, &e))?;
-    for r in results {
-        match r {
-            Ok(name) => tracing::info!(topic = %name, "topic created"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(SourceError::Config {
-                    error: format!("cannot create topic {name:?}: {code}"),
-                });
-            }
-        }
-    }
-    Ok(())
 }

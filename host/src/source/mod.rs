@@ -62,20 +62,10 @@ pub enum SourceError {
         /// The topic.
         topic: String,
     },
-    /// No Kafka broker answered.
-    #[error("cannot reach the Kafka brokers {brokers}: {error}")]
-    Unreachable {
-        /// The configured bootstrap brokers.
-        brokers: String,
-        /// What the client reported.
-        error: String,
-    },
-    /// The Kafka client refused its configuration.
-    #[error("Kafka client configuration: {error}")]
-    Config {
-        /// What librdkafka reported (it names the property).
-        error: String,
-    },
+    /// The Kafka client failed (unreachable brokers, a bad property, a
+    /// missing topic).
+    #[error(transparent)]
+    Client(#[from] crate::kafka::ClientError),
     /// The broker reported an error while consuming.
     #[error("consuming {topic:?}: {error}")]
     Broker {

@@ -470,8 +470,7 @@ impl EmbeddedRewind {
 mod tests {
     use super::*;
     use crate::config::{Durability, EmbeddedConfig};
-    use crate::source::embedded::ProduceRecord;
-    use crate::store::Store;
+    use crate::store::{LogRecord, Store};
 
     fn log_with(
         partitions: u32,
@@ -483,14 +482,19 @@ mod tests {
         log.ensure_topic("t", Some(partitions))?;
         for p in 0..partitions {
             let records = (0..per_partition)
-                .map(|i| ProduceRecord {
-                    partition: Some(p),
-                    key: None,
-                    headers: Vec::new(),
-                    value: format!("{p}-{i}").into_bytes(),
+                .map(|i| {
+                    (
+                        Some(p),
+                        LogRecord {
+                            timestamp_ms: 0,
+                            key: None,
+                            headers: Vec::new(),
+                            value: format!("{p}-{i}").into_bytes(),
+                        },
+                    )
                 })
                 .collect();
-            log.produce("t", records)?;
+            log.append("t", records)?;
         }
         Ok((dir, log))
     }
