@@ -2,8 +2,6 @@
 //! replay one or a filtered set back into the pipeline (through its replay
 //! topic, so the replayed event runs through the same stages and commit).
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -13,14 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiResult, AppError, AppState, blocking, json_text};
-use crate::config::OnDeadLetter;
-use crate::pipeline::SOURCE_HEADER;
-use crate::pipeline::dead_letter::{DeadLetter, Stage, unbase64};
-use crate::sink::ProduceRecord;
-use crate::store::{Commit, LogRecord};
-
-/// The header a replayed event carries: the dead letter it came from.
-const REPLAY_HEADER: &str = "eddy-replay-of";
+use crate::pipeline::dead_letter::{self, ResolveError};
 
 /// Filters over dead letters.
 #[derive(Debug, Default)]
@@ -237,120 +228,28 @@ pub async fn replay_matching(
     Ok(Json(serde_json::json!({ "replayed": n })))
 }
 
-/// Removes dead letters (replaying them first when `replay`), lifting the
-/// quarantine of keys left without open dead letters and releasing their
-/// parked events after them — all in one atomic commit, under the
-/// pipeline's lock so no batch interleaves.
+/// Resolves dead letters (see [`dead_letter::resolve`]) off the async
+/// workers, answering in HTTP terms.
 async fn resolve(
     s: &AppState,
     pipeline: &str,
     ids: Vec<(u64, Option<Vec<u8>>)>,
     replay: bool,
 ) -> ApiResult<usize> {
-    let p = s.pipeline(pipeline)?.clone();
-    let lock = s.locks.get(pipeline).cloned().unwrap_or_default();
-    let tracker = s.replays.get(pipeline).cloned().unwrap_or_default();
-    let log = s.log.clone();
+    let at = dead_letter::Resolving {
+        config: s.pipeline(pipeline)?.clone(),
+        log: s.log.clone(),
+        lock: s.locks.get(pipeline).cloned().unwrap_or_default(),
+        replays: s.replays.get(pipeline).cloned().unwrap_or_default(),
+    };
     blocking(move || {
-        let _guard = crate::lock(&lock);
-        // A rebuild replaces the dead letters of its range when it switches
-        // over: resolving one meanwhile could apply its event twice.
-        if crate::pipeline::replay::running(&tracker) {
-            return Err(AppError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "a replay of pipeline {:?} is running; resolve its dead letters once it is done",
-                    p.name
-                ),
-            ));
-        }
-        let store = log.store();
-        let quarantine = p.on_dead_letter == OnDeadLetter::Quarantine;
-        let topic = p.replay_topic();
-        let mut commit = Commit {
-            pipeline: p.name.clone(),
-            ..Commit::default()
-        };
-        let mut emits = Vec::new();
-        let mut open: HashMap<String, u64> = HashMap::new();
-        let single = ids.len() == 1;
-        for (id, override_value) in ids {
-            let Some(json) = store.dead_letter(&p.name, id).map_err(AppError::internal)? else {
-                if single {
-                    return Err(AppError::not_found(format!(
-                        "pipeline {:?} has no dead letter {id}",
-                        p.name
-                    )));
-                }
-                continue;
-            };
-            let dl = DeadLetter::from_json(&json)
-                .map_err(|e| AppError::internal(format!("dead letter {id} is not readable: {e}")))?;
-            if replay {
-                emits.push((topic.clone(), replay_record(id, &dl, override_value)?));
+        dead_letter::resolve(&at, ids, replay).map_err(|e| match e {
+            e @ ResolveError::Missing { .. } => AppError::not_found(e.to_string()),
+            e @ ResolveError::ReplayRunning(_) => {
+                AppError::new(StatusCode::CONFLICT, e.to_string())
             }
-            commit.remove_dead.push(id);
-            if let (true, Some(key), Stage::Aggregate) = (quarantine, dl.key.as_deref(), dl.stage)
-            {
-                let n = match open.get(key) {
-                    Some(n) => *n,
-                    None => store
-                        .quarantined(&p.name, key)
-                        .map_err(AppError::internal)?,
-                };
-                open.insert(key.to_owned(), n.saturating_sub(1));
-            }
-        }
-        for (key, n) in open {
-            if n == 0 {
-                for (seq, bytes) in store.parked(&p.name, &key).map_err(AppError::internal)? {
-                    let r = LogRecord::decode(&bytes).map_err(AppError::internal)?;
-                    emits.push((
-                        topic.clone(),
-                        ProduceRecord {
-                            partition: Some(0),
-                            key: r.key,
-                            headers: r.headers,
-                            value: r.value,
-                        },
-                    ));
-                    commit.unpark.push((key.clone(), seq));
-                }
-                tracing::info!(pipeline = %p.name, key = %key, "quarantine lifted");
-            }
-            commit.quarantine.push((key, n));
-        }
-        let n = commit.remove_dead.len();
-        crate::sink::commit_embedded(&log, &mut commit, emits).map_err(AppError::internal)?;
-        Ok(n)
+            e => AppError::internal(e),
+        })
     })
     .await
-}
-
-fn replay_record(id: u64, dl: &DeadLetter, value: Option<Vec<u8>>) -> ApiResult<ProduceRecord> {
-    let corrupt = || AppError::internal(format!("dead letter {id} is not readable"));
-    let value = match value {
-        Some(v) => v,
-        None => unbase64(&dl.value_base64).ok_or_else(corrupt)?,
-    };
-    let key = dl.record_key_base64.as_deref().and_then(unbase64);
-    let mut headers: Vec<(String, Vec<u8>)> = dl
-        .headers
-        .iter()
-        .filter(|(n, _)| n != SOURCE_HEADER && n != REPLAY_HEADER)
-        .filter_map(|(n, v)| Some((n.clone(), unbase64(v)?)))
-        .collect();
-    // Where the event first came from, also when it failed again after an
-    // earlier replay.
-    headers.push((
-        SOURCE_HEADER.to_owned(),
-        dl.origin().to_string().into_bytes(),
-    ));
-    headers.push((REPLAY_HEADER.to_owned(), id.to_string().into_bytes()));
-    Ok(ProduceRecord {
-        partition: Some(0),
-        key,
-        headers,
-        value,
-    })
 }

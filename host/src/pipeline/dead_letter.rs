@@ -1,9 +1,23 @@
 //! Dead letters: events that could not be decoded, keyed or processed, kept
-//! with everything needed to understand and replay them.
+//! with everything needed to understand and replay them, and their
+//! resolution — replayed (through the pipeline's replay topic, so the event
+//! runs again through the same stages and commit) or deleted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::replay::Tracker;
+use super::{PipelineLock, SOURCE_HEADER, quarantine};
+use crate::config::{OnDeadLetter, PipelineConfig};
+use crate::sink::{ProduceError, ProduceRecord};
 use crate::source::SourceRecord;
+use crate::source::embedded::EmbeddedLog;
+use crate::store::{Commit, StoreError};
+
+/// The header a replayed event carries: the dead letter it came from.
+pub const REPLAY_HEADER: &str = "eddy-replay-of";
 
 /// Where in the pipeline an event failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +216,162 @@ impl DeadLetter {
             o.insert("id".into(), id.into());
         }
         v.to_string()
+    }
+}
+
+/// Why dead letters could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// No such dead letter.
+    #[error("pipeline {pipeline:?} has no dead letter {id}")]
+    Missing {
+        /// The pipeline.
+        pipeline: String,
+        /// The id asked for.
+        id: u64,
+    },
+    /// A replay is rebuilding the pipeline: it replaces the dead letters of
+    /// its range when it switches over, so resolving one now could apply
+    /// its event twice.
+    #[error("a replay of pipeline {0:?} is running; resolve its dead letters once it is done")]
+    ReplayRunning(String),
+    /// A stored dead letter does not read back.
+    #[error("dead letter {id} is not readable: {reason}")]
+    Unreadable {
+        /// Its id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The commit failed; nothing changed.
+    #[error(transparent)]
+    Commit(#[from] ProduceError),
+}
+
+/// What resolving a pipeline's dead letters works on.
+pub struct Resolving {
+    /// The pipeline.
+    pub config: PipelineConfig,
+    /// The embedded log, which holds the replay topic (on every source).
+    pub log: Arc<EmbeddedLog>,
+    /// The pipeline's lock.
+    pub lock: PipelineLock,
+    /// Its replay's progress.
+    pub replays: Tracker,
+}
+
+/// Removes dead letters, replaying them first when `replay` (each with its
+/// corrected value when one is given), lifting the quarantine of keys left
+/// without open dead letters and releasing their parked events after them —
+/// all in one atomic commit, under the pipeline's lock so no batch
+/// interleaves. Returns how many were resolved; a missing id is an error
+/// when it is the only one asked for, skipped otherwise.
+///
+/// # Errors
+/// [`ResolveError`].
+pub fn resolve(
+    at: &Resolving,
+    ids: Vec<(u64, Option<Vec<u8>>)>,
+    replay: bool,
+) -> Result<usize, ResolveError> {
+    let p = &at.config;
+    let _guard = crate::lock(&at.lock);
+    if super::replay::running(&at.replays) {
+        return Err(ResolveError::ReplayRunning(p.name.clone()));
+    }
+    let store = at.log.store();
+    let quarantine = p.on_dead_letter == OnDeadLetter::Quarantine;
+    let topic = p.replay_topic();
+    let mut commit = Commit {
+        pipeline: p.name.clone(),
+        ..Commit::default()
+    };
+    let mut records = Vec::new();
+    let mut open: HashMap<String, u64> = HashMap::new();
+    let single = ids.len() == 1;
+    for (id, corrected) in ids {
+        let Some(json) = store.dead_letter(&p.name, id)? else {
+            if single {
+                return Err(ResolveError::Missing {
+                    pipeline: p.name.clone(),
+                    id,
+                });
+            }
+            continue;
+        };
+        let dl = DeadLetter::from_json(&json).map_err(|e| ResolveError::Unreadable {
+            id,
+            reason: e.to_string(),
+        })?;
+        if replay {
+            records.push((topic.clone(), dl.replay_record(id, corrected)?));
+        }
+        commit.remove_dead.push(id);
+        if let (true, Some(key), Stage::Aggregate) = (quarantine, dl.key.as_deref(), dl.stage) {
+            let n = match open.get(key) {
+                Some(n) => *n,
+                None => store.quarantined(&p.name, key)?,
+            };
+            open.insert(key.to_owned(), n.saturating_sub(1));
+        }
+    }
+    for (key, n) in open {
+        if n == 0 {
+            for (seq, record) in quarantine::release(store, &p.name, &key)? {
+                records.push((topic.clone(), record));
+                commit.unpark.push((key.clone(), seq));
+            }
+            tracing::info!(pipeline = %p.name, key = %key, "quarantine lifted");
+        }
+        commit.quarantine.push((key, n));
+    }
+    let n = commit.remove_dead.len();
+    crate::sink::commit_embedded(&at.log, &mut commit, records)?;
+    Ok(n)
+}
+
+impl DeadLetter {
+    /// Its event as a record for the replay topic: the original value (or
+    /// `corrected`), key and headers, with where the event first came from
+    /// and the letter's id.
+    ///
+    /// # Errors
+    /// [`ResolveError::Unreadable`] when the stored bytes do not decode.
+    fn replay_record(
+        &self,
+        id: u64,
+        corrected: Option<Vec<u8>>,
+    ) -> Result<ProduceRecord, ResolveError> {
+        let value = match corrected {
+            Some(v) => v,
+            None => unbase64(&self.value_base64).ok_or(ResolveError::Unreadable {
+                id,
+                reason: "its value is not base64".into(),
+            })?,
+        };
+        let key = self.record_key_base64.as_deref().and_then(unbase64);
+        let mut headers: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n != SOURCE_HEADER && n != REPLAY_HEADER)
+            .filter_map(|(n, v)| Some((n.clone(), unbase64(v)?)))
+            .collect();
+        // Where the event first came from, also when it failed again after an
+        // earlier replay.
+        headers.push((
+            SOURCE_HEADER.to_owned(),
+            self.origin().to_string().into_bytes(),
+        ));
+        headers.push((REPLAY_HEADER.to_owned(), id.to_string().into_bytes()));
+        Ok(ProduceRecord {
+            partition: Some(0),
+            key,
+            headers,
+            value,
+        })
     }
 }
 

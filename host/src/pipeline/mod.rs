@@ -7,12 +7,16 @@
 //! atomic store batch. After a crash the worker resumes from the stored
 //! offsets, so an event is never lost and never applied twice.
 
+mod batch_size;
 pub mod dead_letter;
 pub mod fold;
 pub mod intake;
 pub mod outputs;
+pub mod quarantine;
 pub mod replay;
+pub mod retry;
 pub mod shadow;
+mod state_cache;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,10 +29,12 @@ use crate::execute::bindings::Event;
 use crate::notify::Hub;
 use crate::sink::Sink;
 use crate::source::{Limit, Source, SourceRecord};
-use crate::store::{Change, Store};
+use crate::store::Store;
+use batch_size::BatchSize;
 use fold::{ByKey, Policy};
 pub use intake::{Intake, Item, Prepared};
 use outputs::{Folder, Outputs, Target, shared_changes};
+use state_cache::StateCache;
 
 /// The header carrying an emitted record's deterministic id:
 /// `{source topic}/{partition}/{offset}/{index}` for a record a plugin
@@ -51,76 +57,6 @@ pub struct Worker {
     dead_id: u64,
     lock: PipelineLock,
     cache: StateCache,
-}
-
-/// The states this worker committed last, so a key's next batch does not
-/// read its state back from the store. Bounded by bytes (dropped whole when
-/// full) and dropped whole when something else changed the pipeline's states
-/// (a replay swapping in rebuilt states moves the change numbers on). Its
-/// changes are the ones the SSE history holds, shared, not copied.
-#[derive(Default)]
-struct StateCache {
-    states: HashMap<String, Arc<Change>>,
-    bytes: usize,
-    /// The store's state epoch the entries belong to.
-    epoch: u64,
-}
-
-impl StateCache {
-    const MAX_BYTES: usize = 64 << 20;
-
-    fn get(&self, key: &str) -> Option<Arc<Change>> {
-        self.states.get(key).cloned()
-    }
-
-    fn put(&mut self, change: Arc<Change>) {
-        let size = change.key.len() + change.state.len();
-        if self.bytes + size > Self::MAX_BYTES {
-            self.clear();
-        }
-        self.bytes += size;
-        if let Some(old) = self.states.insert(change.key.clone(), change) {
-            // The key was already counted with the entry it replaces.
-            self.bytes = self.bytes.saturating_sub(old.key.len() + old.state.len());
-        }
-    }
-
-    fn clear(&mut self) {
-        self.states.clear();
-        self.bytes = 0;
-    }
-}
-
-/// How many records the next micro-batch may take. Under a backlog (a
-/// batch came back full) the size doubles while batches take less than half
-/// the target time; it halves when one takes longer than the target.
-#[derive(Debug, Clone, Copy)]
-struct BatchSize {
-    limit: usize,
-    max: usize,
-    target: Duration,
-}
-
-impl BatchSize {
-    /// The size a worker starts with, and the least it goes down to.
-    const START: usize = 1_000;
-    const FLOOR: usize = 100;
-
-    fn new(max: usize, target: Duration) -> Self {
-        BatchSize {
-            limit: Self::START.min(max).max(1),
-            max: max.max(1),
-            target,
-        }
-    }
-
-    fn observe(&mut self, taken: usize, elapsed: Duration) {
-        if elapsed > self.target {
-            self.limit = (self.limit / 2).max(Self::FLOOR.min(self.max));
-        } else if taken >= self.limit && elapsed < self.target / 2 {
-            self.limit = self.limit.saturating_mul(2).min(self.max);
-        }
-    }
 }
 
 /// Serialises a pipeline's batches with the control operations (dead-letter
@@ -169,10 +105,7 @@ impl Worker {
         let dead_id = store.last_dead_id(&config.name)?;
         Ok(Worker {
             intake,
-            cache: StateCache {
-                epoch: store.state_epoch(),
-                ..StateCache::default()
-            },
+            cache: StateCache::at(store.state_epoch()),
             config,
             aggregator,
             handlers,
@@ -406,40 +339,4 @@ pub fn spawn(
             on_fatal(e);
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::BatchSize;
-    use std::time::Duration;
-
-    #[test]
-    fn batches_grow_under_a_backlog_and_shrink_when_slow() {
-        let ms = Duration::from_millis;
-        let mut size = BatchSize::new(50_000, ms(250));
-        assert_eq!(size.limit, 1_000);
-        // Full and fast: doubles up to the maximum.
-        for expected in [2_000, 4_000, 8_000, 16_000, 32_000, 50_000, 50_000] {
-            size.observe(size.limit, ms(10));
-            assert_eq!(size.limit, expected);
-        }
-        // Not full (no backlog): stays.
-        size.observe(10, ms(1));
-        assert_eq!(size.limit, 50_000);
-        // Between half and the whole target: stays.
-        size.observe(50_000, ms(200));
-        assert_eq!(size.limit, 50_000);
-        // Too slow: halves, down to the floor.
-        for _ in 0..20 {
-            size.observe(size.limit, ms(900));
-        }
-        assert_eq!(size.limit, BatchSize::FLOOR);
-        // A small max_batch is kept to.
-        let mut small = BatchSize::new(50, ms(250));
-        assert_eq!(small.limit, 50);
-        small.observe(50, ms(1));
-        assert_eq!(small.limit, 50);
-        small.observe(50, ms(900));
-        assert_eq!(small.limit, 50);
-    }
 }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use super::dead_letter::{DeadLetter, Stage};
 use super::fold::{Attempted, KeyFold};
-use super::{ID_HEADER, Item, SOURCE_HEADER};
+use super::{ID_HEADER, Item};
 use crate::execute::{Emitted, Plugin};
 use crate::sink::ProduceRecord;
 use crate::source::SourceRecord;
-use crate::store::{Change, Commit, LogRecord, Store, StoreError};
+use crate::store::{Change, Commit, Store, StoreError};
 
 /// Who folded: the pipeline, its aggregator and whether a failure
 /// quarantines the key.
@@ -261,29 +261,14 @@ impl Outputs {
             let mut seq = target.store.last_park_seq(target.name)?;
             for (key, record) in park {
                 seq += 1;
-                commit.park.push((key, seq, park_encode(&record)));
+                commit
+                    .park
+                    .push((key, seq, super::quarantine::park_encode(&record)));
             }
             commit.last_park_seq = seq;
         }
         Ok((commit, emits))
     }
-}
-
-/// A parked event, stored as a log record with its source position in the
-/// `eddy-source` header, ready to be appended to the replay topic.
-fn park_encode(record: &SourceRecord) -> Vec<u8> {
-    let mut headers = record.headers.clone();
-    headers.push((
-        SOURCE_HEADER.to_owned(),
-        format!("{}/{}/{}", record.topic, record.partition, record.offset).into_bytes(),
-    ));
-    LogRecord {
-        timestamp_ms: record.timestamp_ms,
-        key: record.key.clone(),
-        headers,
-        value: record.value.clone(),
-    }
-    .encode()
 }
 
 /// An emitted record as produced, with its deterministic `eddy-id`:
