@@ -27,7 +27,7 @@ fn root() -> PathBuf {
 struct Fixed(String);
 
 impl SchemaSource for Fixed {
-    fn schema_text(&self, _id: u32) -> Result<Option<String>, String> {
+    fn schema_text(&self, _id: u32) -> Result<Option<String>, eddy::schema::Unreachable> {
         Ok(Some(self.0.clone()))
     }
 }

@@ -42,7 +42,7 @@ impl AvroDecoder {
         let text = self
             .source
             .schema_text(id)
-            .map_err(|error| DecodeError::RegistryUnavailable { id, error })?
+            .map_err(|source| DecodeError::RegistryUnavailable { id, source })?
             .ok_or(DecodeError::UnknownSchema { id })?;
         let schema =
             Arc::new(
@@ -310,7 +310,7 @@ mod tests {
 
     struct One(String);
     impl SchemaSource for One {
-        fn schema_text(&self, id: u32) -> Result<Option<String>, String> {
+        fn schema_text(&self, id: u32) -> Result<Option<String>, crate::schema::Unreachable> {
             Ok((id == 7).then(|| self.0.clone()))
         }
     }

@@ -57,12 +57,13 @@ pub enum DecodeError {
         error: String,
     },
     /// The schema registry cannot be reached: retry, do not dead-letter.
-    #[error("schema {id}: the registry cannot be reached: {error}")]
+    #[error("schema {id}: the registry cannot be reached: {source}")]
     RegistryUnavailable {
         /// The id being fetched.
         id: u32,
         /// Why.
-        error: String,
+        #[source]
+        source: crate::schema::Unreachable,
     },
 }
 

@@ -298,14 +298,7 @@ async fn count_requests(request: axum::extract::Request, next: axum::middleware:
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(
-        "eddy_http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status
-    )
-    .increment(1);
-    metrics::histogram!("eddy_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    crate::telemetry::http_request(method, route, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -322,21 +315,25 @@ async fn metrics_text(State(s): State<AppState>) -> ApiResult<Response> {
             if let Ok(Some(ends)) = sink.high_watermarks(&p.topic) {
                 for (part, end) in (0u32..).zip(ends) {
                     let committed = store.offset(&p.name, &p.topic, part).unwrap_or(0);
-                    metrics::gauge!(
-                        "eddy_consumer_lag_records",
-                        "pipeline" => p.name.clone(), "topic" => p.topic.clone(), "partition" => part.to_string()
-                    )
-                    .set(end.saturating_sub(committed) as f64);
+                    crate::telemetry::consumer_lag(
+                        &p.name,
+                        &p.topic,
+                        part,
+                        end.saturating_sub(committed),
+                    );
                 }
             }
         }
         if let crate::sink::Sink::Kafka(k) = &sink {
-            metrics::gauge!("eddy_outbox_records").set(k.outbox_depth() as f64);
+            crate::telemetry::outbox_records(k.outbox_depth());
         }
-        metrics::gauge!("eddy_store_disk_bytes").set(store.disk_bytes() as f64);
+        crate::telemetry::store_disk_bytes(store.disk_bytes());
         handle.run_upkeep();
         Ok((
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             handle.render(),
         )
             .into_response())

@@ -164,14 +164,14 @@ struct Connected;
 
 impl Connected {
     fn new() -> Self {
-        metrics::gauge!("eddy_sse_clients").increment(1.0);
+        crate::telemetry::sse_clients(1.0);
         Connected
     }
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        metrics::gauge!("eddy_sse_clients").decrement(1.0);
+        crate::telemetry::sse_clients(-1.0);
     }
 }
 

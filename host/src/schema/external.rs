@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::SchemaSource;
+use super::{SchemaSource, Unreachable};
 
 /// An external registry.
 pub struct Remote {
@@ -31,36 +31,40 @@ impl Remote {
 }
 
 impl SchemaSource for Remote {
-    fn schema_text(&self, id: u32) -> Result<Option<String>, String> {
+    fn schema_text(&self, id: u32) -> Result<Option<String>, Unreachable> {
         if let Some(s) = crate::lock(&self.cache).get(&id) {
             return Ok(Some(s.clone()));
         }
         let url = format!("{}/schemas/ids/{id}", self.url);
+        let failed = |reason: String| Unreachable {
+            url: url.clone(),
+            reason,
+        };
         let mut response = self
             .agent
             .get(&url)
             .header("accept", "application/vnd.schemaregistry.v1+json")
             .call()
-            .map_err(|e| format!("schema registry {url}: {e}"))?;
+            .map_err(|e| failed(e.to_string()))?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .read_to_string()
-            .map_err(|e| format!("schema registry {url}: {e}"))?;
+            .map_err(|e| failed(e.to_string()))?;
         match status {
             200 => {
-                let v: serde_json::Value = serde_json::from_str(&body)
-                    .map_err(|e| format!("schema registry {url}: bad answer: {e}"))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| failed(format!("bad answer: {e}")))?;
                 let text = v
                     .get("schema")
                     .and_then(serde_json::Value::as_str)
-                    .ok_or_else(|| format!("schema registry {url}: answer has no \"schema\""))?
+                    .ok_or_else(|| failed("the answer has no \"schema\"".into()))?
                     .to_owned();
                 crate::lock(&self.cache).insert(id, text.clone());
                 Ok(Some(text))
             }
             404 => Ok(None),
-            s => Err(format!("schema registry {url} answered {s}: {body}")),
+            s => Err(failed(format!("answered {s}: {body}"))),
         }
     }
 }

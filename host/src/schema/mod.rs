@@ -117,7 +117,17 @@ pub trait SchemaSource: Send + Sync {
     ///
     /// # Errors
     /// The registry cannot be reached right now (retry later).
-    fn schema_text(&self, id: u32) -> Result<Option<String>, String>;
+    fn schema_text(&self, id: u32) -> Result<Option<String>, Unreachable>;
+}
+
+/// A registry that cannot answer right now: the caller retries later.
+#[derive(Debug, thiserror::Error)]
+#[error("schema registry {url}: {reason}")]
+pub struct Unreachable {
+    /// What was asked.
+    pub url: String,
+    /// What went wrong (no connection, an error status, an answer that does not parse).
+    pub reason: String,
 }
 
 /// One version of a subject.
@@ -611,7 +621,7 @@ fn live_versions<'a>(doc: &'a Doc, subject: &str, deleted: bool) -> Result<Vec<&
 }
 
 impl SchemaSource for Registry {
-    fn schema_text(&self, id: u32) -> Result<Option<String>, String> {
+    fn schema_text(&self, id: u32) -> Result<Option<String>, Unreachable> {
         Ok(self.lock().schemas.get(&id).cloned())
     }
 }

@@ -66,8 +66,7 @@ impl ClientContext for SinkContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
         for (name, broker) in &statistics.brokers {
             if let Some(t) = &broker.throttle {
-                metrics::gauge!("eddy_kafka_producer_throttle_time_ms", "broker" => name.clone())
-                    .set(t.avg as f64);
+                crate::telemetry::producer_throttle(name, t.avg as f64);
             }
         }
     }

@@ -124,8 +124,7 @@ impl GroupContext {
             described.push(format!("{topic}/{partition}@{at} ({from})"));
         }
         tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions assigned");
-        metrics::counter!("eddy_rebalances_total", "pipeline" => g.pipeline.clone(), "kind" => "assign")
-            .increment(1);
+        crate::telemetry::rebalance(&g.pipeline, "assign");
         g.readiness.set(&g.pipeline, None);
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
@@ -188,8 +187,7 @@ impl GroupContext {
             floor.remove(&k);
         }
         tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions revoked");
-        metrics::counter!("eddy_rebalances_total", "pipeline" => g.pipeline.clone(), "kind" => "revoke")
-            .increment(1);
+        crate::telemetry::rebalance(&g.pipeline, "revoke");
         g.readiness.set(
             &g.pipeline,
             Some("partitions revoked; waiting for the next assignment".into()),
