@@ -1,6 +1,9 @@
 //! The command line: `eddy run`, `eddy plugin ...`, `eddy replay`, `eddy store stats`.
 
-mod plugin;
+mod build;
+mod check;
+mod new;
+mod remote;
 mod serve;
 mod templates;
 
@@ -88,7 +91,7 @@ enum PluginCommand {
     New {
         /// Language.
         #[arg(long, value_enum)]
-        lang: plugin::Lang,
+        lang: Lang,
         /// Kind of plugin.
         #[arg(long, value_enum, default_value_t = KindArg::Aggregator)]
         kind: KindArg,
@@ -160,6 +163,18 @@ pub enum KindArg {
     Handler,
 }
 
+/// Languages `eddy plugin new` and `build` know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    /// Rust, with the `eddy-sdk` crate.
+    Rust,
+    /// Python, with componentize-py.
+    Python,
+    /// JavaScript, with componentize-js.
+    Js,
+}
+
 /// Installs the tracing subscriber (`RUST_LOG` filters, default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -206,11 +221,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Build { dir, out }) => {
-            let path = plugin::build(&dir, out.as_deref())?;
+            let path = build::build(&dir, out.as_deref())?;
             println!("{}", path.display());
             Ok(())
         }
-        Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+        Command::Plugin(PluginCommand::Check { file }) => check::check(&file),
         Command::Plugin(PluginCommand::Shadow {
             file,
             to,
@@ -219,7 +234,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             from,
             limit,
             token,
-        }) => plugin::shadow(
+        }) => remote::shadow(
             &file,
             &to,
             name.as_deref(),
@@ -233,14 +248,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             pipeline,
             from,
             token,
-        } => plugin::replay(&to, &pipeline, &from, &token),
+        } => remote::replay(&to, &pipeline, &from, &token),
         Command::Plugin(PluginCommand::Deploy {
             file,
             to,
             name,
             token,
-        }) => plugin::deploy(&file, &to, name.as_deref(), &token),
-        Command::Plugin(PluginCommand::New { lang, kind, name }) => plugin::new(
+        }) => remote::deploy(&file, &to, name.as_deref(), &token),
+        Command::Plugin(PluginCommand::New { lang, kind, name }) => new::new(
             lang,
             match kind {
                 KindArg::Aggregator => crate::config::PluginKind::Aggregator,

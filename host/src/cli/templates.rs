@@ -5,13 +5,8 @@
 use crate::config::PluginKind;
 
 /// Files of a new plugin: (relative path, contents).
-pub fn files(
-    lang: super::plugin::Lang,
-    kind: PluginKind,
-    name: &str,
-    sdk: &str,
-) -> Vec<(String, String)> {
-    use super::plugin::Lang;
+pub fn files(lang: super::Lang, kind: PluginKind, name: &str, sdk: &str) -> Vec<(String, String)> {
+    use super::Lang;
     let out_topic = format!("{name}-out");
     match (lang, kind) {
         (Lang::Rust, kind) => {

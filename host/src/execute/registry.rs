@@ -78,6 +78,24 @@ impl Slot {
         crate::lock(&self.meta)
     }
 
+    /// Makes `plugin` (built from `bytes`, come from `source`) the running
+    /// version, keeping the one it replaces for a rollback, and moves the
+    /// generation on so workers switch between batches. Returns its version.
+    fn switch_to(&self, plugin: Arc<Plugin>, bytes: Vec<u8>, source: &str) -> String {
+        let version = plugin.version.clone();
+        let old = self.current.swap(plugin);
+        {
+            let mut m = self.meta();
+            let old_bytes = std::mem::replace(&mut m.current_bytes, bytes);
+            m.previous = Some((old, old_bytes));
+            m.loaded_at_ms = now_ms();
+            m.source = source.to_owned();
+            m.last_error = None;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        version
+    }
+
     /// Its status.
     pub fn status(&self) -> Status {
         let m = self.meta();
@@ -237,17 +255,7 @@ impl Registry {
                 source,
             })?;
         }
-        let version = plugin.version.clone();
-        let old = slot.current.swap(Arc::new(plugin));
-        {
-            let mut m = slot.meta();
-            let old_bytes = std::mem::replace(&mut m.current_bytes, bytes);
-            m.previous = Some((old, old_bytes));
-            m.loaded_at_ms = now_ms();
-            m.source = source.to_owned();
-            m.last_error = None;
-        }
-        slot.generation.fetch_add(1, Ordering::AcqRel);
+        let version = slot.switch_to(Arc::new(plugin), bytes, source);
         tracing::info!(
             plugin = name, version = %version, source,
             compile_ms = started.elapsed().as_millis() as u64, "plugin deployed"
@@ -287,17 +295,7 @@ impl Registry {
             path: slot.path.display().to_string(),
             source,
         })?;
-        let version = previous.version.clone();
-        let old = slot.current.swap(previous);
-        {
-            let mut m = slot.meta();
-            let old_bytes = std::mem::replace(&mut m.current_bytes, bytes);
-            m.previous = Some((old, old_bytes));
-            m.loaded_at_ms = now_ms();
-            m.source = "rollback".into();
-            m.last_error = None;
-        }
-        slot.generation.fetch_add(1, Ordering::AcqRel);
+        let version = slot.switch_to(previous, bytes, "rollback");
         tracing::info!(plugin = name, version = %version, "plugin rolled back");
         Ok(version)
     }
