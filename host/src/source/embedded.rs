@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::rewind::{Polled, Rewind};
 use super::{Limit, Source, SourceError, SourceRecord, partition_for_key};
 use crate::config::EmbeddedConfig;
 use crate::config::validate_topic_name;
@@ -315,14 +316,10 @@ impl EmbeddedLog {
     }
 }
 
-/// A pipeline's reader of one topic of the embedded log.
+/// A pipeline's reader of one topic of the embedded log: every partition,
+/// from the offsets committed with the pipeline's state.
 pub struct EmbeddedSource {
-    log: Arc<EmbeddedLog>,
-    topic: Arc<str>,
-    /// Next offset to read, per partition.
-    positions: Vec<u64>,
-    next_partition: usize,
-    generation: u64,
+    reader: EmbeddedRewind,
 }
 
 impl EmbeddedSource {
@@ -332,47 +329,121 @@ impl EmbeddedSource {
     /// # Errors
     /// When the store fails or the topic does not exist.
     pub fn open(log: Arc<EmbeddedLog>, pipeline: &str, topic: &str) -> Result<Self, SourceError> {
+        let mut reader = EmbeddedRewind::open(log, topic)?;
+        let mut positions = Vec::with_capacity(reader.partitions as usize);
+        for p in 0..reader.partitions {
+            let offset = reader
+                .log
+                .store()
+                .offset(pipeline, topic, p)
+                .map_err(|e| reader.store_error(e))?;
+            positions.push((p, offset));
+        }
+        reader.assign(&positions)?;
+        Ok(EmbeddedSource { reader })
+    }
+}
+
+impl Source for EmbeddedSource {
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        Ok(self.reader.poll(limit, wait)?.records)
+    }
+
+    fn committed(&mut self, _next_offsets: &[(String, u32, u64)]) {
+        // The offsets live in the store, written with the state; nothing else to do.
+    }
+}
+
+/// The embedded log read by position.
+pub struct EmbeddedRewind {
+    log: Arc<EmbeddedLog>,
+    topic: Arc<str>,
+    partitions: u32,
+    /// Assigned partitions and the next offset of each.
+    positions: Vec<(u32, u64)>,
+    next_partition: usize,
+    generation: u64,
+}
+
+impl EmbeddedRewind {
+    /// A reader of `topic`.
+    ///
+    /// # Errors
+    /// [`SourceError::UnknownTopic`].
+    pub fn open(log: Arc<EmbeddedLog>, topic: &str) -> Result<Self, SourceError> {
         let partitions = log
             .partitions(topic)
             .ok_or_else(|| SourceError::UnknownTopic {
                 topic: topic.to_owned(),
             })?;
-        let mut positions = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            positions.push(log.store().offset(pipeline, topic, p).map_err(|source| {
-                SourceError::Store {
-                    topic: topic.to_owned(),
-                    source,
-                }
-            })?);
-        }
-        Ok(EmbeddedSource {
+        Ok(EmbeddedRewind {
             generation: log.generation(),
             log,
             topic: Arc::from(topic),
-            positions,
+            partitions,
+            positions: Vec::new(),
             next_partition: 0,
         })
     }
 
-    fn read_some(&mut self, limit: Limit) -> Result<Vec<SourceRecord>, SourceError> {
+    fn store_error(&self, source: crate::store::StoreError) -> SourceError {
+        SourceError::Store {
+            topic: self.topic.to_string(),
+            source,
+        }
+    }
+}
+
+impl Rewind for EmbeddedRewind {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn watermarks(&mut self, partition: u32) -> Result<(u64, u64), SourceError> {
+        Ok((0, self.log.high_watermark(&self.topic, partition)))
+    }
+
+    fn offset_for_time(&mut self, partition: u32, timestamp_ms: i64) -> Result<u64, SourceError> {
+        let end = self.log.high_watermark(&self.topic, partition);
+        self.log
+            .store()
+            .offset_for_time(&self.topic, partition, end, timestamp_ms)
+            .map_err(|e| self.store_error(e))
+    }
+
+    fn assign(&mut self, positions: &[(u32, u64)]) -> Result<(), SourceError> {
+        self.positions = positions.to_vec();
+        Ok(())
+    }
+
+    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Polled, SourceError> {
+        let polled = self.read_some(limit)?;
+        if !polled.records.is_empty() {
+            return Ok(polled);
+        }
+        self.generation = self.log.wait_for_append(self.generation, wait);
+        self.read_some(limit)
+    }
+}
+
+impl EmbeddedRewind {
+    fn read_some(&mut self, limit: Limit) -> Result<Polled, SourceError> {
+        let mut polled = Polled::default();
         let n = self.positions.len();
-        let mut out = Vec::new();
         let mut bytes = 0;
-        // Fair share per partition, starting where the last poll stopped.
+        // A fair share per partition, starting where the last poll stopped.
         let share = limit.records.div_ceil(n.max(1)).max(1);
         let share_bytes = limit.bytes.div_ceil(n.max(1)).max(1);
         for i in 0..n {
-            if limit.reached(out.len(), bytes) {
+            if limit.reached(polled.records.len(), bytes) {
                 break;
             }
-            let p = (self.next_partition + i) % n;
-            let partition = u32::try_from(p).unwrap_or(u32::MAX);
-            let Some(from) = self.positions.get(p).copied() else {
+            let at = (self.next_partition + i) % n;
+            let Some((partition, from)) = self.positions.get(at).copied() else {
                 continue;
             };
             let end = self.log.high_watermark(&self.topic, partition);
-            let left = limit.less(out.len(), bytes);
+            let left = limit.less(polled.records.len(), bytes);
             let records = self
                 .log
                 .store()
@@ -384,16 +455,13 @@ impl EmbeddedSource {
                     share.min(left.records),
                     share_bytes.min(left.bytes),
                 )
-                .map_err(|source| SourceError::Store {
-                    topic: self.topic.to_string(),
-                    source,
-                })?;
-            let mut expected = from;
+                .map_err(|e| self.store_error(e))?;
+            let mut next = from;
             for (offset, r) in records {
-                if offset != expected {
+                if offset != next {
                     break; // never skip: a gap means the rest is not visible yet
                 }
-                expected += 1;
+                next = offset + 1;
                 let record = SourceRecord {
                     topic: self.topic.clone(),
                     partition,
@@ -404,28 +472,16 @@ impl EmbeddedSource {
                     value: r.value,
                 };
                 bytes += record.size();
-                out.push(record);
+                polled.records.push(record);
             }
-            if let Some(pos) = self.positions.get_mut(p) {
-                *pos = expected;
+            if next >= end {
+                polled.at_end.push(partition);
+            }
+            if let Some(p) = self.positions.get_mut(at) {
+                p.1 = next;
             }
         }
         self.next_partition = (self.next_partition + 1) % n.max(1);
-        Ok(out)
-    }
-}
-
-impl Source for EmbeddedSource {
-    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
-        let records = self.read_some(limit)?;
-        if !records.is_empty() {
-            return Ok(records);
-        }
-        self.generation = self.log.wait_for_append(self.generation, wait);
-        self.read_some(limit)
-    }
-
-    fn committed(&mut self, _next_offsets: &[(String, u32, u64)]) {
-        // The offsets live in the store, written with the state; nothing else to do.
+        Ok(polled)
     }
 }

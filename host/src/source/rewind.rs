@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::embedded::EmbeddedLog;
+#[cfg(test)]
+use super::embedded::EmbeddedRewind;
 use super::{Limit, SourceError, SourceRecord};
 
 /// Where a range starts, in every partition of the topic.
@@ -107,7 +109,9 @@ impl History {
     /// An unknown topic, unreachable brokers or a bad client property.
     pub fn open(&self, topic: &str) -> Result<Box<dyn Rewind>, SourceError> {
         Ok(match self {
-            History::Embedded(log) => Box::new(EmbeddedRewind::open(log.clone(), topic)?),
+            History::Embedded(log) => {
+                Box::new(super::embedded::EmbeddedRewind::open(log.clone(), topic)?)
+            }
             History::Kafka(cfg) => Box::new(super::kafka::KafkaRewind::open(cfg, topic)?),
         })
     }
@@ -336,133 +340,6 @@ impl RangeReader {
                 .map(|e| format!("; last client error: {e}"))
                 .unwrap_or_default(),
         }
-    }
-}
-
-/// The embedded log read by position.
-pub struct EmbeddedRewind {
-    log: Arc<EmbeddedLog>,
-    topic: Arc<str>,
-    partitions: u32,
-    /// Assigned partitions and the next offset of each.
-    positions: Vec<(u32, u64)>,
-    next_partition: usize,
-    generation: u64,
-}
-
-impl EmbeddedRewind {
-    /// A reader of `topic`.
-    ///
-    /// # Errors
-    /// [`SourceError::UnknownTopic`].
-    pub fn open(log: Arc<EmbeddedLog>, topic: &str) -> Result<Self, SourceError> {
-        let partitions = log
-            .partitions(topic)
-            .ok_or_else(|| SourceError::UnknownTopic {
-                topic: topic.to_owned(),
-            })?;
-        Ok(EmbeddedRewind {
-            generation: log.generation(),
-            log,
-            topic: Arc::from(topic),
-            partitions,
-            positions: Vec::new(),
-            next_partition: 0,
-        })
-    }
-
-    fn store_error(&self, source: crate::store::StoreError) -> SourceError {
-        SourceError::Store {
-            topic: self.topic.to_string(),
-            source,
-        }
-    }
-}
-
-impl Rewind for EmbeddedRewind {
-    fn partitions(&self) -> u32 {
-        self.partitions
-    }
-
-    fn watermarks(&mut self, partition: u32) -> Result<(u64, u64), SourceError> {
-        Ok((0, self.log.high_watermark(&self.topic, partition)))
-    }
-
-    fn offset_for_time(&mut self, partition: u32, timestamp_ms: i64) -> Result<u64, SourceError> {
-        let end = self.log.high_watermark(&self.topic, partition);
-        self.log
-            .store()
-            .offset_for_time(&self.topic, partition, end, timestamp_ms)
-            .map_err(|e| self.store_error(e))
-    }
-
-    fn assign(&mut self, positions: &[(u32, u64)]) -> Result<(), SourceError> {
-        self.positions = positions.to_vec();
-        Ok(())
-    }
-
-    fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Polled, SourceError> {
-        let polled = self.read_some(limit)?;
-        if !polled.records.is_empty() {
-            return Ok(polled);
-        }
-        self.generation = self.log.wait_for_append(self.generation, wait);
-        self.read_some(limit)
-    }
-}
-
-impl EmbeddedRewind {
-    fn read_some(&mut self, limit: Limit) -> Result<Polled, SourceError> {
-        let mut polled = Polled::default();
-        let n = self.positions.len();
-        let mut bytes = 0;
-        let share = limit.records.div_ceil(n.max(1)).max(1);
-        for i in 0..n {
-            if limit.reached(polled.records.len(), bytes) {
-                break;
-            }
-            let at = (self.next_partition + i) % n;
-            let Some((partition, from)) = self.positions.get(at).copied() else {
-                continue;
-            };
-            let end = self.log.high_watermark(&self.topic, partition);
-            let left = limit.less(polled.records.len(), bytes);
-            let records = self
-                .log
-                .store()
-                .read_log(
-                    &self.topic,
-                    partition,
-                    from,
-                    end,
-                    share.min(left.records),
-                    left.bytes,
-                )
-                .map_err(|e| self.store_error(e))?;
-            let mut next = from;
-            for (offset, r) in records {
-                next = offset + 1;
-                let record = SourceRecord {
-                    topic: self.topic.clone(),
-                    partition,
-                    offset,
-                    timestamp_ms: r.timestamp_ms,
-                    key: r.key,
-                    headers: r.headers,
-                    value: r.value,
-                };
-                bytes += record.size();
-                polled.records.push(record);
-            }
-            if next >= end {
-                polled.at_end.push(partition);
-            }
-            if let Some(p) = self.positions.get_mut(at) {
-                p.1 = next;
-            }
-        }
-        self.next_partition = (self.next_partition + 1) % n.max(1);
-        Ok(polled)
     }
 }
 
