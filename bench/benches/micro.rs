@@ -126,12 +126,14 @@ fn store_commit(c: &mut Criterion) {
                 for i in 0..batch {
                     seq += 1;
                     let change = Change {
+                        partition: 0,
                         seq,
+                        stamp_us: seq,
                         key: workload::key(seq, 10_000),
                         state: state.clone(),
                     };
                     commit.states.push((change, seq.checked_sub(10_000)));
-                    commit.last_seq = seq;
+                    commit.last_seqs = vec![(0, seq)];
                     commit.offsets = vec![("async-process-execution".into(), 0, seq + i)];
                 }
                 store.commit(&commit).expect("commit");

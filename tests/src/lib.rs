@@ -461,6 +461,19 @@ impl SseStream {
     }
 }
 
+/// An SSE event id as the position it stands for: per input partition, the
+/// last change number the client has (`12.0.7`).
+pub fn position(id: &str) -> Result<Vec<u64>> {
+    id.split('.')
+        .map(|n| n.parse::<u64>().with_context(|| format!("SSE id {id:?}")))
+        .collect()
+}
+
+/// How many changes an SSE event id counts: the sum of its position.
+pub fn changes_in(id: &str) -> Result<u64> {
+    Ok(position(id)?.iter().sum())
+}
+
 /// One AsyncProcess execution event as JSON.
 pub fn execution(id: &str, process: &str, time: i64, state: &str) -> Value {
     serde_json::json!({

@@ -264,3 +264,54 @@ fn bad_plugins_and_configs_are_refused_with_their_names() -> Result<()> {
     ensure!(!ok && out.contains("missing.toml"), "{out}");
     Ok(())
 }
+
+/// An event whose key belongs to another partition than the one it arrived
+/// on is folded into the key's state by default, and dead-lettered (class
+/// `partition`, naming both partitions) with `misrouted_keys = "dead-letter"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misrouted_keys_are_folded_or_dead_lettered_as_configured() -> Result<()> {
+    for mode in ["fold", "dead-letter"] {
+        let config = async_process_config()?.replacen(
+            "key_field = \"asyncProcessId\"\n",
+            &format!("key_field = \"asyncProcessId\"\nmisrouted_keys = \"{mode}\"\n"),
+            1,
+        );
+        let host = Host::start(&config).await?;
+        // Partition 0 and partition 1 of 4: one of them is not where "p-x" hashes to.
+        for partition in [0, 1] {
+            host.produce(
+                "async-process-execution",
+                &json!({ "partition": partition, "value": execution(&format!("e{partition}"), "p-x", partition, "STARTED") }),
+            )
+            .await?;
+        }
+        host.wait_caught_up("async-process", Duration::from_secs(60))
+            .await?;
+        let (status, state) = host.get("/async-process/p-x").await?;
+        let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
+        let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
+        let applied = state["executions"].as_array().map_or(0, Vec::len);
+        if mode == "fold" {
+            ensure!(
+                status == 200 && applied == 2 && letters.is_empty(),
+                "{mode}: both folded: {state} {dead}"
+            );
+        } else {
+            ensure!(
+                status == 200 && applied == 1 && letters.len() == 1,
+                "{mode}: one applied, one dead-lettered: {state} {dead}"
+            );
+            let dl = &letters[0];
+            ensure!(
+                dl["error_class"] == "partition"
+                    && dl["stage"] == "route"
+                    && dl["key"] == "p-x"
+                    && dl["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("arrived on partition")),
+                "{dl}"
+            );
+        }
+    }
+    Ok(())
+}

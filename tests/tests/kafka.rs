@@ -120,7 +120,7 @@ fn dedup(records: &[Value]) -> Result<HashMap<String, Value>> {
     let mut out: HashMap<String, Value> = HashMap::new();
     for r in records {
         let id = id_of(r)?;
-        let kv = json!({ "key": r["key"], "value": r["value"] });
+        let kv = json!({ "key": r["key"], "value": r["value"], "partition": r["partition"] });
         if let Some(prev) = out.get(&id) {
             ensure!(*prev == kv, "id {id} carried two different records");
         } else {
@@ -131,7 +131,8 @@ fn dedup(records: &[Value]) -> Result<HashMap<String, Value>> {
 }
 
 /// The changelog holds every change exactly once after de-duplication
-/// (change numbers 1..=n, none missing), the last change of each key is its
+/// (each partition's change numbers 1..=n, none missing, each record in the
+/// partition its number belongs to), the last change of each key is its
 /// state, and the rejected-process topic holds exactly the REJECTED changes.
 fn check_outputs(
     changelog: &[Value],
@@ -139,19 +140,32 @@ fn check_outputs(
     states: &HashMap<String, Value>,
 ) -> Result<(usize, usize)> {
     let changes = dedup(changelog)?;
-    let mut by_seq: BTreeMap<u64, &Value> = BTreeMap::new();
+    // (partition, change number) -> record
+    let mut by_seq: BTreeMap<(u64, u64), &Value> = BTreeMap::new();
     for (id, r) in &changes {
-        let seq: u64 = id
-            .strip_prefix("async-process/changes/")
-            .and_then(|s| s.parse().ok())
+        let (partition, seq) = id
+            .strip_prefix("async-process/")
+            .and_then(|s| s.split_once("/changes/"))
+            .and_then(|(p, n)| Some((p.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
             .with_context(|| format!("changelog id {id}"))?;
-        by_seq.insert(seq, r);
+        ensure!(
+            r["partition"].as_u64() == Some(partition),
+            "change {id} is in changelog partition {}, not its input's",
+            r["partition"]
+        );
+        by_seq.insert((partition, seq), r);
     }
-    let n = by_seq.len() as u64;
-    ensure!(
-        by_seq.keys().copied().eq(1..=n),
-        "changelog change numbers are not 1..={n}: a change is missing"
-    );
+    let mut per_partition: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (p, n) in by_seq.keys() {
+        per_partition.entry(*p).or_default().push(*n);
+    }
+    for (p, seqs) in &per_partition {
+        let n = seqs.len() as u64;
+        ensure!(
+            seqs.iter().copied().eq(1..=n),
+            "partition {p}: changelog change numbers are not 1..={n}: a change is missing"
+        );
+    }
     let mut last: HashMap<&str, &Value> = HashMap::new();
     for r in by_seq.values() {
         last.insert(r["key"].as_str().unwrap_or_default(), &r["value"]);
@@ -166,7 +180,7 @@ fn check_outputs(
     let want: HashSet<String> = by_seq
         .iter()
         .filter(|(_, r)| r["value"]["state"] == "REJECTED")
-        .map(|(seq, _)| format!("async-process/changes/{seq}/0"))
+        .map(|((p, seq), _)| format!("async-process/{p}/changes/{seq}/0"))
         .collect();
     let have: HashSet<String> = routed.keys().cloned().collect();
     ensure!(
@@ -332,7 +346,14 @@ async fn kafka_sigterm_under_a_stream_drains_the_outbox_and_resumes_exactly() ->
 
     let stats = tokio::task::block_in_place(|| host.store_stats())?;
     ensure!(stats["outbox"] == 0, "outbox not empty after exit: {stats}");
-    let committed = stats["last_change"]["async-process"].as_u64().unwrap_or(0);
+    // Per partition, the last change number the store committed.
+    let last: Vec<(String, u64)> = stats["last_change"]["async-process"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(p, n)| (p.clone(), n.as_u64().unwrap_or(0)))
+        .collect();
+    let committed: u64 = last.iter().map(|(_, n)| n).sum();
     ensure!(
         committed > 0,
         "nothing was processed before SIGTERM: {stats}"
@@ -340,8 +361,9 @@ async fn kafka_sigterm_under_a_stream_drains_the_outbox_and_resumes_exactly() ->
     let delivered = broker.dump(CHANGELOG)?;
     let ids: Vec<String> = delivered.iter().map(id_of).collect::<Result<_>>()?;
     let unique: HashSet<&String> = ids.iter().collect();
-    let want: HashSet<String> = (1..=committed)
-        .map(|n| format!("async-process/changes/{n}"))
+    let want: HashSet<String> = last
+        .iter()
+        .flat_map(|(p, n)| (1..=*n).map(move |n| format!("async-process/{p}/changes/{n}")))
         .collect();
     ensure!(
         unique.len() == ids.len() && unique.into_iter().cloned().collect::<HashSet<_>>() == want,
@@ -541,6 +563,18 @@ async fn kafka_start_up_errors_are_clear() -> Result<()> {
         "{log}"
     );
     ensure!(!log.contains("panicked"), "{log}");
+
+    // A changelog with another partition count than its input: each change
+    // goes to its input's partition, so this is refused, naming both.
+    broker.create_topic("async-process-execution", 2)?;
+    broker.create_topic("async-process", 3)?;
+    let (status, log) = run_until_exit(&base, Duration::from_secs(60))?;
+    ensure!(
+        !status.success()
+            && log.contains("changelog topic \"async-process\" has 3 partitions")
+            && log.contains("\"async-process-execution\" has 2"),
+        "{log}"
+    );
     Ok(())
 }
 

@@ -122,13 +122,28 @@ fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedW
     Ok(watcher)
 }
 
+/// What [`open_topics`] opened: the embedded log, the sink, each
+/// pipeline's input partition count, and the pipelines whose changelog has
+/// as many partitions as their input.
+type Topics = (
+    Arc<EmbeddedLog>,
+    Sink,
+    HashMap<String, u32>,
+    std::collections::HashSet<String>,
+);
+
 /// Opens the embedded log (always: it holds the pipelines' replay topics)
-/// and the sink; creates or checks the topics the pipelines need.
+/// and the sink; creates or checks the topics the pipelines need, and
+/// reads each pipeline's input partition count. A Kafka changelog topic
+/// must have as many partitions as its pipeline's input: each state change
+/// goes to the partition of its input. (An embedded changelog created by an
+/// earlier version with another count is kept; its records are then
+/// partitioned by key.)
 fn open_topics(
     config: &Config,
     store: &Store,
     rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<(Arc<EmbeddedLog>, Sink)> {
+) -> anyhow::Result<Topics> {
     let local = match &config.source {
         SourceConfig::Embedded(e) => e.clone(),
         SourceConfig::Kafka(_) => EmbeddedConfig::default(),
@@ -147,17 +162,21 @@ fn open_topics(
         .filter_map(|(what, t)| t.clone().map(|t| (what, t)))
         .collect::<Vec<_>>()
     };
-    match &config.source {
+    let (sink, partitions) = match &config.source {
         SourceConfig::Embedded(_) => {
+            let mut partitions = HashMap::new();
             for p in &config.pipelines {
-                log.ensure_topic(&p.topic, None)
+                let n = log
+                    .ensure_topic(&p.topic, None)
                     .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
+                partitions.insert(p.name.clone(), n);
                 for (what, t) in outputs(p) {
-                    log.ensure_topic(&t, None)
+                    let want = (what == "changelog").then_some(n);
+                    log.ensure_topic(&t, want)
                         .with_context(|| format!("pipeline {:?}: {what} topic {t:?}", p.name))?;
                 }
             }
-            Ok((log.clone(), Sink::Embedded(log)))
+            (Sink::Embedded(log.clone()), partitions)
         }
         SourceConfig::Kafka(k) => {
             let mut wanted: Vec<(String, u32)> = k
@@ -193,20 +212,59 @@ fn open_topics(
             let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let sink = KafkaSink::start(k, store.clone(), &outputs)
                 .context("starting the Kafka producer for the changelog and dead-letter topics")?;
-            Ok((log, Sink::Kafka(sink)))
+            let mut partitions = HashMap::new();
+            for p in &config.pipelines {
+                let n = sink
+                    .partitions(&p.topic)
+                    .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?
+                    .with_context(|| {
+                        format!("pipeline {:?}: topic {:?} does not exist", p.name, p.topic)
+                    })?;
+                partitions.insert(p.name.clone(), n);
+            }
+            (Sink::Kafka(sink), partitions)
+        }
+    };
+    let mut aligned = std::collections::HashSet::new();
+    for p in &config.pipelines {
+        let (Some(changelog), Some(n)) = (&p.changelog_topic, partitions.get(&p.name)) else {
+            continue;
+        };
+        let have = match &sink {
+            Sink::Embedded(log) => log.partitions(changelog),
+            Sink::Kafka(k) => k
+                .partitions(changelog)
+                .with_context(|| format!("pipeline {:?}: changelog topic {changelog:?}", p.name))?,
+        };
+        if have == Some(*n) {
+            aligned.insert(p.name.clone());
+        } else if matches!(sink, Sink::Embedded(_)) {
+            tracing::warn!(
+                pipeline = %p.name, changelog = %changelog, partitions = ?have, input_partitions = n,
+                "the changelog topic has another partition count than the input; its records are partitioned by key"
+            );
+        } else {
+            anyhow::bail!(
+                "pipeline {:?}: changelog topic {changelog:?} has {} partitions, its input topic {:?} has {n}: \
+                 they must be equal (each state change goes to the partition of its input)",
+                p.name,
+                have.map_or_else(|| "no".to_owned(), |h| h.to_string()),
+                p.topic
+            );
         }
     }
+    Ok((log, sink, partitions, aligned))
 }
 
 /// The schema registry that [`open_schemas`] opened (`None`: an external
-/// one) and each pipeline's intake, by pipeline name.
+/// one) and each pipeline's decoder, by pipeline name.
 type Schemas = (
     Option<Arc<crate::schema::Registry>>,
-    HashMap<String, crate::pipeline::Intake>,
+    HashMap<String, crate::decode::Decoder>,
 );
 
 /// Opens the schema registry (embedded, unless `[registry] url` names an
-/// external one) and builds each pipeline's intake: Avro pipelines decode
+/// external one) and builds each pipeline's decoder: Avro pipelines decode
 /// with the registry's writers and their reader schema, after checking
 /// that it can read every writer schema of its subject.
 fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
@@ -226,10 +284,7 @@ fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
     let mut intakes = HashMap::new();
     for p in &config.pipelines {
         if p.value_format != crate::config::ValueFormat::Avro {
-            intakes.insert(
-                p.name.clone(),
-                crate::pipeline::Intake::new(p, Decoder::Json),
-            );
+            intakes.insert(p.name.clone(), Decoder::Json);
             continue;
         }
         let reader = match &p.reader_schema {
@@ -269,7 +324,7 @@ fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
             });
         }
         let decoder = Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), reader)));
-        intakes.insert(p.name.clone(), crate::pipeline::Intake::new(p, decoder));
+        intakes.insert(p.name.clone(), decoder);
     }
     if let Some(r) = &embedded {
         r.set_readers(readers);
@@ -326,7 +381,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             None
         };
 
-    let (schemas, intakes) = open_schemas(&config, &store)?;
+    let (schemas, decoders) = open_schemas(&config, &store)?;
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
     let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
@@ -340,7 +395,30 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (log, sink) = open_topics(&config, &store, &rt)?;
+    let (log, sink, partitions, aligned) = open_topics(&config, &store, &rt)?;
+    let migrated = store
+        .migrate_to_partitions(&|pipeline, key| {
+            partitions
+                .get(pipeline)
+                .map(|n| crate::source::partition_for_key(key.as_bytes(), *n))
+        })
+        .context("cannot move the store's states under their partitions")?;
+    if migrated > 0 {
+        tracing::info!(
+            states = migrated,
+            "store migrated: states now live under their partitions"
+        );
+    }
+    let mut intakes = HashMap::new();
+    for p in &config.pipelines {
+        let (Some(decoder), Some(n)) = (decoders.get(&p.name), partitions.get(&p.name)) else {
+            anyhow::bail!("pipeline {:?}: no decoder or partition count", p.name);
+        };
+        intakes.insert(
+            p.name.clone(),
+            crate::pipeline::Intake::new(p, decoder.clone(), *n),
+        );
+    }
 
     let readiness = crate::source::Readiness::default();
     if matches!(config.source, SourceConfig::Embedded(_)) {
@@ -357,10 +435,11 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     };
     let mut last_seqs = Vec::with_capacity(config.pipelines.len());
     for p in &config.pipelines {
+        let n = partitions.get(&p.name).copied().unwrap_or(1);
         last_seqs.push(
             store
-                .last_seq(&p.name)
-                .with_context(|| format!("pipeline {}: cannot read its change number", p.name))?,
+                .last_seqs(&p.name, n)
+                .with_context(|| format!("pipeline {}: cannot read its change numbers", p.name))?,
         );
     }
     let hub = Hub::new(
@@ -411,6 +490,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             handlers,
             Wiring {
                 source: Box::new(source),
+                changelog_by_partition: aligned.contains(&p.name),
                 intake: intakes
                     .get(&p.name)
                     .cloned()

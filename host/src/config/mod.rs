@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 pub use http::HttpConfig;
 pub use names::{valid_name, validate_topic_name};
-pub use pipeline::{CreateConfig, MountConfig, OnDeadLetter, PipelineConfig, ValueFormat};
+pub use pipeline::{
+    CreateConfig, MisroutedKeys, MountConfig, OnDeadLetter, PipelineConfig, ValueFormat,
+};
 pub use plugin::{DirGrant, Grants, PluginConfig, PluginKind};
 pub use source::{EmbeddedConfig, KafkaConfig, SourceConfig, TopicConfig};
 pub use store::{Durability, StoreConfig};

@@ -88,6 +88,26 @@ pub struct PipelineConfig {
     /// deleted, then applies them in order.
     #[serde(default)]
     pub on_dead_letter: OnDeadLetter,
+    /// An event whose key belongs to another partition of the input topic
+    /// than the one it arrived on (the key hashes, with murmur2 as Kafka's
+    /// default partitioner, elsewhere: a producer that partitions by another
+    /// hash, or not by this key): `fold` (default) folds it into the key's
+    /// state, kept under the partition the key hashes to; `dead-letter`
+    /// sends it to the dead letters (class `partition`), so every state
+    /// depends on one partition's events only.
+    #[serde(default)]
+    pub misrouted_keys: MisroutedKeys,
+}
+
+/// See [`PipelineConfig::misrouted_keys`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MisroutedKeys {
+    /// Folded into the key's state.
+    #[default]
+    Fold,
+    /// Dead-lettered with the class `partition`.
+    DeadLetter,
 }
 
 /// See [`PipelineConfig::on_dead_letter`].

@@ -481,7 +481,8 @@ struct StateQuery {
 }
 
 /// `GET /v1/pipelines/{p}/state/{key}[?meta=true]`: the state as stored, or
-/// with `meta`, `{"state", "seq", "plugin_version"}`.
+/// with `meta`, `{"state", "partition", "seq", "updated_at_ms",
+/// "plugin_version"}`.
 async fn get_state(
     State(s): State<AppState>,
     Path((pipeline, key)): Path<(String, String)>,
@@ -490,14 +491,18 @@ async fn get_state(
     if !q.meta {
         return state_of(s, pipeline, key).await;
     }
-    s.pipeline(&pipeline)?;
+    let partition = s.intake(&pipeline)?.partition_of(&key);
     let store = s.store.clone();
     read(&s, move || {
-        match store.state(&pipeline, &key).map_err(AppError::internal)? {
+        match store
+            .state(&pipeline, partition, &key)
+            .map_err(AppError::internal)?
+        {
             Some(st) => Ok(json_text(format!(
-                "{{\"state\":{},\"seq\":{},\"plugin_version\":{}}}",
+                "{{\"state\":{},\"partition\":{partition},\"seq\":{},\"updated_at_ms\":{},\"plugin_version\":{}}}",
                 st.json,
                 st.seq,
+                st.stamp_us / 1000,
                 serde_json::Value::String(st.plugin_version)
             ))),
             None => Err(AppError::not_found(format!(
@@ -509,10 +514,13 @@ async fn get_state(
 }
 
 async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {
-    s.pipeline(&pipeline)?;
+    let partition = s.intake(&pipeline)?.partition_of(&key);
     let store = s.store.clone();
     read(&s, move || {
-        match store.state(&pipeline, &key).map_err(AppError::internal)? {
+        match store
+            .state(&pipeline, partition, &key)
+            .map_err(AppError::internal)?
+        {
             Some(st) => Ok(json_text(st.json)),
             None => Err(AppError::not_found(format!(
                 "pipeline {pipeline:?} has no state for key {key:?}"
@@ -543,13 +551,16 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
             "limit must be within 1..={max} (the pipeline's `latest` setting)"
         )));
     }
+    let partitions = s.intake(&pipeline)?.partitions();
     let store = s.store.clone();
     read(&s, move || {
-        let rows = store.latest(&pipeline, limit).map_err(AppError::internal)?;
+        let rows = store
+            .latest(&pipeline, partitions, limit)
+            .map_err(AppError::internal)?;
         let mut body =
-            String::with_capacity(rows.iter().map(|(_, s)| s.json.len() + 1).sum::<usize>() + 2);
+            String::with_capacity(rows.iter().map(|(_, _, s)| s.json.len() + 1).sum::<usize>() + 2);
         body.push('[');
-        for (i, (_, st)) in rows.iter().enumerate() {
+        for (i, (_, _, st)) in rows.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }

@@ -1,6 +1,7 @@
 //! Server-Sent Events of committed state changes.
 //!
-//! Each event's id is the pipeline's change sequence number. A client that
+//! Each event's id is where the client stands after it: per input partition,
+//! the last change number it has (`12.0.7`, see [`Position`]). A client that
 //! reconnects with `Last-Event-ID` gets exactly the changes it missed while
 //! they are in the pipeline's in-memory history (its last `sse_history`
 //! changes); older ones (before a restart, or past the history) come from the
@@ -21,7 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{AppError, AppState};
-use crate::notify::Missed;
+use crate::notify::{Missed, Position};
 use crate::store::Change;
 
 /// Events buffered per client.
@@ -44,18 +45,19 @@ pub async fn events(
     stream(s, &pipeline, q.0.key, &headers)
 }
 
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
+fn last_event_id(headers: &HeaderMap, partitions: u32) -> Result<Option<Position>, AppError> {
     match headers.get("last-event-id") {
         None => Ok(None),
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(|s| Position::parse(s, partitions))
             .map(Some)
             .ok_or_else(|| {
-                AppError::bad_request(
-                    "Last-Event-ID must be an event id sent by this stream (a number)",
-                )
+                AppError::bad_request(format!(
+                    "Last-Event-ID must be an event id sent by this stream (at most {partitions} \
+                     numbers joined with '.')"
+                ))
             }),
     }
 }
@@ -67,7 +69,11 @@ pub fn stream(s: AppState, pipeline: &str, key: Option<String>, headers: &Header
         return AppError::not_found(format!("pipeline {pipeline:?} does not exist"))
             .into_response();
     };
-    let resume = match last_event_id(headers) {
+    let Ok(intake) = s.intake(pipeline) else {
+        return AppError::not_found(format!("pipeline {pipeline:?} does not exist"))
+            .into_response();
+    };
+    let resume = match last_event_id(headers, intake.partitions()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -84,7 +90,7 @@ pub fn stream(s: AppState, pipeline: &str, key: Option<String>, headers: &Header
         .into_response()
 }
 
-fn to_event(change: &Change, per_key: bool) -> Event {
+fn to_event(change: &Change, at: &Position, per_key: bool) -> Event {
     let data = if per_key {
         change.state.clone()
     } else {
@@ -93,29 +99,31 @@ fn to_event(change: &Change, per_key: bool) -> Event {
         let key = serde_json::Value::String(change.key.clone());
         format!("{{\"key\":{key},\"state\":{}}}", change.state)
     };
-    Event::default().id(change.seq.to_string()).data(data)
+    Event::default().id(at.id()).data(data)
 }
 
-/// Sends a client what it missed after change `sent`: from the pipeline's
-/// history where it holds them, else the store's compacted view of the gap
-/// before the history. Moves `sent` on; `false` when the client is gone.
+/// Sends a client what it missed after position `sent`: from the
+/// pipeline's history where it holds them, else the store's compacted view
+/// of a partition's gap before the history. Moves `sent` on; `false` when
+/// the client is gone.
 async fn catch_up(
     s: &AppState,
     pipeline: &str,
     key: Option<&str>,
-    sent: &mut u64,
+    sent: &mut Position,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> bool {
     let per_key = key.is_some();
     let matches = |c: &Change| key.is_none_or(|k| k == c.key);
+    let key_partition = key.and_then(|k| Some(s.intake(pipeline).ok()?.partition_of(k)));
     loop {
-        match s.hub.missed(pipeline, *sent, CATCH_UP_PAGE) {
+        match s.hub.missed(pipeline, sent, CATCH_UP_PAGE) {
             None => return false,
             Some(Missed::Changes(page)) => {
                 let n = page.len();
                 for c in page {
-                    *sent = c.seq;
-                    if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                    sent.set(c.partition, c.seq);
+                    if matches(&c) && tx.send(Ok(to_event(&c, sent, per_key))).await.is_err() {
                         return false;
                     }
                 }
@@ -123,22 +131,33 @@ async fn catch_up(
                     return true;
                 }
             }
-            Some(Missed::Before { until }) => {
+            Some(Missed::Before { partition, until }) => {
+                if key_partition.is_some_and(|kp| kp != partition) {
+                    // Another partition than the key's: nothing to send.
+                    sent.set(partition, until);
+                    continue;
+                }
                 let store = s.store.clone();
-                let (p, k, after) = (pipeline.to_owned(), key.map(str::to_owned), *sent);
+                let (p, k, after) = (
+                    pipeline.to_owned(),
+                    key.map(str::to_owned),
+                    sent.of(partition),
+                );
                 let page = tokio::task::spawn_blocking(move || match k {
                     // One key: its state, if its last change is in the gap.
-                    Some(k) => store.state(&p, &k).map(|st| {
+                    Some(k) => store.state(&p, partition, &k).map(|st| {
                         st.filter(|st| st.seq > after && st.seq <= until)
                             .map(|st| Change {
+                                partition,
                                 seq: st.seq,
+                                stamp_us: st.stamp_us,
                                 key: k,
                                 state: st.json,
                             })
                             .into_iter()
                             .collect::<Vec<_>>()
                     }),
-                    None => store.latest_between(&p, after, until, CATCH_UP_PAGE),
+                    None => store.latest_between(&p, partition, after, until, CATCH_UP_PAGE),
                 })
                 .await;
                 let Ok(Ok(page)) = page else {
@@ -146,13 +165,13 @@ async fn catch_up(
                 };
                 let done = per_key || page.len() < CATCH_UP_PAGE;
                 for c in page {
-                    *sent = c.seq;
-                    if tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                    sent.set(partition, c.seq);
+                    if tx.send(Ok(to_event(&c, sent, per_key))).await.is_err() {
                         return false;
                     }
                 }
                 if done {
-                    *sent = until;
+                    sent.set(partition, until);
                 }
             }
         }
@@ -180,7 +199,7 @@ async fn feed(
     s: AppState,
     pipeline: String,
     key: Option<String>,
-    resume: Option<u64>,
+    resume: Option<Position>,
     mut live: broadcast::Receiver<Arc<Change>>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
@@ -188,41 +207,54 @@ async fn feed(
     let mut shutdown = s.shutdown.clone();
     let per_key = key.is_some();
     let matches = |c: &Change| key.as_deref().is_none_or(|k| k == c.key);
-    // Where this client is: the last change id it has seen.
-    let mut sent: u64 = match resume {
-        Some(id) => id,
+    // Where this client is: the last change of each partition it has seen.
+    let mut need_catch_up = resume.is_some();
+    let mut sent: Position = match resume {
+        Some(at) => at,
         None => {
             // No resume point: a per-key stream starts with the current state;
             // an all-keys stream starts with what happens from now on.
             let store = s.store.clone();
+            let Ok(intake) = s.intake(&pipeline).cloned() else {
+                return;
+            };
             let (p, k) = (pipeline.clone(), key.clone());
-            let current = tokio::task::spawn_blocking(move || -> Option<(u64, Option<Change>)> {
-                let last = store.last_seq(&p).ok()?;
-                let snapshot = match k {
-                    Some(k) => store.state(&p, &k).ok().flatten().map(|st| Change {
-                        seq: st.seq,
-                        key: k,
-                        state: st.json,
-                    }),
-                    None => None,
-                };
-                Some((last, snapshot))
-            })
-            .await
-            .ok()
-            .flatten();
+            let current =
+                tokio::task::spawn_blocking(move || -> Option<(Position, Option<Change>)> {
+                    let last = Position(store.last_seqs(&p, intake.partitions()).ok()?);
+                    let snapshot = match k {
+                        Some(k) => {
+                            let partition = intake.partition_of(&k);
+                            store
+                                .state(&p, partition, &k)
+                                .ok()
+                                .flatten()
+                                .map(|st| Change {
+                                    partition,
+                                    seq: st.seq,
+                                    stamp_us: st.stamp_us,
+                                    key: k,
+                                    state: st.json,
+                                })
+                        }
+                        None => None,
+                    };
+                    Some((last, snapshot))
+                })
+                .await
+                .ok()
+                .flatten();
             let Some((last, snapshot)) = current else {
                 return;
             };
             if let Some(c) = snapshot
-                && tx.send(Ok(to_event(&c, per_key))).await.is_err()
+                && tx.send(Ok(to_event(&c, &last, per_key))).await.is_err()
             {
                 return;
             }
             last
         }
     };
-    let mut need_catch_up = resume.is_some();
     loop {
         if need_catch_up {
             if !catch_up(&s, &pipeline, key.as_deref(), &mut sent, &tx).await {
@@ -240,17 +272,18 @@ async fn feed(
             }
             msg = live.recv() => match msg {
                 Ok(c) => {
-                    if c.seq <= sent {
+                    let had = sent.of(c.partition);
+                    if c.seq <= had {
                         continue;
                     }
-                    if c.seq > sent + 1 {
+                    if c.seq > had + 1 {
                         // A gap: changes committed before we subscribed or
                         // while lagging; this one comes with the catch-up.
                         need_catch_up = true;
                         continue;
                     }
-                    sent = c.seq;
-                    if matches(&c) && tx.send(Ok(to_event(&c, per_key))).await.is_err() {
+                    sent.set(c.partition, c.seq);
+                    if matches(&c) && tx.send(Ok(to_event(&c, &sent, per_key))).await.is_err() {
                         return;
                     }
                 }

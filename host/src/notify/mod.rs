@@ -1,4 +1,4 @@
-//! Stage 6, notify: tell SSE subscribers about committed state changes.
+//! Stage 7, notify: tell SSE subscribers about committed state changes.
 //!
 //! Each pipeline has a broadcast channel and a history: the most recent
 //! committed changes, in memory, so a client that reconnects with
@@ -7,6 +7,9 @@
 //! back. A subscriber that falls behind loses its place in the channel, not
 //! data: it catches up from the history, and from the store's index of each
 //! key's latest change for anything older (see `http::sse`).
+//!
+//! Change numbers count per input partition, so where a client stands is a
+//! [`Position`]: the last change number it has of each partition.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,54 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::store::Change;
+
+/// Where a client stands: per partition, the last change number it has.
+/// As an SSE event id: the numbers joined with `.` (`12.0.7`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position(pub Vec<u64>);
+
+impl Position {
+    /// Reads an event id for a pipeline of `partitions` partitions: missing
+    /// trailing numbers are 0 (a plain number, as ids were before change
+    /// numbers counted per partition, is partition 0's); `None` when it is
+    /// not numbers or has more of them than there are partitions.
+    pub fn parse(id: &str, partitions: u32) -> Option<Position> {
+        let mut v: Vec<u64> = id
+            .trim()
+            .split('.')
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
+        if v.len() > partitions as usize {
+            return None;
+        }
+        v.resize(partitions as usize, 0);
+        Some(Position(v))
+    }
+
+    /// Its event id.
+    pub fn id(&self) -> String {
+        let mut s = String::with_capacity(self.0.len() * 4);
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                s.push('.');
+            }
+            s.push_str(&n.to_string());
+        }
+        s
+    }
+
+    /// The last change number of `partition` it has.
+    pub fn of(&self, partition: u32) -> u64 {
+        self.0.get(partition as usize).copied().unwrap_or(0)
+    }
+
+    /// Moves `partition` on to `seq`.
+    pub fn set(&mut self, partition: u32, seq: u64) {
+        if let Some(n) = self.0.get_mut(partition as usize) {
+            *n = seq;
+        }
+    }
+}
 
 /// Per-pipeline broadcast and history of committed changes.
 #[derive(Clone, Default)]
@@ -26,12 +77,15 @@ struct Channel {
     history: Mutex<History>,
 }
 
-/// The most recent changes of a pipeline, contiguous in change number:
-/// every change after `base` up to the newest is in `changes`.
+/// The most recent changes of a pipeline in commit order, contiguous in
+/// each partition's change numbers: every change of partition p after
+/// `base[p]` up to the newest is in `changes`.
 struct History {
     changes: VecDeque<Arc<Change>>,
-    /// The change number just before the oldest kept.
-    base: u64,
+    /// Per partition, the change number just before the oldest kept.
+    base: Vec<u64>,
+    /// Per partition, the newest change number held (or `base`).
+    newest: Vec<u64>,
     bytes: usize,
     max_changes: usize,
 }
@@ -47,13 +101,16 @@ pub const HISTORY_MAX_BYTES: usize = 64 << 20;
 /// Where a client catching up stands against a pipeline's history.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Missed {
-    /// The changes after the client's position, oldest first (exact).
+    /// The changes after the client's position, in commit order (exact).
     Changes(Vec<Arc<Change>>),
-    /// The history starts after the client's position: the changes up to and
-    /// including `until` are no longer held (a restart, or more changes than
-    /// the history keeps). Read them from the store, where each key's latest
-    /// change is indexed; changes after `until` are in the history.
+    /// The history of `partition` starts after the client's position: its
+    /// changes up to and including `until` are no longer held (a restart,
+    /// or more changes than the history keeps). Read them from the store,
+    /// where each key's latest change is indexed; later ones are in the
+    /// history.
     Before {
+        /// The partition.
+        partition: u32,
         /// The newest change number the history does not cover.
         until: u64,
     },
@@ -65,14 +122,24 @@ fn cost(c: &Change) -> usize {
 
 impl History {
     fn push(&mut self, change: Arc<Change>) {
-        let newest = self.changes.back().map_or(self.base, |c| c.seq);
+        let p = change.partition as usize;
+        if p >= self.newest.len() {
+            return;
+        }
+        let newest = self.newest.get(p).copied().unwrap_or(0);
         if change.seq != newest + 1 {
             // A gap (change numbers moved on outside this pipeline's own
             // commits, as a replay's swap does): what is held is no longer
             // contiguous with what comes next.
             self.changes.clear();
             self.bytes = 0;
-            self.base = change.seq.saturating_sub(1);
+            self.base.clone_from(&self.newest);
+            if let Some(b) = self.base.get_mut(p) {
+                *b = change.seq.saturating_sub(1);
+            }
+        }
+        if let Some(n) = self.newest.get_mut(p) {
+            *n = change.seq;
         }
         self.bytes += cost(&change);
         self.changes.push_back(change);
@@ -81,30 +148,45 @@ impl History {
                 break;
             };
             self.bytes = self.bytes.saturating_sub(cost(&old));
-            self.base = old.seq;
+            if let Some(b) = self.base.get_mut(old.partition as usize) {
+                *b = old.seq;
+            }
         }
     }
 
-    fn after(&self, seq: u64, max: usize) -> Missed {
-        if seq < self.base {
-            return Missed::Before { until: self.base };
+    fn after(&self, at: &Position, max: usize) -> Missed {
+        for (p, base) in self.base.iter().enumerate() {
+            let p = u32::try_from(p).unwrap_or(u32::MAX);
+            if at.of(p) < *base {
+                return Missed::Before {
+                    partition: p,
+                    until: *base,
+                };
+            }
         }
-        // Contiguous: the change numbered n sits at index n - base - 1.
-        let skip = usize::try_from(seq - self.base).unwrap_or(usize::MAX);
-        Missed::Changes(self.changes.iter().skip(skip).take(max).cloned().collect())
+        Missed::Changes(
+            self.changes
+                .iter()
+                .filter(|c| c.seq > at.of(c.partition))
+                .take(max)
+                .cloned()
+                .collect(),
+        )
     }
 }
 
 impl Hub {
-    /// A hub with one channel per pipeline: its name, the last change number
-    /// it committed before this start, and how many changes its history keeps.
-    pub fn new<'a>(pipelines: impl IntoIterator<Item = (&'a str, u64, u64)>) -> Self {
+    /// A hub with one channel per pipeline: its name, the last change
+    /// number of each partition before this start, and how many changes its
+    /// history keeps.
+    pub fn new<'a>(pipelines: impl IntoIterator<Item = (&'a str, Vec<u64>, u64)>) -> Self {
         let pipelines = pipelines
             .into_iter()
-            .map(|(name, last_seq, keep)| {
+            .map(|(name, last_seqs, keep)| {
                 let history = History {
                     changes: VecDeque::new(),
-                    base: last_seq,
+                    newest: last_seqs.clone(),
+                    base: last_seqs,
                     bytes: 0,
                     max_changes: usize::try_from(keep).unwrap_or(usize::MAX),
                 };
@@ -122,8 +204,8 @@ impl Hub {
         }
     }
 
-    /// Publishes committed changes (in change-number order): kept in the
-    /// history, and sent to the live subscribers.
+    /// Publishes committed changes (in commit order): kept in the history,
+    /// and sent to the live subscribers.
     pub fn publish(&self, pipeline: &str, changes: &[Arc<Change>]) {
         let Some(ch) = self.pipelines.get(pipeline) else {
             return;
@@ -146,12 +228,12 @@ impl Hub {
         self.pipelines.get(pipeline).map(|c| c.live.subscribe())
     }
 
-    /// Up to `max` changes of a pipeline after change number `seq`, from the
+    /// Up to `max` changes of a pipeline after position `at`, from the
     /// history; `None` for an unknown pipeline.
-    pub fn missed(&self, pipeline: &str, seq: u64, max: usize) -> Option<Missed> {
+    pub fn missed(&self, pipeline: &str, at: &Position, max: usize) -> Option<Missed> {
         let ch = self.pipelines.get(pipeline)?;
         let history = crate::lock(&ch.history);
-        Some(history.after(seq, max))
+        Some(history.after(at, max))
     }
 }
 
@@ -159,61 +241,114 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn change(seq: u64, key: &str) -> Arc<Change> {
+    fn change(partition: u32, seq: u64, key: &str) -> Arc<Change> {
         Arc::new(Change {
+            partition,
             seq,
+            stamp_us: 0,
             key: key.to_owned(),
             state: format!("{{\"n\":{seq}}}"),
         })
     }
 
-    fn seqs(m: Option<Missed>) -> Vec<u64> {
+    fn seqs(m: Option<Missed>) -> Vec<(u32, u64)> {
         match m {
-            Some(Missed::Changes(v)) => v.iter().map(|c| c.seq).collect(),
+            Some(Missed::Changes(v)) => v.iter().map(|c| (c.partition, c.seq)).collect(),
             other => panic!("expected changes, got {other:?}"),
         }
     }
 
+    fn at(v: &[u64]) -> Position {
+        Position(v.to_vec())
+    }
+
     #[test]
     fn history_serves_exactly_what_was_missed_and_says_where_it_starts() {
-        let hub = Hub::new([("p", 10, 3)]);
-        assert_eq!(seqs(hub.missed("p", 10, 100)), Vec::<u64>::new());
-        assert_eq!(hub.missed("p", 4, 100), Some(Missed::Before { until: 10 }));
-        hub.publish("p", &[change(11, "a"), change(12, "b")]);
-        assert_eq!(seqs(hub.missed("p", 10, 100)), [11, 12]);
-        assert_eq!(seqs(hub.missed("p", 11, 100)), [12]);
-        assert_eq!(seqs(hub.missed("p", 10, 1)), [11]);
-        // Keeps 3: 11 and 12 go, the history starts after 12.
-        hub.publish("p", &[change(13, "a"), change(14, "c"), change(15, "a")]);
-        assert_eq!(hub.missed("p", 11, 100), Some(Missed::Before { until: 12 }));
-        assert_eq!(seqs(hub.missed("p", 12, 100)), [13, 14, 15]);
+        let hub = Hub::new([("p", vec![10, 0], 3)]);
+        assert!(seqs(hub.missed("p", &at(&[10, 0]), 100)).is_empty());
+        assert_eq!(
+            hub.missed("p", &at(&[4, 0]), 100),
+            Some(Missed::Before {
+                partition: 0,
+                until: 10
+            })
+        );
+        hub.publish("p", &[change(0, 11, "a"), change(1, 1, "b")]);
+        assert_eq!(seqs(hub.missed("p", &at(&[10, 0]), 100)), [(0, 11), (1, 1)]);
+        assert_eq!(seqs(hub.missed("p", &at(&[11, 0]), 100)), [(1, 1)]);
+        assert_eq!(seqs(hub.missed("p", &at(&[10, 1]), 100)), [(0, 11)]);
+        assert_eq!(seqs(hub.missed("p", &at(&[10, 0]), 1)), [(0, 11)]);
+        // Keeps 3: (0, 11) and (1, 1) go, the history starts after them.
+        hub.publish(
+            "p",
+            &[change(0, 12, "a"), change(1, 2, "c"), change(0, 13, "a")],
+        );
+        assert_eq!(
+            hub.missed("p", &at(&[10, 2]), 100),
+            Some(Missed::Before {
+                partition: 0,
+                until: 11
+            })
+        );
+        assert_eq!(
+            hub.missed("p", &at(&[11, 0]), 100),
+            Some(Missed::Before {
+                partition: 1,
+                until: 1
+            })
+        );
+        assert_eq!(
+            seqs(hub.missed("p", &at(&[11, 1]), 100)),
+            [(0, 12), (1, 2), (0, 13)]
+        );
         // A gap in change numbers (a replay's swap) restarts the history.
-        hub.publish("p", &[change(40, "a")]);
-        assert_eq!(hub.missed("p", 15, 100), Some(Missed::Before { until: 39 }));
-        assert_eq!(seqs(hub.missed("p", 39, 100)), [40]);
-        assert_eq!(hub.missed("q", 0, 1), None);
+        hub.publish("p", &[change(0, 40, "a")]);
+        assert_eq!(
+            hub.missed("p", &at(&[13, 2]), 100),
+            Some(Missed::Before {
+                partition: 0,
+                until: 39
+            })
+        );
+        assert_eq!(seqs(hub.missed("p", &at(&[39, 2]), 100)), [(0, 40)]);
+        assert_eq!(hub.missed("q", &at(&[0]), 1), None);
     }
 
     #[test]
     fn history_is_bounded_by_bytes_too() {
-        let hub = Hub::new([("p", 0, u64::MAX)]);
+        let hub = Hub::new([("p", vec![0], u64::MAX)]);
         let big = "x".repeat(1 << 20);
         for seq in 1..=100 {
             hub.publish(
                 "p",
                 &[Arc::new(Change {
+                    partition: 0,
                     seq,
+                    stamp_us: 0,
                     key: "k".into(),
                     state: big.clone(),
                 })],
             );
         }
-        match hub.missed("p", 0, 1000) {
-            Some(Missed::Before { until }) => {
+        match hub.missed("p", &at(&[0]), 1000) {
+            Some(Missed::Before { until, .. }) => {
                 assert!((30..100).contains(&until), "{until}");
-                assert_eq!(seqs(hub.missed("p", until, 1000)).len() as u64, 100 - until);
+                assert_eq!(
+                    seqs(hub.missed("p", &at(&[until]), 1000)).len() as u64,
+                    100 - until
+                );
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn positions_read_and_write_as_event_ids() {
+        assert_eq!(Position::parse("12.0.7", 3), Some(at(&[12, 0, 7])));
+        assert_eq!(Position::parse("5", 3), Some(at(&[5, 0, 0])));
+        assert_eq!(Position::parse("1.2.3.4", 3), None);
+        assert_eq!(Position::parse("x", 3), None);
+        assert_eq!(Position::parse("1..2", 3), None);
+        assert_eq!(at(&[12, 0, 7]).id(), "12.0.7");
     }
 }

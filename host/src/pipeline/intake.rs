@@ -8,19 +8,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dead_letter::{DeadLetter, Stage};
-use crate::config::PipelineConfig;
+use crate::config::{MisroutedKeys, PipelineConfig};
 use crate::decode::{DecodeError, Decoder};
 use crate::execute::bindings::{Event, Header};
 use crate::route::KeySpec;
-use crate::source::SourceRecord;
+use crate::source::{SourceRecord, partition_for_key};
 
 /// How a pipeline turns records into keyed events: its decoder and its key
 /// rule. Cheap to clone.
 #[derive(Clone)]
 pub struct Intake {
     pipeline: Arc<str>,
+    topic: Arc<str>,
     decoder: Decoder,
     key: KeySpec,
+    partitions: u32,
+    misrouted: MisroutedKeys,
 }
 
 /// One decoded, keyed input event (its [`Event`] is kept alongside, in the
@@ -30,6 +33,8 @@ pub struct Item {
     pub record: SourceRecord,
     /// Its key.
     pub key: String,
+    /// The input partition the key belongs to (where its state lives).
+    pub partition: u32,
 }
 
 /// A batch decoded and keyed.
@@ -52,13 +57,28 @@ pub enum Unprepared {
 }
 
 impl Intake {
-    /// The intake of `pipeline`, decoding with `decoder`.
-    pub fn new(pipeline: &PipelineConfig, decoder: Decoder) -> Self {
+    /// The intake of `pipeline`, decoding with `decoder`, whose input topic
+    /// has `partitions` partitions.
+    pub fn new(pipeline: &PipelineConfig, decoder: Decoder, partitions: u32) -> Self {
         Intake {
             pipeline: Arc::from(pipeline.name.as_str()),
+            topic: Arc::from(pipeline.topic.as_str()),
             decoder,
             key: KeySpec::new(pipeline.key_field.as_deref()),
+            partitions: partitions.max(1),
+            misrouted: pipeline.misrouted_keys,
         }
+    }
+
+    /// The input topic's partition count.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The input partition a key belongs to: murmur2 of the key, as Kafka's
+    /// default partitioner (and the embedded log) places it.
+    pub fn partition_of(&self, key: &str) -> u32 {
+        partition_for_key(key.as_bytes(), self.partitions)
     }
 
     /// Its decoder.
@@ -70,7 +90,7 @@ impl Intake {
     ///
     /// # Errors
     /// [`Unprepared`]: wait for the registry, or a dead letter saying why.
-    pub fn prepare(&self, record: &SourceRecord) -> Result<(Event, String), Unprepared> {
+    pub fn prepare(&self, record: &SourceRecord) -> Result<(Event, String, u32), Unprepared> {
         let (value, schema_id) = match self.decoder.decode(&record.value) {
             Ok(v) => v,
             Err(e) if e.is_retryable() => return Err(Unprepared::Wait(e)),
@@ -96,6 +116,27 @@ impl Intake {
                     e.to_string(),
                 )))
             })?;
+        let partition = self.partition_of(&key);
+        if self.misrouted == MisroutedKeys::DeadLetter
+            && *record.topic == *self.topic
+            && record.partition != partition
+        {
+            return Err(Unprepared::Dead(Box::new(
+                DeadLetter::new(
+                    &self.pipeline,
+                    record,
+                    Stage::Route,
+                    "partition",
+                    format!(
+                        "key {key:?} belongs to partition {partition} of {:?} (murmur2, as Kafka's \
+                         default partitioner), but arrived on partition {}: its producer \
+                         partitions by another hash or another key",
+                        self.topic, record.partition
+                    ),
+                )
+                .key(&key),
+            )));
+        }
         let event = Event {
             topic: record.topic.to_string(),
             partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
@@ -116,7 +157,7 @@ impl Intake {
             schema_id,
             value,
         };
-        Ok((event, key))
+        Ok((event, key, partition))
     }
 
     /// Decodes and keys a batch. While the schema registry cannot be
@@ -137,8 +178,12 @@ impl Intake {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.prepare(&record) {
-                    Ok((event, key)) => {
-                        out.items.push(Item { record, key });
+                    Ok((event, key, partition)) => {
+                        out.items.push(Item {
+                            record,
+                            key,
+                            partition,
+                        });
                         out.events.push(event);
                     }
                     Err(Unprepared::Wait(e)) => {

@@ -39,7 +39,7 @@ use state_cache::StateCache;
 /// The header carrying an emitted record's deterministic id:
 /// `{source topic}/{partition}/{offset}/{index}` for a record a plugin
 /// emitted (`{input's id}/{index}` when the input carries one),
-/// `{pipeline}/changes/{seq}` for a changelog record,
+/// `{pipeline}/{partition}/changes/{seq}` for a changelog record,
 /// `{source topic}/{partition}/{offset}/dead` for a dead-letter record.
 pub const ID_HEADER: &str = "eddy-id";
 
@@ -47,13 +47,17 @@ pub const ID_HEADER: &str = "eddy-id";
 pub struct Worker {
     config: PipelineConfig,
     intake: Intake,
+    changelog_by_partition: bool,
     aggregator: Option<Instance>,
     handlers: Vec<Instance>,
     source: Box<dyn Source>,
     sink: Sink,
     store: Store,
     hub: Hub,
-    seq: u64,
+    /// Last change number per input partition.
+    seqs: Vec<u64>,
+    /// Last commit stamp.
+    stamp_us: u64,
     dead_id: u64,
     lock: PipelineLock,
     cache: StateCache,
@@ -72,6 +76,9 @@ pub struct Wiring {
     pub source: Box<dyn Source>,
     /// How its records are decoded and keyed.
     pub intake: Intake,
+    /// Whether each change goes to the changelog partition of its input
+    /// partition (the changelog has as many), else by key.
+    pub changelog_by_partition: bool,
     /// Where emitted records go.
     pub sink: Sink,
     /// The state store.
@@ -96,15 +103,18 @@ impl Worker {
         let Wiring {
             source,
             intake,
+            changelog_by_partition,
             sink,
             store,
             hub,
             lock,
         } = wiring;
-        let seq = store.last_seq(&config.name)?;
+        let seqs = store.last_seqs(&config.name, intake.partitions())?;
+        let stamp_us = store.last_stamp(&config.name, intake.partitions())?;
         let dead_id = store.last_dead_id(&config.name)?;
         Ok(Worker {
             intake,
+            changelog_by_partition,
             cache: StateCache::at(store.state_epoch()),
             config,
             aggregator,
@@ -113,7 +123,8 @@ impl Worker {
             sink,
             store,
             hub,
-            seq,
+            seqs,
+            stamp_us,
             dead_id,
             lock,
         })
@@ -204,9 +215,11 @@ impl Worker {
             pipeline: &self.config.name,
             name: &self.config.name,
             store: &self.store,
-            seq: &mut self.seq,
+            seqs: &mut self.seqs,
+            stamp_us: &mut self.stamp_us,
             dead_id: &mut self.dead_id,
             changelog: self.config.changelog_topic.as_deref(),
+            changelog_by_partition: self.changelog_by_partition,
             dlq: self.config.dlq_topic.as_deref(),
             plugin_version: self
                 .aggregator
@@ -246,7 +259,9 @@ impl Worker {
         if epoch != self.cache.epoch {
             self.cache.clear();
             self.cache.epoch = epoch;
-            self.seq = self.store.last_seq(&self.config.name)?;
+            let partitions = self.intake.partitions();
+            self.seqs = self.store.last_seqs(&self.config.name, partitions)?;
+            self.stamp_us = self.store.last_stamp(&self.config.name, partitions)?;
             self.dead_id = self.store.last_dead_id(&self.config.name)?;
         }
         Ok(())
@@ -287,10 +302,11 @@ impl Worker {
                 out.hold(key, &group);
                 continue;
             }
+            let partition = group.first().map_or(0, |i| i.partition);
             let cached = self.cache.get(key);
             let stored = match cached {
                 Some(_) => None,
-                None => self.store.state(&pipeline, key)?,
+                None => self.store.state(&pipeline, partition, key)?,
             };
             let previous_seq = cached
                 .as_ref()

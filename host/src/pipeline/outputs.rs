@@ -32,8 +32,9 @@ pub struct Folder<'a> {
 /// What processing a micro-batch produced, before it is committed.
 #[derive(Default)]
 pub struct Outputs {
-    /// New states: (key, state, the key's previous change number).
-    pub states: Vec<(String, String, Option<u64>)>,
+    /// New states: (key, its partition, state, the key's previous change
+    /// number in the partition).
+    pub states: Vec<(String, u32, String, Option<u64>)>,
     /// Records for other topics: (topic, record).
     pub emits: Vec<(String, ProduceRecord)>,
     /// Dead letters, in the order they happened.
@@ -87,7 +88,9 @@ impl Outputs {
             }
         }
         if let Some(state) = fold.state {
-            self.states.push((key.to_owned(), state, previous_seq));
+            let partition = group.first().map_or(0, |i| i.partition);
+            self.states
+                .push((key.to_owned(), partition, state, previous_seq));
         }
         if let Some(from) = fold.held_from {
             self.hold(key, group.get(from..).unwrap_or_default());
@@ -149,12 +152,17 @@ pub struct Target<'a> {
     pub name: &'a str,
     /// The store (quarantine counts and park numbers are read from it).
     pub store: &'a Store,
-    /// Last change number used.
-    pub seq: &'a mut u64,
+    /// Last change number used, per partition.
+    pub seqs: &'a mut [u64],
+    /// Last commit stamp used (microseconds; each change's is later).
+    pub stamp_us: &'a mut u64,
     /// Last dead-letter id used.
     pub dead_id: &'a mut u64,
     /// Topic each new state is appended to, if any.
     pub changelog: Option<&'a str>,
+    /// Whether a change goes to the changelog partition numbered as its
+    /// input partition (else the partition its key hashes to).
+    pub changelog_by_partition: bool,
     /// Topic each dead letter is appended to, if any.
     pub dlq: Option<&'a str>,
     /// Version of the aggregator that produced the states.
@@ -186,22 +194,35 @@ impl Outputs {
             plugin_version: target.plugin_version,
             ..Commit::default()
         };
-        for (key, state, previous) in states {
-            *target.seq += 1;
+        let mut touched: Vec<u32> = Vec::new();
+        for (key, partition, state, previous) in states {
+            let Some(seq) = target.seqs.get_mut(partition as usize) else {
+                continue;
+            };
+            *seq += 1;
+            *target.stamp_us = next_stamp(*target.stamp_us);
+            if !touched.contains(&partition) {
+                touched.push(partition);
+            }
             let change = Change {
-                seq: *target.seq,
+                partition,
+                seq: *seq,
+                stamp_us: *target.stamp_us,
                 key,
                 state,
             };
             if let Some(topic) = target.changelog {
+                // The changelog partition is the input partition: a
+                // partition's state is restored from its changelog alone.
                 emits.push((
                     topic.to_owned(),
                     ProduceRecord {
-                        partition: None,
+                        partition: target.changelog_by_partition.then_some(partition),
                         key: Some(change.key.as_bytes().to_vec()),
                         headers: vec![(
                             ID_HEADER.to_owned(),
-                            format!("{}/changes/{}", target.pipeline, change.seq).into_bytes(),
+                            format!("{}/{partition}/changes/{}", target.pipeline, change.seq)
+                                .into_bytes(),
                         )],
                         value: change.state.as_bytes().to_vec(),
                     },
@@ -209,7 +230,10 @@ impl Outputs {
             }
             commit.states.push((change, previous));
         }
-        commit.last_seq = *target.seq;
+        commit.last_seqs = touched
+            .into_iter()
+            .filter_map(|p| Some((p, *target.seqs.get(p as usize)?)))
+            .collect();
         // A rebuild's failures are counted in its progress, not as the live pipeline's.
         let live = target.name == target.pipeline;
         for dl in dead {
@@ -269,6 +293,15 @@ impl Outputs {
         }
         Ok((commit, emits))
     }
+}
+
+/// The stamp of the next change after one stamped `last`: the current time
+/// in microseconds, or `last + 1` when the clock has not moved past it.
+pub fn next_stamp(last: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    now.max(last.saturating_add(1))
 }
 
 /// An emitted record as produced, with its deterministic `eddy-id`:

@@ -127,7 +127,9 @@ struct Rebuild {
     /// Keys quarantined by dead letters from before the range (they stay
     /// open after the swap, so the rebuild holds these keys' events too).
     held: HashSet<String>,
-    seq: u64,
+    /// The rebuild's own change numbers, per partition, and stamp.
+    seqs: Vec<u64>,
+    stamp_us: u64,
     dead_id: u64,
 }
 
@@ -216,7 +218,8 @@ impl Rebuild {
                 out.hold(key, &group);
                 continue;
             }
-            let previous = self.store.state(&self.ns, key)?;
+            let partition = group.first().map_or(0, |i| i.partition);
+            let previous = self.store.state(&self.ns, partition, key)?;
             let fold = fold::aggregate(
                 &self.policy,
                 &mut self.aggregator,
@@ -235,9 +238,11 @@ impl Rebuild {
             pipeline: &self.config.name,
             name: &self.ns,
             store: &self.store,
-            seq: &mut self.seq,
+            seqs: &mut self.seqs,
+            stamp_us: &mut self.stamp_us,
             dead_id: &mut self.dead_id,
             changelog: None,
+            changelog_by_partition: false,
             dlq: None,
             plugin_version: plugin.version.clone(),
             aggregator: Some(&plugin.name),
@@ -318,6 +323,10 @@ impl Rebuild {
         let mut swap = Swap {
             pipeline: pipeline.to_owned(),
             ns: ns.to_owned(),
+            // Rebuilt states rank as the newest changes.
+            stamp_us: super::outputs::next_stamp(
+                self.store.last_stamp(pipeline, self.intake.partitions())?,
+            ),
             ..Swap::default()
         };
         let mut open: HashMap<String, u64> = HashMap::new();
@@ -545,7 +554,7 @@ pub fn start(
                 };
                 tracing::info!(pipeline = %config.name, ?from, "replay started");
                 Rebuild {
-                    intake,
+                    intake: intake.clone(),
                     ns: ns.clone(),
                     aggregator,
                     policy,
@@ -553,7 +562,8 @@ pub fn start(
                     reader,
                     tracker: tracker.clone(),
                     held,
-                    seq: 0,
+                    seqs: vec![0; intake.partitions() as usize],
+                    stamp_us: 0,
                     dead_id: 0,
                     config: config.clone(),
                 }

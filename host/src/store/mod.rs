@@ -27,6 +27,7 @@
 mod codec;
 mod dead_letters;
 mod log;
+mod migrate;
 mod offsets;
 mod outbox;
 mod quarantine;
@@ -82,8 +83,8 @@ pub struct Commit {
     pub states: Vec<(Change, Option<u64>)>,
     /// Version of the plugin that produced `states`.
     pub plugin_version: String,
-    /// The pipeline's last used change sequence number after this commit.
-    pub last_seq: u64,
+    /// The last change number of each partition whose states changed.
+    pub last_seqs: Vec<(u32, u64)>,
     /// Records appended to topics (emits, changelog).
     pub appends: Vec<Append>,
     /// Dead letters (JSON), with ids.
@@ -232,7 +233,7 @@ impl Store {
     pub fn commit(&self, c: &Commit) -> Result<()> {
         let p = c.pipeline.as_str();
         let mut b = self.batch();
-        self.write_states(&mut b, p, &c.plugin_version, &c.states, c.last_seq)?;
+        self.write_states(&mut b, p, &c.plugin_version, &c.states, &c.last_seqs)?;
         self.write_appends(&mut b, &c.appends);
         self.write_dead_letters(&mut b, p, &c.dead_letters, c.last_dead_id, &c.remove_dead);
         self.write_quarantine(&mut b, p, &c.quarantine);
@@ -280,14 +281,24 @@ impl Store {
                 next_offset: u64_of(&v, "offset")?,
             });
         }
-        let mut last_change = std::collections::BTreeMap::new();
+        let mut last_change: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<u32, u64>,
+        > = std::collections::BTreeMap::new();
         for item in self.meta.prefix(join(&[b"seq", b""])) {
             let (k, v) = fj("read meta", item.into_inner())?;
-            let pipeline = k.get(4..).unwrap_or_default();
-            last_change.insert(
-                String::from_utf8_lossy(pipeline).into_owned(),
-                u64_of(&v, "sequence")?,
-            );
+            // seq \0 pipeline \0 partition(u32)
+            let rest = k.get(4..).unwrap_or_default();
+            let Some((pipeline, partition)) = split_at_zero(rest) else {
+                continue;
+            };
+            let Ok(partition) = <[u8; 4]>::try_from(partition) else {
+                continue;
+            };
+            last_change
+                .entry(String::from_utf8_lossy(pipeline).into_owned())
+                .or_default()
+                .insert(u32::from_be_bytes(partition), u64_of(&v, "sequence")?);
         }
         Ok(Stats {
             disk_bytes: self.disk_bytes(),
@@ -310,8 +321,9 @@ pub struct Stats {
     pub entries: std::collections::BTreeMap<&'static str, usize>,
     /// Every pipeline's next offset per topic partition.
     pub offsets: Vec<StoredOffset>,
-    /// Every pipeline's last change number (its changelog's length).
-    pub last_change: std::collections::BTreeMap<String, u64>,
+    /// Every pipeline's last change number per partition (the length of
+    /// each changelog partition).
+    pub last_change: std::collections::BTreeMap<String, std::collections::BTreeMap<u32, u64>>,
 }
 
 /// One pipeline's position in one partition.
@@ -341,13 +353,15 @@ mod tests {
                 pipeline: "p".into(),
                 states: vec![(
                     Change {
+                        partition: 1,
                         seq: 1,
+                        stamp_us: 5,
                         key: "a".into(),
                         state: "{}".into(),
                     },
                     None,
                 )],
-                last_seq: 1,
+                last_seqs: vec![(1, 1)],
                 offsets: vec![("t".into(), 1, 7)],
                 appends: vec![Append {
                     topic: "t".into(),
@@ -366,11 +380,11 @@ mod tests {
         let s = Store::open(dir.path(), Durability::Process)?;
         assert_eq!(s.offset("p", "t", 1)?, 7);
         assert_eq!(s.offset("p", "t", 0)?, 0);
-        assert_eq!(s.last_seq("p")?, 1);
-        assert_eq!(s.state("p", "a")?.map(|x| x.json), Some("{}".into()));
+        assert_eq!(s.last_seqs("p", 2)?, [0, 1]);
+        assert_eq!(s.state("p", 1, "a")?.map(|x| x.json), Some("{}".into()));
         assert_eq!(s.log_end("t", 0)?, 1);
         assert_eq!(s.topics()?, vec![("t".to_string(), 2)]);
-        assert_eq!(s.latest_between("p", 0, 10, 10)?.len(), 1);
+        assert_eq!(s.latest_between("p", 1, 0, 10, 10)?.len(), 1);
         Ok(())
     }
 

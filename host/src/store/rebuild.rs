@@ -2,8 +2,8 @@
 //! quarantine and parked events under `{pipeline}@replay` (the same
 //! keyspaces, another name), then swaps them in with one atomic write.
 
-use super::codec::{join, seq_key};
-use super::state::state_value;
+use super::codec::join;
+use super::state::{decode_latest, latest_key, latest_value, seq_meta_key, state_key, state_value};
 use super::{Result, Store, fj};
 
 /// What a replay's switch-over changes besides the states (see
@@ -27,6 +27,9 @@ pub struct Swap {
     pub add_parked: Vec<(String, u64, Vec<u8>)>,
     /// The pipeline's last park number afterwards.
     pub last_park_seq: u64,
+    /// The stamp the rebuilt states' stamps count on from (later than any
+    /// live change's).
+    pub stamp_us: u64,
     /// New open-dead-letter counts per key (0 lifts the quarantine).
     pub quarantine: Vec<(String, u64)>,
 }
@@ -51,36 +54,46 @@ impl Store {
                 b.remove(ks, fj("clear", item.key())?);
             }
         }
-        for kind in [&b"seq"[..], b"dead", b"park"] {
-            b.remove(&self.meta, join(&[kind, ns.as_bytes()]));
-        }
+        self.clear_numbers(&mut b, ns)?;
         fj("clear", b.commit())
     }
 
     /// Replaces a pipeline's states, and the dead letters, parked events
     /// and quarantine counts `swap` names, with those rebuilt under
     /// `swap.ns`, in one atomic write: the rebuilt keys take fresh change
-    /// numbers after the pipeline's last in their rebuilt order; the
-    /// namespace is emptied. Returns the pipeline's new last change number.
+    /// numbers in their partitions, after each partition's last, and stamps
+    /// from `swap.stamp_us` on, in their rebuilt order; the namespace is
+    /// emptied.
     ///
     /// # Errors
     /// On an I/O error or a corrupt entry; nothing changes then.
-    pub fn swap_rebuilt(&self, swap: &Swap) -> Result<u64> {
+    pub fn swap_rebuilt(&self, swap: &Swap) -> Result<()> {
         let (pipeline, ns) = (swap.pipeline.as_str(), swap.ns.as_str());
-        let p = pipeline.as_bytes();
-        let live = join(&[p, b""]);
+        let live = join(&[pipeline.as_bytes(), b""]);
         let rebuilt = join(&[ns.as_bytes(), b""]);
         let mut b = self.batch();
+        // Rebuilt keys in their rebuilt order (the latest index by stamp).
+        let mut keys: Vec<(u64, u32, String)> = Vec::new();
+        for item in self.latest.prefix(&rebuilt) {
+            let (k, v) = fj("swap", item.into_inner())?;
+            let partition = k
+                .get(rebuilt.len()..rebuilt.len() + 4)
+                .and_then(|p| <[u8; 4]>::try_from(p).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| super::StoreError::Corrupt {
+                    what: "rebuilt latest key".into(),
+                })?;
+            let (stamp, key) = decode_latest(&v)?;
+            b.remove(&self.latest, k);
+            keys.push((stamp, partition, key));
+        }
+        keys.sort_unstable();
         // A key is written once per batch: a remove and an insert of the same
         // key in one batch would race, so only keys the rebuild lacks are removed.
-        let mut keys = Vec::new();
-        for item in self.latest.prefix(&rebuilt) {
-            let (k, key) = fj("swap", item.into_inner())?;
-            b.remove(&self.latest, k);
-            keys.push(String::from_utf8_lossy(&key).into_owned());
-        }
-        let kept: std::collections::HashSet<Vec<u8>> =
-            keys.iter().map(|k| join(&[p, k.as_bytes()])).collect();
+        let kept: std::collections::HashSet<Vec<u8>> = keys
+            .iter()
+            .map(|(_, p, k)| state_key(pipeline, *p, k))
+            .collect();
         for item in self.state.prefix(&live) {
             let k = fj("swap", item.key())?;
             if !kept.contains(k.as_ref()) {
@@ -90,24 +103,36 @@ impl Store {
         for item in self.latest.prefix(&live) {
             b.remove(&self.latest, fj("swap", item.key())?);
         }
-        let mut seq = self.last_seq(pipeline)?;
-        for key in keys {
-            let Some(st) = self.state(ns, &key)? else {
+        let mut seqs: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+        let mut stamp = swap.stamp_us;
+        for (_, p, key) in keys {
+            let Some(st) = self.state(ns, p, &key)? else {
                 continue;
             };
-            seq += 1;
+            let seq = match seqs.get_mut(&p) {
+                Some(s) => s,
+                None => seqs.entry(p).or_insert(self.last_seq(pipeline, p)?),
+            };
+            *seq += 1;
+            stamp += 1;
             b.insert(
                 &self.state,
-                join(&[p, key.as_bytes()]),
-                state_value(seq, &st.plugin_version, &st.json)?,
+                state_key(pipeline, p, &key),
+                state_value(*seq, stamp, &st.plugin_version, &st.json)?,
             );
             b.insert(
                 &self.latest,
-                seq_key(pipeline, seq),
-                key.as_bytes().to_vec(),
+                latest_key(pipeline, p, *seq),
+                latest_value(stamp, &key),
             );
         }
-        b.insert(&self.meta, join(&[b"seq", p]), seq.to_be_bytes().to_vec());
+        for (p, seq) in seqs {
+            b.insert(
+                &self.meta,
+                seq_meta_key(pipeline, p),
+                seq.to_be_bytes().to_vec(),
+            );
+        }
         self.write_dead_letters(
             &mut b,
             pipeline,
@@ -129,11 +154,21 @@ impl Store {
                 b.remove(ks, fj("swap", item.key())?);
             }
         }
-        for kind in [&b"seq"[..], b"dead", b"park"] {
-            b.remove(&self.meta, join(&[kind, ns.as_bytes()]));
-        }
+        self.clear_numbers(&mut b, ns)?;
         fj("swap", b.commit())?;
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(seq)
+        Ok(())
+    }
+
+    /// Removes a namespace's numbers from `meta`: its last dead-letter id,
+    /// park number and every partition's change number.
+    fn clear_numbers(&self, b: &mut fjall::OwnedWriteBatch, ns: &str) -> Result<()> {
+        for kind in [&b"dead"[..], b"park"] {
+            b.remove(&self.meta, join(&[kind, ns.as_bytes()]));
+        }
+        for item in self.meta.prefix(join(&[b"seq", ns.as_bytes(), b""])) {
+            b.remove(&self.meta, fj("clear", item.key())?);
+        }
+        Ok(())
     }
 }
