@@ -120,7 +120,9 @@ fn dedup(records: &[Value]) -> Result<HashMap<String, Value>> {
     let mut out: HashMap<String, Value> = HashMap::new();
     for r in records {
         let id = id_of(r)?;
-        let kv = json!({ "key": r["key"], "value": r["value"], "partition": r["partition"] });
+        let kv = json!({
+            "key": r["key"], "value": r["value"], "partition": r["partition"], "headers": r["headers"],
+        });
         if let Some(prev) = out.get(&id) {
             ensure!(*prev == kv, "id {id} carried two different records");
         } else {
@@ -165,6 +167,36 @@ fn check_outputs(
             seqs.iter().copied().eq(1..=n),
             "partition {p}: changelog change numbers are not 1..={n}: a change is missing"
         );
+    }
+    // What a restore reads: each record's change number, the input offset
+    // its state reflects (never going back), and the last record of the
+    // partition closing a batch.
+    let mut last_offset: HashMap<u64, u64> = HashMap::new();
+    for ((p, n), r) in &by_seq {
+        let h = &r["headers"];
+        ensure!(
+            h["eddy-seq"].as_str() == Some(n.to_string().as_str()),
+            "change {p}/{n}: eddy-seq {}",
+            h["eddy-seq"]
+        );
+        let offset: u64 = h["eddy-source-offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .with_context(|| format!("change {p}/{n} has no eddy-source-offset: {h}"))?;
+        let was = last_offset.insert(*p, offset).unwrap_or(0);
+        ensure!(
+            offset >= was && offset > 0,
+            "change {p}/{n}: source offset {offset} after {was}"
+        );
+    }
+    for (p, seqs) in &per_partition {
+        if let Some(n) = seqs.last() {
+            let r = by_seq.get(&(*p, *n)).copied().unwrap_or(&Value::Null);
+            ensure!(
+                r["headers"]["eddy-batch-end"] == "1",
+                "partition {p}: its last change {n} does not close a batch"
+            );
+        }
     }
     let mut last: HashMap<&str, &Value> = HashMap::new();
     for r in by_seq.values() {

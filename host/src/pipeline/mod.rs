@@ -43,6 +43,17 @@ use state_cache::StateCache;
 /// `{source topic}/{partition}/{offset}/dead` for a dead-letter record.
 pub const ID_HEADER: &str = "eddy-id";
 
+/// On a changelog record: the change number of its partition.
+pub const SEQ_HEADER: &str = "eddy-seq";
+
+/// On a changelog record: the next offset of the input partition after the
+/// batch that produced it (what the state reflects).
+pub const SOURCE_OFFSET_HEADER: &str = "eddy-source-offset";
+
+/// On a changelog record: set (`1`) on the last record a batch wrote to its
+/// partition; a restore that stops on such a record has a whole batch.
+pub const BATCH_END_HEADER: &str = "eddy-batch-end";
+
 /// A running pipeline's parts.
 pub struct Worker {
     config: PipelineConfig,
@@ -58,6 +69,8 @@ pub struct Worker {
     seqs: Vec<u64>,
     /// Last commit stamp.
     stamp_us: u64,
+    /// Per input partition, the next offset to read (as committed).
+    source_offsets: Vec<u64>,
     dead_id: u64,
     lock: PipelineLock,
     cache: StateCache,
@@ -111,6 +124,9 @@ impl Worker {
         } = wiring;
         let seqs = store.last_seqs(&config.name, intake.partitions())?;
         let stamp_us = store.last_stamp(&config.name, intake.partitions())?;
+        let source_offsets = (0..intake.partitions())
+            .map(|p| store.offset(&config.name, &config.topic, p))
+            .collect::<Result<Vec<_>, _>>()?;
         let dead_id = store.last_dead_id(&config.name)?;
         Ok(Worker {
             intake,
@@ -125,6 +141,7 @@ impl Worker {
             hub,
             seqs,
             stamp_us,
+            source_offsets,
             dead_id,
             lock,
         })
@@ -194,6 +211,13 @@ impl Worker {
         let _guard = crate::lock(&lock);
         self.between_batches()?;
         let offsets = next_offsets(&records);
+        for (topic, partition, next) in &offsets {
+            if *topic == self.config.topic
+                && let Some(o) = self.source_offsets.get_mut(*partition as usize)
+            {
+                *o = *next;
+            }
+        }
         let Some(prepared) = self
             .intake
             .prepare_batch(records, &mut || !stop.load(Ordering::Relaxed))
@@ -220,6 +244,7 @@ impl Worker {
             dead_id: &mut self.dead_id,
             changelog: self.config.changelog_topic.as_deref(),
             changelog_by_partition: self.changelog_by_partition,
+            source_offsets: &self.source_offsets,
             dlq: self.config.dlq_topic.as_deref(),
             plugin_version: self
                 .aggregator

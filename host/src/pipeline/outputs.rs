@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::dead_letter::{DeadLetter, Stage};
 use super::fold::{Attempted, KeyFold};
-use super::{ID_HEADER, Item};
+use super::{BATCH_END_HEADER, ID_HEADER, Item, SEQ_HEADER, SOURCE_OFFSET_HEADER};
 use crate::execute::{Emitted, Plugin};
 use crate::sink::ProduceRecord;
 use crate::source::SourceRecord;
@@ -163,6 +163,9 @@ pub struct Target<'a> {
     /// Whether a change goes to the changelog partition numbered as its
     /// input partition (else the partition its key hashes to).
     pub changelog_by_partition: bool,
+    /// Per input partition, the next offset to read after this batch (what
+    /// a changelog record says its state reflects).
+    pub source_offsets: &'a [u64],
     /// Topic each dead letter is appended to, if any.
     pub dlq: Option<&'a str>,
     /// Version of the aggregator that produced the states.
@@ -195,6 +198,8 @@ impl Outputs {
             ..Commit::default()
         };
         let mut touched: Vec<u32> = Vec::new();
+        // Per partition, where its last changelog record sits in `emits`.
+        let mut batch_end: Vec<(u32, usize)> = Vec::new();
         for (key, partition, state, previous) in states {
             let Some(seq) = target.seqs.get_mut(partition as usize) else {
                 continue;
@@ -212,23 +217,45 @@ impl Outputs {
                 state,
             };
             if let Some(topic) = target.changelog {
-                // The changelog partition is the input partition: a
-                // partition's state is restored from its changelog alone.
+                // The changelog partition is the input partition, and each
+                // record says what it reflects, so a partition's state can
+                // be restored from its changelog alone.
+                let source_offset = target
+                    .source_offsets
+                    .get(partition as usize)
+                    .copied()
+                    .unwrap_or(0);
+                match batch_end.iter_mut().find(|(p, _)| *p == partition) {
+                    Some((_, at)) => *at = emits.len(),
+                    None => batch_end.push((partition, emits.len())),
+                }
                 emits.push((
                     topic.to_owned(),
                     ProduceRecord {
                         partition: target.changelog_by_partition.then_some(partition),
                         key: Some(change.key.as_bytes().to_vec()),
-                        headers: vec![(
-                            ID_HEADER.to_owned(),
-                            format!("{}/{partition}/changes/{}", target.pipeline, change.seq)
-                                .into_bytes(),
-                        )],
+                        headers: vec![
+                            (
+                                ID_HEADER.to_owned(),
+                                format!("{}/{partition}/changes/{}", target.pipeline, change.seq)
+                                    .into_bytes(),
+                            ),
+                            (SEQ_HEADER.to_owned(), change.seq.to_string().into_bytes()),
+                            (
+                                SOURCE_OFFSET_HEADER.to_owned(),
+                                source_offset.to_string().into_bytes(),
+                            ),
+                        ],
                         value: change.state.as_bytes().to_vec(),
                     },
                 ));
             }
             commit.states.push((change, previous));
+        }
+        for (_, at) in batch_end {
+            if let Some((_, r)) = emits.get_mut(at) {
+                r.headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
+            }
         }
         commit.last_seqs = touched
             .into_iter()
