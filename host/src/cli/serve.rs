@@ -476,10 +476,26 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             SourceConfig::Embedded(_) => {
                 Box::new(EmbeddedSource::open(log.clone(), &p.name, &p.topic)?)
             }
-            SourceConfig::Kafka(k) => Box::new(
-                KafkaSource::open(k, store.clone(), &p.name, &p.topic, readiness.clone())
+            SourceConfig::Kafka(k) => {
+                let delivered: Option<crate::source::kafka::Delivered> = match &sink {
+                    Sink::Kafka(s) => {
+                        let s = s.clone();
+                        Some(Arc::new(move || s.delivered_below()))
+                    }
+                    Sink::Embedded(_) => None,
+                };
+                Box::new(
+                    KafkaSource::open(
+                        k,
+                        store.clone(),
+                        &p.name,
+                        &p.topic,
+                        readiness.clone(),
+                        delivered,
+                    )
                     .with_context(|| format!("pipeline {:?}", p.name))?,
-            ),
+                )
+            }
         };
         let replay = EmbeddedSource::open(log.clone(), &p.name, &p.replay_topic())?;
         let source = Chain::new(vec![input, Box::new(replay)]);

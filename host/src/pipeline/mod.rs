@@ -257,7 +257,12 @@ impl Worker {
         self.sink
             .commit(&mut commit, emits)
             .map_err(|e| anyhow::anyhow!("pipeline {}: commit failed: {e}", self.config.name))?;
-        self.source.committed(&std::mem::take(&mut commit.offsets));
+        let delivered_after = match &self.sink {
+            Sink::Kafka(k) => Some(k.outbox_last()),
+            Sink::Embedded(_) => None,
+        };
+        self.source
+            .committed(&std::mem::take(&mut commit.offsets), delivered_after);
         let changes = shared_changes(&mut commit);
         self.hub.publish(&self.config.name, &changes);
         for change in changes {

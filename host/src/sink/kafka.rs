@@ -323,6 +323,28 @@ impl KafkaSink {
         Ok(Some(out))
     }
 
+    /// The last outbox number used so far.
+    pub fn outbox_last(&self) -> u64 {
+        *crate::lock(&self.last_seq)
+    }
+
+    /// Every outbox entry numbered below this is delivered (acknowledged by
+    /// the brokers and removed).
+    pub fn delivered_below(&self) -> u64 {
+        // The last number first: an entry committed after this read has a
+        // higher number, so it cannot be counted as delivered.
+        let last = self.outbox_last();
+        match self.store.outbox_after(0, 1) {
+            Ok(first) => first
+                .first()
+                .map_or(last.saturating_add(1), |(seq, _)| *seq),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                0
+            }
+        }
+    }
+
     /// Entries waiting in the outbox.
     pub fn outbox_depth(&self) -> usize {
         self.store.outbox_len().unwrap_or(0)

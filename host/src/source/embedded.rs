@@ -349,7 +349,7 @@ impl Source for EmbeddedSource {
         Ok(self.reader.poll(limit, wait)?.records)
     }
 
-    fn committed(&mut self, _next_offsets: &[(String, u32, u64)]) {
+    fn committed(&mut self, _next_offsets: &[(String, u32, u64)], _delivered_after: Option<u64>) {
         // The offsets live in the store, written with the state; nothing else to do.
     }
 }

@@ -39,12 +39,31 @@ use crate::kafka::{
 };
 use crate::store::Store;
 
+/// Says which outbox entries the brokers acknowledged: every entry
+/// numbered below what it returns is delivered.
+pub type Delivered = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// How long a revocation waits for the outbox to deliver what the revoked
+/// partitions' last batches wrote before it commits and lets go.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
+/// A batch in the store: the last outbox number it needs delivered and its
+/// next offsets (topic, partition, offset).
+type PendingBatch = (u64, Vec<(String, i32, i64)>);
+
 /// State shared between the consumer's rebalance callback and the worker.
 struct Group {
     pipeline: String,
     store: Store,
-    /// Next offsets last committed to the store, per (topic, partition).
+    /// Next offsets that may be committed to the group, per (topic,
+    /// partition): their batches are in the store and what they wrote to
+    /// the outbox is delivered.
     committed: Mutex<HashMap<(String, i32), i64>>,
+    /// Batches in the store whose outbox records may not be delivered yet:
+    /// (the last outbox number they need delivered, their next offsets).
+    pending: Mutex<std::collections::VecDeque<PendingBatch>>,
+    /// The outbox's delivery watermark (`None`: nothing waits for one).
+    delivered: Option<Delivered>,
     /// Partitions currently assigned.
     assigned: Mutex<HashSet<(String, i32)>>,
     /// Lowest offset to hand out per partition (where the consumer was sent).
@@ -76,6 +95,34 @@ impl ClientContext for GroupContext {
                 Some(format!("all brokers down: {reason}")),
             );
         }
+    }
+}
+
+impl Group {
+    /// Moves the batches whose outbox records are delivered from `pending`
+    /// to `committed`; returns their offsets, to commit to the group.
+    fn release_delivered(&self) -> TopicPartitionList {
+        let below = self.delivered.as_ref().map_or(u64::MAX, |d| d());
+        let mut tpl = TopicPartitionList::new();
+        let mut pending = crate::lock(&self.pending);
+        let mut committed = crate::lock(&self.committed);
+        let mut control = crate::lock(&self.readiness.control().committed);
+        while pending.front().is_some_and(|(through, _)| *through < below) {
+            let Some((_, offsets)) = pending.pop_front() else {
+                break;
+            };
+            for (topic, p, o) in offsets {
+                if let Ok(partition) = u32::try_from(p) {
+                    control.insert(
+                        (self.pipeline.clone(), topic.clone(), partition),
+                        u64::try_from(o).unwrap_or(0),
+                    );
+                }
+                let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(o));
+                committed.insert((topic, p), o);
+            }
+        }
+        tpl
     }
 }
 
@@ -149,8 +196,24 @@ impl GroupContext {
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let g = &self.group;
         // The worker is between batches: everything processed is committed
-        // to the store. Hand the same offsets to the group before letting go.
+        // to the store. Wait (bounded) for the outbox to deliver what those
+        // batches wrote, then hand their offsets to the group and let go.
         if !consumer.assignment_lost() {
+            let until = Instant::now() + REVOKE_WAIT;
+            loop {
+                g.release_delivered();
+                if crate::lock(&g.pending).is_empty() || Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = crate::lock(&g.pending).len();
+            if left > 0 {
+                tracing::warn!(
+                    pipeline = %g.pipeline, batches = left,
+                    "revoked before the outbox delivered the last batches; the group offset stays before them"
+                );
+            }
             let mut commit = TopicPartitionList::new();
             {
                 let committed = crate::lock(&g.committed);
@@ -276,6 +339,7 @@ impl KafkaSource {
         pipeline: &str,
         topic: &str,
         readiness: super::Readiness,
+        delivered: Option<Delivered>,
     ) -> Result<Self, SourceError> {
         readiness.set(
             pipeline,
@@ -285,6 +349,8 @@ impl KafkaSource {
             pipeline: pipeline.to_owned(),
             store,
             committed: Mutex::default(),
+            pending: Mutex::default(),
+            delivered,
             assigned: Mutex::default(),
             floor: Mutex::default(),
             rebalances: AtomicU64::new(0),
@@ -342,6 +408,8 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        // Offsets of batches whose outbox records were delivered since.
+        self.commit_delivered();
         let rejoin =
             crate::lock(&self.group.readiness.control().rejoin).remove(&self.group.pipeline);
         if rejoin {
@@ -412,10 +480,9 @@ impl Source for KafkaSource {
         Ok(out)
     }
 
-    fn committed(&mut self, next_offsets: &[(String, u32, u64)]) {
-        let mut tpl = TopicPartitionList::new();
+    fn committed(&mut self, next_offsets: &[(String, u32, u64)], delivered_after: Option<u64>) {
+        let mut batch = Vec::with_capacity(next_offsets.len());
         {
-            let mut committed = crate::lock(&self.group.committed);
             let mut floor = crate::lock(&self.group.floor);
             for (topic, partition, next) in next_offsets {
                 if topic.as_str() != &*self.topic {
@@ -424,15 +491,23 @@ impl Source for KafkaSource {
                 let (Ok(p), Ok(o)) = (i32::try_from(*partition), i64::try_from(*next)) else {
                     continue;
                 };
-                committed.insert((topic.clone(), p), o);
                 floor.insert((topic.clone(), p), o);
-                crate::lock(&self.group.readiness.control().committed).insert(
-                    (self.group.pipeline.clone(), topic.clone(), *partition),
-                    *next,
-                );
-                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+                batch.push((topic.clone(), p, o));
             }
         }
+        if !batch.is_empty() {
+            crate::lock(&self.group.pending).push_back((delivered_after.unwrap_or(0), batch));
+        }
+        self.commit_delivered();
+    }
+}
+
+impl KafkaSource {
+    /// Commits to the group the offsets of the batches whose outbox records
+    /// the brokers acknowledged (so a partition's group offset never passes
+    /// a change its changelog does not hold yet).
+    fn commit_delivered(&self) {
+        let tpl = self.group.release_delivered();
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
         {
@@ -612,5 +687,61 @@ impl Rewind for KafkaRewind {
 
     fn last_error(&self) -> Option<String> {
         self.consumer.context().last_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn group_offsets_wait_for_the_outbox_to_deliver_their_batches()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), crate::config::Durability::Process)?;
+        let below = Arc::new(AtomicU64::new(0));
+        let watermark = below.clone();
+        let group = Group {
+            pipeline: "p".into(),
+            store,
+            committed: Mutex::default(),
+            pending: Mutex::default(),
+            delivered: Some(Arc::new(move || watermark.load(Ordering::SeqCst))),
+            assigned: Mutex::default(),
+            floor: Mutex::default(),
+            rebalances: AtomicU64::new(0),
+            readiness: super::super::Readiness::default(),
+            down: std::sync::atomic::AtomicBool::new(false),
+        };
+        let batch = |through: u64, offset: i64| (through, vec![("t".to_owned(), 0, offset)]);
+        crate::lock(&group.pending).extend([batch(5, 10), batch(7, 20), batch(7, 30)]);
+        let offsets = |tpl: &TopicPartitionList| -> Vec<i64> {
+            tpl.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Nothing delivered: nothing to commit.
+        assert!(offsets(&group.release_delivered()).is_empty());
+        // Entries up to 5 delivered: the first batch only.
+        below.store(6, Ordering::SeqCst);
+        assert_eq!(offsets(&group.release_delivered()), [10]);
+        assert_eq!(
+            crate::lock(&group.committed).get(&("t".to_owned(), 0)),
+            Some(&10)
+        );
+        // Up to 7: the rest; the partition's group offset is the last one.
+        below.store(8, Ordering::SeqCst);
+        assert_eq!(offsets(&group.release_delivered()), [30]);
+        assert_eq!(
+            crate::lock(&group.committed).get(&("t".to_owned(), 0)),
+            Some(&30)
+        );
+        assert!(crate::lock(&group.pending).is_empty());
+        Ok(())
     }
 }

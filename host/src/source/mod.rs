@@ -151,8 +151,10 @@ pub trait Source: Send {
     fn poll(&mut self, limit: Limit, wait: Duration) -> Result<Vec<SourceRecord>, SourceError>;
 
     /// Tells the source that everything before these next offsets is
-    /// committed with its state (a Kafka source commits them to its group).
-    fn committed(&mut self, next_offsets: &[(String, u32, u64)]);
+    /// committed with its state; `delivered_after` is the last outbox entry
+    /// the batch needs delivered before its offsets are published (a Kafka
+    /// source commits them to its group then).
+    fn committed(&mut self, next_offsets: &[(String, u32, u64)], delivered_after: Option<u64>);
 }
 
 /// Kafka's murmur2 hash, as used by its default partitioner, so a key lands
@@ -236,9 +238,9 @@ impl Source for Chain {
         Ok(Vec::new())
     }
 
-    fn committed(&mut self, next_offsets: &[(String, u32, u64)]) {
+    fn committed(&mut self, next_offsets: &[(String, u32, u64)], delivered_after: Option<u64>) {
         for s in &mut self.sources {
-            s.committed(next_offsets);
+            s.committed(next_offsets, delivered_after);
         }
     }
 }
