@@ -315,3 +315,37 @@ async fn misrouted_keys_are_folded_or_dead_lettered_as_configured() -> Result<()
     }
     Ok(())
 }
+
+/// A changelog topic with another partition count than its pipeline's input
+/// (one made by an earlier version or by its users) is kept: the host
+/// starts, says so, and partitions the changelog's records by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changelog_with_another_partition_count_is_partitioned_by_key() -> Result<()> {
+    let config = async_process_config()?.replacen(
+        "default_partitions = 4\n",
+        "default_partitions = 4\n\n[[source.topics]]\nname = \"async-process\"\npartitions = 3\n",
+        1,
+    );
+    ensure!(
+        config.contains("partitions = 3"),
+        "the example sets default_partitions"
+    );
+    let host = Host::start(&config).await?;
+    host.produce(
+        "async-process-execution",
+        &json!({ "value": execution("e1", "p-1", 1, "STARTED") }),
+    )
+    .await?;
+    host.wait_caught_up("async-process", Duration::from_secs(60))
+        .await?;
+    ensure!(
+        host.log().contains("partitioned by key"),
+        "the mismatch is logged:\n{}",
+        host.log()
+    );
+    let (_, topics) = host.get("/v1/topics").await?;
+    ensure!(topics.to_string().contains("async-process"), "{topics}");
+    let (status, state) = host.get("/async-process/p-1").await?;
+    ensure!(status == 200, "{state}");
+    Ok(())
+}

@@ -134,11 +134,10 @@ type Topics = (
 
 /// Opens the embedded log (always: it holds the pipelines' replay topics)
 /// and the sink; creates or checks the topics the pipelines need, and
-/// reads each pipeline's input partition count. A Kafka changelog topic
-/// must have as many partitions as its pipeline's input: each state change
-/// goes to the partition of its input. (An embedded changelog created by an
-/// earlier version with another count is kept; its records are then
-/// partitioned by key.)
+/// reads each pipeline's input partition count. When a changelog topic has
+/// as many partitions as its pipeline's input, each state change goes to
+/// the partition numbered as its input's; otherwise (a topic made by an
+/// earlier version, or by its users) to the partition its key hashes to.
 fn open_topics(
     config: &Config,
     store: &Store,
@@ -238,18 +237,10 @@ fn open_topics(
         };
         if have == Some(*n) {
             aligned.insert(p.name.clone());
-        } else if matches!(sink, Sink::Embedded(_)) {
+        } else {
             tracing::warn!(
                 pipeline = %p.name, changelog = %changelog, partitions = ?have, input_partitions = n,
                 "the changelog topic has another partition count than the input; its records are partitioned by key"
-            );
-        } else {
-            anyhow::bail!(
-                "pipeline {:?}: changelog topic {changelog:?} has {} partitions, its input topic {:?} has {n}: \
-                 they must be equal (each state change goes to the partition of its input)",
-                p.name,
-                have.map_or_else(|| "no".to_owned(), |h| h.to_string()),
-                p.topic
             );
         }
     }
