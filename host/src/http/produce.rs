@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{ApiResult, AppError, AppState, blocking};
 use crate::route::KeySpec;
 use crate::sink::{ProduceError, ProduceRecord};
+use crate::source::embedded::AppendError;
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| {
@@ -178,11 +179,14 @@ fn check_keys(
 
 fn produce_error(e: ProduceError) -> AppError {
     match e {
-        ProduceError::UnknownTopic(t) => AppError::not_found(format!("topic {t:?} does not exist")),
-        e @ (ProduceError::BadPartition { .. } | ProduceError::BadTopicName(_)) => {
-            AppError::bad_request(e.to_string())
+        ProduceError::Log(AppendError::UnknownTopic(t)) => {
+            AppError::not_found(format!("topic {t:?} does not exist"))
         }
-        ProduceError::Store(e) => AppError::internal(e),
+        e @ (ProduceError::Log(AppendError::BadPartition { .. } | AppendError::BadTopicName(_))
+        | ProduceError::BadTopicName(_)) => AppError::bad_request(e.to_string()),
+        e @ (ProduceError::Store(_) | ProduceError::Log(AppendError::Store(_))) => {
+            AppError::internal(e)
+        }
         e @ (ProduceError::Broker(_) | ProduceError::Client(_)) => {
             AppError::unavailable(e.to_string())
         }

@@ -147,13 +147,7 @@ async fn catch_up(
                     // One key: its state, if its last change is in the gap.
                     Some(k) => store.state(&p, partition, &k).map(|st| {
                         st.filter(|st| st.seq > after && st.seq <= until)
-                            .map(|st| Change {
-                                partition,
-                                seq: st.seq,
-                                stamp_us: st.stamp_us,
-                                key: k,
-                                state: st.json,
-                            })
+                            .map(|st| st.into_change(partition, k))
                             .into_iter()
                             .collect::<Vec<_>>()
                     }),
@@ -229,13 +223,7 @@ async fn feed(
                                 .state(&p, partition, &k)
                                 .ok()
                                 .flatten()
-                                .map(|st| Change {
-                                    partition,
-                                    seq: st.seq,
-                                    stamp_us: st.stamp_us,
-                                    key: k,
-                                    state: st.json,
-                                })
+                                .map(|st| st.into_change(partition, k))
                         }
                         None => None,
                     };

@@ -46,20 +46,11 @@ impl ProduceRecord {
 /// Produce failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    /// No such topic.
-    #[error("topic {0:?} does not exist")]
-    UnknownTopic(String),
-    /// Partition out of range.
-    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
-    BadPartition {
-        /// Topic.
-        topic: String,
-        /// Requested partition.
-        partition: u32,
-        /// Partition count.
-        partitions: u32,
-    },
-    /// Invalid topic name.
+    /// The embedded log refused the records (unknown topic or partition,
+    /// invalid topic name) or its store failed; nothing was appended.
+    #[error(transparent)]
+    Log(#[from] AppendError),
+    /// Invalid topic name (a record for Kafka).
     #[error("{0}")]
     BadTopicName(String),
     /// The store failed; nothing was written.
@@ -74,25 +65,6 @@ pub enum ProduceError {
     /// The thread doing the write stopped before it answered.
     #[error("the write did not finish: {0}")]
     Interrupted(String),
-}
-
-impl From<AppendError> for ProduceError {
-    fn from(e: AppendError) -> Self {
-        match e {
-            AppendError::UnknownTopic(t) => ProduceError::UnknownTopic(t),
-            AppendError::BadPartition {
-                topic,
-                partition,
-                partitions,
-            } => ProduceError::BadPartition {
-                topic,
-                partition,
-                partitions,
-            },
-            AppendError::BadTopicName(t) => ProduceError::BadTopicName(t),
-            AppendError::Store(e) => ProduceError::Store(e),
-        }
-    }
 }
 
 /// Writes `commit` to the embedded log's store with `records` appended to

@@ -44,6 +44,19 @@ pub struct Change {
     pub state: String,
 }
 
+impl StoredState {
+    /// As the change that left it: `key`'s state in `partition`.
+    pub fn into_change(self, partition: u32, key: String) -> Change {
+        Change {
+            partition,
+            seq: self.seq,
+            stamp_us: self.stamp_us,
+            key,
+            state: self.json,
+        }
+    }
+}
+
 /// `pipeline \0 partition`: where a partition's entries start.
 pub(super) fn partition_prefix(pipeline: &str, partition: u32) -> Vec<u8> {
     let mut k = join(&[pipeline.as_bytes(), b""]);
@@ -251,13 +264,7 @@ impl Store {
                 .state(pipeline, partition, &key)?
                 .filter(|st| st.seq == seq)
             {
-                out.push(Change {
-                    partition,
-                    seq,
-                    stamp_us: st.stamp_us,
-                    key,
-                    state: st.json,
-                });
+                out.push(st.into_change(partition, key));
             }
         }
         Ok(out)
