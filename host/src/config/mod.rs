@@ -2,6 +2,7 @@
 //! documented, so this module is the reference for the file format. The
 //! stages read it; it calls into none of them.
 
+mod cluster;
 mod http;
 mod names;
 mod pipeline;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use cluster::ClusterConfig;
 pub use http::HttpConfig;
 pub use names::{valid_name, validate_topic_name};
 pub use pipeline::{
@@ -39,6 +41,10 @@ pub struct Config {
     /// The schema registry.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// This host's place in a group of hosts on one Kafka cluster; without
+    /// it, the host runs alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Graceful shutdown on SIGTERM/SIGINT.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -173,6 +179,34 @@ impl Config {
                 ));
             }
         }
+        if let Some(c) = &self.cluster {
+            if !valid_name(&c.host_id) {
+                problems.push(format!(
+                    "cluster.host_id {:?} may hold only letters, digits, '.', '_' and '-'",
+                    c.host_id
+                ));
+            }
+            if c.restore_stall_timeout_ms == 0 {
+                problems.push("cluster.restore_stall_timeout_ms must be > 0".into());
+            }
+            if matches!(self.source, SourceConfig::Embedded(_)) {
+                problems.push(
+                    "[cluster] needs [source] kind = \"kafka\": the embedded log lives on one host"
+                        .into(),
+                );
+            }
+            if self.registry.url.is_none()
+                && let Some(p) = self
+                    .pipelines
+                    .iter()
+                    .find(|p| p.value_format == ValueFormat::Avro)
+            {
+                problems.push(format!(
+                    "[cluster]: pipeline {:?} reads Avro, and the embedded schema registry lives on one host: set [registry] url to a registry every host shares",
+                    p.name
+                ));
+            }
+        }
         let mut names = HashSet::new();
         let mut mounts = HashSet::new();
         for p in &self.pipelines {
@@ -199,6 +233,16 @@ impl Config {
                 }
                 if p.aggregator.is_none() {
                     problems.push(format!("{at}: changelog_topic needs an aggregator"));
+                }
+            }
+            if let Some(c) = &p.state_changelog_topic {
+                if let Err(e) = validate_topic_name(c) {
+                    problems.push(format!("{at}: state_changelog_topic: {e}"));
+                }
+                if c == &p.topic || p.changelog_topic.as_ref() == Some(c) {
+                    problems.push(format!(
+                        "{at}: state_changelog_topic must differ from the input topic and from changelog_topic"
+                    ));
                 }
             }
             if let Some(d) = &p.dlq_topic
@@ -290,6 +334,79 @@ mod tests {
         assert!(err.contains("\"missing\" is not declared"), "{err}");
         assert!(err.contains("bad topic"), "{err}");
         assert!(err.contains("changelog_topic must differ"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_refuses_the_parts_that_live_on_one_host() {
+        let err = parse(
+            r#"
+            [cluster]
+            host_id = "a b"
+            restore_stall_timeout_ms = 0
+            [[pipeline]]
+            name = "p"
+            topic = "t"
+            value_format = "avro"
+            "#,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("cluster.host_id \"a b\""), "{err}");
+        assert!(err.contains("restore_stall_timeout_ms must be > 0"), "{err}");
+        assert!(err.contains("needs [source] kind = \"kafka\""), "{err}");
+        assert!(err.contains("pipeline \"p\" reads Avro"), "{err}");
+    }
+
+    #[test]
+    fn the_state_changelog_is_named_after_the_group_and_pipeline() -> Result<(), String> {
+        let c = parse(
+            r#"
+            [source]
+            kind = "kafka"
+            brokers = "127.0.0.1:9092"
+            group_id = "g"
+            [cluster]
+            host_id = "a"
+            [[plugin]]
+            name = "agg"
+            path = "agg.wasm"
+            [[pipeline]]
+            name = "p"
+            topic = "t"
+            aggregator = "agg"
+            [[pipeline]]
+            name = "q"
+            topic = "u"
+            aggregator = "agg"
+            state_changelog_topic = "q-state"
+            [[pipeline]]
+            name = "r"
+            topic = "v"
+            handlers = ["agg"]
+            "#,
+        )?;
+        let topics: Vec<_> = c.pipelines.iter().map(|p| p.restore_topic("g")).collect();
+        assert_eq!(
+            topics,
+            [Some("g-p-changelog".to_string()), Some("q-state".into()), None]
+        );
+        let err = parse(
+            r#"
+            [[plugin]]
+            name = "agg"
+            path = "agg.wasm"
+            [[pipeline]]
+            name = "p"
+            topic = "t"
+            aggregator = "agg"
+            changelog_topic = "c"
+            state_changelog_topic = "c"
+            "#,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("state_changelog_topic"), "{err}");
+        Ok(())
     }
 
     #[test]

@@ -48,6 +48,13 @@ pub struct PipelineConfig {
     /// the same commit as the state: other pipelines can consume it.
     #[serde(default)]
     pub changelog_topic: Option<String>,
+    /// In cluster mode, the compacted topic the pipeline's state changes
+    /// are written to so another host can restore a partition it takes
+    /// over: as many partitions as the input, each change in its input's
+    /// partition. Default `{group_id}-{pipeline}-changelog` (Kafka
+    /// Streams' naming), created at start when missing.
+    #[serde(default)]
+    pub state_changelog_topic: Option<String>,
     /// Topic every dead letter is also appended to (as JSON, keyed by the
     /// event's key), in the same commit that records it.
     #[serde(default)]
@@ -125,6 +132,18 @@ impl PipelineConfig {
     /// The internal topic dead letters are replayed through.
     pub fn replay_topic(&self) -> String {
         format!("__eddy.replay.{}", self.name)
+    }
+
+    /// In cluster mode, the topic its states are restored from (see
+    /// [`PipelineConfig::state_changelog_topic`]); `None` without an
+    /// aggregator (nothing to restore).
+    pub fn restore_topic(&self, group_id: &str) -> Option<String> {
+        self.aggregator.as_ref()?;
+        Some(
+            self.state_changelog_topic
+                .clone()
+                .unwrap_or_else(|| format!("{group_id}-{}-changelog", self.name)),
+        )
     }
 }
 

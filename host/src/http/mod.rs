@@ -555,7 +555,7 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
     let store = s.store.clone();
     read(&s, move || {
         let rows = store
-            .latest(&pipeline, partitions, limit)
+            .latest(&pipeline, 0..partitions, limit)
             .map_err(AppError::internal)?;
         let mut body =
             String::with_capacity(rows.iter().map(|(_, _, s)| s.json.len() + 1).sum::<usize>() + 2);

@@ -170,7 +170,11 @@ mod tests {
         assert_eq!(a.plugin_version, "v1");
         assert_eq!(s.state("p", 0, "b")?.map(|b| b.seq), Some(1));
         // The latest order is the order they changed in.
-        let latest: Vec<String> = s.latest("p", 2, 10)?.into_iter().map(|(k, ..)| k).collect();
+        let latest: Vec<String> = s
+            .latest("p", 0..2, 10)?
+            .into_iter()
+            .map(|(k, ..)| k)
+            .collect();
         assert_eq!(latest, ["a", "c", "b"]);
         // Nothing of the old layout is left; a second run does nothing.
         assert_eq!(s.state.len()?, 3);

@@ -10,13 +10,15 @@
 //! | `topics`  | topic                                | partitions (u32)               | `log.rs` |
 //! | `log`     | topic `\0` partition(u32) offset(u64) | encoded [`LogRecord`]        | `log.rs` |
 //! | `offsets` | pipeline `\0` topic `\0` partition    | next offset to read (u64)      | `offsets.rs` |
-//! | `state`   | pipeline `\0` key                    | seq(u64) + plugin version + state JSON | `state.rs` |
-//! | `latest`  | pipeline `\0` seq(u64)               | key (one entry per key: its last change) | `state.rs` |
+//! | `state`   | pipeline `\0` partition(u32) key     | seq(u64) + stamp(u64) + plugin version + state JSON | `state.rs` |
+//! | `latest`  | pipeline `\0` partition(u32) seq(u64) | stamp(u64) + key (one entry per key: its last change) | `state.rs` |
 //! | `dead`    | pipeline `\0` id(u64)                | dead letter (JSON)             | `dead_letters.rs` |
 //! | `quarantine` | pipeline `\0` key                | open dead letters of the key (u64) | `quarantine.rs` |
 //! | `parked`  | pipeline `\0` key `\0` seq(u64)      | encoded [`LogRecord`] with its origin | `quarantine.rs` |
 //! | `outbox`  | seq(u64)                             | encoded [`OutboxRecord`] (Kafka sink) | `outbox.rs` |
-//! | `meta`    | `seq\0` / `dead\0` / `park\0` pipeline | last used seq / id (u64)     | `state.rs`, `dead_letters.rs`, `quarantine.rs` |
+//! | `meta`    | `dead\0` / `park\0` pipeline        | last used id / park seq (u64)  | `dead_letters.rs`, `quarantine.rs` |
+//! | `meta`    | `seq\0` pipeline `\0` partition(u32) | the partition's last change number | `state.rs` |
+//! | `meta`    | `restore\0` pipeline `\0` partition(u32) | owner epoch(u64) + changelog offset(u64) | `restore.rs` |
 //! | `meta`    | `schema-registry`                    | the embedded schema registry (JSON) | `registry.rs` |
 //!
 //! A replay writes the same keyspaces under the name `{pipeline}@replay`
@@ -33,6 +35,7 @@ mod outbox;
 mod quarantine;
 mod rebuild;
 mod registry;
+mod restore;
 mod state;
 mod writeback;
 
@@ -45,6 +48,7 @@ use codec::{join, split_at_zero, u64_of};
 pub use log::{Append, LogRecord};
 pub use outbox::OutboxRecord;
 pub use rebuild::Swap;
+pub use restore::{RestorePoint, Restored};
 pub use state::{Change, StoredState};
 pub use writeback::Writeback;
 
@@ -105,6 +109,8 @@ pub struct Commit {
     pub last_park_seq: u64,
     /// Records for the Kafka producer, by outbox sequence number.
     pub outbox: Vec<(u64, OutboxRecord)>,
+    /// Where the host now stands in partitions' state changelogs.
+    pub restore_points: Vec<(u32, RestorePoint)>,
 }
 
 /// Largest memtable of a keyspace before fjall writes it out as a segment.
@@ -240,6 +246,7 @@ impl Store {
         self.write_parked(&mut b, p, &c.park, c.last_park_seq, &c.unpark);
         self.write_outbox(&mut b, &c.outbox);
         self.write_offsets(&mut b, p, &c.offsets);
+        self.write_restore_points(&mut b, p, &c.restore_points);
         fj("commit", b.commit())
     }
 

@@ -6,7 +6,7 @@ use fjall::OwnedWriteBatch;
 use super::codec::{join, u64_of};
 use super::{Result, Store, fj};
 
-fn offsets_key(pipeline: &str, topic: &str, partition: u32) -> Vec<u8> {
+pub(super) fn offsets_key(pipeline: &str, topic: &str, partition: u32) -> Vec<u8> {
     let mut k = join(&[pipeline.as_bytes(), topic.as_bytes(), b""]);
     k.extend_from_slice(&partition.to_be_bytes());
     k

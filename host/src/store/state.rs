@@ -199,20 +199,20 @@ impl Store {
         .transpose()
     }
 
-    /// The `limit` most recently changed keys' states over a pipeline's
-    /// `partitions`, most recent first, each with its partition.
+    /// The `limit` most recently changed keys' states over some of a
+    /// pipeline's partitions, most recent first, each with its partition.
     ///
     /// # Errors
     /// On an I/O error or a corrupt entry.
     pub fn latest(
         &self,
         pipeline: &str,
-        partitions: u32,
+        partitions: impl IntoIterator<Item = u32>,
         limit: usize,
     ) -> Result<Vec<(String, u32, StoredState)>> {
         // Each partition's newest `limit`, then the newest `limit` of those.
         let mut candidates: Vec<(u64, u32, String)> = Vec::new();
-        for p in 0..partitions {
+        for p in partitions {
             for item in self
                 .latest
                 .prefix(partition_prefix(pipeline, p))
@@ -392,7 +392,7 @@ mod tests {
         );
         // Latest over both partitions: most recent first by stamp.
         let latest: Vec<(String, u32)> = s
-            .latest("p", 2, 3)?
+            .latest("p", 0..2, 3)?
             .into_iter()
             .map(|(k, p, _)| (k, p))
             .collect();

@@ -1,0 +1,266 @@
+//! What a host knows of a partition's state changelog (in `meta`:
+//! `restore \0 pipeline \0 partition` → the owner epoch it wrote and the
+//! changelog offset from which it has not seen every record), and the two
+//! writes a restore makes: drop a partition's states, and put restored
+//! states in. Both bump the state epoch, so the worker reads its numbers
+//! again and drops the states it cached.
+
+use fjall::OwnedWriteBatch;
+
+use super::codec::{Reader, join};
+use super::offsets::offsets_key;
+use super::state::{
+    decode_state, latest_key, latest_value, partition_prefix, seq_meta_key, state_key, state_value,
+};
+use super::{Result, Store, StoreError, StoredState, fj};
+
+/// Where this host stands in a partition's state changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestorePoint {
+    /// The epoch this host owns (or last owned) the partition under: the
+    /// changelog offset of the fence it wrote when it took the partition.
+    pub epoch: u64,
+    /// The changelog offset from which this store may lack records: every
+    /// record before it is applied here (or was written from here).
+    pub next_offset: u64,
+}
+
+/// Restored states of one partition, written in one atomic batch.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Its input topic (whose offset is set).
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The states, each with its change number, stamp and plugin version.
+    pub states: Vec<(String, StoredState)>,
+    /// The partition's last change number after them.
+    pub last_seq: u64,
+    /// The next input offset they reflect, if known.
+    pub next_offset: Option<u64>,
+    /// Where the host then stands in the changelog, if it moved.
+    pub point: Option<RestorePoint>,
+}
+
+fn restore_key(pipeline: &str, partition: u32) -> Vec<u8> {
+    let mut k = join(&[b"restore", pipeline.as_bytes(), b""]);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn point_value(p: &RestorePoint) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&p.epoch.to_be_bytes());
+    v.extend_from_slice(&p.next_offset.to_be_bytes());
+    v
+}
+
+impl Store {
+    /// Where this store stands in a partition's state changelog (`None`:
+    /// it never restored or wrote one).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn restore_point(&self, pipeline: &str, partition: u32) -> Result<Option<RestorePoint>> {
+        let Some(v) = fj(
+            "read restore point",
+            self.meta.get(restore_key(pipeline, partition)),
+        )?
+        else {
+            return Ok(None);
+        };
+        let mut r = Reader(&v);
+        match (r.array(), r.array()) {
+            (Some(e), Some(o)) => Ok(Some(RestorePoint {
+                epoch: u64::from_be_bytes(e),
+                next_offset: u64::from_be_bytes(o),
+            })),
+            _ => Err(StoreError::Corrupt {
+                what: format!("restore point of pipeline {pipeline:?} partition {partition}"),
+            }),
+        }
+    }
+
+    pub(super) fn write_restore_points(
+        &self,
+        b: &mut OwnedWriteBatch,
+        pipeline: &str,
+        points: &[(u32, RestorePoint)],
+    ) {
+        for (partition, point) in points {
+            b.insert(
+                &self.meta,
+                restore_key(pipeline, *partition),
+                point_value(point),
+            );
+        }
+    }
+
+    /// Drops everything the store holds of a partition of a pipeline: its
+    /// states, their index, its change number, its input offset and its
+    /// restore point. Returns how many states it dropped.
+    ///
+    /// # Errors
+    /// On an I/O error; nothing is dropped then.
+    pub fn drop_partition(&self, pipeline: &str, topic: &str, partition: u32) -> Result<u64> {
+        let prefix = partition_prefix(pipeline, partition);
+        let mut b = self.batch();
+        let mut dropped = 0;
+        for item in self.state.prefix(&prefix) {
+            let k = fj("read state", item.key())?;
+            b.remove(&self.state, k);
+            dropped += 1;
+        }
+        for item in self.latest.prefix(&prefix) {
+            let k = fj("read latest", item.key())?;
+            b.remove(&self.latest, k);
+        }
+        b.remove(&self.meta, seq_meta_key(pipeline, partition));
+        b.remove(&self.meta, restore_key(pipeline, partition));
+        b.remove(&self.offsets, offsets_key(pipeline, topic, partition));
+        fj("drop partition", b.commit())?;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(dropped)
+    }
+
+    /// Puts restored states in, replacing what the store held for their
+    /// keys, with the partition's change number, input offset and restore
+    /// point, in one atomic batch.
+    ///
+    /// # Errors
+    /// On an I/O error; nothing is written then.
+    pub fn apply_restored(&self, r: &Restored) -> Result<()> {
+        let p = r.pipeline.as_str();
+        let mut b = self.batch();
+        for (key, s) in &r.states {
+            let at = state_key(p, r.partition, key);
+            if let Some(old) = fj("read state", self.state.get(&at))? {
+                let old = decode_state(&old, key)?;
+                b.remove(&self.latest, latest_key(p, r.partition, old.seq));
+            }
+            b.insert(
+                &self.state,
+                at,
+                state_value(s.seq, s.stamp_us, &s.plugin_version, &s.json)?,
+            );
+            b.insert(
+                &self.latest,
+                latest_key(p, r.partition, s.seq),
+                latest_value(s.stamp_us, key),
+            );
+        }
+        b.insert(
+            &self.meta,
+            seq_meta_key(p, r.partition),
+            r.last_seq.to_be_bytes().to_vec(),
+        );
+        if let Some(o) = r.next_offset {
+            b.insert(
+                &self.offsets,
+                offsets_key(p, &r.topic, r.partition),
+                o.to_be_bytes().to_vec(),
+            );
+        }
+        if let Some(point) = &r.point {
+            self.write_restore_points(&mut b, p, &[(r.partition, *point)]);
+        }
+        fj("apply restored states", b.commit())?;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Every state of a partition, in key order (what a host publishes to a
+    /// state changelog that does not hold them yet).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn partition_states(
+        &self,
+        pipeline: &str,
+        partition: u32,
+    ) -> Result<Vec<(String, StoredState)>> {
+        let prefix = partition_prefix(pipeline, partition);
+        let mut out = Vec::new();
+        for item in self.state.prefix(&prefix) {
+            let (k, v) = fj("read state", item.into_inner())?;
+            let key =
+                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned();
+            let s = decode_state(&v, &key)?;
+            out.push((key, s));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Change, Commit};
+    use super::*;
+    use crate::config::Durability;
+
+    #[test]
+    fn a_partition_is_restored_and_dropped_alone()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let s = Store::open(dir.path(), Durability::Process)?;
+        let change = |partition, seq, key: &str| Change {
+            partition,
+            seq,
+            stamp_us: seq,
+            key: key.into(),
+            state: format!("{{\"seq\":{seq}}}"),
+        };
+        s.commit(&Commit {
+            pipeline: "p".into(),
+            states: vec![(change(0, 1, "a"), None), (change(1, 1, "b"), None)],
+            last_seqs: vec![(0, 1), (1, 1)],
+            offsets: vec![("t".into(), 0, 5), ("t".into(), 1, 9)],
+            ..Commit::default()
+        })?;
+        let before = s.state_epoch();
+        let stored = |seq| StoredState {
+            seq,
+            stamp_us: 100 + seq,
+            plugin_version: "v".into(),
+            json: format!("{{\"restored\":{seq}}}"),
+        };
+        s.apply_restored(&Restored {
+            pipeline: "p".into(),
+            topic: "t".into(),
+            partition: 0,
+            states: vec![("a".into(), stored(7)), ("c".into(), stored(8))],
+            last_seq: 8,
+            next_offset: Some(40),
+            point: Some(RestorePoint {
+                epoch: 3,
+                next_offset: 12,
+            }),
+        })?;
+        assert!(s.state_epoch() > before);
+        assert_eq!(s.state("p", 0, "a")?.map(|x| x.seq), Some(7));
+        assert_eq!(s.last_seq("p", 0)?, 8);
+        assert_eq!(s.offset("p", "t", 0)?, 40);
+        assert_eq!(
+            s.restore_point("p", 0)?,
+            Some(RestorePoint {
+                epoch: 3,
+                next_offset: 12
+            })
+        );
+        // The index holds one entry per key: a's old entry went.
+        assert_eq!(s.latest_between("p", 0, 0, 100, 100)?.len(), 2);
+        assert_eq!(s.partition_states("p", 0)?.len(), 2);
+        assert_eq!(s.drop_partition("p", "t", 0)?, 2);
+        assert!(s.state("p", 0, "a")?.is_none());
+        assert_eq!(s.last_seq("p", 0)?, 0);
+        assert_eq!(s.stored_offset("p", "t", 0)?, None);
+        assert_eq!(s.restore_point("p", 0)?, None);
+        assert!(s.latest_between("p", 0, 0, 100, 100)?.is_empty());
+        // The other partition is untouched.
+        assert_eq!(s.state("p", 1, "b")?.map(|x| x.seq), Some(1));
+        assert_eq!(s.offset("p", "t", 1)?, 9);
+        Ok(())
+    }
+}
