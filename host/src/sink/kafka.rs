@@ -47,7 +47,19 @@ struct Reports {
 struct Deliveries {
     reports: Mutex<Reports>,
     wake: Condvar,
+    /// Topics whose delivered offsets are kept (state changelogs).
+    watched: std::sync::RwLock<HashSet<String>>,
+    /// Per watched (topic, partition), the offset of the last record
+    /// delivered to it.
+    offsets: Mutex<HashMap<(String, i32), i64>>,
+    /// Outbox entries whose delivery someone waits for, with the
+    /// (partition, offset) or the error once reported.
+    confirms: Mutex<HashMap<u64, Confirm>>,
 }
+
+/// A confirmed write's answer: `None` until reported, then where the
+/// record landed (partition, offset) or why it did not.
+type Confirm = Option<Result<(i32, i64), String>>;
 
 /// The producer's context: routes delivery reports.
 pub struct SinkContext {
@@ -72,12 +84,41 @@ impl ClientContext for SinkContext {
     }
 }
 
+impl SinkContext {
+    /// Keeps what the restore protocol needs of a delivery: the offsets of
+    /// watched topics, and the answer for an entry someone waits for.
+    fn note_delivery(&self, seq: u64, result: &DeliveryResult<'_>) {
+        let d = &self.deliveries;
+        if let Ok(m) = result {
+            let watched = d
+                .watched
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !watched.is_empty() && watched.contains(m.topic()) {
+                let mut offsets = crate::lock(&d.offsets);
+                let at = offsets
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_insert(-1);
+                *at = (*at).max(m.offset());
+            }
+        }
+        let mut confirms = crate::lock(&d.confirms);
+        if let Some(slot) = confirms.get_mut(&seq) {
+            *slot = Some(match result {
+                Ok(m) => Ok((m.partition(), m.offset())),
+                Err((e, m)) => Err(format!("topic {:?}: {e}", m.topic())),
+            });
+        }
+    }
+}
+
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Delivery>) {
         match *opaque {
             Delivery::Outbox(seq) => {
+                self.note_delivery(seq, result);
                 let mut r = crate::lock(&self.deliveries.reports);
                 match result {
                     Ok(_) => r.acked.push(seq),
@@ -175,10 +216,25 @@ impl KafkaSink {
         commit: &mut Commit,
         emits: Vec<(String, ProduceRecord)>,
     ) -> Result<(), ProduceError> {
+        self.write(commit, emits, false)
+    }
+
+    /// [`KafkaSink::commit`]; with `confirm`, the first entry's delivery is
+    /// kept for [`KafkaSink::write_confirmed`] (registered before the entry
+    /// exists, so the report cannot come first).
+    fn write(
+        &self,
+        commit: &mut Commit,
+        emits: Vec<(String, ProduceRecord)>,
+        confirm: bool,
+    ) -> Result<(), ProduceError> {
         for (topic, _) in &emits {
             crate::config::validate_topic_name(topic).map_err(ProduceError::BadTopicName)?;
         }
         let mut last = crate::lock(&self.last_seq);
+        if confirm {
+            crate::lock(&self.deliveries.confirms).insert(*last + 1, None);
+        }
         let now = crate::now_ms();
         let mut seq = *last;
         commit.outbox = emits
@@ -208,6 +264,69 @@ impl KafkaSink {
             self.deliveries.wake.notify_all();
         }
         Ok(())
+    }
+
+    /// Keeps the offsets of what is delivered to `topic` (a state changelog),
+    /// for [`KafkaSink::delivered_offset`].
+    pub fn watch(&self, topic: &str) {
+        self.deliveries
+            .watched
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_owned());
+    }
+
+    /// The offset after the last record delivered to a watched topic's
+    /// partition since this host started (`None`: none yet).
+    pub fn delivered_offset(&self, topic: &str, partition: u32) -> Option<u64> {
+        let p = i32::try_from(partition).ok()?;
+        let offsets = crate::lock(&self.deliveries.offsets);
+        let o = offsets.get(&(topic.to_owned(), p))?;
+        u64::try_from(*o).ok().map(|o| o + 1)
+    }
+
+    /// Writes one record through the outbox (after every entry already in
+    /// it, so after everything this host produced before) and waits up to
+    /// `timeout` for the brokers to acknowledge it; returns its offset.
+    ///
+    /// # Errors
+    /// A store failure, a refused record or no acknowledgement in time (the
+    /// record then stays in the outbox and is still sent).
+    pub fn write_confirmed(
+        &self,
+        topic: &str,
+        record: ProduceRecord,
+        timeout: Duration,
+    ) -> Result<u64, ProduceError> {
+        let mut commit = Commit::default();
+        let written = self.write(&mut commit, vec![(topic.to_owned(), record)], true);
+        let Some(seq) = commit.outbox.first().map(|(s, _)| *s) else {
+            return Err(written.err().unwrap_or_else(|| {
+                ProduceError::Interrupted("the record was not written".into())
+            }));
+        };
+        let forget = || crate::lock(&self.deliveries.confirms).remove(&seq);
+        if let Err(e) = written {
+            forget();
+            return Err(e);
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            let answer = crate::lock(&self.deliveries.confirms).get(&seq).cloned();
+            if let Some(Some(result)) = answer {
+                forget();
+                let (_, offset) = result.map_err(ProduceError::Broker)?;
+                return Ok(u64::try_from(offset).unwrap_or(0));
+            }
+            if Instant::now() >= until {
+                forget();
+                return Err(ProduceError::Broker(format!(
+                    "topic {topic:?}: no acknowledgement from the brokers within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Partition count of `topic` on the cluster (cached once known).
