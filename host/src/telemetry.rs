@@ -105,6 +105,19 @@ fn describe() {
         "eddy_rebalances_total",
         "Consumer group assignments and revocations."
     );
+    describe_counter!(
+        "eddy_restore_records_total",
+        "State changelog records a host read to restore partitions it took over."
+    );
+    describe_histogram!(
+        "eddy_restore_duration_seconds",
+        Unit::Seconds,
+        "Time from a partition's assignment to its restore's end."
+    );
+    describe_gauge!(
+        "eddy_partitions",
+        "Input partitions of a pipeline this host owns (state=owned) or is restoring (state=restoring)."
+    );
     describe_gauge!(
         "eddy_outbox_records",
         "Records waiting in the outbox for the Kafka producer."
@@ -179,6 +192,22 @@ pub fn dead_letter(pipeline: &str, stage: &'static str, class: &str) {
 pub fn rebalance(pipeline: &str, kind: &'static str) {
     metrics::counter!("eddy_rebalances_total", "pipeline" => pipeline.to_owned(), "kind" => kind)
         .increment(1);
+}
+
+/// Records a partition restore's end: records read, how long it took.
+pub fn restore(pipeline: &str, records: u64, took: Duration) {
+    metrics::counter!("eddy_restore_records_total", "pipeline" => pipeline.to_owned())
+        .increment(records);
+    metrics::histogram!("eddy_restore_duration_seconds", "pipeline" => pipeline.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// Sets how many partitions of a pipeline this host owns and restores.
+pub fn partitions(pipeline: &str, owned: usize, restoring: usize) {
+    metrics::gauge!("eddy_partitions", "pipeline" => pipeline.to_owned(), "state" => "owned")
+        .set(owned as f64);
+    metrics::gauge!("eddy_partitions", "pipeline" => pipeline.to_owned(), "state" => "restoring")
+        .set(restoring as f64);
 }
 
 /// Records an SSE connection opened (`+1`) or closed (`-1`).

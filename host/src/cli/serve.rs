@@ -224,6 +224,11 @@ fn open_topics(
             (Sink::Kafka(sink), partitions)
         }
     };
+    if let (Some(_), SourceConfig::Kafka(k), Sink::Kafka(sink)) =
+        (&config.cluster, &config.source, &sink)
+    {
+        open_state_changelogs(config, k, sink, &partitions, rt)?;
+    }
     let mut aligned = std::collections::HashSet::new();
     for p in &config.pipelines {
         let (Some(changelog), Some(n)) = (&p.changelog_topic, partitions.get(&p.name)) else {
@@ -245,6 +250,50 @@ fn open_topics(
         }
     }
     Ok((log, sink, partitions, aligned))
+}
+
+/// Cluster mode: creates each pipeline's state changelog when missing
+/// (compacted, as many partitions as the input) and refuses to start when
+/// one has another partition count than its input.
+fn open_state_changelogs(
+    config: &Config,
+    k: &crate::config::KafkaConfig,
+    sink: &KafkaSink,
+    partitions: &HashMap<String, u32>,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let mut wanted = Vec::new();
+    for p in &config.pipelines {
+        if let (Some(topic), Some(n)) = (p.restore_topic(&k.group_id), partitions.get(&p.name)) {
+            wanted.push(crate::kafka::NewTopicSpec {
+                name: topic,
+                partitions: *n,
+                configs: vec![("cleanup.policy", "compact".to_owned())],
+            });
+        }
+    }
+    rt.block_on(crate::kafka::create_topics(k, &wanted))
+        .context("creating the state changelog topics")?;
+    for t in &wanted {
+        let have = sink
+            .partitions(&t.name)
+            .with_context(|| format!("state changelog topic {:?}", t.name))?;
+        if have != Some(t.partitions) {
+            let (pipeline, input) = config
+                .pipelines
+                .iter()
+                .find(|p| p.restore_topic(&k.group_id).as_deref() == Some(t.name.as_str()))
+                .map(|p| (p.name.as_str(), p.topic.as_str()))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "pipeline {pipeline:?}: the state changelog topic {:?} has {} partitions and the input topic {input:?} has {}: a partition's state is restored from the changelog partition of the same number, so they must match (delete the changelog topic or name another one with state_changelog_topic)",
+                t.name,
+                have.map_or_else(|| "no".to_owned(), |n| n.to_string()),
+                t.partitions
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The schema registry that [`open_schemas`] opened (`None`: an external
@@ -450,6 +499,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     let shutdown = Arc::new(tokio::sync::Notify::new());
 
     let mut workers = Vec::new();
+    let mut ownership: HashMap<String, Arc<crate::source::restore::Ownership>> = HashMap::new();
     for p in &config.pipelines {
         let get = |name: &String| {
             registry
@@ -475,6 +525,22 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                     }
                     Sink::Embedded(_) => None,
                 };
+                let restorer = match (&config.cluster, &sink, p.restore_topic(&k.group_id)) {
+                    (Some(cluster), Sink::Kafka(s), Some(topic)) => {
+                        let n = partitions.get(&p.name).copied().unwrap_or(1);
+                        let owned = crate::source::restore::Ownership::new(&p.name, &topic, n);
+                        ownership.insert(p.name.clone(), owned.clone());
+                        Some(crate::source::restore::Restorer::new(
+                            owned,
+                            &p.topic,
+                            store.clone(),
+                            s.clone(),
+                            cluster.clone(),
+                            k.clone(),
+                        ))
+                    }
+                    _ => None,
+                };
                 Box::new(
                     KafkaSource::open(
                         k,
@@ -483,6 +549,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                         &p.topic,
                         readiness.clone(),
                         delivered,
+                        restorer,
                     )
                     .with_context(|| format!("pipeline {:?}", p.name))?,
                 )
@@ -506,6 +573,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 store: store.clone(),
                 hub: hub.clone(),
                 lock,
+                ownership: ownership.get(&p.name).cloned(),
             },
         )?;
         let failed = failed.clone();
@@ -586,6 +654,10 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             .or_else(|| std::env::var("EDDY_ADMIN_TOKEN").ok())
             .filter(|t| !t.is_empty()),
         shutdown: shutdown_rx,
+        cluster: config.cluster.as_ref().map(|c| crate::http::Cluster {
+            host_id: c.host_id.clone(),
+            ownership: Arc::new(ownership),
+        }),
     };
     let router = app(state).layer(body_limit(config.http.max_body_bytes));
     let grace = Duration::from_millis(config.shutdown.timeout_ms);

@@ -236,6 +236,9 @@ async fn resolve(
     ids: Vec<(u64, Option<Vec<u8>>)>,
     replay: bool,
 ) -> ApiResult<usize> {
+    if replay {
+        s.single_host(pipeline, "replaying dead letters")?;
+    }
     let at = dead_letter::Resolving {
         config: s.pipeline(pipeline)?.clone(),
         log: s.log.clone(),

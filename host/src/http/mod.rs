@@ -70,6 +70,18 @@ pub struct AppState {
     pub schemas: Option<Arc<crate::schema::Registry>>,
     /// Becomes `true` when the host shuts down: SSE streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Cluster mode: this host's name, and the partitions it owns per
+    /// pipeline with state.
+    pub cluster: Option<Cluster>,
+}
+
+/// What the HTTP API knows of this host's place in a group of hosts.
+#[derive(Clone)]
+pub struct Cluster {
+    /// This host's `host_id`.
+    pub host_id: String,
+    /// The partitions owned, per pipeline with an aggregator.
+    pub ownership: Arc<HashMap<String, Arc<crate::source::restore::Ownership>>>,
 }
 
 impl AppState {
@@ -83,6 +95,52 @@ impl AppState {
         self.intakes
             .get(name)
             .ok_or_else(|| AppError::not_found(format!("pipeline {name:?} does not exist")))
+    }
+
+    /// In cluster mode, a pipeline's partitions this host owns (`None`:
+    /// every partition is served here).
+    fn owned(&self, pipeline: &str) -> Option<&crate::source::restore::Ownership> {
+        self.cluster.as_ref()?.ownership.get(pipeline).map(|o| &**o)
+    }
+
+    /// Refuses a state query for a partition this host does not serve: 503
+    /// with `Retry-After` while it restores it, 421 when another host owns it.
+    fn serves(&self, pipeline: &str, partition: u32) -> Result<(), AppError> {
+        let (Some(o), Some(c)) = (self.owned(pipeline), &self.cluster) else {
+            return Ok(());
+        };
+        if o.owns(partition) {
+            return Ok(());
+        }
+        if o.restoring().contains(&partition) {
+            let mut e = AppError::unavailable(format!(
+                "partition {partition} of pipeline {pipeline:?} is being restored on host {:?}",
+                c.host_id
+            ));
+            e.retry_after = Some(1);
+            return Err(e);
+        }
+        Err(AppError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "partition {partition} of pipeline {pipeline:?} is not owned by host {:?}: ask the host that owns it (hosts do not forward queries to each other yet)",
+                c.host_id
+            ),
+        ))
+    }
+
+    /// Refuses an operation that works on one host only, for a pipeline
+    /// whose state is shared out between hosts.
+    fn single_host(&self, pipeline: &str, what: &str) -> Result<(), AppError> {
+        match self.owned(pipeline) {
+            Some(_) => Err(AppError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{what} of pipeline {pipeline:?} is not available in cluster mode: its partitions' states live on several hosts"
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Pipelines reading `topic`, with their key rules.
@@ -107,11 +165,14 @@ impl AppState {
 pub struct AppError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u32>,
 }
 
 impl AppError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         AppError {
+            retry_after: None,
             status,
             message: message.into(),
         }
@@ -139,11 +200,16 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
@@ -492,6 +558,7 @@ async fn get_state(
         return state_of(s, pipeline, key).await;
     }
     let partition = s.intake(&pipeline)?.partition_of(&key);
+    s.serves(&pipeline, partition)?;
     let store = s.store.clone();
     read(&s, move || {
         match store
@@ -515,6 +582,7 @@ async fn get_state(
 
 async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {
     let partition = s.intake(&pipeline)?.partition_of(&key);
+    s.serves(&pipeline, partition)?;
     let store = s.store.clone();
     read(&s, move || {
         match store
@@ -551,11 +619,16 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
             "limit must be within 1..={max} (the pipeline's `latest` setting)"
         )));
     }
-    let partitions = s.intake(&pipeline)?.partitions();
+    let n = s.intake(&pipeline)?.partitions();
+    // In cluster mode, the partitions this host owns.
+    let partitions: Vec<u32> = match s.owned(&pipeline) {
+        Some(o) => (0..n).filter(|p| o.owns(*p)).collect(),
+        None => (0..n).collect(),
+    };
     let store = s.store.clone();
     read(&s, move || {
         let rows = store
-            .latest(&pipeline, 0..partitions, limit)
+            .latest(&pipeline, partitions, limit)
             .map_err(AppError::internal)?;
         let mut body =
             String::with_capacity(rows.iter().map(|(_, _, s)| s.json.len() + 1).sum::<usize>() + 2);

@@ -27,6 +27,7 @@ pub async fn start(
 ) -> ApiResult<Response> {
     require_admin(&s, &headers)?;
     let p = s.pipeline(&pipeline)?.clone();
+    s.single_host(&pipeline, "a replay")?;
     let from: From = if body.iter().all(u8::is_ascii_whitespace) {
         From::Beginning
     } else {

@@ -54,6 +54,22 @@ pub const SOURCE_OFFSET_HEADER: &str = "eddy-source-offset";
 /// partition; a restore that stops on such a record has a whole batch.
 pub const BATCH_END_HEADER: &str = "eddy-batch-end";
 
+/// On a state changelog record (cluster mode): the owner epoch it was
+/// written under — the changelog offset of the fence its host wrote when it
+/// took the partition. A restore skips records of an epoch older than the
+/// last fence before them (a host that lost the partition and still wrote).
+pub const EPOCH_HEADER: &str = "eddy-epoch";
+
+/// On a state changelog record: the change's commit stamp (microseconds).
+pub const STAMP_HEADER: &str = "eddy-stamp";
+
+/// On a state changelog record: the version of the plugin that produced it.
+pub const VERSION_HEADER: &str = "eddy-plugin-version";
+
+/// On a fence record of a state changelog: the host that took the
+/// partition (the record's offset is its new epoch).
+pub const FENCE_HEADER: &str = "eddy-fence";
+
 /// A running pipeline's parts.
 pub struct Worker {
     config: PipelineConfig,
@@ -74,6 +90,7 @@ pub struct Worker {
     dead_id: u64,
     lock: PipelineLock,
     cache: StateCache,
+    ownership: Option<Arc<crate::source::restore::Ownership>>,
 }
 
 /// Serialises a pipeline's batches with the control operations (dead-letter
@@ -100,6 +117,8 @@ pub struct Wiring {
     pub hub: Hub,
     /// The pipeline's lock, shared with control operations.
     pub lock: PipelineLock,
+    /// Cluster mode: the partitions this host owns, with their epochs.
+    pub ownership: Option<Arc<crate::source::restore::Ownership>>,
 }
 
 impl Worker {
@@ -121,6 +140,7 @@ impl Worker {
             store,
             hub,
             lock,
+            ownership,
         } = wiring;
         let seqs = store.last_seqs(&config.name, intake.partitions())?;
         let stamp_us = store.last_stamp(&config.name, intake.partitions())?;
@@ -144,6 +164,7 @@ impl Worker {
             source_offsets,
             dead_id,
             lock,
+            ownership,
         })
     }
 
@@ -235,6 +256,12 @@ impl Worker {
             self.run_aggregator(&prepared.items, prepared.events, &mut out)?;
         }
         let dead_count = out.dead.len();
+        let epochs = self.ownership.as_ref().map(|o| o.epochs());
+        let restore = self
+            .ownership
+            .as_ref()
+            .zip(epochs.as_deref())
+            .map(|(o, e)| (o.topic.as_str(), e));
         let (mut commit, emits) = out.into_commit(Target {
             pipeline: &self.config.name,
             name: &self.config.name,
@@ -245,6 +272,7 @@ impl Worker {
             changelog: self.config.changelog_topic.as_deref(),
             changelog_by_partition: self.changelog_by_partition,
             source_offsets: &self.source_offsets,
+            restore,
             dlq: self.config.dlq_topic.as_deref(),
             plugin_version: self
                 .aggregator
@@ -254,6 +282,9 @@ impl Worker {
             aggregator: self.aggregator.as_ref().map(|a| &*a.plugin().name),
         })?;
         commit.offsets = offsets;
+        if let (Some(o), Sink::Kafka(k)) = (&self.ownership, &self.sink) {
+            commit.restore_points = o.checkpoints(k);
+        }
         self.sink
             .commit(&mut commit, emits)
             .map_err(|e| anyhow::anyhow!("pipeline {}: commit failed: {e}", self.config.name))?;
@@ -293,6 +324,9 @@ impl Worker {
             self.seqs = self.store.last_seqs(&self.config.name, partitions)?;
             self.stamp_us = self.store.last_stamp(&self.config.name, partitions)?;
             self.dead_id = self.store.last_dead_id(&self.config.name)?;
+            self.source_offsets = (0..partitions)
+                .map(|p| self.store.offset(&self.config.name, &self.config.topic, p))
+                .collect::<Result<Vec<_>, _>>()?;
         }
         Ok(())
     }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use super::dead_letter::{DeadLetter, Stage};
 use super::fold::{Attempted, KeyFold};
-use super::{BATCH_END_HEADER, ID_HEADER, Item, SEQ_HEADER, SOURCE_OFFSET_HEADER};
+use super::{
+    BATCH_END_HEADER, EPOCH_HEADER, ID_HEADER, Item, SEQ_HEADER, SOURCE_OFFSET_HEADER,
+    STAMP_HEADER, VERSION_HEADER,
+};
 use crate::execute::{Emitted, Plugin};
 use crate::sink::ProduceRecord;
 use crate::source::SourceRecord;
@@ -166,6 +169,10 @@ pub struct Target<'a> {
     /// Per input partition, the next offset to read after this batch (what
     /// a changelog record says its state reflects).
     pub source_offsets: &'a [u64],
+    /// Cluster mode: the state changelog each change also goes to (in its
+    /// input's partition), with each partition's owner epoch (`None`: not
+    /// owned, no record).
+    pub restore: Option<(&'a str, &'a [Option<u64>])>,
     /// Topic each dead letter is appended to, if any.
     pub dlq: Option<&'a str>,
     /// Version of the aggregator that produced the states.
@@ -198,8 +205,15 @@ impl Outputs {
             ..Commit::default()
         };
         let mut touched: Vec<u32> = Vec::new();
-        // Per partition, where its last changelog record sits in `emits`.
-        let mut batch_end: Vec<(u32, usize)> = Vec::new();
+        // Per (topic, partition), where its last changelog record sits in `emits`.
+        let mut batch_end: Vec<(bool, u32, usize)> = Vec::new();
+        let mut mark_end = |restore: bool, partition: u32, at: usize| match batch_end
+            .iter_mut()
+            .find(|(r, p, _)| *r == restore && *p == partition)
+        {
+            Some((_, _, end)) => *end = at,
+            None => batch_end.push((restore, partition, at)),
+        };
         for (key, partition, state, previous) in states {
             let Some(seq) = target.seqs.get_mut(partition as usize) else {
                 continue;
@@ -216,43 +230,62 @@ impl Outputs {
                 key,
                 state,
             };
+            // A changelog partition is the input partition, and each record
+            // says what it reflects, so a partition's state can be restored
+            // from its changelog alone.
+            let source_offset = target
+                .source_offsets
+                .get(partition as usize)
+                .copied()
+                .unwrap_or(0);
+            let record = |by_partition: bool| ProduceRecord {
+                partition: by_partition.then_some(partition),
+                key: Some(change.key.as_bytes().to_vec()),
+                headers: vec![
+                    (
+                        ID_HEADER.to_owned(),
+                        format!("{}/{partition}/changes/{}", target.pipeline, change.seq)
+                            .into_bytes(),
+                    ),
+                    (SEQ_HEADER.to_owned(), change.seq.to_string().into_bytes()),
+                    (
+                        SOURCE_OFFSET_HEADER.to_owned(),
+                        source_offset.to_string().into_bytes(),
+                    ),
+                ],
+                value: change.state.as_bytes().to_vec(),
+            };
             if let Some(topic) = target.changelog {
-                // The changelog partition is the input partition, and each
-                // record says what it reflects, so a partition's state can
-                // be restored from its changelog alone.
-                let source_offset = target
-                    .source_offsets
-                    .get(partition as usize)
-                    .copied()
-                    .unwrap_or(0);
-                match batch_end.iter_mut().find(|(p, _)| *p == partition) {
-                    Some((_, at)) => *at = emits.len(),
-                    None => batch_end.push((partition, emits.len())),
+                mark_end(false, partition, emits.len());
+                emits.push((topic.to_owned(), record(target.changelog_by_partition)));
+            }
+            if let Some((topic, epochs)) = target.restore {
+                match epochs.get(partition as usize).copied().flatten() {
+                    Some(epoch) => {
+                        let mut r = record(true);
+                        r.headers.extend([
+                            (EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes()),
+                            (
+                                STAMP_HEADER.to_owned(),
+                                change.stamp_us.to_string().into_bytes(),
+                            ),
+                            (
+                                VERSION_HEADER.to_owned(),
+                                commit.plugin_version.as_bytes().to_vec(),
+                            ),
+                        ]);
+                        mark_end(true, partition, emits.len());
+                        emits.push((topic.to_owned(), r));
+                    }
+                    None => tracing::warn!(
+                        pipeline = %target.pipeline, partition, key = %change.key,
+                        "a state changed in a partition this host does not own; it is not in the state changelog"
+                    ),
                 }
-                emits.push((
-                    topic.to_owned(),
-                    ProduceRecord {
-                        partition: target.changelog_by_partition.then_some(partition),
-                        key: Some(change.key.as_bytes().to_vec()),
-                        headers: vec![
-                            (
-                                ID_HEADER.to_owned(),
-                                format!("{}/{partition}/changes/{}", target.pipeline, change.seq)
-                                    .into_bytes(),
-                            ),
-                            (SEQ_HEADER.to_owned(), change.seq.to_string().into_bytes()),
-                            (
-                                SOURCE_OFFSET_HEADER.to_owned(),
-                                source_offset.to_string().into_bytes(),
-                            ),
-                        ],
-                        value: change.state.as_bytes().to_vec(),
-                    },
-                ));
             }
             commit.states.push((change, previous));
         }
-        for (_, at) in batch_end {
+        for (_, _, at) in batch_end {
             if let Some((_, r)) = emits.get_mut(at) {
                 r.headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
             }

@@ -243,6 +243,7 @@ impl Rebuild {
             dead_id: &mut self.dead_id,
             changelog: None,
             changelog_by_partition: false,
+            restore: None,
             source_offsets: &[],
             dlq: None,
             plugin_version: plugin.version.clone(),

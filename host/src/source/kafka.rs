@@ -74,6 +74,11 @@ struct Group {
     readiness: super::Readiness,
     /// Set when the client reported all brokers down; cleared by the next record.
     down: std::sync::atomic::AtomicBool,
+    /// Cluster mode: partitions are restored before they are read.
+    restores: bool,
+    /// Assignment changes for the restorer, in order: (partition, `Some`
+    /// group offset when assigned / `None` when revoked).
+    changes: Mutex<Vec<(u32, Option<Option<u64>>)>>,
 }
 
 /// The consumer's context: rebalance handling with store offsets.
@@ -187,8 +192,25 @@ impl GroupContext {
         ) {
             a.clear();
         }
-        for (topic, partition, ..) in starts {
-            a.insert((topic, partition));
+        if g.restores {
+            // Not read until restored: paused, and not handed out.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::error!(pipeline = %g.pipeline, error = %e, "cannot pause the assigned partitions");
+            }
+            let mut changes = crate::lock(&g.changes);
+            for (_, partition, _, _, in_group) in &starts {
+                if let Ok(p) = u32::try_from(*partition) {
+                    changes.push((p, Some(in_group.and_then(|o| u64::try_from(o).ok()))));
+                }
+            }
+            g.readiness.set(
+                &g.pipeline,
+                Some("restoring assigned partitions from the state changelog".into()),
+            );
+        } else {
+            for (topic, partition, ..) in starts {
+                a.insert((topic, partition));
+            }
         }
         g.rebalances.fetch_add(1, Ordering::SeqCst);
     }
@@ -242,13 +264,20 @@ impl GroupContext {
         }
         let mut a = crate::lock(&g.assigned);
         let mut floor = crate::lock(&g.floor);
+        let mut changes = crate::lock(&g.changes);
         let mut described = Vec::new();
         for el in tpl.elements() {
             let k = (el.topic().to_owned(), el.partition());
             described.push(format!("{}/{}", k.0, k.1));
+            if g.restores
+                && let Ok(p) = u32::try_from(el.partition())
+            {
+                changes.push((p, None));
+            }
             a.remove(&k);
             floor.remove(&k);
         }
+        drop(changes);
         tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions revoked");
         crate::telemetry::rebalance(&g.pipeline, "revoke");
         g.readiness.set(
@@ -324,6 +353,7 @@ pub struct KafkaSource {
     consumer: BaseConsumer<GroupContext>,
     group: Arc<Group>,
     topic: Arc<str>,
+    restorer: Option<super::restore::Restorer>,
 }
 
 impl KafkaSource {
@@ -340,6 +370,7 @@ impl KafkaSource {
         topic: &str,
         readiness: super::Readiness,
         delivered: Option<Delivered>,
+        restorer: Option<super::restore::Restorer>,
     ) -> Result<Self, SourceError> {
         readiness.set(
             pipeline,
@@ -356,6 +387,8 @@ impl KafkaSource {
             rebalances: AtomicU64::new(0),
             readiness,
             down: std::sync::atomic::AtomicBool::new(false),
+            restores: restorer.is_some(),
+            changes: Mutex::default(),
         });
         let mut config = client_config(cfg, Role::Consumer);
         config.set("group.id", format!("{}.{pipeline}", cfg.group_id));
@@ -376,6 +409,7 @@ impl KafkaSource {
             consumer,
             group,
             topic: Arc::from(topic),
+            restorer,
         })
     }
 
@@ -428,6 +462,7 @@ impl Source for KafkaSource {
                     error: format!("cannot subscribe again: {e}"),
                 })?;
         }
+        let wait = if self.restore() { Duration::ZERO } else { wait };
         let deadline = Instant::now() + wait;
         let mut out: Vec<SourceRecord> = Vec::new();
         let mut bytes = 0;
@@ -503,6 +538,46 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// Cluster mode: passes assignment changes to the restorer, works on
+    /// the restores for a slice, and starts reading the partitions that are
+    /// restored. Returns whether restores are still waiting.
+    fn restore(&mut self) -> bool {
+        let Some(restorer) = self.restorer.as_mut() else {
+            return false;
+        };
+        for (p, change) in std::mem::take(&mut *crate::lock(&self.group.changes)) {
+            match change {
+                Some(group_offset) => restorer.assigned(p, group_offset),
+                None => restorer.revoked(p),
+            }
+        }
+        if !restorer.busy() {
+            return false;
+        }
+        for done in restorer.step() {
+            let p = kafka_partition(done.partition);
+            let start = i64::try_from(done.start).unwrap_or(i64::MAX);
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(start));
+            if let Err(e) = self
+                .consumer
+                .seek_partitions(tpl.clone(), Duration::from_secs(10))
+            {
+                tracing::warn!(topic = %self.topic, partition = p, error = %e, "cannot seek the restored partition");
+            }
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::error!(topic = %self.topic, partition = p, error = %e, "cannot resume the restored partition");
+            }
+            crate::lock(&self.group.floor).insert((self.topic.to_string(), p), start);
+            crate::lock(&self.group.assigned).insert((self.topic.to_string(), p));
+        }
+        let busy = restorer.busy();
+        if !busy {
+            self.group.readiness.set(&self.group.pipeline, None);
+        }
+        busy
+    }
+
     /// Commits to the group the offsets of the batches whose outbox records
     /// the brokers acknowledged (so a partition's group offset never passes
     /// a change its changelog does not hold yet).
@@ -713,6 +788,8 @@ mod tests {
             rebalances: AtomicU64::new(0),
             readiness: super::super::Readiness::default(),
             down: std::sync::atomic::AtomicBool::new(false),
+            restores: false,
+            changes: Mutex::default(),
         };
         let batch = |through: u64, offset: i64| (through, vec![("t".to_owned(), 0, offset)]);
         crate::lock(&group.pending).extend([batch(5, 10), batch(7, 20), batch(7, 30)]);

@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod restore;
 pub mod rewind;
 
 use std::sync::Arc;
