@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use eddy_tests::fold::{Expected, check_folds, execution_ids, expected_from_ledger, states};
 use eddy_tests::kafka::{Broker, finish_producer, kafka_config, read_ledger};
 use eddy_tests::{Host, run_until_exit};
-use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -20,92 +20,6 @@ const INPUT: &str = "async-process-execution";
 const CHANGELOG: &str = "async-process";
 const REJECTED: &str = "rejected-process";
 const T: Duration = Duration::from_secs(240);
-
-/// Per key, the expected executions `(time, id, state)` in fold order.
-type Expected = BTreeMap<String, Vec<(i64, String, String)>>;
-
-fn expected_from_ledger(ledger: &[(String, String, String, i64)]) -> Expected {
-    let mut by_key = Expected::new();
-    for (id, key, state, time) in ledger {
-        by_key
-            .entry(key.clone())
-            .or_default()
-            .push((*time, id.clone(), state.clone()));
-    }
-    for v in by_key.values_mut() {
-        v.sort();
-    }
-    by_key
-}
-
-/// Every key's state from a host (`None` where the host has none).
-async fn states(host: &Host, keys: impl Iterator<Item = String>) -> Result<HashMap<String, Value>> {
-    let got: Vec<Result<(String, u16, Value)>> = futures_util::stream::iter(keys)
-        .map(|k| async move {
-            let (status, v) = host.get(&format!("/async-process/{k}")).await?;
-            Ok((k, status, v))
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut out = HashMap::new();
-    for r in got {
-        let (k, status, v) = r?;
-        match status {
-            200 => {
-                out.insert(k, v);
-            }
-            404 => {}
-            s => bail!("GET /async-process/{k} answered {s}: {v}"),
-        }
-    }
-    Ok(out)
-}
-
-fn execution_ids(state: &Value) -> Vec<String> {
-    state["executions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Each aggregate equals the fold of its key's acknowledged events: every
-/// event exactly once, in time order, the state of the latest.
-/// Returns how many events it checked; an empty expectation is an error
-/// (a check of nothing proves nothing).
-fn check_folds(expected: &Expected, got: &HashMap<String, Value>) -> Result<usize> {
-    ensure!(!expected.is_empty(), "no events to check");
-    ensure!(
-        got.len() == expected.len(),
-        "{} keys have a state, {} expected",
-        got.len(),
-        expected.len()
-    );
-    for (key, events) in expected {
-        let state = got
-            .get(key)
-            .with_context(|| format!("key {key} has no state"))?;
-        let ids: Vec<&str> = events.iter().map(|(_, id, _)| id.as_str()).collect();
-        let have = execution_ids(state);
-        ensure!(
-            have == ids,
-            "key {key}: executions {} (of {}) differ from the events {} (of {})",
-            have.len(),
-            have.join(","),
-            ids.len(),
-            ids.join(",")
-        );
-        let last = events.last().map(|(_, _, s)| s.as_str());
-        ensure!(
-            state["state"].as_str() == last,
-            "key {key}: state {} != {last:?}",
-            state["state"]
-        );
-    }
-    Ok(expected.values().map(Vec::len).sum())
-}
 
 fn id_of(record: &Value) -> Result<String> {
     record["headers"]["eddy-id"]
