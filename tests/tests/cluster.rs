@@ -26,10 +26,13 @@ const PARTITIONS: u32 = 6;
 const KEYS: u64 = 300;
 const T: Duration = Duration::from_secs(240);
 
+const TOKEN: &str = "cluster-admin";
+
 fn config(broker: &Broker, host_id: &str) -> Result<String> {
     Ok(format!(
         "{}\n[cluster]\nhost_id = {host_id:?}\n",
         kafka_config(&broker.addr, GROUP, PARTITIONS)?
+            .replace("[http]\n", &format!("[http]\nadmin_token = \"{TOKEN}\"\n"))
     ))
 }
 
@@ -62,10 +65,10 @@ async fn settle(broker: &Broker, hosts: &[&Host]) -> Result<()> {
 }
 
 /// Each key's state, asked of every host: exactly one answers it (the
-/// owner of the key's partition, 200 or 404); the others say it lives
-/// elsewhere (421).
+/// owner of the key's partition); the others say it lives elsewhere (421).
 async fn cluster_states(hosts: &[&Host], expected: &Expected) -> Result<HashMap<String, Value>> {
     let mut out = HashMap::new();
+    let mut elsewhere: HashMap<String, usize> = HashMap::new();
     for h in hosts {
         let got: Vec<Result<(String, u16, Value)>> =
             futures_util::stream::iter(expected.keys().cloned())
@@ -85,10 +88,16 @@ async fn cluster_states(hosts: &[&Host], expected: &Expected) -> Result<HashMap<
                         "key {k}: two hosts answer its state"
                     );
                 }
-                404 | 421 => {}
+                421 => *elsewhere.entry(k).or_default() += 1,
                 s => bail!("{}: GET /async-process/{k} answered {s}: {v}", h.url),
             }
         }
+    }
+    for k in expected.keys() {
+        ensure!(
+            out.contains_key(k) && elsewhere.get(k).copied().unwrap_or(0) == hosts.len() - 1,
+            "key {k}: no host answers its state, or not all others answer 421"
+        );
     }
     Ok(out)
 }
@@ -189,6 +198,38 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     let expected = expected_from_ledger(&read_ledger(&ledger)?);
     let got = cluster_states(&[&a, &b], &expected).await?;
     check_folds(&expected, &got).context("two hosts")?;
+    // What one host cannot answer for the group: a key another host owns
+    // is misdirected (also its SSE stream); a replay is refused.
+    let (k, _) = expected.iter().next().context("no keys")?;
+    let (on_a, _) = a.get(&format!("/async-process/{k}")).await?;
+    let (owner, other) = if on_a == 200 { (&a, &b) } else { (&b, &a) };
+    let (status, v) = other.get(&format!("/async-process/{k}")).await?;
+    ensure!(
+        status == 421 && v.to_string().contains("not owned by host"),
+        "{status} {v}"
+    );
+    let err = other
+        .sse(&format!("/v1/pipelines/async-process/events?key={k}"), None)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(err.contains("421"), "SSE for {k} on a non-owner: {err:?}");
+    owner
+        .sse(&format!("/v1/pipelines/async-process/events?key={k}"), None)
+        .await?;
+    let r = owner
+        .http
+        .post(format!("{}/v1/pipelines/async-process/replay", owner.url))
+        .bearer_auth(TOKEN)
+        .body(serde_json::json!({"from": "beginning"}).to_string())
+        .send()
+        .await?;
+    let (status, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(
+        status == 409 && text.contains("cluster mode"),
+        "replay in cluster mode: {status} {text}"
+    );
     let on_b = restores(&b.log());
     ensure!(
         on_b.iter().any(|(_, records, _)| *records > 0),

@@ -456,7 +456,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         };
         intakes.insert(
             p.name.clone(),
-            crate::pipeline::Intake::new(p, decoder.clone(), *n),
+            crate::pipeline::Intake::new(p, decoder.clone(), *n, config.misrouted_keys(p)),
         );
     }
 

@@ -128,6 +128,17 @@ impl Config {
         }
     }
 
+    /// What `p` does with an event whose key hashes to another partition:
+    /// its `misrouted_keys`, else fold on one host and dead-letter in a
+    /// cluster.
+    pub fn misrouted_keys(&self, p: &PipelineConfig) -> MisroutedKeys {
+        p.misrouted_keys.unwrap_or(if self.cluster.is_some() {
+            MisroutedKeys::DeadLetter
+        } else {
+            MisroutedKeys::Fold
+        })
+    }
+
     /// Checks the rules that span fields; returns every problem found.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
@@ -194,6 +205,14 @@ impl Config {
                     "[cluster] needs [source] kind = \"kafka\": the embedded log lives on one host"
                         .into(),
                 );
+            }
+            for p in &self.pipelines {
+                if p.misrouted_keys == Some(MisroutedKeys::Fold) {
+                    problems.push(format!(
+                        "[cluster]: pipeline {:?} has misrouted_keys = \"fold\", but a state moves with its input partition between hosts: a key's events must all arrive on the partition it hashes to (misrouted_keys = \"dead-letter\")",
+                        p.name
+                    ));
+                }
             }
             if self.registry.url.is_none()
                 && let Some(p) = self
@@ -352,9 +371,28 @@ mod tests {
         .err()
         .unwrap_or_default();
         assert!(err.contains("cluster.host_id \"a b\""), "{err}");
-        assert!(err.contains("restore_stall_timeout_ms must be > 0"), "{err}");
+        assert!(
+            err.contains("restore_stall_timeout_ms must be > 0"),
+            "{err}"
+        );
         assert!(err.contains("needs [source] kind = \"kafka\""), "{err}");
         assert!(err.contains("pipeline \"p\" reads Avro"), "{err}");
+        let err = parse(
+            r#"
+            [cluster]
+            host_id = "a"
+            [[pipeline]]
+            name = "q"
+            topic = "t"
+            misrouted_keys = "fold"
+            "#,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            err.contains("pipeline \"q\" has misrouted_keys = \"fold\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -388,8 +426,14 @@ mod tests {
         let topics: Vec<_> = c.pipelines.iter().map(|p| p.restore_topic("g")).collect();
         assert_eq!(
             topics,
-            [Some("g-p-changelog".to_string()), Some("q-state".into()), None]
+            [
+                Some("g-p-changelog".to_string()),
+                Some("q-state".into()),
+                None
+            ]
         );
+        let p = c.pipelines.first().ok_or("no pipeline")?;
+        assert_eq!(c.misrouted_keys(p), MisroutedKeys::DeadLetter);
         let err = parse(
             r#"
             [[plugin]]
@@ -426,6 +470,7 @@ mod tests {
         assert_eq!(p.latest, 100);
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.store.durability, Durability::Process);
+        assert_eq!(c.misrouted_keys(p), MisroutedKeys::Fold);
         Ok(())
     }
 }

@@ -98,12 +98,14 @@ pub struct PipelineConfig {
     /// An event whose key belongs to another partition of the input topic
     /// than the one it arrived on (the key hashes, with murmur2 as Kafka's
     /// default partitioner, elsewhere: a producer that partitions by another
-    /// hash, or not by this key): `fold` (default) folds it into the key's
-    /// state, kept under the partition the key hashes to; `dead-letter`
-    /// sends it to the dead letters (class `partition`), so every state
-    /// depends on one partition's events only.
+    /// hash, or not by this key): `fold` (the default on one host) folds it
+    /// into the key's state, kept under the partition the key hashes to;
+    /// `dead-letter` (the default, and the only choice, with `[cluster]`,
+    /// where a state moves with its partition) sends it to the dead letters
+    /// (class `partition`), so every state depends on one partition's
+    /// events only. See [`super::Config::misrouted_keys`].
     #[serde(default)]
-    pub misrouted_keys: MisroutedKeys,
+    pub misrouted_keys: Option<MisroutedKeys>,
 }
 
 /// See [`PipelineConfig::misrouted_keys`].

@@ -73,6 +73,11 @@ pub fn stream(s: AppState, pipeline: &str, key: Option<String>, headers: &Header
         return AppError::not_found(format!("pipeline {pipeline:?} does not exist"))
             .into_response();
     };
+    if let Some(k) = &key
+        && let Err(e) = s.serves(pipeline, intake.partition_of(k))
+    {
+        return e.into_response();
+    }
     let resume = match last_event_id(headers, intake.partitions()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),

@@ -58,15 +58,21 @@ pub enum Unprepared {
 
 impl Intake {
     /// The intake of `pipeline`, decoding with `decoder`, whose input topic
-    /// has `partitions` partitions.
-    pub fn new(pipeline: &PipelineConfig, decoder: Decoder, partitions: u32) -> Self {
+    /// has `partitions` partitions; `misrouted` is what it does with an
+    /// event whose key hashes to another partition.
+    pub fn new(
+        pipeline: &PipelineConfig,
+        decoder: Decoder,
+        partitions: u32,
+        misrouted: MisroutedKeys,
+    ) -> Self {
         Intake {
             pipeline: Arc::from(pipeline.name.as_str()),
             topic: Arc::from(pipeline.topic.as_str()),
             decoder,
             key: KeySpec::new(pipeline.key_field.as_deref()),
             partitions: partitions.max(1),
-            misrouted: pipeline.misrouted_keys,
+            misrouted,
         }
     }
 
