@@ -179,6 +179,12 @@ impl ClientContext for AdminContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // A reader that asked to be told of a partition's end (a rewind,
+        // the hosts topic's follower) hears it here too: not a fault.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(error = %error, "kafka client: {reason}");
+            return;
+        }
         tracing::warn!(error = %error, "kafka client: {reason}");
         // "n/n brokers are down" says less than what came before it.
         let mut last = crate::lock(&self.last_error);
@@ -252,6 +258,7 @@ impl ConsumerContext for AdminContext {}
 
 /// A topic to create: name, partition count and topic-level configs
 /// (`retention.ms`, `cleanup.policy`).
+#[derive(Clone)]
 pub struct NewTopicSpec {
     /// Name.
     pub name: String,

@@ -7,6 +7,7 @@
 //! worker runs the stages in order.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod decode;
 pub mod execute;

@@ -272,8 +272,14 @@ fn open_state_changelogs(
             });
         }
     }
-    rt.block_on(crate::kafka::create_topics(k, &wanted))
-        .context("creating the state changelog topics")?;
+    let mut create = wanted.clone();
+    create.push(crate::kafka::NewTopicSpec {
+        name: crate::cluster::hosts_topic(&k.group_id),
+        partitions: 1,
+        configs: vec![("cleanup.policy", "compact".to_owned())],
+    });
+    rt.block_on(crate::kafka::create_topics(k, &create))
+        .context("creating the state changelog and hosts topics")?;
     for t in &wanted {
         let have = sink
             .partitions(&t.name)
@@ -580,11 +586,46 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         workers.push(spawn(worker, stop.clone(), move |e| {
             if let Ok(mut f) = failed.lock() {
-                *f = Some(format!("{e:#}"));
+                *f = Some(format!("a pipeline failed: {e:#}"));
             }
             shutdown.notify_one();
         })?);
     }
+
+    let ownership = Arc::new(ownership);
+    let membership = match (&config.cluster, &config.source, &sink) {
+        (Some(c), SourceConfig::Kafka(k), Sink::Kafka(s)) => {
+            let advertise = c.advertise.clone().or_else(|| {
+                let at = config.http.listen;
+                (!at.ip().is_unspecified() && at.port() != 0).then(|| format!("http://{at}"))
+            });
+            if advertise.is_none() {
+                tracing::warn!(
+                    listen = %config.http.listen,
+                    "set cluster.advertise: without it the other hosts cannot forward queries here"
+                );
+            }
+            let failed = failed.clone();
+            let shutdown = shutdown.clone();
+            Some(
+                crate::cluster::Membership::join(
+                    c,
+                    k,
+                    s.clone(),
+                    ownership.clone(),
+                    advertise,
+                    move |why| {
+                        if let Ok(mut f) = failed.lock() {
+                            *f = Some(why);
+                        }
+                        shutdown.notify_one();
+                    },
+                )
+                .context("joining the group's hosts topic")?,
+            )
+        }
+        _ => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // Two read threads per core: reads are short and mostly CPU, but one
@@ -654,9 +695,9 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             .or_else(|| std::env::var("EDDY_ADMIN_TOKEN").ok())
             .filter(|t| !t.is_empty()),
         shutdown: shutdown_rx,
-        cluster: config.cluster.as_ref().map(|c| crate::http::Cluster {
-            host_id: c.host_id.clone(),
-            ownership: Arc::new(ownership),
+        cluster: membership.as_ref().map(|m| crate::http::Cluster {
+            ownership: ownership.clone(),
+            directory: m.directory(),
         }),
     };
     let router = app(state).layer(body_limit(config.http.max_body_bytes));
@@ -731,6 +772,9 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     for w in workers {
         let _ = w.join();
     }
+    if let Some(m) = membership {
+        m.leave();
+    }
     let mut left_in_outbox = 0;
     if let Sink::Kafka(k) = &sink {
         left_in_outbox = k.shutdown(deadline.saturating_duration_since(Instant::now()));
@@ -738,7 +782,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     store.sync().context("final store sync failed")?;
     served?;
     if let Some(f) = failed.lock().ok().and_then(|mut f| f.take()) {
-        anyhow::bail!("stopped because a pipeline failed: {f}");
+        anyhow::bail!("stopped because {f}");
     }
     if left_in_outbox > 0 {
         anyhow::bail!(

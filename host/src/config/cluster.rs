@@ -14,7 +14,9 @@ pub struct ClusterConfig {
     /// in a state changelog, and shown in logs and `/readyz`.
     pub host_id: String,
     /// The URL other hosts and clients use to reach this host's HTTP API
-    /// (`http://10.0.0.7:8080`), if any.
+    /// (`http://10.0.0.7:8080`). It is announced on the hosts topic; other
+    /// hosts forward queries for this host's keys there. Unset, the listen
+    /// address is used when it names a host (not `0.0.0.0`).
     #[serde(default)]
     pub advertise: Option<String>,
     /// How long a partition's restore may wait for records it expects from
