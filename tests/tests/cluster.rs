@@ -1,9 +1,10 @@
 //! Cluster mode on a real broker (tansu) with Confluent's producer: state
 //! follows its partitions between hosts through the pipeline's state
-//! changelog. A second host restores the partitions it is given, a killed
-//! host's partitions are restored on the survivor, a host restarted on its
-//! old store restores whole only what another host owned meanwhile, and
-//! only its gap where it stayed the owner.
+//! changelog, and any host answers for any key. Hosts that join restore
+//! the partitions they are given, a killed host's partitions are restored
+//! on the survivors, a host restarted on its old store restores whole only
+//! what another host owned meanwhile, and only its gap where it stayed the
+//! owner; a second host with a taken `host_id` stops.
 #![allow(
     clippy::indexing_slicing,
     reason = "indexing serde_json::Value yields Null, it never panics"
@@ -64,42 +65,163 @@ async fn settle(broker: &Broker, hosts: &[&Host]) -> Result<()> {
     wait_ready(hosts).await
 }
 
-/// Each key's state, asked of every host: exactly one answers it (the
-/// owner of the key's partition); the others say it lives elsewhere (421).
+/// A host's answer for a key: the key, status, the host that served it
+/// (when forwarded) and the body.
+type Answer = (String, u16, Option<String>, Value);
+
+/// Each key's state, asked of every host: every host answers it, the
+/// same, and they agree on which host owns it (the one that answers
+/// without forwarding).
 async fn cluster_states(hosts: &[&Host], expected: &Expected) -> Result<HashMap<String, Value>> {
-    let mut out = HashMap::new();
-    let mut elsewhere: HashMap<String, usize> = HashMap::new();
+    let mut out: HashMap<String, Value> = HashMap::new();
+    let mut owners: HashMap<String, String> = HashMap::new();
     for h in hosts {
-        let got: Vec<Result<(String, u16, Value)>> =
-            futures_util::stream::iter(expected.keys().cloned())
-                .map(|k| async move {
-                    let (status, v) = h.get(&format!("/async-process/{k}")).await?;
-                    Ok((k, status, v))
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
+        let got: Vec<Result<Answer>> = futures_util::stream::iter(expected.keys().cloned())
+            .map(|k| async move {
+                let r = h
+                    .http
+                    .get(format!("{}/async-process/{k}", h.url))
+                    .send()
+                    .await?;
+                let status = r.status().as_u16();
+                let by = r
+                    .headers()
+                    .get("eddy-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                Ok((k, status, by, v))
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
         for r in got {
-            let (k, status, v) = r?;
-            match status {
-                200 => {
-                    ensure!(
-                        out.insert(k.clone(), v).is_none(),
-                        "key {k}: two hosts answer its state"
-                    );
-                }
-                421 => *elsewhere.entry(k).or_default() += 1,
-                s => bail!("{}: GET /async-process/{k} answered {s}: {v}", h.url),
+            let (k, status, by, v) = r?;
+            ensure!(
+                status == 200,
+                "{}: GET /async-process/{k} answered {status}: {v}",
+                h.url
+            );
+            let owner = by.unwrap_or_else(|| h.url.clone());
+            let owner = hosts
+                .iter()
+                .find(|o| o.url == owner || host_id(o) == owner)
+                .map_or(owner, |o| o.url.clone());
+            if let Some(was) = owners.insert(k.clone(), owner.clone()) {
+                ensure!(was == owner, "key {k}: owned by {was} and by {owner}");
+            }
+            if let Some(was) = out.insert(k.clone(), v.clone()) {
+                ensure!(was == v, "key {k}: hosts answer different states");
             }
         }
     }
-    for k in expected.keys() {
+    Ok(out)
+}
+
+/// The host id a test host was started with (from its config file).
+fn host_id(h: &Host) -> String {
+    std::fs::read_to_string(h.dir().join("eddy.toml"))
+        .ok()
+        .and_then(|c| {
+            let at = c.find("host_id = \"")? + 11;
+            let rest = c.get(at..)?;
+            Some(rest.get(..rest.find('"')?)?.to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// `latest` asked of every host: the same answer, complete (no partition
+/// missing), and the cluster's true top `n`: the newest of every host's
+/// own rows (asked as a forwarded query, which answers for the host's own
+/// partitions only).
+async fn check_latest(hosts: &[&Host], n: usize) -> Result<()> {
+    let mut own: Vec<Value> = Vec::new();
+    for h in hosts {
+        let r = h
+            .http
+            .get(format!(
+                "{}/v1/pipelines/async-process/latest?limit={n}&meta=true",
+                h.url
+            ))
+            .header("eddy-forwarded", "test")
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "{}: own latest {}", h.url, r.status());
+        let rows: Vec<Value> = r.json().await?;
+        own.extend(rows);
+    }
+    own.sort_by(|a, b| {
+        b["stamp_us"]
+            .as_u64()
+            .cmp(&a["stamp_us"].as_u64())
+            .then_with(|| a["key"].as_str().cmp(&b["key"].as_str()))
+    });
+    own.truncate(n);
+    let truth: Vec<&Value> = own.iter().map(|r| &r["state"]).collect();
+    for h in hosts {
+        let r = h
+            .http
+            .get(format!("{}/async-process/latest?limit={n}", h.url))
+            .send()
+            .await?;
+        let missing = r.headers().get("eddy-missing").cloned();
         ensure!(
-            out.contains_key(k) && elsewhere.get(k).copied().unwrap_or(0) == hosts.len() - 1,
-            "key {k}: no host answers its state, or not all others answer 421"
+            r.status() == 200 && missing.is_none(),
+            "{}: latest {} missing {missing:?}",
+            h.url,
+            r.status()
+        );
+        let got: Vec<Value> = r.json().await?;
+        ensure!(
+            got.iter().collect::<Vec<_>>() == truth,
+            "{}: latest differs from the cluster's top {n}",
+            h.url
         );
     }
-    Ok(out)
+    Ok(())
+}
+
+/// `GET /v1/cluster` of every host: each lists every host, alive, and the
+/// hosts' owned partitions cover the input's once.
+async fn check_directory(hosts: &[&Host]) -> Result<()> {
+    let ids: Vec<String> = hosts.iter().map(|h| host_id(h)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for h in hosts {
+        loop {
+            let (status, v) = h.get("/v1/cluster").await?;
+            ensure!(status == 200, "{}: /v1/cluster {status} {v}", h.url);
+            let mut owned: Vec<u64> = Vec::new();
+            let mut seen = Vec::new();
+            for e in v["hosts"].as_array().cloned().unwrap_or_default() {
+                let id = e["host"].as_str().unwrap_or_default().to_owned();
+                if ids.contains(&id) && e["alive"] == Value::Bool(true) {
+                    owned.extend(
+                        e["pipelines"]["async-process"]["owned"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(Value::as_u64),
+                    );
+                    seen.push(id);
+                }
+            }
+            owned.sort_unstable();
+            seen.sort();
+            let mut want = ids.clone();
+            want.sort();
+            if seen == want && owned == (0..u64::from(PARTITIONS)).collect::<Vec<_>>() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{}: /v1/cluster shows hosts {seen:?} owning {owned:?}: {v}",
+                h.url
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The restores a host logged:
@@ -182,31 +304,87 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
         *produced += n;
         Ok(())
     };
+    let check = async |hosts: &[&Host], produced: u64, phase: &str| -> Result<()> {
+        let expected = expected_from_ledger(&read_ledger(&ledger)?);
+        let checked = check_folds(&expected, &cluster_states(hosts, &expected).await?)
+            .with_context(|| phase.to_owned())?;
+        ensure!(
+            checked as u64 == produced,
+            "{phase}: {checked} of {produced} events checked"
+        );
+        Ok(())
+    };
 
     // One host: it owns every partition.
     produce(&mut produced, 6_000)?;
     settle(&broker, &[&a]).await?;
-    let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    check_folds(&expected, &cluster_states(&[&a], &expected).await?).context("one host")?;
+    check(&[&a], produced, "one host").await?;
 
-    // A second host joins: the partitions it gets are restored from the
-    // state changelog (it never saw their events), and keep folding.
+    // Two more join while events flow: the partitions they get are
+    // restored from the state changelog (they never saw their events).
+    let flowing = broker.produce(INPUT, produced, 4_000, KEYS, 4_000, &ledger)?;
     let mut b = Host::start(&config(&broker, "b")?).await?;
-    settle(&broker, &[&a, &b]).await?;
-    produce(&mut produced, 4_000)?;
-    settle(&broker, &[&a, &b]).await?;
+    let mut c = Host::start(&config(&broker, "c")?).await?;
+    finish_producer(flowing)?;
+    produced += 4_000;
+    settle(&broker, &[&a, &b, &c]).await?;
+    check_directory(&[&a, &b, &c]).await?;
+    check(&[&a, &b, &c], produced, "three hosts").await?;
+    check_latest(&[&a, &b, &c], 50).await?;
+    for h in [&b, &c] {
+        let restored = restores(&h.log());
+        ensure!(
+            restored.iter().any(|(_, records, _)| *records > 0),
+            "{} restored nothing: {restored:?}\n{}",
+            h.url,
+            h.log()
+        );
+    }
+
+    // A key another host owns: forwarded (above), redirected on request;
+    // a query already forwarded is not forwarded again; its SSE stream
+    // answers on its owner only; a replay is refused.
     let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    let got = cluster_states(&[&a, &b], &expected).await?;
-    check_folds(&expected, &got).context("two hosts")?;
-    // What one host cannot answer for the group: a key another host owns
-    // is misdirected (also its SSE stream); a replay is refused.
     let (k, _) = expected.iter().next().context("no keys")?;
-    let (on_a, _) = a.get(&format!("/async-process/{k}")).await?;
-    let (owner, other) = if on_a == 200 { (&a, &b) } else { (&b, &a) };
-    let (status, v) = other.get(&format!("/async-process/{k}")).await?;
+    let by = |h: &Host| {
+        let url = format!("{}/async-process/{k}", h.url);
+        let http = h.http.clone();
+        async move {
+            let r = http.get(url).send().await?;
+            anyhow::Ok(
+                r.headers()
+                    .get("eddy-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            )
+        }
+    };
+    let (owner, other) = match (by(&a).await?, by(&b).await?) {
+        (None, _) => (&a, &b),
+        (_, None) => (&b, &a),
+        _ => (&c, &a),
+    };
+    let r = other
+        .http
+        .get(format!("{}/async-process/{k}?redirect=true", other.url))
+        .send()
+        .await?;
     ensure!(
-        status == 421 && v.to_string().contains("not owned by host"),
-        "{status} {v}"
+        r.status() == 200 && r.url().as_str().starts_with(&owner.url),
+        "redirect=true for {k}: {} at {}",
+        r.status(),
+        r.url()
+    );
+    let r = other
+        .http
+        .get(format!("{}/async-process/{k}", other.url))
+        .header("eddy-forwarded", "test")
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 421,
+        "a forwarded query on a non-owner: {}",
+        r.status()
     );
     let err = other
         .sse(&format!("/v1/pipelines/async-process/events?key={k}"), None)
@@ -230,24 +408,48 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
         status == 409 && text.contains("cluster mode"),
         "replay in cluster mode: {status} {text}"
     );
-    let on_b = restores(&b.log());
-    ensure!(
-        on_b.iter().any(|(_, records, _)| *records > 0),
-        "b restored nothing: {on_b:?}\n{}",
-        b.log()
-    );
 
-    // a dies: b restores a's partitions and goes on.
+    // a dies: right after, its keys' queries name it as not answering;
+    // then b and c restore its partitions and go on.
+    let a_key = {
+        let mut found = None;
+        for k in expected.keys() {
+            let r = a
+                .http
+                .get(format!("{}/async-process/{k}", a.url))
+                .send()
+                .await?;
+            if r.headers().get("eddy-served-by").is_none() {
+                found = Some(k.clone());
+                break;
+            }
+        }
+        found.context("a owns no key")?
+    };
     a.kill9()?;
-    produce(&mut produced, 4_000)?;
-    settle(&broker, &[&b]).await?;
-    let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    let checked = check_folds(&expected, &cluster_states(&[&b], &expected).await?)
-        .with_context(|| format!("after a's death\n{}", b.log()))?;
+    let r = b
+        .http
+        .get(format!("{}/async-process/{a_key}", b.url))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await?;
+    let error = body["error"].as_str().unwrap_or_default();
     ensure!(
-        checked as u64 == produced,
-        "{checked} of {produced} events checked"
+        (status == 502 && error.contains("host \"a\"") && error.contains("did not answer"))
+            || status == 503,
+        "a key of the killed host: {status} {body}"
     );
+    produce(&mut produced, 4_000)?;
+    settle(&broker, &[&b, &c]).await?;
+    check(&[&b, &c], produced, "after a's death").await?;
+
+    // c leaves gracefully: b takes every partition.
+    let status = c.terminate()?;
+    ensure!(status.success(), "c stopped with {status}\n{}", c.log());
+    produce(&mut produced, 1_000)?;
+    settle(&broker, &[&b]).await?;
+    check(&[&b], produced, "b alone").await?;
 
     // a comes back on its old store: partitions b owned since are restored
     // whole (a's copy of them is stale).
@@ -256,8 +458,8 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     settle(&broker, &[&a, &b]).await?;
     produce(&mut produced, 2_000)?;
     settle(&broker, &[&a, &b]).await?;
-    let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    check_folds(&expected, &cluster_states(&[&a, &b], &expected).await?).context("a back")?;
+    check(&[&a, &b], produced, "a back").await?;
+    check_latest(&[&a, &b], 100).await?;
     let back = restores(a.log().get(a_log_before..).unwrap_or_default());
     ensure!(
         !back.is_empty() && back.iter().all(|(_, _, mode)| mode == "start"),
@@ -289,19 +491,26 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     }
     produce(&mut produced, 2_000)?;
     settle(&broker, &[&a]).await?;
-    let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    let checked =
-        check_folds(&expected, &cluster_states(&[&a], &expected).await?).context("a alone")?;
+    check(&[&a], produced, "a alone").await?;
+
+    // A second host named "a" while a runs: it stops, naming the conflict;
+    // a goes on.
+    let (status, log) = tokio::task::block_in_place(|| {
+        eddy_tests::run_until_exit(&config(&broker, "a")?, Duration::from_secs(120))
+    })?;
     ensure!(
-        checked as u64 == produced,
-        "{checked} of {produced} events checked"
+        !status.success() && log.contains("cluster.host_id \"a\" is also used by another host"),
+        "a second host \"a\": {status}\n{log}"
     );
+    wait_ready(&[&a]).await?;
+    check(&[&a], produced, "after the duplicate").await?;
+
     let total: usize = per_partition.values().sum();
     println!(
         "{produced} events; state changelog {total} records; a's gap restores of {} kept partitions read {gap_read}",
         kept.len()
     );
-    for h in [&a, &b] {
+    for h in [&a, &b, &c] {
         ensure!(!h.log().contains("panicked"), "{}", h.log());
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Stage 7, serve: the HTTP API (axum on hyper) — the producer endpoint,
 //! state queries, SSE streams, and the per-pipeline route aliases (`mount`).
 
+mod cluster;
 mod control;
 mod dead_letters;
 pub mod guard;
@@ -75,14 +76,7 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
 }
 
-/// What the HTTP API knows of this host's place in a group of hosts.
-#[derive(Clone)]
-pub struct Cluster {
-    /// This host's `host_id`.
-    pub host_id: String,
-    /// The partitions owned, per pipeline with an aggregator.
-    pub ownership: Arc<HashMap<String, Arc<crate::source::restore::Ownership>>>,
-}
+pub use cluster::Cluster;
 
 impl AppState {
     fn pipeline(&self, name: &str) -> Result<&PipelineConfig, AppError> {
@@ -95,52 +89,6 @@ impl AppState {
         self.intakes
             .get(name)
             .ok_or_else(|| AppError::not_found(format!("pipeline {name:?} does not exist")))
-    }
-
-    /// In cluster mode, a pipeline's partitions this host owns (`None`:
-    /// every partition is served here).
-    fn owned(&self, pipeline: &str) -> Option<&crate::source::restore::Ownership> {
-        self.cluster.as_ref()?.ownership.get(pipeline).map(|o| &**o)
-    }
-
-    /// Refuses a state query for a partition this host does not serve: 503
-    /// with `Retry-After` while it restores it, 421 when another host owns it.
-    fn serves(&self, pipeline: &str, partition: u32) -> Result<(), AppError> {
-        let (Some(o), Some(c)) = (self.owned(pipeline), &self.cluster) else {
-            return Ok(());
-        };
-        if o.owns(partition) {
-            return Ok(());
-        }
-        if o.restoring().contains(&partition) {
-            let mut e = AppError::unavailable(format!(
-                "partition {partition} of pipeline {pipeline:?} is being restored on host {:?}",
-                c.host_id
-            ));
-            e.retry_after = Some(1);
-            return Err(e);
-        }
-        Err(AppError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            format!(
-                "partition {partition} of pipeline {pipeline:?} is not owned by host {:?}: ask the host that owns it (hosts do not forward queries to each other yet)",
-                c.host_id
-            ),
-        ))
-    }
-
-    /// Refuses an operation that works on one host only, for a pipeline
-    /// whose state is shared out between hosts.
-    fn single_host(&self, pipeline: &str, what: &str) -> Result<(), AppError> {
-        match self.owned(pipeline) {
-            Some(_) => Err(AppError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "{what} of pipeline {pipeline:?} is not available in cluster mode: its partitions' states live on several hosts"
-                ),
-            )),
-            None => Ok(()),
-        }
     }
 
     /// Pipelines reading `topic`, with their key rules.
@@ -296,6 +244,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(cluster::cluster))
         .nest("/registry", registry::routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
@@ -316,8 +265,8 @@ fn mount(router: Router<AppState>, pipeline: &str, path: &str, create: bool) -> 
         .route(
             &format!("{path}/latest"),
             get(
-                move |s: State<AppState>, q: Query<LatestQuery>| async move {
-                    latest(s.0, p1, q.0.limit).await
+                move |s: State<AppState>, q: Query<LatestQuery>, asked: cluster::Asked| async move {
+                    latest(s.0, p1, q.0, asked).await
                 },
             ),
         )
@@ -332,8 +281,8 @@ fn mount(router: Router<AppState>, pipeline: &str, path: &str, create: bool) -> 
         .route(
             &format!("{path}/{{key}}"),
             get(
-                move |s: State<AppState>, Path(key): Path<String>| async move {
-                    state_of(s.0, p3, key).await
+                move |s: State<AppState>, Path(key): Path<String>, asked: cluster::Asked| async move {
+                    state_of(s.0, p3, key, asked).await
                 },
             ),
         );
@@ -427,6 +376,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
     if *s.shutdown.borrow() {
         reasons.push("shutting down".into());
+    }
+    if let Some(why) = s.cluster.as_ref().and_then(|c| c.directory.conflict()) {
+        reasons.push(why);
     }
     let status = if reasons.is_empty() {
         StatusCode::OK
@@ -553,12 +505,15 @@ async fn get_state(
     State(s): State<AppState>,
     Path((pipeline, key)): Path<(String, String)>,
     q: Query<StateQuery>,
+    asked: cluster::Asked,
 ) -> ApiResult<Response> {
     if !q.meta {
-        return state_of(s, pipeline, key).await;
+        return state_of(s, pipeline, key, asked).await;
     }
     let partition = s.intake(&pipeline)?.partition_of(&key);
-    s.serves(&pipeline, partition)?;
+    if let cluster::Answer::There(r) = s.route(&pipeline, partition, &asked).await? {
+        return Ok(r);
+    }
     let store = s.store.clone();
     read(&s, move || {
         match store
@@ -580,9 +535,16 @@ async fn get_state(
     .await
 }
 
-async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Response> {
+async fn state_of(
+    s: AppState,
+    pipeline: String,
+    key: String,
+    asked: cluster::Asked,
+) -> ApiResult<Response> {
     let partition = s.intake(&pipeline)?.partition_of(&key);
-    s.serves(&pipeline, partition)?;
+    if let cluster::Answer::There(r) = s.route(&pipeline, partition, &asked).await? {
+        return Ok(r);
+    }
     let store = s.store.clone();
     read(&s, move || {
         match store
@@ -601,19 +563,33 @@ async fn state_of(s: AppState, pipeline: String, key: String) -> ApiResult<Respo
 #[derive(Deserialize)]
 struct LatestQuery {
     limit: Option<usize>,
+    /// Rows as `{"key", "partition", "seq", "stamp_us", "state"}`.
+    #[serde(default)]
+    meta: bool,
 }
 
 async fn get_latest(
     State(s): State<AppState>,
     Path(pipeline): Path<String>,
     q: Query<LatestQuery>,
+    asked: cluster::Asked,
 ) -> ApiResult<Response> {
-    latest(s, pipeline, q.0.limit).await
+    latest(s, pipeline, q.0, asked).await
 }
 
-async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResult<Response> {
+/// The `limit` most recently changed keys' states, newest first. In
+/// cluster mode, over every partition: this host's own, merged with each
+/// other owner's top `limit` (a forwarded query answers for this host's
+/// partitions only); partitions no host answered for are named in the
+/// `eddy-missing` header.
+async fn latest(
+    s: AppState,
+    pipeline: String,
+    q: LatestQuery,
+    asked: cluster::Asked,
+) -> ApiResult<Response> {
     let max = s.pipeline(&pipeline)?.latest;
-    let limit = limit.unwrap_or(max);
+    let limit = q.limit.unwrap_or(max);
     if limit == 0 || limit > max {
         return Err(AppError::bad_request(format!(
             "limit must be within 1..={max} (the pipeline's `latest` setting)"
@@ -626,23 +602,43 @@ async fn latest(s: AppState, pipeline: String, limit: Option<usize>) -> ApiResul
         None => (0..n).collect(),
     };
     let store = s.store.clone();
-    read(&s, move || {
+    let name = pipeline.clone();
+    let mut rows: Vec<cluster::LatestRow> = read(&s, move || {
         let rows = store
-            .latest(&pipeline, partitions, limit)
+            .latest(&name, partitions, limit)
             .map_err(AppError::internal)?;
-        let mut body =
-            String::with_capacity(rows.iter().map(|(_, _, s)| s.json.len() + 1).sum::<usize>() + 2);
-        body.push('[');
-        for (i, (_, _, st)) in rows.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&st.json);
-        }
-        body.push(']');
-        Ok(json_text(body))
+        rows.into_iter()
+            .map(|(key, partition, st)| {
+                Ok(cluster::LatestRow {
+                    key,
+                    partition,
+                    seq: st.seq,
+                    stamp_us: st.stamp_us,
+                    state: serde_json::from_str(&st.json).map_err(AppError::internal)?,
+                })
+            })
+            .collect()
     })
-    .await
+    .await?;
+    let mut missing = std::collections::BTreeMap::new();
+    if !asked.is_forwarded() {
+        let (theirs, gaps) = cluster::latest_elsewhere(&s, &pipeline, n, limit, &asked).await;
+        rows.extend(theirs);
+        missing = gaps;
+        rows.sort_by(|a, b| b.stamp_us.cmp(&a.stamp_us).then_with(|| a.key.cmp(&b.key)));
+        rows.truncate(limit);
+    }
+    let body = if q.meta {
+        serde_json::to_string(&rows)
+    } else {
+        serde_json::to_string(&rows.iter().map(|r| &r.state).collect::<Vec<_>>())
+    }
+    .map_err(AppError::internal)?;
+    let mut r = json_text(body);
+    if let Some(v) = cluster::missing_header(&missing) {
+        r.headers_mut().insert(cluster::MISSING_HEADER, v);
+    }
+    Ok(r)
 }
 
 /// The body-size layer for the router.

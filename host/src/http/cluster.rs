@@ -1,0 +1,408 @@
+//! Cluster mode in the HTTP API: which host answers for a key, forwarding
+//! a query to it (or redirecting the client there), gathering `latest`
+//! from every owner, and `GET /v1/cluster`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{AppError, AppState};
+use crate::cluster::{Directory, HostEntry, Owner};
+use crate::source::restore::Ownership;
+
+/// The header a forwarded query carries (the forwarding host's id): the
+/// host it reaches answers from its own store or refuses, never forwards
+/// again.
+pub const FORWARDED_HEADER: &str = "eddy-forwarded";
+/// The header naming the host that answered a state query.
+pub const SERVED_BY_HEADER: &str = "eddy-served-by";
+/// The header listing the partitions a `latest` answer is missing.
+pub const MISSING_HEADER: &str = "eddy-missing";
+/// How long a forwarded query may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What this host knows of its place in a group of hosts.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The partitions this host owns, per pipeline with an aggregator.
+    pub ownership: Arc<HashMap<String, Arc<Ownership>>>,
+    /// The group's hosts, as heard on the hosts topic.
+    pub directory: Arc<Directory>,
+}
+
+/// How a query was asked: what to forward, and whether it may be.
+pub struct Asked {
+    path_and_query: String,
+    forwarded: bool,
+    redirect: bool,
+    authorization: Option<HeaderValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Asked {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let redirect = parts.uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv == "redirect=true" || kv == "redirect=1")
+        });
+        Ok(Asked {
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+            forwarded: parts.headers.contains_key(FORWARDED_HEADER),
+            redirect,
+            authorization: parts.headers.get(header::AUTHORIZATION).cloned(),
+        })
+    }
+}
+
+impl Asked {
+    /// Whether another host forwarded this query.
+    pub fn is_forwarded(&self) -> bool {
+        self.forwarded
+    }
+}
+
+/// Where a state query is answered.
+pub enum Answer {
+    /// From this host's store.
+    Here,
+    /// By another host: its answer, passed on.
+    There(Response),
+}
+
+impl AppState {
+    /// In cluster mode, a pipeline's partitions this host owns (`None`:
+    /// every partition is served here).
+    pub(super) fn owned(&self, pipeline: &str) -> Option<&Ownership> {
+        self.cluster.as_ref()?.ownership.get(pipeline).map(|o| &**o)
+    }
+
+    fn host_id(&self) -> &str {
+        self.cluster.as_ref().map_or("", |c| c.directory.host_id())
+    }
+
+    /// Refuses a query for a partition this host does not serve: 503 with
+    /// `Retry-After` while it restores it, 421 when another host owns it.
+    pub(super) fn serves(&self, pipeline: &str, partition: u32) -> Result<(), AppError> {
+        let Some(o) = self.owned(pipeline) else {
+            return Ok(());
+        };
+        if o.owns(partition) {
+            return Ok(());
+        }
+        if o.restoring().contains(&partition) {
+            return Err(restoring(pipeline, partition, self.host_id()));
+        }
+        Err(AppError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "partition {partition} of pipeline {pipeline:?} is not owned by host {:?}",
+                self.host_id()
+            ),
+        ))
+    }
+
+    /// Finds who answers a query for `partition` of `pipeline`: this host
+    /// when it owns it; else the owner, asked on the client's behalf (or
+    /// the client is redirected there with `?redirect=true`). A query that
+    /// was forwarded already is answered here or refused.
+    pub(super) async fn route(
+        &self,
+        pipeline: &str,
+        partition: u32,
+        asked: &Asked,
+    ) -> Result<Answer, AppError> {
+        let refused = match self.serves(pipeline, partition) {
+            Ok(()) => return Ok(Answer::Here),
+            Err(e) => e,
+        };
+        let Some(c) = &self.cluster else {
+            return Err(refused);
+        };
+        if asked.forwarded || refused.status != StatusCode::MISDIRECTED_REQUEST {
+            return Err(refused);
+        }
+        let (entry, url) = match c.directory.owner(pipeline, partition) {
+            Owner::Host {
+                entry,
+                restoring: true,
+            } => return Err(restoring(pipeline, partition, &entry.host)),
+            Owner::Host { entry, .. } => {
+                let Some(url) = entry.advertise.clone() else {
+                    return Err(AppError::new(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        format!(
+                            "partition {partition} of pipeline {pipeline:?} is owned by host {:?}, which advertises no URL (set its cluster.advertise)",
+                            entry.host
+                        ),
+                    ));
+                };
+                (entry, url)
+            }
+            Owner::Nobody { last } => {
+                let mut e = AppError::unavailable(format!(
+                    "no host owns partition {partition} of pipeline {pipeline:?} now{}: the group is moving it",
+                    last.map(|h| format!(" (last owner: host {h:?})"))
+                        .unwrap_or_default()
+                ));
+                e.retry_after = Some(1);
+                return Err(e);
+            }
+        };
+        let target = format!("{}{}", url.trim_end_matches('/'), asked.path_and_query);
+        if asked.redirect {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&target) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Ok(Answer::There(r));
+        }
+        forward(self.host_id(), &entry, &target, asked)
+            .await
+            .map(Answer::There)
+            .map_err(|why| {
+                AppError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "partition {partition} of pipeline {pipeline:?} is owned by host {:?} at {url}, which did not answer: {why}",
+                        entry.host
+                    ),
+                )
+            })
+    }
+
+    /// Refuses an operation that works on one host only, for a pipeline
+    /// whose state is shared out between hosts.
+    pub(super) fn single_host(&self, pipeline: &str, what: &str) -> Result<(), AppError> {
+        match self.owned(pipeline) {
+            Some(_) => Err(AppError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{what} of pipeline {pipeline:?} is not available in cluster mode: its partitions' states live on several hosts"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn restoring(pipeline: &str, partition: u32, host: &str) -> AppError {
+    let mut e = AppError::unavailable(format!(
+        "partition {partition} of pipeline {pipeline:?} is being restored on host {host:?}"
+    ));
+    e.retry_after = Some(1);
+    e
+}
+
+/// Asks `target` on `owner` the same GET, marked as forwarded; its answer.
+async fn forward(
+    me: &str,
+    owner: &HostEntry,
+    target: &str,
+    asked: &Asked,
+) -> Result<Response, String> {
+    let (status, content_type, body) = get(me, target, asked.authorization.clone()).await?;
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Ok(v) = HeaderValue::from_str(&owner.host) {
+        h.insert(SERVED_BY_HEADER, v);
+    }
+    Ok(r)
+}
+
+/// One GET to another host, off the async workers.
+async fn get(
+    me: &str,
+    url: &str,
+    authorization: Option<HeaderValue>,
+) -> Result<(StatusCode, Option<HeaderValue>, Vec<u8>), String> {
+    let me = me.to_owned();
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(FORWARD_TIMEOUT))
+            .build()
+            .into();
+        let mut req = agent.get(&url).header(FORWARDED_HEADER, &me);
+        if let Some(a) = authorization {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let mut r = req.call().map_err(|e| e.to_string())?;
+        let status = StatusCode::from_u16(r.status().as_u16()).map_err(|e| e.to_string())?;
+        let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok((status, content_type, body))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// One row of a `latest` answer as the hosts exchange it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct LatestRow {
+    pub key: String,
+    pub partition: u32,
+    pub seq: u64,
+    pub stamp_us: u64,
+    pub state: serde_json::Value,
+}
+
+/// The other hosts' `latest` rows for the partitions this host does not
+/// own, and the partitions no host answered for (with why).
+pub(super) async fn latest_elsewhere(
+    s: &AppState,
+    pipeline: &str,
+    partitions: u32,
+    limit: usize,
+    asked: &Asked,
+) -> (Vec<LatestRow>, BTreeMap<u32, String>) {
+    let mut rows = Vec::new();
+    let mut missing = BTreeMap::new();
+    let (Some(c), Some(o)) = (&s.cluster, s.owned(pipeline)) else {
+        return (rows, missing);
+    };
+    // Whom to ask for which partitions.
+    let mut ask: BTreeMap<String, (HostEntry, Vec<u32>)> = BTreeMap::new();
+    for p in (0..partitions).filter(|p| !o.owns(*p)) {
+        if o.restoring().contains(&p) {
+            missing.insert(
+                p,
+                format!("being restored on host {:?}", c.directory.host_id()),
+            );
+            continue;
+        }
+        match c.directory.owner(pipeline, p) {
+            Owner::Host {
+                entry,
+                restoring: false,
+            } => ask
+                .entry(entry.host.clone())
+                .or_insert_with(|| (entry, Vec::new()))
+                .1
+                .push(p),
+            Owner::Host { entry, .. } => {
+                missing.insert(p, format!("being restored on host {:?}", entry.host));
+            }
+            Owner::Nobody { .. } => {
+                missing.insert(p, "owned by no host now".into());
+            }
+        }
+    }
+    let asks = ask.into_values().map(|(entry, parts)| async move {
+        let Some(url) = entry.advertise.clone() else {
+            return (entry, parts, Err("it advertises no URL".to_owned()));
+        };
+        let target = format!(
+            "{}/v1/pipelines/{pipeline}/latest?limit={limit}&meta=true",
+            url.trim_end_matches('/')
+        );
+        let got = get(c.directory.host_id(), &target, asked.authorization.clone()).await;
+        let rows = got.and_then(|(status, _, body)| {
+            if status != StatusCode::OK {
+                return Err(format!(
+                    "it answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            serde_json::from_slice::<Vec<LatestRow>>(&body).map_err(|e| e.to_string())
+        });
+        (entry, parts, rows)
+    });
+    for (entry, parts, got) in futures_util::future::join_all(asks).await {
+        match got {
+            Ok(theirs) => rows.extend(theirs.into_iter().filter(|r| parts.contains(&r.partition))),
+            Err(why) => {
+                for p in parts {
+                    missing.insert(p, format!("host {:?} did not answer: {why}", entry.host));
+                }
+            }
+        }
+    }
+    (rows, missing)
+}
+
+/// The `eddy-missing` header of a `latest` answer: `3: why; 4: why`.
+pub(super) fn missing_header(missing: &BTreeMap<u32, String>) -> Option<HeaderValue> {
+    if missing.is_empty() {
+        return None;
+    }
+    let text = missing
+        .iter()
+        .map(|(p, why)| format!("partition {p}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let ascii: String = text
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .collect();
+    HeaderValue::from_str(&ascii).ok()
+}
+
+/// `GET /v1/cluster`: this host, and every host heard of, with the
+/// partitions each owns and restores per pipeline.
+pub(super) async fn cluster(State(s): State<AppState>) -> Response {
+    let Some(c) = &s.cluster else {
+        return AppError::not_found("this host is not in cluster mode ([cluster] is not set)")
+            .into_response();
+    };
+    let now = u64::try_from(crate::now_ms()).unwrap_or(0);
+    let mut pipelines = BTreeMap::new();
+    for (name, o) in c.ownership.iter() {
+        let owned: Vec<u32> = o
+            .epochs()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_some())
+            .filter_map(|(p, _)| u32::try_from(p).ok())
+            .collect();
+        pipelines.insert(
+            name.clone(),
+            serde_json::json!({ "owned": owned, "restoring": o.restoring() }),
+        );
+    }
+    let hosts: Vec<serde_json::Value> = c
+        .directory
+        .hosts()
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "host": e.host,
+                "advertise": e.advertise,
+                "alive": e.alive(now),
+                "seen_ms_ago": now.saturating_sub(e.at_ms),
+                "started_ms": e.started_ms,
+                "pipelines": e.pipelines,
+            })
+        })
+        .collect();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    (
+        headers,
+        Json(serde_json::json!({
+            "host": c.directory.host_id(),
+            "conflict": c.directory.conflict(),
+            "pipelines": pipelines,
+            "hosts": hosts,
+        })),
+    )
+        .into_response()
+}
