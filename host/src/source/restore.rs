@@ -173,6 +173,8 @@ struct Queued {
     since: Instant,
     group_offset: Option<u64>,
     not_before: Instant,
+    /// This store holds a checkpoint of the partition.
+    checkpoint: bool,
 }
 
 /// A restored partition, ready to be read from `start`.
@@ -278,17 +280,37 @@ impl Restorer {
     }
 
     /// Queues an assigned partition's restore (the group's committed offset
-    /// for it, if any).
+    /// for it, if any). A partition this store holds a checkpoint of goes
+    /// first: it most likely catches up from there in a few records, and is
+    /// read again while the others restore whole.
     pub fn assigned(&mut self, partition: u32, group_offset: Option<u64>) {
         self.revoked(partition);
         self.ownership.begin(partition);
         let now = Instant::now();
-        self.queue.push_back(Queued {
-            partition,
-            since: now,
-            group_offset,
-            not_before: now,
-        });
+        let checkpoint = self
+            .store
+            .restore_point(&self.ownership.pipeline, partition)
+            .ok()
+            .flatten()
+            .is_some();
+        let at = if checkpoint {
+            self.queue
+                .iter()
+                .position(|q| !q.checkpoint)
+                .unwrap_or(self.queue.len())
+        } else {
+            self.queue.len()
+        };
+        self.queue.insert(
+            at,
+            Queued {
+                partition,
+                since: now,
+                group_offset,
+                not_before: now,
+                checkpoint,
+            },
+        );
     }
 
     /// Drops a revoked partition's restore (what it wrote is whole batches;
@@ -348,6 +370,7 @@ impl Restorer {
                         partition: job.partition,
                         since: job.since,
                         group_offset: job.group_offset,
+                        checkpoint: false,
                         not_before: Instant::now() + Duration::from_secs(1),
                     });
                 }

@@ -127,14 +127,23 @@ impl Store {
 
     /// Puts restored states in, replacing what the store held for their
     /// keys, with the partition's change number, input offset and restore
-    /// point, in one atomic batch.
+    /// point, in one atomic batch. Of several states of one key, the one
+    /// with the highest change number is kept.
     ///
     /// # Errors
     /// On an I/O error; nothing is written then.
     pub fn apply_restored(&self, r: &Restored) -> Result<()> {
         let p = r.pipeline.as_str();
-        let mut b = self.batch();
+        let mut last: std::collections::HashMap<&str, &StoredState> =
+            std::collections::HashMap::with_capacity(r.states.len());
         for (key, s) in &r.states {
+            let kept = last.entry(key.as_str()).or_insert(s);
+            if kept.seq < s.seq {
+                *kept = s;
+            }
+        }
+        let mut b = self.batch();
+        for (key, s) in last {
             let at = state_key(p, r.partition, key);
             if let Some(old) = fj("read state", self.state.get(&at))? {
                 let old = decode_state(&old, key)?;
@@ -230,7 +239,11 @@ mod tests {
             pipeline: "p".into(),
             topic: "t".into(),
             partition: 0,
-            states: vec![("a".into(), stored(7)), ("c".into(), stored(8))],
+            states: vec![
+                ("a".into(), stored(6)),
+                ("c".into(), stored(8)),
+                ("a".into(), stored(7)),
+            ],
             last_seq: 8,
             next_offset: Some(40),
             point: Some(RestorePoint {
@@ -239,6 +252,7 @@ mod tests {
             }),
         })?;
         assert!(s.state_epoch() > before);
+        // Of a's two states the later is kept, and indexed once.
         assert_eq!(s.state("p", 0, "a")?.map(|x| x.seq), Some(7));
         assert_eq!(s.last_seq("p", 0)?, 8);
         assert_eq!(s.offset("p", "t", 0)?, 40);
