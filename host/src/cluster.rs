@@ -46,7 +46,14 @@ pub struct Share {
     pub owned: Vec<u32>,
     /// Partitions assigned to the host and being restored.
     pub restoring: Vec<u32>,
+    /// Events of each owned partition not processed yet, when the entry
+    /// was written (the input's end offset less the host's position).
+    #[serde(default)]
+    pub lag: BTreeMap<u32, u64>,
 }
+
+/// Per pipeline, the lag of each partition this host owns.
+pub type LagOf = dyn Fn() -> BTreeMap<String, BTreeMap<u32, u64>> + Send + Sync;
 
 /// One host's entry in the hosts topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +232,7 @@ struct Announce {
     topic: String,
     me: HostEntry,
     ownership: Arc<HashMap<String, Arc<Ownership>>>,
+    lag: Box<LagOf>,
 }
 
 impl Announce {
@@ -244,13 +252,24 @@ impl Announce {
                     Share {
                         owned,
                         restoring: o.restoring(),
+                        lag: BTreeMap::new(),
                     },
                 )
             })
             .collect()
     }
 
-    fn write(&self, pipelines: BTreeMap<String, Share>, up: bool) -> Result<(), String> {
+    fn write(&self, mut pipelines: BTreeMap<String, Share>, up: bool) -> Result<(), String> {
+        if up {
+            for (name, lag) in (self.lag)() {
+                if let Some(share) = pipelines.get_mut(&name) {
+                    share.lag = lag
+                        .into_iter()
+                        .filter(|(p, _)| share.owned.contains(p))
+                        .collect();
+                }
+            }
+        }
         let entry = HostEntry {
             at_ms: now_ms(),
             up,
@@ -277,8 +296,9 @@ impl Announce {
 impl Membership {
     /// Joins the group's directory: starts announcing this host and
     /// following the others. `advertise` is where this host's HTTP API
-    /// answers; `on_conflict` is called when another host with this
-    /// `host_id` was there first.
+    /// answers; `lag` tells the lag of its partitions (asked at each
+    /// entry it writes); `on_conflict` is called when another host with
+    /// this `host_id` was there first.
     ///
     /// # Errors
     /// When the hosts topic cannot be read.
@@ -288,6 +308,7 @@ impl Membership {
         sink: Arc<KafkaSink>,
         ownership: Arc<HashMap<String, Arc<Ownership>>>,
         advertise: Option<String>,
+        lag: Box<LagOf>,
         on_conflict: impl Fn(String) + Send + 'static,
     ) -> Result<Self, SourceError> {
         let topic = hosts_topic(&kafka.group_id);
@@ -303,7 +324,11 @@ impl Membership {
         };
         let directory = Arc::new(Directory::new(me.clone()));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut reader = crate::source::kafka::KafkaRewind::open(kafka, &topic)?;
+        let mut reader = crate::source::kafka::KafkaRewind::open_following(
+            kafka,
+            &topic,
+            Duration::from_millis(500),
+        )?;
         let (low, _) = reader.watermarks(0)?;
         reader.assign(&[(0, low)])?;
         let follower = {
@@ -323,6 +348,7 @@ impl Membership {
             topic: topic.clone(),
             me,
             ownership,
+            lag,
         });
         let announcer = {
             let announce = announce.clone();
@@ -449,6 +475,7 @@ mod tests {
                 Share {
                     owned: vec![0, 1],
                     restoring: vec![2],
+                    lag: BTreeMap::new(),
                 },
             )]),
         }

@@ -115,6 +115,10 @@ fn describe() {
         "Time from a partition's assignment to its restore's end."
     );
     describe_gauge!(
+        "eddy_pipeline_paused",
+        "1 while an operator has the pipeline paused (POST /v1/pipelines/{p}/pause), else 0."
+    );
+    describe_gauge!(
         "eddy_partitions",
         "Input partitions of a pipeline this host owns (state=owned) or is restoring (state=restoring)."
     );
@@ -200,6 +204,15 @@ pub fn restore(pipeline: &str, records: u64, took: Duration) {
         .increment(records);
     metrics::histogram!("eddy_restore_duration_seconds", "pipeline" => pipeline.to_owned())
         .record(took.as_secs_f64());
+}
+
+/// Sets whether a pipeline is paused.
+pub fn paused(pipeline: &str, paused: bool) {
+    metrics::gauge!("eddy_pipeline_paused", "pipeline" => pipeline.to_owned()).set(if paused {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// Sets how many partitions of a pipeline this host owns and restores.

@@ -29,13 +29,32 @@ const T: Duration = Duration::from_secs(240);
 
 const TOKEN: &str = "cluster-admin";
 
-fn config(broker: &Broker, host_id: &str) -> Result<String> {
+/// The group's assignors: librdkafka's default (eager: every rebalance
+/// revokes everything) and cooperative-sticky (incremental: a host keeps
+/// the partitions that do not move).
+const EAGER: &str = "range,roundrobin";
+const COOPERATIVE: &str = "cooperative-sticky";
+
+fn config(broker: &Broker, host_id: &str, assignor: &str) -> Result<String> {
+    let base = kafka_config(&broker.addr, GROUP, PARTITIONS)?;
+    ensure!(
+        base.contains("\"heartbeat.interval.ms\""),
+        "the example config has no [source.properties]"
+    );
     Ok(format!(
         "{}\n[cluster]\nhost_id = {host_id:?}\n",
-        kafka_config(&broker.addr, GROUP, PARTITIONS)?
-            .replace("[http]\n", &format!("[http]\nadmin_token = \"{TOKEN}\"\n"))
+        base.replace("[http]\n", &format!("[http]\nadmin_token = \"{TOKEN}\"\n"))
+            .replace(
+                "\"heartbeat.interval.ms\"",
+                &format!(
+                    "\"partition.assignment.strategy\" = {assignor:?}\n\"heartbeat.interval.ms\""
+                ),
+            )
     ))
 }
+
+/// The two scenarios run one after the other: each runs three hosts.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits until every host answers `/readyz` with 200 (assigned, restored).
 async fn wait_ready(hosts: &[&Host]) -> Result<()> {
@@ -55,9 +74,36 @@ async fn wait_ready(hosts: &[&Host]) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the pipeline's group committed everything and every host is
-/// ready again (a rebalance may still be restoring).
+/// Waits until `hosts` own every partition between them, once each, none
+/// restoring (as each host sees itself), the pipeline's group committed
+/// everything, and every host is ready.
 async fn settle(broker: &Broker, hosts: &[&Host]) -> Result<()> {
+    let deadline = Instant::now() + T;
+    loop {
+        let mut owned: Vec<u64> = Vec::new();
+        let mut restoring = 0;
+        for h in hosts {
+            let (_, v) = h.get("/v1/cluster").await?;
+            let mine = &v["pipelines"]["async-process"];
+            owned.extend(
+                mine["owned"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64),
+            );
+            restoring += mine["restoring"].as_array().map_or(0, Vec::len);
+        }
+        owned.sort_unstable();
+        if restoring == 0 && owned == (0..u64::from(PARTITIONS)).collect::<Vec<_>>() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the hosts own {owned:?}, {restoring} restoring"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     wait_ready(hosts).await?;
     tokio::task::block_in_place(|| {
         broker.wait_lag_zero(&format!("{GROUP}.async-process"), INPUT, T)
@@ -192,17 +238,27 @@ async fn check_directory(hosts: &[&Host]) -> Result<()> {
             ensure!(status == 200, "{}: /v1/cluster {status} {v}", h.url);
             let mut owned: Vec<u64> = Vec::new();
             let mut seen = Vec::new();
+            // Each entry gives the lag of the partitions it owns: none once
+            // the hosts caught up (as their next entries say).
+            let mut lags_caught_up = true;
             for e in v["hosts"].as_array().cloned().unwrap_or_default() {
                 let id = e["host"].as_str().unwrap_or_default().to_owned();
                 if ids.contains(&id) && e["alive"] == Value::Bool(true) {
-                    owned.extend(
-                        e["pipelines"]["async-process"]["owned"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .iter()
-                            .filter_map(Value::as_u64),
-                    );
+                    let share = &e["pipelines"]["async-process"];
+                    let mine: Vec<u64> = share["owned"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_u64)
+                        .collect();
+                    let lag = share["lag"].as_object().cloned().unwrap_or_default();
+                    let mut lagged: Vec<u64> = lag.keys().filter_map(|k| k.parse().ok()).collect();
+                    lagged.sort_unstable();
+                    let mut sorted = mine.clone();
+                    sorted.sort_unstable();
+                    lags_caught_up &=
+                        lagged == sorted && lag.values().all(|l| l.as_u64() == Some(0));
+                    owned.extend(mine);
                     seen.push(id);
                 }
             }
@@ -210,7 +266,10 @@ async fn check_directory(hosts: &[&Host]) -> Result<()> {
             seen.sort();
             let mut want = ids.clone();
             want.sort();
-            if seen == want && owned == (0..u64::from(PARTITIONS)).collect::<Vec<_>>() {
+            if seen == want
+                && owned == (0..u64::from(PARTITIONS)).collect::<Vec<_>>()
+                && lags_caught_up
+            {
                 break;
             }
             ensure!(
@@ -224,16 +283,8 @@ async fn check_directory(hosts: &[&Host]) -> Result<()> {
     Ok(())
 }
 
-/// The restores a host logged:
-/// (partition, records read, mode).
-fn restores(log: &str) -> Vec<(u32, u64, String)> {
-    let field = |line: &str, name: &str| -> Option<String> {
-        let at = line.find(&format!(" {name}="))? + name.len() + 2;
-        let rest = line.get(at..)?;
-        let end = rest.find(' ').unwrap_or(rest.len());
-        Some(rest.get(..end)?.trim_matches('"').to_owned())
-    };
-    // Without the terminal colours the log may carry.
+/// A log without the terminal colours it may carry.
+fn plain(log: &str) -> String {
     let mut plain = String::with_capacity(log.len());
     let mut chars = log.chars();
     while let Some(c) = chars.next() {
@@ -248,6 +299,18 @@ fn restores(log: &str) -> Vec<(u32, u64, String)> {
         }
     }
     plain
+}
+
+/// The restores a host logged:
+/// (partition, records read, mode).
+fn restores(log: &str) -> Vec<(u32, u64, String)> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        let rest = line.get(at..)?;
+        let end = rest.find(' ').unwrap_or(rest.len());
+        Some(rest.get(..end)?.trim_matches('"').to_owned())
+    };
+    plain(log)
         .lines()
         .filter(|l| l.contains("partition restored"))
         .filter_map(|l| {
@@ -293,8 +356,22 @@ fn check_state_changelog(records: &[Value]) -> Result<BTreeMap<u64, usize>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn state_follows_its_partitions_between_hosts() -> Result<()> {
+    scenario(EAGER).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_follows_its_partitions_with_the_cooperative_sticky_assignor() -> Result<()> {
+    scenario(COOPERATIVE).await
+}
+
+/// Three hosts: a alone; b and c join while events flow; a is killed; c
+/// leaves; a restarts on its old store; b leaves; a second "a" is refused.
+/// After each step every key is asked of every host and checked against
+/// the fold of the events produced.
+async fn scenario(assignor: &str) -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let broker = Broker::start()?;
-    let mut a = Host::start(&config(&broker, "a")?).await?;
+    let mut a = Host::start(&config(&broker, "a", assignor)?).await?;
     wait_ready(&[&a]).await?;
     let ledger_dir = tempfile::tempdir()?;
     let ledger = ledger_dir.path().join("ledger.jsonl");
@@ -323,14 +400,64 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     // Two more join while events flow: the partitions they get are
     // restored from the state changelog (they never saw their events).
     let flowing = broker.produce(INPUT, produced, 4_000, KEYS, 4_000, &ledger)?;
-    let mut b = Host::start(&config(&broker, "b")?).await?;
-    let mut c = Host::start(&config(&broker, "c")?).await?;
+    let mut b = Host::start(&config(&broker, "b", assignor)?).await?;
+    let mut c = Host::start(&config(&broker, "c", assignor)?).await?;
     finish_producer(flowing)?;
     produced += 4_000;
     settle(&broker, &[&a, &b, &c]).await?;
     check_directory(&[&a, &b, &c]).await?;
     check(&[&a, &b, &c], produced, "three hosts").await?;
     check_latest(&[&a, &b, &c], 50).await?;
+
+    // A pause asked of one host holds on every host: events wait in the
+    // input; resumed (asked of another), every event is folded once.
+    let switch = async |h: &Host, verb: &str| -> Result<Value> {
+        let r = h
+            .http
+            .post(format!("{}/v1/pipelines/async-process/{verb}", h.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let v: Value = r.json().await?;
+        ensure!(status == 200, "{verb} on {}: {status} {v}", h.url);
+        Ok(v)
+    };
+    let v = switch(&a, "pause").await?;
+    ensure!(
+        v["other_hosts"]["b"] == true && v["other_hosts"]["c"] == true,
+        "the pause reached b and c: {v}"
+    );
+    produce(&mut produced, 600)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for h in [&a, &b, &c] {
+        let (_, p) = h.get("/v1/pipelines/async-process").await?;
+        ensure!(p["paused"] == true, "{} not paused: {p}", h.url);
+    }
+    let waiting =
+        tokio::task::block_in_place(|| broker.lag(&format!("{GROUP}.async-process"), INPUT))?;
+    ensure!(
+        waiting == 600,
+        "the group lags by {waiting} while paused, not 600"
+    );
+    switch(&b, "resume").await?;
+    settle(&broker, &[&a, &b, &c]).await?;
+    check(&[&a, &b, &c], produced, "resumed").await?;
+
+    if assignor == COOPERATIVE {
+        // a gave up only what moved, and read on in the partitions it kept
+        // (the fold checks above show none of them skipped an event).
+        let revokes: Vec<usize> = plain(&a.log())
+            .lines()
+            .filter(|l| l.contains("partitions revoked") && l.contains("pipeline=async-process "))
+            .map(|l| l.matches(&format!("{INPUT}/")).count())
+            .collect();
+        ensure!(
+            !revokes.is_empty() && revokes.iter().all(|n| *n < PARTITIONS as usize),
+            "incremental revocations on a, each of fewer than {PARTITIONS} partitions: {revokes:?}\n{}",
+            a.log()
+        );
+    }
     for h in [&b, &c] {
         let restored = restores(&h.log());
         ensure!(
@@ -466,8 +593,10 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
         "a's restores after its restart, all from the start: {back:?}"
     );
 
-    // b stops gracefully: a takes every partition. Those a kept restore
-    // from its checkpoint (its own last records at most); b's from the start.
+    // b stops gracefully: a takes every partition. With the eager assignor
+    // those a kept are revoked and assigned again, and restore from its
+    // checkpoint (its own last records at most); with cooperative-sticky
+    // they are not touched. b's restore from the start.
     let kept: Vec<u32> = back.iter().map(|(p, ..)| *p).collect();
     let a_log_before = a.log().len();
     let status = b.terminate()?;
@@ -476,7 +605,19 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     let last = restores(a.log().get(a_log_before..).unwrap_or_default());
     let per_partition = check_state_changelog(&broker.dump(STATE_CHANGELOG)?)?;
     let mut gap_read = 0;
+    ensure!(
+        last.iter()
+            .any(|(p, _, mode)| !kept.contains(p) && mode == "start"),
+        "b's partitions restored on a from the start: {last:?} (a kept {kept:?})"
+    );
     for p in &kept {
+        if assignor == COOPERATIVE {
+            ensure!(
+                !last.iter().any(|(q, ..)| q == p),
+                "partition {p}, kept by a through an incremental rebalance, was restored again: {last:?}"
+            );
+            continue;
+        }
         let (_, records, mode) = last
             .iter()
             .rev()
@@ -496,7 +637,7 @@ async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     // A second host named "a" while a runs: it stops, naming the conflict;
     // a goes on.
     let (status, log) = tokio::task::block_in_place(|| {
-        eddy_tests::run_until_exit(&config(&broker, "a")?, Duration::from_secs(120))
+        eddy_tests::run_until_exit(&config(&broker, "a", assignor)?, Duration::from_secs(120))
     })?;
     ensure!(
         !status.success() && log.contains("cluster.host_id \"a\" is also used by another host"),
@@ -521,7 +662,7 @@ async fn a_state_changelog_with_another_partition_count_is_refused() -> Result<(
     let broker = Broker::start()?;
     broker.create_topic(INPUT, PARTITIONS)?;
     broker.create_topic(STATE_CHANGELOG, 2)?;
-    let refused = match Host::start(&config(&broker, "a")?).await {
+    let refused = match Host::start(&config(&broker, "a", EAGER)?).await {
         Ok(_) => bail!("eddy started with a mismatched state changelog"),
         Err(e) => e.to_string(),
     };

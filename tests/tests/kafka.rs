@@ -1,6 +1,7 @@
 //! Eddy against a real Kafka-protocol broker (tansu), fed by Confluent's
 //! Python producer: end to end, kill -9 under a stream, SIGTERM under a
-//! stream, two hosts in one group, a broker restart, and start-up errors.
+//! stream, two hosts in one group, cooperative rebalances under a stream, a broker
+//! restart, and start-up errors.
 #![allow(
     clippy::indexing_slicing,
     reason = "indexing serde_json::Value yields Null, it never panics"
@@ -388,10 +389,17 @@ async fn kafka_two_hosts_share_a_group_and_never_process_an_event_twice() -> Res
     ensure!(status.success(), "a stopped with {status}:\n{}", a.log());
     finish_producer(broker.produce(INPUT, 20_000, 10_000, 1_000, 0, &ledger)?)?;
     tokio::task::block_in_place(|| wait_settled(br, "pair"))?;
-    let all = read_ledger(&ledger)?;
     let on_b_after = states(&b, first.keys().cloned()).await?;
+    each_event_once(&read_ledger(&ledger)?, &[&on_a, &on_b_after])
+}
+
+/// Every event of the ledger is in exactly one of the hosts' states.
+fn each_event_once(
+    ledger: &[(String, String, String, i64)],
+    hosts: &[&HashMap<String, Value>],
+) -> Result<()> {
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for state in on_a.values().chain(on_b_after.values()) {
+    for state in hosts.iter().flat_map(|h| h.values()) {
         for id in execution_ids(state) {
             *seen.entry(id).or_default() += 1;
         }
@@ -403,15 +411,107 @@ async fn kafka_two_hosts_share_a_group_and_never_process_an_event_twice() -> Res
         .collect();
     ensure!(
         twice.is_empty(),
-        "{} events processed by both hosts, e.g. {:?}",
+        "{} events processed twice, e.g. {:?}",
         twice.len(),
         twice.first()
     );
-    let missing = all.iter().filter(|(id, ..)| !seen.contains_key(id)).count();
+    let missing = ledger
+        .iter()
+        .filter(|(id, ..)| !seen.contains_key(id))
+        .count();
     ensure!(
         missing == 0,
-        "{missing} of {} events processed by neither host",
-        all.len()
+        "{missing} of {} events processed by no host",
+        ledger.len()
+    );
+    Ok(())
+}
+
+/// With the cooperative-sticky assignor a rebalance moves only some
+/// partitions, and the host that keeps the others reads on from where it
+/// was: records a poll fetched of a kept partition before the assignment
+/// changed must reach the fold (none skipped), those of a partition that
+/// moved must not (none twice). Two hosts join while events flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_cooperative_rebalances_skip_nothing_in_the_partitions_a_host_keeps() -> Result<()> {
+    let broker = Broker::start()?;
+    let config = kafka_config(&broker.addr, "coop", 6)?.replace(
+        "\"heartbeat.interval.ms\"",
+        "\"partition.assignment.strategy\" = \"cooperative-sticky\"\n\"heartbeat.interval.ms\"",
+    );
+    ensure!(config.contains("cooperative-sticky"), "no assignor set");
+    let a = Host::start(&config).await?;
+    let deadline = std::time::Instant::now() + T;
+    while !a.log().contains("partitions assigned") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no assignment:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    let flowing = broker.produce(INPUT, 0, 40_000, 1_000, 5_000, &ledger)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Each joins while the events flow, and is given partitions then.
+    let given = async |h: &Host| -> Result<()> {
+        let deadline = std::time::Instant::now() + T;
+        while !h
+            .log()
+            .lines()
+            .any(|l| l.contains("partitions assigned") && l.contains(&format!("{INPUT}/")))
+        {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no partitions:\n{}",
+                h.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    };
+    let b = Host::start(&config).await?;
+    given(&b).await?;
+    let c = Host::start(&config).await?;
+    given(&c).await?;
+    finish_producer(flowing)?;
+    // Events for every host's partitions, after the last join.
+    finish_producer(broker.produce(INPUT, 40_000, 3_000, 1_000, 0, &ledger)?)?;
+    let br = &broker;
+    tokio::task::block_in_place(|| wait_settled(br, "coop"))?;
+
+    let all = read_ledger(&ledger)?;
+    let keys = || {
+        all.iter()
+            .map(|(_, k, ..)| k.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+    };
+    let (on_a, on_b, on_c) = (
+        states(&a, keys()).await?,
+        states(&b, keys()).await?,
+        states(&c, keys()).await?,
+    );
+    each_event_once(&all, &[&on_a, &on_b, &on_c])?;
+    // The rebalances were incremental: a gave up only what moved, and
+    // kept reading the rest.
+    let revoked: Vec<usize> = a
+        .log()
+        .lines()
+        .filter(|l| l.contains("partitions revoked") && l.contains(INPUT))
+        .map(|l| l.matches(&format!("{INPUT}/")).count())
+        .collect();
+    ensure!(
+        !revoked.is_empty() && revoked.iter().all(|n| *n < 6),
+        "a's revocations, each of fewer than 6 partitions: {revoked:?}\n{}",
+        a.log()
+    );
+    ensure!(
+        !on_b.is_empty() && !on_c.is_empty(),
+        "b and c took partitions: {} / {} keys",
+        on_b.len(),
+        on_c.len()
     );
     Ok(())
 }

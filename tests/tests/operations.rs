@@ -304,3 +304,119 @@ async fn control_apis_create_topics_and_report_lag() -> Result<()> {
     );
     Ok(())
 }
+
+/// A paused pipeline reads nothing, also after a restart, while queries go
+/// on; resumed, it reads on from where it stopped and folds every event
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_pipeline_reads_nothing_until_resumed_also_across_a_restart() -> Result<()> {
+    const ADMIN: &str = "pause-admin";
+    let config = async_process_config()?.replacen(
+        "[http]\n",
+        &format!("[http]\nadmin_token = \"{ADMIN}\"\n"),
+        1,
+    );
+    let mut host = Host::start(&config).await?;
+    let produce = async |host: &Host, n: u32| -> Result<()> {
+        for i in 0..n {
+            host.produce(
+                "async-process-execution",
+                &json!({ "value": execution(&format!("p{n}-{i}"), "k", i64::from(i) + 10 * i64::from(n), "STARTED") }),
+            )
+            .await?;
+        }
+        Ok(())
+    };
+    let executions = async |host: &Host| -> Result<usize> {
+        let (status, v) = host.get("/async-process/k").await?;
+        ensure!(status == 200, "GET k: {status} {v}");
+        Ok(v["executions"].as_array().map_or(0, Vec::len))
+    };
+    let switch = async |host: &Host, verb: &str, token: Option<&str>| -> Result<(u16, Value)> {
+        let mut r = host
+            .http
+            .post(format!("{}/v1/pipelines/async-process/{verb}", host.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await?;
+        Ok((r.status().as_u16(), r.json().await?))
+    };
+    let progress = async |host: &Host| -> Result<Value> {
+        let (status, v) = host.get("/v1/pipelines/async-process").await?;
+        ensure!(status == 200, "{v}");
+        Ok(v)
+    };
+    produce(&host, 1).await?;
+    host.wait_caught_up("async-process", Duration::from_secs(60))
+        .await?;
+    ensure!(executions(&host).await? == 1);
+
+    let (status, _) = switch(&host, "pause", None).await?;
+    ensure!(status == 401, "pause without the admin token: {status}");
+    let (status, v) = switch(&host, "pause", Some(ADMIN)).await?;
+    ensure!(
+        status == 200 && v["paused"] == true && v["idle"] == true,
+        "pause: {status} {v}"
+    );
+    let r = host
+        .http
+        .post(format!("{}/v1/pipelines/nope/pause", host.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 404,
+        "pause of an unknown pipeline: {}",
+        r.status()
+    );
+    produce(&host, 3).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = progress(&host).await?;
+    ensure!(
+        p["paused"] == true && p["lag"] == 3 && executions(&host).await? == 1,
+        "paused: {p}"
+    );
+    let paused_gauge = |samples: &[Sample]| {
+        samples
+            .iter()
+            .find(|s| s.name == "eddy_pipeline_paused" && s.labels["pipeline"] == "async-process")
+            .map(|s| s.value)
+    };
+    ensure!(
+        paused_gauge(&scrape(&host).await?) == Some(1.0),
+        "eddy_pipeline_paused"
+    );
+
+    // A restart keeps the pause.
+    let status = host.terminate()?;
+    ensure!(status.success(), "stopped with {status}");
+    host.restart().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = progress(&host).await?;
+    ensure!(
+        p["paused"] == true && p["lag"] == 3 && executions(&host).await? == 1,
+        "paused after a restart: {p}"
+    );
+    ensure!(
+        host.log().contains("the pipeline is paused"),
+        "the start names the pause:\n{}",
+        host.log()
+    );
+
+    let (status, v) = switch(&host, "resume", Some(ADMIN)).await?;
+    ensure!(
+        status == 200 && v["paused"] == false,
+        "resume: {status} {v}"
+    );
+    host.wait_caught_up("async-process", Duration::from_secs(60))
+        .await?;
+    let p = progress(&host).await?;
+    ensure!(p["paused"] == false && p["lag"] == 0, "resumed: {p}");
+    ensure!(executions(&host).await? == 4, "every event folded once");
+    ensure!(
+        paused_gauge(&scrape(&host).await?) == Some(0.0),
+        "eddy_pipeline_paused"
+    );
+    Ok(())
+}

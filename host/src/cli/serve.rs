@@ -255,6 +255,35 @@ fn open_topics(
 /// Cluster mode: creates each pipeline's state changelog when missing
 /// (compacted, as many partitions as the input) and refuses to start when
 /// one has another partition count than its input.
+/// Per pipeline (name, input topic), each partition's lag: the input's end
+/// offset less the next offset the store holds for it (as `/v1/lag`). A
+/// pipeline whose end offsets cannot be read is left out.
+fn partition_lags(
+    sink: &crate::sink::kafka::KafkaSink,
+    store: &crate::store::Store,
+    inputs: &[(String, String)],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<u32, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (pipeline, topic) in inputs {
+        let Ok(Some(ends)) = sink.high_watermarks(topic) else {
+            continue;
+        };
+        let lags = (0u32..)
+            .zip(ends)
+            .map(|(p, end)| {
+                let at = store
+                    .stored_offset(pipeline, topic, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                (p, end.saturating_sub(at))
+            })
+            .collect();
+        out.insert(pipeline.clone(), lags);
+    }
+    out
+}
+
 fn open_state_changelogs(
     config: &Config,
     k: &crate::config::KafkaConfig,
@@ -500,6 +529,21 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         .iter()
         .map(|p| (p.name.clone(), PipelineLock::default()))
         .collect();
+    // Pauses outlive a restart: an operator resumes the pipeline.
+    let mut paused: HashMap<String, Arc<crate::pipeline::PauseSwitch>> = HashMap::new();
+    for p in &config.pipelines {
+        let is = store
+            .paused(&p.name)
+            .with_context(|| format!("reading whether pipeline {:?} is paused", p.name))?;
+        if is {
+            tracing::warn!(pipeline = %p.name, "the pipeline is paused (POST /v1/pipelines/{}/resume)", p.name);
+        }
+        crate::telemetry::paused(&p.name, is);
+        paused.insert(
+            p.name.clone(),
+            Arc::new(crate::pipeline::PauseSwitch::new(is)),
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -580,6 +624,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 hub: hub.clone(),
                 lock,
                 ownership: ownership.get(&p.name).cloned(),
+                paused: paused.get(&p.name).cloned().unwrap_or_default(),
             },
         )?;
         let failed = failed.clone();
@@ -607,6 +652,16 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             }
             let failed = failed.clone();
             let shutdown = shutdown.clone();
+            let lag = {
+                let (sink, store) = (s.clone(), store.clone());
+                let inputs: Vec<(String, String)> = config
+                    .pipelines
+                    .iter()
+                    .filter(|p| ownership.contains_key(&p.name))
+                    .map(|p| (p.name.clone(), p.topic.clone()))
+                    .collect();
+                Box::new(move || partition_lags(&sink, &store, &inputs))
+            };
             Some(
                 crate::cluster::Membership::join(
                     c,
@@ -614,6 +669,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                     s.clone(),
                     ownership.clone(),
                     advertise,
+                    lag,
                     move |why| {
                         if let Ok(mut f) = failed.lock() {
                             *f = Some(why);
@@ -656,6 +712,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         ),
         keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
         locks: Arc::new(locks),
+        paused: Arc::new(paused),
         registry: registry.clone(),
         replays: Arc::new(
             config

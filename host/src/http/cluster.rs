@@ -255,6 +255,60 @@ async fn get(
     .map_err(|e| e.to_string())?
 }
 
+/// Sends the same POST (`path`, no body) to every other live host, marked
+/// as forwarded; per host, whether it answered 2xx (or why not).
+pub(super) async fn tell_others(
+    s: &AppState,
+    path: &str,
+    asked: &Asked,
+) -> BTreeMap<String, Result<(), String>> {
+    let mut out = BTreeMap::new();
+    let Some(c) = &s.cluster else {
+        return out;
+    };
+    let now = u64::try_from(crate::now_ms()).unwrap_or(0);
+    let others: Vec<HostEntry> = c
+        .directory
+        .hosts()
+        .into_iter()
+        .filter(|e| e.host != c.directory.host_id() && e.alive(now))
+        .collect();
+    let calls = others.into_iter().map(|e| async move {
+        let Some(url) = e.advertise.clone() else {
+            return (e.host, Err("it advertises no URL".to_owned()));
+        };
+        let target = format!("{}{path}", url.trim_end_matches('/'));
+        let me = c.directory.host_id().to_owned();
+        let authorization = asked.authorization.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(FORWARD_TIMEOUT))
+                .build()
+                .into();
+            let mut req = agent.post(&target).header(FORWARDED_HEADER, &me);
+            if let Some(a) = authorization {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let mut r = req.send_empty().map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                Err(format!("it answered {}: {body}", r.status()))
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        (e.host, got)
+    });
+    for (host, got) in futures_util::future::join_all(calls).await {
+        out.insert(host, got);
+    }
+    out
+}
+
 /// One row of a `latest` answer as the hosts exchange it.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct LatestRow {

@@ -1,14 +1,16 @@
 //! Control APIs for operators: create topics (on either source), read the
-//! lag of every pipeline, and make this host leave and rejoin its consumer
-//! groups (to move load).
+//! lag of every pipeline, make this host leave and rejoin its consumer
+//! groups (to move load), and pause or resume a pipeline.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::cluster::Asked;
+use super::plugins::require_admin;
 use super::{ApiResult, AppError, AppState, blocking};
 use crate::sink::Sink;
 
@@ -223,4 +225,86 @@ pub async fn rebalance(
     };
     crate::lock(&s.readiness.control().rejoin).extend(names.iter().cloned());
     Ok((StatusCode::ACCEPTED, Json(json!({ "rejoining": names }))))
+}
+
+/// How long a pause waits for the worker to finish its batch.
+const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /v1/pipelines/{p}/pause`: the pipeline stops reading its input
+/// (its Kafka consumer stays in the group) until resumed, also across a
+/// restart; queries go on. Answers once the worker finished the batch in
+/// hand (`idle`; within 10 s). In cluster mode every live host is told.
+pub async fn pause(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+    asked: Asked,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    switch(s, pipeline, asked, &headers, true).await
+}
+
+/// `POST /v1/pipelines/{p}/resume`: undoes a pause; the pipeline reads on
+/// from where it stopped.
+pub async fn resume(
+    State(s): State<AppState>,
+    Path(pipeline): Path<String>,
+    asked: Asked,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    switch(s, pipeline, asked, &headers, false).await
+}
+
+async fn switch(
+    s: AppState,
+    pipeline: String,
+    asked: Asked,
+    headers: &HeaderMap,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
+    require_admin(&s, headers)?;
+    s.pipeline(&pipeline)?;
+    let flag = s
+        .paused
+        .get(&pipeline)
+        .cloned()
+        .ok_or_else(|| AppError::not_found(format!("pipeline {pipeline:?} does not exist")))?;
+    let (store, name) = (s.store.clone(), pipeline.clone());
+    blocking(move || store.set_paused(&name, paused).map_err(AppError::internal)).await?;
+    flag.ask(paused);
+    // A pause holds once the worker finished the batch in hand (and the
+    // poll it was in): nothing read after this answer is processed.
+    let until = std::time::Instant::now() + PAUSE_WAIT;
+    while paused && !flag.is_idle() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let idle = flag.is_idle();
+    crate::telemetry::paused(&pipeline, paused);
+    tracing::info!(pipeline = %pipeline, paused, "pipeline {}", if paused { "paused by an operator" } else { "resumed by an operator" });
+    let verb = if paused { "pause" } else { "resume" };
+    let mut hosts = serde_json::Map::new();
+    if !asked.is_forwarded() {
+        let told =
+            super::cluster::tell_others(&s, &format!("/v1/pipelines/{pipeline}/{verb}"), &asked)
+                .await;
+        let failed: Vec<String> = told
+            .iter()
+            .filter_map(|(h, r)| r.as_ref().err().map(|e| format!("host {h:?}: {e}")))
+            .collect();
+        if !failed.is_empty() {
+            return Err(AppError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "pipeline {pipeline:?} is {} on this host, but not on every host (ask again): {}",
+                    if paused { "paused" } else { "resumed" },
+                    failed.join("; ")
+                ),
+            ));
+        }
+        for (h, _) in told {
+            hosts.insert(h, Value::Bool(paused));
+        }
+    }
+    Ok(Json(
+        json!({ "pipeline": pipeline, "paused": paused, "idle": idle, "other_hosts": hosts }),
+    ))
 }

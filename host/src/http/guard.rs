@@ -3,9 +3,9 @@
 //! `429` and `Retry-After`, and caps on SSE connections per client address
 //! and overall.
 //!
-//! Admin routes — plugin deploys (`/v1/plugins/...`) and state rebuilds
-//! (`POST /v1/pipelines/{p}/replay`) — keep their own admin token and are
-//! not gated here. `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
+//! Admin routes — plugin deploys (`/v1/plugins/...`), state rebuilds
+//! (`POST /v1/pipelines/{p}/replay`) and pauses (`.../pause`, `.../resume`)
+//! — keep their own admin token and are not gated here. `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
 //! are always open.
 
 use std::collections::HashMap;
@@ -157,7 +157,9 @@ pub async fn gate(State(s): State<AppState>, request: Request, next: Next) -> Re
     let admin = path.starts_with("/v1/plugins")
         || (method == Method::POST
             && path.starts_with("/v1/pipelines/")
-            && path.ends_with("/replay")
+            && ["/replay", "/pause", "/resume"]
+                .iter()
+                .any(|end| path.ends_with(end))
             && path.split('/').count() == 5);
     if admin
         || matches!(

@@ -74,6 +74,8 @@ pub struct AppState {
     /// Cluster mode: this host's name, and the partitions it owns per
     /// pipeline with state.
     pub cluster: Option<Cluster>,
+    /// Per pipeline, set while it is paused (shared with its worker).
+    pub paused: Arc<HashMap<String, Arc<crate::pipeline::PauseSwitch>>>,
 }
 
 pub use cluster::Cluster;
@@ -219,6 +221,8 @@ pub fn app(state: AppState) -> Router {
             get(replay::events),
         )
         .route("/v1/pipelines/{pipeline}/events", get(sse::events))
+        .route("/v1/pipelines/{pipeline}/pause", post(control::pause))
+        .route("/v1/pipelines/{pipeline}/resume", post(control::resume))
         .route(
             "/v1/pipelines/{pipeline}/dead-letters",
             get(dead_letters::list),
@@ -467,6 +471,7 @@ async fn pipeline_progress(
 ) -> ApiResult<Json<serde_json::Value>> {
     let p = s.pipeline(&pipeline)?.clone();
     let (store, sink) = (s.store.clone(), s.sink.clone());
+    let paused = s.paused.get(&pipeline).is_some_and(|f| f.is_asked());
     blocking(move || {
         let ends = sink
             .high_watermarks(&p.topic)
@@ -486,7 +491,7 @@ async fn pipeline_progress(
             }));
         }
         Ok(Json(serde_json::json!({
-            "name": p.name, "topic": p.topic, "lag": total_lag, "partitions": rows,
+            "name": p.name, "topic": p.topic, "paused": paused, "lag": total_lag, "partitions": rows,
         })))
     })
     .await

@@ -91,6 +91,7 @@ pub struct Worker {
     lock: PipelineLock,
     cache: StateCache,
     ownership: Option<Arc<crate::source::restore::Ownership>>,
+    paused: Arc<PauseSwitch>,
 }
 
 /// Serialises a pipeline's batches with the control operations (dead-letter
@@ -99,6 +100,39 @@ pub type PipelineLock = Arc<std::sync::Mutex<()>>;
 
 /// The header naming where a replayed or released event first came from.
 pub const SOURCE_HEADER: &str = "eddy-source";
+
+/// An operator's pause of a pipeline, shared by the HTTP API and the
+/// worker: asked by one, acknowledged by the other once it stopped reading.
+#[derive(Debug, Default)]
+pub struct PauseSwitch {
+    asked: AtomicBool,
+    idle: AtomicBool,
+}
+
+impl PauseSwitch {
+    /// A switch that starts paused (or not).
+    pub fn new(paused: bool) -> Self {
+        PauseSwitch {
+            asked: AtomicBool::new(paused),
+            idle: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the worker to pause (or resume).
+    pub fn ask(&self, paused: bool) {
+        self.asked.store(paused, Ordering::SeqCst);
+    }
+
+    /// Whether a pause is asked.
+    pub fn is_asked(&self) -> bool {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// Whether the worker finished its batch and reads nothing.
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst)
+    }
+}
 
 /// What a worker reads from and writes to.
 pub struct Wiring {
@@ -119,6 +153,8 @@ pub struct Wiring {
     pub lock: PipelineLock,
     /// Cluster mode: the partitions this host owns, with their epochs.
     pub ownership: Option<Arc<crate::source::restore::Ownership>>,
+    /// An operator's pause of the pipeline.
+    pub paused: Arc<PauseSwitch>,
 }
 
 impl Worker {
@@ -141,6 +177,7 @@ impl Worker {
             hub,
             lock,
             ownership,
+            paused,
         } = wiring;
         let seqs = store.last_seqs(&config.name, intake.partitions())?;
         let stamp_us = store.last_stamp(&config.name, intake.partitions())?;
@@ -165,6 +202,7 @@ impl Worker {
             dead_id,
             lock,
             ownership,
+            paused,
         })
     }
 
@@ -181,7 +219,25 @@ impl Worker {
             self.config.max_batch,
             Duration::from_millis(self.config.batch_target_ms),
         );
+        let mut was_paused = false;
         while !stop.load(Ordering::Relaxed) {
+            let paused = self.paused.is_asked();
+            self.paused.idle.store(paused, Ordering::SeqCst);
+            if paused != was_paused {
+                was_paused = paused;
+                tracing::info!(
+                    pipeline = %name,
+                    "{}",
+                    if paused { "pipeline paused" } else { "pipeline resumed" }
+                );
+            }
+            if paused {
+                if let Err(e) = self.source.idle(Duration::from_millis(200)) {
+                    tracing::error!(pipeline = %name, error = %e, "source failed while paused; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                continue;
+            }
             let limit = Limit {
                 records: size.limit,
                 bytes: self.config.max_batch_bytes,

@@ -18,8 +18,8 @@
 //!
 //! Clients are configured in [`crate::kafka`], shared with the sink.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,10 @@ struct Group {
     pending: Mutex<std::collections::VecDeque<PendingBatch>>,
     /// The outbox's delivery watermark (`None`: nothing waits for one).
     delivered: Option<Delivered>,
-    /// Partitions currently assigned.
-    assigned: Mutex<HashSet<(String, i32)>>,
+    /// Partitions currently assigned (and read), each with the value of
+    /// `rebalances` when it was given to the worker: records fetched under
+    /// an older one belong to an assignment that is gone.
+    assigned: Mutex<Held>,
     /// Lowest offset to hand out per partition (where the consumer was sent).
     floor: Mutex<HashMap<(String, i32), i64>>,
     /// Bumped on every assignment change.
@@ -73,12 +75,14 @@ struct Group {
     /// What `/readyz` reports for the pipeline.
     readiness: super::Readiness,
     /// Set when the client reported all brokers down; cleared by the next record.
-    down: std::sync::atomic::AtomicBool,
+    down: AtomicBool,
     /// Cluster mode: partitions are restored before they are read.
     restores: bool,
     /// Assignment changes for the restorer, in order: (partition, `Some`
     /// group offset when assigned / `None` when revoked).
     changes: Mutex<Vec<(u32, Option<Option<u64>>)>>,
+    /// Cluster mode: whether the restorer has partitions to restore.
+    restoring: AtomicBool,
 }
 
 /// The consumer's context: rebalance handling with store offsets.
@@ -177,7 +181,9 @@ impl GroupContext {
         }
         tracing::info!(pipeline = %g.pipeline, partitions = %described.join(", "), "partitions assigned");
         crate::telemetry::rebalance(&g.pipeline, "assign");
-        g.readiness.set(&g.pipeline, None);
+        if !g.restores {
+            g.readiness.set(&g.pipeline, None);
+        }
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -192,7 +198,7 @@ impl GroupContext {
         ) {
             a.clear();
         }
-        if g.restores {
+        if g.restores && !starts.is_empty() {
             // Not read until restored: paused, and not handed out.
             if let Err(e) = consumer.pause(tpl) {
                 tracing::error!(pipeline = %g.pipeline, error = %e, "cannot pause the assigned partitions");
@@ -207,9 +213,17 @@ impl GroupContext {
                 &g.pipeline,
                 Some("restoring assigned partitions from the state changelog".into()),
             );
+        } else if g.restores {
+            // An incremental rebalance that gave this host nothing new: it
+            // is over, and the host is ready unless earlier restores run.
+            let pending = crate::lock(&g.changes).iter().any(|(_, c)| c.is_some());
+            if !pending && !g.restoring.load(Ordering::SeqCst) {
+                g.readiness.set(&g.pipeline, None);
+            }
         } else {
+            let generation = g.rebalances.load(Ordering::SeqCst) + 1;
             for (topic, partition, ..) in starts {
-                a.insert((topic, partition));
+                a.insert((topic, partition), generation);
             }
         }
         g.rebalances.fetch_add(1, Ordering::SeqCst);
@@ -354,6 +368,10 @@ pub struct KafkaSource {
     group: Arc<Group>,
     topic: Arc<str>,
     restorer: Option<super::restore::Restorer>,
+    /// While the pipeline is paused: what the consumer handed over (fetched
+    /// before the pause took effect on its partition), each with its
+    /// partition's generation then, to hand out first when it resumes.
+    paused: Option<Vec<(u64, SourceRecord)>>,
 }
 
 impl KafkaSource {
@@ -386,9 +404,10 @@ impl KafkaSource {
             floor: Mutex::default(),
             rebalances: AtomicU64::new(0),
             readiness,
-            down: std::sync::atomic::AtomicBool::new(false),
+            down: AtomicBool::new(false),
             restores: restorer.is_some(),
             changes: Mutex::default(),
+            restoring: AtomicBool::new(false),
         });
         let mut config = client_config(cfg, Role::Consumer);
         config.set("group.id", format!("{}.{pipeline}", cfg.group_id));
@@ -410,6 +429,7 @@ impl KafkaSource {
             group,
             topic: Arc::from(topic),
             restorer,
+            paused: None,
         })
     }
 
@@ -422,7 +442,7 @@ impl KafkaSource {
         {
             let assigned = crate::lock(&self.group.assigned);
             let floor = crate::lock(&self.group.floor);
-            for (t, p) in assigned.iter() {
+            for (t, p) in assigned.keys() {
                 wanted
                     .entry(t.clone())
                     .or_default()
@@ -467,6 +487,24 @@ impl Source for KafkaSource {
         let mut out: Vec<SourceRecord> = Vec::new();
         let mut bytes = 0;
         let mut rebalances = self.group.rebalances.load(Ordering::SeqCst);
+        let mut held = crate::lock(&self.group.assigned).clone();
+        if let Some(kept) = self.paused.take() {
+            // Resumed: read on where each partition was; of what was
+            // fetched while paused, what is still of the same assignment.
+            let tpl = self.readable(&held);
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::error!(topic = %self.topic, error = %e, "cannot resume the partitions");
+            }
+            out = kept
+                .into_iter()
+                .filter(|(generation, r)| {
+                    let k = (r.topic.to_string(), kafka_partition(r.partition));
+                    held.get(&k) == Some(generation)
+                })
+                .map(|(_, r)| r)
+                .collect();
+            bytes = out.iter().map(SourceRecord::size).sum();
+        }
         while !limit.reached(out.len(), bytes) {
             let timeout = if out.is_empty() {
                 deadline.saturating_duration_since(Instant::now())
@@ -476,12 +514,16 @@ impl Source for KafkaSource {
             let polled = self.consumer.poll(timeout);
             let now = self.group.rebalances.load(Ordering::SeqCst);
             if now != rebalances {
-                // The assignment changed inside this poll: what was fetched
-                // before belongs to the old assignment and is fetched again
-                // from the committed offsets by whoever owns it now.
+                // The assignment changed inside this poll. What was fetched
+                // of a partition that was revoked, or revoked and assigned
+                // again (an eager rebalance: fetched again from where it was
+                // sent), is dropped; a partition kept through an incremental
+                // rebalance goes on where it was, so its records stay.
                 rebalances = now;
-                out.clear();
-                bytes = 0;
+                let current = crate::lock(&self.group.assigned).clone();
+                keep_across(&mut out, &held, &current);
+                bytes = out.iter().map(SourceRecord::size).sum();
+                held = current;
             }
             match polled {
                 None => {
@@ -535,9 +577,60 @@ impl Source for KafkaSource {
         }
         self.commit_delivered();
     }
+
+    fn idle(&mut self, wait: Duration) -> Result<(), SourceError> {
+        self.commit_delivered();
+        self.restore();
+        let mut held = crate::lock(&self.group.assigned).clone();
+        let mut rebalances = self.group.rebalances.load(Ordering::SeqCst);
+        // Every time: partitions given since (or restored) are paused too.
+        let tpl = self.readable(&held);
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.pause(&tpl)
+        {
+            tracing::warn!(topic = %self.topic, error = %e, "cannot pause the partitions");
+        }
+        let kept = self.paused.get_or_insert_with(Vec::new);
+        let deadline = Instant::now() + wait;
+        loop {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let polled = self.consumer.poll(timeout);
+            let now = self.group.rebalances.load(Ordering::SeqCst);
+            if now != rebalances {
+                rebalances = now;
+                held = crate::lock(&self.group.assigned).clone();
+            }
+            match polled {
+                None => break,
+                Some(Ok(m)) => {
+                    if let Some(r) = record_of(&m, &self.topic) {
+                        let k = (r.topic.to_string(), kafka_partition(r.partition));
+                        if let Some(generation) = held.get(&k) {
+                            kept.push((*generation, r));
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error while paused");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl KafkaSource {
+    /// The partitions of `held` as a list for the consumer.
+    fn readable(&self, held: &Held) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in held.keys() {
+            tpl.add_partition(t, *p);
+        }
+        tpl
+    }
+
     /// Cluster mode: passes assignment changes to the restorer, works on
     /// the restores for a slice, and starts reading the partitions that are
     /// restored. Returns whether restores are still waiting.
@@ -552,6 +645,10 @@ impl KafkaSource {
             }
         }
         if !restorer.busy() {
+            if self.group.restoring.swap(false, Ordering::SeqCst) {
+                // Its restores were revoked: nothing restores now.
+                self.group.readiness.set(&self.group.pipeline, None);
+            }
             return false;
         }
         for done in restorer.step() {
@@ -565,13 +662,18 @@ impl KafkaSource {
             {
                 tracing::warn!(topic = %self.topic, partition = p, error = %e, "cannot seek the restored partition");
             }
-            if let Err(e) = self.consumer.resume(&tpl) {
+            // A paused pipeline's partition stays paused until it resumes.
+            if self.paused.is_none()
+                && let Err(e) = self.consumer.resume(&tpl)
+            {
                 tracing::error!(topic = %self.topic, partition = p, error = %e, "cannot resume the restored partition");
             }
             crate::lock(&self.group.floor).insert((self.topic.to_string(), p), start);
-            crate::lock(&self.group.assigned).insert((self.topic.to_string(), p));
+            let generation = self.group.rebalances.fetch_add(1, Ordering::SeqCst) + 1;
+            crate::lock(&self.group.assigned).insert((self.topic.to_string(), p), generation);
         }
         let busy = restorer.busy();
+        self.group.restoring.store(busy, Ordering::SeqCst);
         if !busy {
             self.group.readiness.set(&self.group.pipeline, None);
         }
@@ -603,6 +705,9 @@ impl Drop for KafkaSource {
     }
 }
 
+/// How long a catch-up reader's fetch may wait at a partition's end.
+const CATCH_UP_FETCH_WAIT: Duration = Duration::from_millis(5);
+
 /// A topic of the cluster read by position (a [`Rewind`]): a consumer in no
 /// group, assigned exactly the partitions it is asked for, that never
 /// commits anything — a replay or a shadow run leaves the pipeline's group
@@ -621,9 +726,36 @@ impl KafkaRewind {
     /// # Errors
     /// A bad librdkafka property, unreachable brokers or a missing topic.
     pub fn open(cfg: &KafkaConfig, topic: &str) -> Result<Self, SourceError> {
+        Self::open_with(cfg, topic, CATCH_UP_FETCH_WAIT)
+    }
+
+    /// A reader that follows `topic` as it grows: its fetches wait at the
+    /// end of a partition for `fetch_wait` (librdkafka's
+    /// `fetch.wait.max.ms`) instead of a catch-up reader's few ms.
+    ///
+    /// # Errors
+    /// As [`KafkaRewind::open`].
+    pub fn open_following(
+        cfg: &KafkaConfig,
+        topic: &str,
+        fetch_wait: Duration,
+    ) -> Result<Self, SourceError> {
+        Self::open_with(cfg, topic, fetch_wait)
+    }
+
+    fn open_with(
+        cfg: &KafkaConfig,
+        topic: &str,
+        fetch_wait: Duration,
+    ) -> Result<Self, SourceError> {
         let mut config = client_config(cfg, Role::Consumer);
         config
             .set("client.id", format!("{}.rewind", cfg.client_id))
+            // A reader that catches up to an end must not have the broker
+            // hold its fetch there (500 ms by default): the next request on
+            // the connection, a seek to another partition or a watermark
+            // query, would wait behind it.
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
             // librdkafka assigns partitions only to a consumer with a group
             // id; this one never subscribes or commits, so it never joins
             // (or touches the offsets of) that group.
@@ -662,6 +794,21 @@ impl KafkaRewind {
             error: e.to_string(),
         }
     }
+}
+
+/// Partitions given to the worker, each with the rebalance count when it
+/// was given.
+type Held = HashMap<(String, i32), u64>;
+
+/// Of the records a poll fetched before the assignment changed from
+/// `before` to `after`, keeps those of partitions held through the change
+/// (same generation): a partition revoked, or revoked and given again, is
+/// fetched anew from where it was sent.
+fn keep_across(records: &mut Vec<SourceRecord>, before: &Held, after: &Held) {
+    records.retain(|r| {
+        let k = (r.topic.to_string(), kafka_partition(r.partition));
+        after.get(&k).is_some_and(|g| before.get(&k) == Some(g))
+    });
 }
 
 fn kafka_partition(p: u32) -> i32 {
@@ -787,9 +934,10 @@ mod tests {
             floor: Mutex::default(),
             rebalances: AtomicU64::new(0),
             readiness: super::super::Readiness::default(),
-            down: std::sync::atomic::AtomicBool::new(false),
+            down: AtomicBool::new(false),
             restores: false,
             changes: Mutex::default(),
+            restoring: AtomicBool::new(false),
         };
         let batch = |through: u64, offset: i64| (through, vec![("t".to_owned(), 0, offset)]);
         crate::lock(&group.pending).extend([batch(5, 10), batch(7, 20), batch(7, 30)]);
@@ -820,5 +968,37 @@ mod tests {
         );
         assert!(crate::lock(&group.pending).is_empty());
         Ok(())
+    }
+
+    #[test]
+    fn a_poll_keeps_what_it_fetched_of_the_partitions_held_through_a_rebalance() {
+        let record = |partition, offset| SourceRecord {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            headers: Vec::new(),
+            value: b"{}".to_vec(),
+        };
+        let fetched = || vec![record(0, 10), record(1, 20), record(2, 30), record(0, 11)];
+        let held = |ps: &[(i32, u64)]| -> Held {
+            ps.iter().map(|(p, g)| (("t".to_owned(), *p), *g)).collect()
+        };
+        let offsets = |rs: &[SourceRecord]| rs.iter().map(|r| r.offset).collect::<Vec<_>>();
+        let before = held(&[(0, 1), (1, 1), (2, 1)]);
+        // Incremental: partition 2 revoked, 3 assigned; 0 and 1 read on.
+        let mut out = fetched();
+        keep_across(&mut out, &before, &held(&[(0, 1), (1, 1), (3, 4)]));
+        assert_eq!(offsets(&out), [10, 20, 11]);
+        // Eager: everything revoked and assigned again (a new generation):
+        // every partition is fetched again from where it was sent.
+        let mut out = fetched();
+        keep_across(&mut out, &before, &held(&[(0, 5), (1, 5), (2, 5)]));
+        assert!(out.is_empty());
+        // Nothing changed for 1; 0 was revoked and given back.
+        let mut out = fetched();
+        keep_across(&mut out, &before, &held(&[(0, 6), (1, 1)]));
+        assert_eq!(offsets(&out), [20]);
     }
 }

@@ -156,6 +156,18 @@ pub trait Source: Send {
     /// the batch needs delivered before its offsets are published (a Kafka
     /// source commits them to its group then).
     fn committed(&mut self, next_offsets: &[(String, u32, u64)], delivered_after: Option<u64>);
+
+    /// Called instead of [`Source::poll`] while the pipeline is paused:
+    /// hands nothing out for `wait`, and keeps what it must keep up (a
+    /// Kafka consumer stays in its group, pauses its partitions, restores
+    /// the ones it is given). The next `poll` reads on from where it was.
+    ///
+    /// # Errors
+    /// When the underlying log or broker fails.
+    fn idle(&mut self, wait: Duration) -> Result<(), SourceError> {
+        std::thread::sleep(wait);
+        Ok(())
+    }
 }
 
 /// Kafka's murmur2 hash, as used by its default partitioner, so a key lands
@@ -243,6 +255,14 @@ impl Source for Chain {
         for s in &mut self.sources {
             s.committed(next_offsets, delivered_after);
         }
+    }
+
+    fn idle(&mut self, wait: Duration) -> Result<(), SourceError> {
+        // The first source waits; the others only keep up.
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            s.idle(if i == 0 { wait } else { Duration::ZERO })?;
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@
 //! runtime's workers.
 
 mod codec;
+mod control;
 mod dead_letters;
 mod log;
 mod migrate;
