@@ -32,6 +32,10 @@ if [ ! -x target/bench/quix-venv/bin/python ]; then
 fi
 target/release/eddy-bench kafka --events 300000 --keys 10000 --partitions 4 \
   --quix-python target/bench/quix-venv/bin/python --out target/bench/kafka.json
+# Cluster mode: one host with and without [cluster], the restore rate from
+# the state changelog, a join, and a failover after kill -9.
+target/release/eddy-bench cluster --events 300000 --keys 100000 --partitions 6 \
+  --out target/bench/cluster.json
 # Avro decode cost and the embedded end-to-end rate, Avro next to JSON.
 target/release/eddy-bench avro --events 100000 --keys 10000 --out target/bench/avro.json
 # Latency at 10,000 events/s (produce → SSE, produce → HTTP), then GET state

@@ -45,7 +45,8 @@ pub struct Settings {
     pub out: PathBuf,
 }
 
-struct Killed(Child);
+/// A child process killed when dropped.
+pub struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -66,7 +67,10 @@ fn wait_port(port: u16) -> Result<()> {
     Ok(())
 }
 
-fn fill(brokers: &str, topic: &str, events: u64, keys: u64) -> Result<f64> {
+/// Fills `topic` with `events` AsyncProcess executions over `keys` keys,
+/// partitioned by murmur2 of the key as the Java client does; the
+/// producer's rate.
+pub fn fill(brokers: &str, topic: &str, events: u64, keys: u64) -> Result<f64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -176,47 +180,79 @@ fn quix(python: &Path, brokers: &str, topic: &str, events: u64) -> Result<f64> {
     Ok(v["events_per_s"].as_f64().unwrap_or(0.0))
 }
 
+/// A tansu broker (in memory) on a free loopback port, stopped when
+/// dropped.
+pub struct Broker {
+    _process: Killed,
+    tansu: PathBuf,
+    /// `127.0.0.1:PORT`, for clients.
+    pub brokers: String,
+    url: String,
+}
+
+impl Broker {
+    /// Starts one, logging to `dir/broker.log`.
+    ///
+    /// # Errors
+    /// When it cannot start or does not listen within 30 s.
+    pub fn start(tansu: &Path, dir: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let brokers = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{brokers}");
+        let process = Killed(
+            Command::new(tansu)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("broker.log"))?)
+                .spawn()
+                .with_context(|| format!("cannot start {}", tansu.display()))?,
+        );
+        wait_port(port)?;
+        Ok(Broker {
+            _process: process,
+            tansu: tansu.to_owned(),
+            brokers,
+            url,
+        })
+    }
+
+    /// Creates `topic` with `partitions` and `configs` (`key=value`).
+    ///
+    /// # Errors
+    /// When the broker refuses.
+    pub fn create_topic(&self, topic: &str, partitions: u32, configs: &[&str]) -> Result<()> {
+        let mut cmd = Command::new(&self.tansu);
+        cmd.args(["topic", "create", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .args(["--broker", &self.url]);
+        for c in configs {
+            cmd.args(["--config", c]);
+        }
+        let made = cmd.stdout(Stdio::null()).status()?;
+        ensure!(made.success(), "cannot create the topic {topic}");
+        Ok(())
+    }
+}
+
 /// Runs the scenario and prints the table.
 pub fn run(s: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eddy-bench-kafka-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
-    let brokers = format!("127.0.0.1:{port}");
-    let url = format!("tcp://{brokers}");
-    let _broker = Killed(
-        Command::new(&s.tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("broker.log"))?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", s.tansu.display()))?,
-    );
-    wait_port(port)?;
+    let broker = Broker::start(&s.tansu, &dir)?;
+    let brokers = broker.brokers.clone();
     let topic = "async-process-execution";
-    let made = Command::new(&s.tansu)
-        .args([
-            "topic",
-            "create",
-            topic,
-            "--partitions",
-            &s.partitions.to_string(),
-            "--broker",
-            &url,
-            // Quix Streams derives its state's topic settings from these.
-            "--config",
-            "retention.ms=604800000",
-            "--config",
-            "retention.bytes=-1",
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(made.success(), "cannot create the topic");
+    // Quix Streams derives its state's topic settings from these.
+    broker.create_topic(
+        topic,
+        s.partitions,
+        &["retention.ms=604800000", "retention.bytes=-1"],
+    )?;
     let produce_rate = fill(&brokers, topic, s.events, s.keys)?;
     let raw = raw_consumer(&brokers, topic, s.events)?;
     let (eddy_rate, batches, busy) = eddy(s, &brokers, topic, &dir)?;

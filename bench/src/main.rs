@@ -8,9 +8,11 @@
 //!
 //! `eddy-bench swap` measures commit gaps around plugin swaps under load;
 //! `eddy-bench kafka` measures the broker → committed state rate next to a
-//! plain rdkafka consumer.
+//! plain rdkafka consumer; `eddy-bench cluster` the cost of cluster mode,
+//! the restore rate, a join and a failover.
 
 mod avro;
+mod cluster;
 mod embedded;
 mod fanout;
 mod kafka;
@@ -88,6 +90,34 @@ enum Command {
         quix_python: Option<PathBuf>,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/kafka.json")]
+        out: PathBuf,
+    },
+    /// Cluster mode: one host with and without `[cluster]`, the restore
+    /// rate from the state changelog, a join, and a failover after kill -9.
+    Cluster {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The tansu broker binary.
+        #[arg(long, env = "TANSU_BIN")]
+        tansu: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Events in the topic.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 6)]
+        partitions: u32,
+        /// The group's session timeout, ms.
+        #[arg(long, default_value_t = 3_000)]
+        session_timeout_ms: u64,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/cluster.json")]
         out: PathBuf,
     },
     /// Avro decode cost per event next to JSON, and the embedded end-to-end
@@ -607,6 +637,25 @@ fn main() -> Result<()> {
             keys,
             partitions,
             quix_python,
+            out,
+        }),
+        Command::Cluster {
+            eddy,
+            tansu,
+            component,
+            events,
+            keys,
+            partitions,
+            session_timeout_ms,
+            out,
+        } => cluster::run(&cluster::Settings {
+            eddy,
+            tansu,
+            component,
+            events,
+            keys,
+            partitions,
+            session_timeout_ms,
             out,
         }),
         Command::Plugins {
