@@ -42,7 +42,7 @@ def produce(args):
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 120000,
-            "partitioner": "murmur2_random",
+            "partitioner": args.partitioner,
         }
     )
     ledger = open(args.ledger, "a", encoding="utf-8")
@@ -166,6 +166,7 @@ def main():
     pr.add_argument("--first", type=int, default=0)
     pr.add_argument("--rate", type=float, default=0)
     pr.add_argument("--mark-keys", default="")
+    pr.add_argument("--partitioner", default="murmur2_random")
     pr.add_argument("--ledger", required=True)
     du = sub.add_parser("dump")
     du.add_argument("--brokers", required=True)

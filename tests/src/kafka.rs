@@ -262,9 +262,41 @@ impl Broker {
         marked: &[&str],
         ledger: &Path,
     ) -> Result<Child> {
-        self.tool()
-            .args(["produce", "--brokers", &self.addr, "--topic", topic])
+        self.producer(topic, first, events, keys, rate, ledger)
             .args(["--mark-keys", &marked.join(",")])
+            .spawn()
+            .context("cannot start the Python producer")
+    }
+
+    /// As [`Broker::produce`], unthrottled, with another librdkafka
+    /// `partitioner` than the Java client's murmur2 (`consistent_random`
+    /// hashes keys with CRC32).
+    pub fn produce_partitioned_by(
+        &self,
+        topic: &str,
+        first: u64,
+        events: u64,
+        keys: u64,
+        partitioner: &str,
+        ledger: &Path,
+    ) -> Result<Child> {
+        self.producer(topic, first, events, keys, 0, ledger)
+            .args(["--partitioner", partitioner])
+            .spawn()
+            .context("cannot start the Python producer")
+    }
+
+    fn producer(
+        &self,
+        topic: &str,
+        first: u64,
+        events: u64,
+        keys: u64,
+        rate: u64,
+        ledger: &Path,
+    ) -> Command {
+        let mut cmd = self.tool();
+        cmd.args(["produce", "--brokers", &self.addr, "--topic", topic])
             .args([
                 "--first",
                 &first.to_string(),
@@ -274,9 +306,8 @@ impl Broker {
             .args(["--keys", &keys.to_string(), "--rate", &rate.to_string()])
             .arg("--ledger")
             .arg(ledger)
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start the Python producer")
+            .stdout(Stdio::piped());
+        cmd
     }
 
     /// Every record of `topic`, read with Confluent's consumer.

@@ -674,3 +674,53 @@ async fn a_state_changelog_with_another_partition_count_is_refused() -> Result<(
     }
     Ok(())
 }
+
+/// A producer that partitions by another hash than murmur2 (librdkafka's
+/// CRC32 `consistent_random`) sends most keys to a partition whose state
+/// lives elsewhere: in a cluster those events are dead-lettered (class
+/// `partition`), not folded on the wrong partition; the others are folded.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_on_the_wrong_partition_for_their_key_are_dead_lettered() -> Result<()> {
+    let broker = Broker::start()?;
+    let a = Host::start(&config(&broker, "a", EAGER)?).await?;
+    wait_ready(&[&a]).await?;
+    let ledger_dir = tempfile::tempdir()?;
+    let ledger = ledger_dir.path().join("ledger.jsonl");
+    finish_producer(broker.produce_partitioned_by(
+        INPUT,
+        0,
+        300,
+        60,
+        "consistent_random",
+        &ledger,
+    )?)?;
+    settle(&broker, &[&a]).await?;
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    let mut folded = 0;
+    for k in expected.keys() {
+        let (status, v) = a.get(&format!("/async-process/{k}")).await?;
+        if status == 200 {
+            folded += v["executions"].as_array().map_or(0, Vec::len);
+        } else {
+            ensure!(status == 404, "{k}: {status} {v}");
+        }
+    }
+    let (_, dead) = a
+        .get("/v1/pipelines/async-process/dead-letters?limit=1000")
+        .await?;
+    let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        !letters.is_empty()
+            && letters.iter().all(|d| d["error_class"] == "partition"
+                && d["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("arrived on partition"))),
+        "misrouted events are dead letters of class partition: {dead}"
+    );
+    ensure!(
+        folded + letters.len() == 300 && folded > 0,
+        "each event folded or dead-lettered once: {folded} folded, {} dead letters",
+        letters.len()
+    );
+    Ok(())
+}
