@@ -469,8 +469,8 @@ async fn scenario(assignor: &str) -> Result<()> {
     }
 
     // A key another host owns: forwarded (above), redirected on request;
-    // a query already forwarded is not forwarded again; its SSE stream
-    // answers on its owner only; a replay is refused.
+    // a query already forwarded is not forwarded again; its SSE stream is
+    // relayed; a replay is refused.
     let expected = expected_from_ledger(&read_ledger(&ledger)?);
     let (k, _) = expected.iter().next().context("no keys")?;
     let by = |h: &Host| {
@@ -513,16 +513,44 @@ async fn scenario(assignor: &str) -> Result<()> {
         "a forwarded query on a non-owner: {}",
         r.status()
     );
-    let err = other
-        .sse(&format!("/v1/pipelines/async-process/events?key={k}"), None)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    ensure!(err.contains("421"), "SSE for {k} on a non-owner: {err:?}");
-    owner
-        .sse(&format!("/v1/pipelines/async-process/events?key={k}"), None)
-        .await?;
+    // A per-key stream asked of a host that does not own the key is
+    // relayed from the owner: the current state, then live changes, with
+    // ids a reconnection (to any host) resumes from.
+    let path = format!("/v1/pipelines/async-process/events?key={k}");
+    let mut relayed = other.sse(&path, None).await?;
+    let first = relayed.next(Duration::from_secs(10)).await?;
+    let (_, now) = owner.get(&format!("/async-process/{k}")).await?;
+    ensure!(
+        first.data == now,
+        "the relayed stream starts with {k}'s state: {first:?} vs {now}"
+    );
+    let count = |v: &Value| v["executions"].as_array().map_or(0, Vec::len);
+    produce(&mut produced, 600)?;
+    let next = relayed.next(Duration::from_secs(30)).await?;
+    ensure!(
+        count(&next.data) > count(&first.data),
+        "a live change of {k} comes through the relay: {next:?}"
+    );
+    drop(relayed);
+    let mut resumed = other.sse(&path, Some(&next.id)).await?;
+    settle(&broker, &[&a, &b, &c]).await?;
+    let (_, now) = owner.get(&format!("/async-process/{k}")).await?;
+    if count(&now) > count(&next.data) {
+        // Each change it missed, in order, up to the current state.
+        loop {
+            let e = resumed.next(Duration::from_secs(10)).await?;
+            ensure!(
+                count(&e.data) > count(&next.data) && count(&e.data) <= count(&now),
+                "the resumed relay sends what came after {}: {e:?}",
+                next.id
+            );
+            if e.data == now {
+                break;
+            }
+        }
+    }
+    drop(resumed);
+    owner.sse(&path, None).await?;
     let r = owner
         .http
         .post(format!("{}/v1/pipelines/async-process/replay", owner.url))
@@ -580,9 +608,50 @@ async fn scenario(assignor: &str) -> Result<()> {
 
     // a comes back on its old store: partitions b owned since are restored
     // whole (a's copy of them is stale).
+    // One per-key stream on b per partition: those whose partition moves
+    // to a say so (`moved`) and end.
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    let mut followed: BTreeMap<u32, (String, eddy_tests::SseStream)> = BTreeMap::new();
+    for k in expected.keys() {
+        let (_, meta) = b
+            .get(&format!("/v1/pipelines/async-process/state/{k}?meta=true"))
+            .await?;
+        let Some(p) = meta["partition"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+        else {
+            continue;
+        };
+        if followed.contains_key(&p) {
+            continue;
+        }
+        let mut stream = b
+            .sse(&format!("/v1/pipelines/async-process/events?key={k}"), None)
+            .await?;
+        stream.next(Duration::from_secs(10)).await?;
+        followed.insert(p, (k.clone(), stream));
+    }
     let a_log_before = a.log().len();
     a.restart().await?;
     settle(&broker, &[&a, &b]).await?;
+    let mut moved = 0;
+    for (p, (k, mut stream)) in followed {
+        let r = b
+            .http
+            .get(format!("{}/async-process/{k}", b.url))
+            .send()
+            .await?;
+        if r.headers().get("eddy-served-by").is_none() {
+            continue; // b still owns it
+        }
+        let e = stream.next(Duration::from_secs(10)).await?;
+        ensure!(
+            e.event == "moved" && e.data["partition"] == p,
+            "the stream of {k} (partition {p}, now a's) on b: {e:?}"
+        );
+        moved += 1;
+    }
+    ensure!(moved > 0, "a took partitions from b");
     produce(&mut produced, 2_000)?;
     settle(&broker, &[&a, &b]).await?;
     check(&[&a, &b], produced, "a back").await?;

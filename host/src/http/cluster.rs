@@ -71,6 +71,18 @@ impl Asked {
     }
 }
 
+/// Where a query for a partition goes.
+enum Located {
+    /// This host owns the partition.
+    Here,
+    /// Another host does: its entry, URL and the request's URL there.
+    There {
+        entry: HostEntry,
+        url: String,
+        target: String,
+    },
+}
+
 /// Where a state query is answered.
 pub enum Answer {
     /// From this host's store.
@@ -112,17 +124,12 @@ impl AppState {
     }
 
     /// Finds who answers a query for `partition` of `pipeline`: this host
-    /// when it owns it; else the owner, asked on the client's behalf (or
-    /// the client is redirected there with `?redirect=true`). A query that
-    /// was forwarded already is answered here or refused.
-    pub(super) async fn route(
-        &self,
-        pipeline: &str,
-        partition: u32,
-        asked: &Asked,
-    ) -> Result<Answer, AppError> {
+    /// when it owns it; else the owner, with the URL the same request has
+    /// there. A query that was forwarded already is answered here or
+    /// refused.
+    fn locate(&self, pipeline: &str, partition: u32, asked: &Asked) -> Result<Located, AppError> {
         let refused = match self.serves(pipeline, partition) {
-            Ok(()) => return Ok(Answer::Here),
+            Ok(()) => return Ok(Located::Here),
             Err(e) => e,
         };
         let Some(c) = &self.cluster else {
@@ -131,11 +138,11 @@ impl AppState {
         if asked.forwarded || refused.status != StatusCode::MISDIRECTED_REQUEST {
             return Err(refused);
         }
-        let (entry, url) = match c.directory.owner(pipeline, partition) {
+        match c.directory.owner(pipeline, partition) {
             Owner::Host {
                 entry,
                 restoring: true,
-            } => return Err(restoring(pipeline, partition, &entry.host)),
+            } => Err(restoring(pipeline, partition, &entry.host)),
             Owner::Host { entry, .. } => {
                 let Some(url) = entry.advertise.clone() else {
                     return Err(AppError::new(
@@ -146,7 +153,8 @@ impl AppState {
                         ),
                     ));
                 };
-                (entry, url)
+                let target = format!("{}{}", url.trim_end_matches('/'), asked.path_and_query);
+                Ok(Located::There { entry, url, target })
             }
             Owner::Nobody { last } => {
                 let mut e = AppError::unavailable(format!(
@@ -155,29 +163,54 @@ impl AppState {
                         .unwrap_or_default()
                 ));
                 e.retry_after = Some(1);
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// Answers a query for `partition` of `pipeline` here, or has its owner
+    /// answer it: asked on the client's behalf, or the client redirected
+    /// there with `?redirect=true`.
+    pub(super) async fn route(
+        &self,
+        pipeline: &str,
+        partition: u32,
+        asked: &Asked,
+    ) -> Result<Answer, AppError> {
+        let (entry, url, target) = match self.locate(pipeline, partition, asked)? {
+            Located::Here => return Ok(Answer::Here),
+            Located::There { entry, url, target } => (entry, url, target),
         };
-        let target = format!("{}{}", url.trim_end_matches('/'), asked.path_and_query);
         if asked.redirect {
-            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
-            if let Ok(v) = HeaderValue::from_str(&target) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            return Ok(Answer::There(r));
+            return Ok(Answer::There(redirect(&target)));
         }
         forward(self.host_id(), &entry, &target, asked)
             .await
             .map(Answer::There)
-            .map_err(|why| {
-                AppError::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "partition {partition} of pipeline {pipeline:?} is owned by host {:?} at {url}, which did not answer: {why}",
-                        entry.host
-                    ),
-                )
-            })
+            .map_err(|why| unreachable(pipeline, partition, &entry, &url, &why))
+    }
+
+    /// As [`AppState::route`] for an SSE stream: the owner's stream is
+    /// passed on as it comes (its end, as when the partition moves, ends
+    /// this one; the client reconnects with `Last-Event-ID`).
+    pub(super) async fn route_stream(
+        &self,
+        pipeline: &str,
+        partition: u32,
+        asked: &Asked,
+        last_event_id: Option<HeaderValue>,
+    ) -> Result<Answer, AppError> {
+        let (entry, url, target) = match self.locate(pipeline, partition, asked)? {
+            Located::Here => return Ok(Answer::Here),
+            Located::There { entry, url, target } => (entry, url, target),
+        };
+        if asked.redirect {
+            return Ok(Answer::There(redirect(&target)));
+        }
+        relay(self.host_id(), &entry, &target, asked, last_event_id)
+            .await
+            .map(Answer::There)
+            .map_err(|why| unreachable(pipeline, partition, &entry, &url, &why))
     }
 
     /// Refuses an operation that works on one host only, for a pipeline
@@ -193,6 +226,113 @@ impl AppState {
             None => Ok(()),
         }
     }
+}
+
+fn redirect(target: &str) -> Response {
+    let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(target) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn unreachable(
+    pipeline: &str,
+    partition: u32,
+    owner: &HostEntry,
+    url: &str,
+    why: &str,
+) -> AppError {
+    AppError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "partition {partition} of pipeline {pipeline:?} is owned by host {:?} at {url}, which did not answer: {why}",
+            owner.host
+        ),
+    )
+}
+
+/// Opens the same SSE stream on `owner` (marked as forwarded, resuming at
+/// `last_event_id`) and passes its bytes on as they come, from a thread of
+/// its own; an answer other than 200 is passed on whole.
+async fn relay(
+    me: &str,
+    owner: &HostEntry,
+    target: &str,
+    asked: &Asked,
+    last_event_id: Option<HeaderValue>,
+) -> Result<Response, String> {
+    use std::io::Read;
+    let (me, target) = (me.to_owned(), target.to_owned());
+    let authorization = asked.authorization.clone();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(64);
+    std::thread::Builder::new()
+        .name("sse-relay".into())
+        .spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(FORWARD_TIMEOUT))
+                .timeout_recv_response(Some(FORWARD_TIMEOUT))
+                .build()
+                .into();
+            let mut req = agent
+                .get(&target)
+                .header(FORWARDED_HEADER, &me)
+                .header(header::ACCEPT, "text/event-stream");
+            if let Some(a) = authorization {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            if let Some(id) = last_event_id {
+                req = req.header("last-event-id", id);
+            }
+            let r = match req.call() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = head_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let status = r.status().as_u16();
+            let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
+            if head_tx.send(Ok((status, content_type))).is_err() {
+                return;
+            }
+            let mut body = r.into_body().into_reader();
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match body.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk =
+                            axum::body::Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return; // the client left
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start a relay thread: {e}"))?;
+    let (status, content_type) = head_rx
+        .await
+        .map_err(|_| "the relay stopped".to_owned())??;
+    let status = StatusCode::from_u16(status).map_err(|e| e.to_string())?;
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&owner.host) {
+        h.insert(SERVED_BY_HEADER, v);
+    }
+    Ok(r)
 }
 
 fn restoring(pipeline: &str, partition: u32, host: &str) -> AppError {

@@ -277,8 +277,11 @@ fn mount(router: Router<AppState>, pipeline: &str, path: &str, create: bool) -> 
         .route(
             &format!("{path}/sse/{{key}}"),
             get(
-                move |s: State<AppState>, Path(key): Path<String>, h: HeaderMap| async move {
-                    sse::stream(s.0, &p2, Some(key), &h)
+                move |s: State<AppState>,
+                      Path(key): Path<String>,
+                      asked: cluster::Asked,
+                      h: HeaderMap| async move {
+                    sse::key_stream(s.0, &p2, key, &asked, &h).await
                 },
             ),
         )

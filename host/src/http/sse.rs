@@ -9,6 +9,10 @@
 //! — what a client needs to be up to date. A per-client task feeds a small
 //! bounded channel: a slow client holds at most that much memory; when it
 //! falls behind the live broadcast it catches up the same way.
+//!
+//! In cluster mode a per-key stream asked of a host that does not own the
+//! key is relayed from its owner, and the owner ends a per-key stream with
+//! `event: moved` when the key's partition leaves it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::cluster::{Answer, Asked};
 use super::{AppError, AppState};
 use crate::notify::{Missed, Position};
 use crate::store::Change;
@@ -40,9 +45,34 @@ pub async fn events(
     State(s): State<AppState>,
     Path(pipeline): Path<String>,
     q: Query<EventsQuery>,
+    asked: Asked,
     headers: HeaderMap,
 ) -> Response {
-    stream(s, &pipeline, q.0.key, &headers)
+    match q.0.key {
+        Some(key) => key_stream(s, &pipeline, key, &asked, &headers).await,
+        None => stream(s, &pipeline, None, &headers),
+    }
+}
+
+/// A stream of one key's changes: from this host when it owns the key's
+/// partition, else relayed from the host that does (cluster mode).
+pub async fn key_stream(
+    s: AppState,
+    pipeline: &str,
+    key: String,
+    asked: &Asked,
+    headers: &HeaderMap,
+) -> Response {
+    if let Ok(intake) = s.intake(pipeline) {
+        let partition = intake.partition_of(&key);
+        let resume = headers.get("last-event-id").cloned();
+        match s.route_stream(pipeline, partition, asked, resume).await {
+            Ok(Answer::Here) => {}
+            Ok(Answer::There(r)) => return r,
+            Err(e) => return e.into_response(),
+        }
+    }
+    stream(s, pipeline, Some(key), headers)
 }
 
 fn last_event_id(headers: &HeaderMap, partitions: u32) -> Result<Option<Position>, AppError> {
@@ -205,6 +235,13 @@ async fn feed(
     let _counted = Connected::new();
     let mut shutdown = s.shutdown.clone();
     let per_key = key.is_some();
+    // Cluster mode: the partition a per-key stream follows, checked every
+    // second; when it moves to another host the stream says so and ends.
+    let followed = match (&key, s.owned(&pipeline), s.intake(&pipeline)) {
+        (Some(k), Some(_), Ok(intake)) => Some(intake.partition_of(k)),
+        _ => None,
+    };
+    let mut moved_check = tokio::time::interval(std::time::Duration::from_secs(1));
     let matches = |c: &Change| key.as_deref().is_none_or(|k| k == c.key);
     // Where this client is: the last change of each partition it has seen.
     let mut need_catch_up = resume.is_some();
@@ -257,6 +294,17 @@ async fn feed(
         }
         tokio::select! {
             () = tx.closed() => return,
+            _ = moved_check.tick(), if followed.is_some() => {
+                if let Some(p) = followed
+                    && s.serves(&pipeline, p).is_err()
+                {
+                    // The client reconnects (to any host) with Last-Event-ID
+                    // and is served by the partition's new owner.
+                    let data = serde_json::json!({ "partition": p }).to_string();
+                    let _ = tx.send(Ok(Event::default().event("moved").data(data))).await;
+                    return;
+                }
+            }
             () = async { let _ = shutdown.wait_for(|down| *down).await.map(|_| ()); } => {
                 // Tell the client the stream ends on purpose; it reconnects
                 // with Last-Event-ID and misses nothing.
