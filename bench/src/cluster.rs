@@ -2,8 +2,10 @@
 //!
 //! On one tansu broker and one filled topic, in one run:
 //! 1. the per-host cost of cluster mode: one host folds the whole topic
-//!    without `[cluster]`, then one host with it (every committed change
-//!    also goes to the state changelog), each in its own group;
+//!    without `[cluster]`, then without it but with a user-facing
+//!    `changelog_topic` (the same second write of each change), then one
+//!    host with `[cluster]` (every change goes to the state changelog),
+//!    each in its own group;
 //! 2. the restore rate: the cluster host stops gracefully and a host with
 //!    an empty store takes every partition, restoring each from the state
 //!    changelog (states/s and changelog records/s, from its assignment to
@@ -53,7 +55,21 @@ pub struct Settings {
 const TOPIC: &str = "async-process-execution";
 const LOG: &str = "warn,eddy::pipeline=debug,eddy::source=info";
 
-fn config(s: &Settings, brokers: &str, group: &str, host: Option<&str>) -> Result<String> {
+/// A user-facing changelog topic for the second single-host run.
+const CHANGES: &str = "p-changes";
+
+fn config(
+    s: &Settings,
+    brokers: &str,
+    group: &str,
+    host: Option<&str>,
+    changelog: bool,
+) -> Result<String> {
+    let changelog = if changelog {
+        format!("changelog_topic = \"{CHANGES}\"\n")
+    } else {
+        String::new()
+    };
     let cluster = host.map_or_else(String::new, |h| format!("[cluster]\nhost_id = \"{h}\"\n\n"));
     Ok(format!(
         "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\n\n\
@@ -61,7 +77,7 @@ fn config(s: &Settings, brokers: &str, group: &str, host: Option<&str>) -> Resul
          {cluster}\
          [http]\nwatch_plugins = false\n\n\
          [[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
-         [[pipeline]]\nname = \"p\"\ntopic = \"{TOPIC}\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\n",
+         [[pipeline]]\nname = \"p\"\ntopic = \"{TOPIC}\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\n{changelog}",
         s.session_timeout_ms,
         (s.session_timeout_ms / 6).max(100),
         std::path::absolute(&s.component)?.display().to_string()
@@ -208,11 +224,12 @@ fn start(
     group: &str,
     host: Option<&str>,
 ) -> Result<EddyProcess> {
-    let name = host.unwrap_or("plain");
+    let changelog = group == "bench-changelog";
+    let name = host.unwrap_or(if changelog { "changelog" } else { "plain" });
     EddyProcess::start(
         &s.eddy,
         &dir.join(name),
-        &config(s, brokers, group, host)?,
+        &config(s, brokers, group, host, changelog)?,
         LOG,
     )
 }
@@ -224,6 +241,7 @@ pub fn run(s: &Settings) -> Result<()> {
     let broker = Broker::start(&s.tansu, &dir)?;
     let brokers = broker.brokers.clone();
     broker.create_topic(TOPIC, s.partitions, &[])?;
+    broker.create_topic(CHANGES, s.partitions, &[])?;
     fill(&brokers, TOPIC, s.events, s.keys)?;
     let all = s.partitions as usize;
     let within = Duration::from_secs(600);
@@ -232,6 +250,9 @@ pub fn run(s: &Settings) -> Result<()> {
     let mut plain = start(s, &dir, &brokers, "bench-plain", None)?;
     let plain_rate = commit_rate(&plain.wait_committed(s.events, within)?);
     plain.terminate()?;
+    let mut with_changelog = start(s, &dir, &brokers, "bench-changelog", None)?;
+    let changelog_rate = commit_rate(&with_changelog.wait_committed(s.events, within)?);
+    with_changelog.terminate()?;
     let mut a = start(s, &dir, &brokers, "bench-cluster", Some("a"))?;
     let cluster_rate = commit_rate(&a.wait_committed(s.events, within)?);
     // Its changelog delivered before it lets go: a graceful stop.
@@ -295,6 +316,10 @@ pub fn run(s: &Settings) -> Result<()> {
     println!("|---|---:|");
     println!("| one host without `[cluster]` | {plain_rate:.0} events/s |");
     println!(
+        "| one host without `[cluster]`, each change to a `changelog_topic` | {changelog_rate:.0} events/s ({:.2}×) |",
+        changelog_rate / plain_rate.max(1.0)
+    );
+    println!(
         "| one host with `[cluster]` (state changelog written) | {cluster_rate:.0} events/s ({:.2}×) |",
         cluster_rate / plain_rate.max(1.0)
     );
@@ -316,6 +341,7 @@ pub fn run(s: &Settings) -> Result<()> {
         &serde_json::json!({
             "events": s.events, "keys": s.keys, "partitions": s.partitions,
             "plain_events_per_s": plain_rate,
+            "changelog_events_per_s": changelog_rate,
             "cluster_events_per_s": cluster_rate,
             "cluster_ratio": cluster_rate / plain_rate.max(1.0),
             "restore_states_per_s": states_per_s,
