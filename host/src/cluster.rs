@@ -240,17 +240,10 @@ impl Announce {
         self.ownership
             .iter()
             .map(|(name, o)| {
-                let owned = o
-                    .epochs()
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.is_some())
-                    .filter_map(|(p, _)| u32::try_from(p).ok())
-                    .collect();
                 (
                     name.clone(),
                     Share {
-                        owned,
+                        owned: o.owned(),
                         restoring: o.restoring(),
                         lag: BTreeMap::new(),
                     },

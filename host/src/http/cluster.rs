@@ -270,19 +270,8 @@ async fn relay(
     std::thread::Builder::new()
         .name("sse-relay".into())
         .spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_connect(Some(FORWARD_TIMEOUT))
-                .timeout_recv_response(Some(FORWARD_TIMEOUT))
-                .build()
-                .into();
-            let mut req = agent
-                .get(&target)
-                .header(FORWARDED_HEADER, &me)
+            let mut req = forwarded(peer(false).get(&target), &me, authorization)
                 .header(header::ACCEPT, "text/event-stream");
-            if let Some(a) = authorization {
-                req = req.header(header::AUTHORIZATION, a);
-            }
             if let Some(id) = last_event_id {
                 req = req.header("last-event-id", id);
             }
@@ -362,6 +351,35 @@ async fn forward(
     Ok(r)
 }
 
+/// A client for requests to another host: statuses are answers, not
+/// errors; the answer must come within [`FORWARD_TIMEOUT`] (`whole`: the
+/// body too; else only its head, for a stream).
+fn peer(whole: bool) -> ureq::Agent {
+    let config = ureq::Agent::config_builder().http_status_as_error(false);
+    let config = if whole {
+        config.timeout_global(Some(FORWARD_TIMEOUT))
+    } else {
+        config
+            .timeout_connect(Some(FORWARD_TIMEOUT))
+            .timeout_recv_response(Some(FORWARD_TIMEOUT))
+    };
+    config.build().into()
+}
+
+/// Marks a request to another host as forwarded by `me`, with the
+/// caller's `Authorization`.
+fn forwarded<B>(
+    req: ureq::RequestBuilder<B>,
+    me: &str,
+    authorization: Option<HeaderValue>,
+) -> ureq::RequestBuilder<B> {
+    let req = req.header(FORWARDED_HEADER, me);
+    match authorization {
+        Some(a) => req.header(header::AUTHORIZATION, a),
+        None => req,
+    }
+}
+
 /// One GET to another host, off the async workers.
 async fn get(
     me: &str,
@@ -371,15 +389,7 @@ async fn get(
     let me = me.to_owned();
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(FORWARD_TIMEOUT))
-            .build()
-            .into();
-        let mut req = agent.get(&url).header(FORWARDED_HEADER, &me);
-        if let Some(a) = authorization {
-            req = req.header(header::AUTHORIZATION, a);
-        }
+        let req = forwarded(peer(true).get(&url), &me, authorization);
         let mut r = req.call().map_err(|e| e.to_string())?;
         let status = StatusCode::from_u16(r.status().as_u16()).map_err(|e| e.to_string())?;
         let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
@@ -421,15 +431,7 @@ pub(super) async fn tell_others(
         let me = c.directory.host_id().to_owned();
         let authorization = asked.authorization.clone();
         let got = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(FORWARD_TIMEOUT))
-                .build()
-                .into();
-            let mut req = agent.post(&target).header(FORWARDED_HEADER, &me);
-            if let Some(a) = authorization {
-                req = req.header(header::AUTHORIZATION, a);
-            }
+            let req = forwarded(peer(true).post(&target), &me, authorization);
             let mut r = req.send_empty().map_err(|e| e.to_string())?;
             if r.status().is_success() {
                 Ok(())
@@ -560,16 +562,9 @@ pub(super) async fn cluster(State(s): State<AppState>) -> Response {
     let now = u64::try_from(crate::now_ms()).unwrap_or(0);
     let mut pipelines = BTreeMap::new();
     for (name, o) in c.ownership.iter() {
-        let owned: Vec<u32> = o
-            .epochs()
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.is_some())
-            .filter_map(|(p, _)| u32::try_from(p).ok())
-            .collect();
         pipelines.insert(
             name.clone(),
-            serde_json::json!({ "owned": owned, "restoring": o.restoring() }),
+            serde_json::json!({ "owned": o.owned(), "restoring": o.restoring() }),
         );
     }
     let hosts: Vec<serde_json::Value> = c

@@ -76,6 +76,16 @@ impl Ownership {
         crate::lock(&self.epochs).clone()
     }
 
+    /// The partitions this host owns and has restored, in order.
+    pub fn owned(&self) -> Vec<u32> {
+        crate::lock(&self.epochs)
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_some())
+            .filter_map(|(p, _)| u32::try_from(p).ok())
+            .collect()
+    }
+
     /// The partitions being restored.
     pub fn restoring(&self) -> Vec<u32> {
         crate::lock(&self.restoring).iter().copied().collect()
