@@ -59,6 +59,11 @@ struct Group {
     /// partition): their batches are in the store and what they wrote to
     /// the outbox is delivered.
     committed: Mutex<HashMap<(String, i32), i64>>,
+    /// What the group acknowledged of those commits: a commit that failed
+    /// (a rebalance in progress, say) is sent again for the partitions
+    /// still held, or a partition that gets no more batches would keep its
+    /// old group offset.
+    acked: Mutex<HashMap<(String, i32), i64>>,
     /// Batches in the store whose outbox records may not be delivered yet:
     /// (the last outbox number they need delivered, their next offsets).
     pending: Mutex<std::collections::VecDeque<PendingBatch>>,
@@ -321,9 +326,21 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            tracing::warn!(pipeline = %self.group.pipeline, error = %e, "group offset commit failed");
+            tracing::warn!(pipeline = %self.group.pipeline, error = %e, "group offset commit failed; it is sent again");
+            return;
+        }
+        let mut acked = crate::lock(&self.group.acked);
+        for el in offsets.elements() {
+            if el.error().is_ok()
+                && let Offset::Offset(o) = el.offset()
+            {
+                let k = (el.topic().to_owned(), el.partition());
+                if acked.get(&k).is_none_or(|a| *a < o) {
+                    acked.insert(k, o);
+                }
+            }
         }
     }
 }
@@ -372,6 +389,8 @@ pub struct KafkaSource {
     /// before the pause took effect on its partition), each with its
     /// partition's generation then, to hand out first when it resumes.
     paused: Option<Vec<(u64, SourceRecord)>>,
+    /// When unacknowledged group offsets were last sent again.
+    last_recommit: Instant,
 }
 
 impl KafkaSource {
@@ -398,6 +417,7 @@ impl KafkaSource {
             pipeline: pipeline.to_owned(),
             store,
             committed: Mutex::default(),
+            acked: Mutex::default(),
             pending: Mutex::default(),
             delivered,
             assigned: Mutex::default(),
@@ -430,6 +450,7 @@ impl KafkaSource {
             topic: Arc::from(topic),
             restorer,
             paused: None,
+            last_recommit: Instant::now(),
         })
     }
 
@@ -683,8 +704,20 @@ impl KafkaSource {
     /// Commits to the group the offsets of the batches whose outbox records
     /// the brokers acknowledged (so a partition's group offset never passes
     /// a change its changelog does not hold yet).
-    fn commit_delivered(&self) {
-        let tpl = self.group.release_delivered();
+    fn commit_delivered(&mut self) {
+        let mut tpl = self.group.release_delivered();
+        if tpl.count() == 0 && self.last_recommit.elapsed() >= RECOMMIT_EVERY {
+            // Offsets of held partitions the group has not acknowledged.
+            self.last_recommit = Instant::now();
+            let committed = crate::lock(&self.group.committed);
+            let acked = crate::lock(&self.group.acked);
+            let assigned = crate::lock(&self.group.assigned);
+            for (k, o) in committed.iter() {
+                if assigned.contains_key(k) && acked.get(k).is_none_or(|a| a < o) {
+                    let _ = tpl.add_partition_offset(&k.0, k.1, Offset::Offset(*o));
+                }
+            }
+        }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
         {
@@ -704,6 +737,9 @@ impl Drop for KafkaSource {
         }
     }
 }
+
+/// How often group offsets the group did not acknowledge are sent again.
+const RECOMMIT_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a catch-up reader's fetch may wait at a partition's end.
 const CATCH_UP_FETCH_WAIT: Duration = Duration::from_millis(5);
@@ -928,6 +964,7 @@ mod tests {
             pipeline: "p".into(),
             store,
             committed: Mutex::default(),
+            acked: Mutex::default(),
             pending: Mutex::default(),
             delivered: Some(Arc::new(move || watermark.load(Ordering::SeqCst))),
             assigned: Mutex::default(),
