@@ -384,31 +384,41 @@ impl Host {
 
     /// Opens an SSE stream; `last_event_id` resumes after that id.
     pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> Result<SseStream> {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .timeout(Duration::from_secs(3600));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let r = req.send().await?;
-        if !r.status().is_success() {
-            bail!("SSE {path} answered {}", r.status());
-        }
-        let ct = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        if !ct.starts_with("text/event-stream") {
-            bail!("SSE {path} has content type {ct:?}");
-        }
-        use eventsource_stream::Eventsource;
-        Ok(SseStream {
-            inner: Box::pin(r.bytes_stream().eventsource()),
-        })
+        sse_at(&self.http, &self.url, path, last_event_id).await
     }
+}
+
+/// Opens an SSE stream at `url` + `path`; `last_event_id` resumes after
+/// that id.
+pub async fn sse_at(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> Result<SseStream> {
+    let mut req = http
+        .get(format!("{url}{path}"))
+        .timeout(Duration::from_secs(3600));
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id);
+    }
+    let r = req.send().await?;
+    if !r.status().is_success() {
+        bail!("SSE {path} answered {}", r.status());
+    }
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if !ct.starts_with("text/event-stream") {
+        bail!("SSE {path} has content type {ct:?}");
+    }
+    use eventsource_stream::Eventsource;
+    Ok(SseStream {
+        inner: Box::pin(r.bytes_stream().eventsource()),
+    })
 }
 
 impl Drop for Host {
@@ -416,6 +426,14 @@ impl Drop for Host {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // EDDY_TEST_LOGS=dir keeps each host's log there, named by its URL.
+        if let Ok(dir) = std::env::var("EDDY_TEST_LOGS") {
+            let name = self.url.replace(['/', ':'], "_");
+            let _ = std::fs::copy(
+                self.dir.path().join("eddy.log"),
+                std::path::Path::new(&dir).join(format!("{name}.log")),
+            );
         }
     }
 }

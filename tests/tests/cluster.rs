@@ -11,6 +11,7 @@
 )]
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -19,6 +20,7 @@ use eddy_tests::fold::{Expected, check_folds, expected_from_ledger};
 use eddy_tests::kafka::{Broker, finish_producer, kafka_config, read_ledger};
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio::sync::Mutex;
 
 const INPUT: &str = "async-process-execution";
 const GROUP: &str = "grp";
@@ -354,6 +356,110 @@ fn check_state_changelog(records: &[Value]) -> Result<BTreeMap<u64, usize>> {
     Ok(per_partition)
 }
 
+/// An all-keys SSE client of the cluster: it reads the stream of one host
+/// and, when that ends (the host died), goes on from the next host that
+/// answers, with `Last-Event-ID`. It keeps each key's last state, and
+/// notes any id that moves a partition back or state that goes back.
+struct Follower {
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Seen {
+    states: HashMap<String, Value>,
+    connections: u64,
+    events: u64,
+    problems: Vec<String>,
+}
+
+impl Follower {
+    /// Opens the stream on `hosts[0]` from the pipeline's start (id `0`:
+    /// every key's state, then live changes).
+    fn start(hosts: &[&Host]) -> Follower {
+        let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+        let http = hosts[0].http.clone();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        let task = tokio::spawn(async move {
+            let path = "/v1/pipelines/async-process/events";
+            let mut last = "0".to_owned();
+            let mut at: Vec<u64> = vec![0];
+            for url in urls.iter().cycle() {
+                if let Ok(mut stream) = eddy_tests::sse_at(&http, url, path, Some(&last)).await {
+                    shared.lock().await.connections += 1;
+                    while let Ok(e) = stream.next(Duration::from_secs(60)).await {
+                        let mut seen = shared.lock().await;
+                        if e.event != "message" {
+                            continue;
+                        }
+                        seen.events += 1;
+                        let now = eddy_tests::position(&e.id).unwrap_or_default();
+                        if now.len() < at.len() || now.iter().zip(&at).any(|(n, a)| n < a) {
+                            seen.problems
+                                .push(format!("id {} after {last} ({url})", e.id));
+                        }
+                        let key = e.data["key"].as_str().unwrap_or_default().to_owned();
+                        let state = e.data["state"].clone();
+                        let count = |v: &Value| v["executions"].as_array().map_or(0, Vec::len);
+                        if let Some(was) = seen.states.get(&key)
+                            && count(was) > count(&state)
+                        {
+                            let problem = format!("{key} went back from {was} to {state}");
+                            seen.problems.push(problem);
+                        }
+                        seen.states.insert(key, state);
+                        last = e.id;
+                        at = now;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Follower { seen, task }
+    }
+
+    /// Waits until it holds exactly `states`; how many times it connected.
+    async fn holds(&self, states: &HashMap<String, Value>) -> Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let seen = self.seen.lock().await;
+                ensure!(
+                    seen.problems.is_empty(),
+                    "all-keys stream: {:?}",
+                    seen.problems
+                );
+                let missing: Vec<&String> = states
+                    .iter()
+                    .filter(|(k, v)| seen.states.get(*k) != Some(v))
+                    .map(|(k, _)| k)
+                    .collect();
+                if missing.is_empty() && seen.states.len() == states.len() {
+                    return Ok(seen.connections);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "the all-keys stream ({} events, {} connections) differs for {} of {} keys, as {:?}",
+                        seen.events,
+                        seen.connections,
+                        missing.len(),
+                        states.len(),
+                        missing.iter().take(5).collect::<Vec<_>>()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn state_follows_its_partitions_between_hosts() -> Result<()> {
     scenario(EAGER).await
@@ -408,6 +514,13 @@ async fn scenario(assignor: &str) -> Result<()> {
     check_directory(&[&a, &b, &c]).await?;
     check(&[&a, &b, &c], produced, "three hosts").await?;
     check_latest(&[&a, &b, &c], 50).await?;
+    // An all-keys stream asked of a (which dies below) merges every host's
+    // partitions: from id 0 it holds every key's state.
+    let follower = Follower::start(&[&a, &b, &c]);
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    follower
+        .holds(&cluster_states(&[&a, &b, &c], &expected).await?)
+        .await?;
 
     // A pause asked of one host holds on every host: events wait in the
     // input; resumed (asked of another), every event is folded once.
@@ -598,6 +711,17 @@ async fn scenario(assignor: &str) -> Result<()> {
     produce(&mut produced, 4_000)?;
     settle(&broker, &[&b, &c]).await?;
     check(&[&b, &c], produced, "after a's death").await?;
+    // The all-keys client, reconnected to b with its last id, missed
+    // nothing: it holds every key's state now.
+    let expected = expected_from_ledger(&read_ledger(&ledger)?);
+    let connections = follower
+        .holds(&cluster_states(&[&b, &c], &expected).await?)
+        .await?;
+    ensure!(
+        connections >= 2,
+        "the all-keys client reconnected after a's death ({connections} connections)"
+    );
+    drop(follower);
 
     // c leaves gracefully: b takes every partition.
     let status = c.terminate()?;
@@ -712,7 +836,10 @@ async fn scenario(assignor: &str) -> Result<()> {
         !status.success() && log.contains("cluster.host_id \"a\" is also used by another host"),
         "a second host \"a\": {status}\n{log}"
     );
-    wait_ready(&[&a]).await?;
+    // The duplicate was in the group for a moment: a owns everything again
+    // once the group noticed it left (an incremental assignment may give
+    // it nothing back at first).
+    settle(&broker, &[&a]).await?;
     check(&[&a], produced, "after the duplicate").await?;
 
     let total: usize = per_partition.values().sum();

@@ -587,6 +587,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                             s.clone(),
                             cluster.clone(),
                             k.clone(),
+                            hub.clone(),
                         ))
                     }
                     _ => None,

@@ -69,6 +69,11 @@ impl Asked {
     pub fn is_forwarded(&self) -> bool {
         self.forwarded
     }
+
+    /// The caller's `Authorization`, passed on to the hosts asked.
+    pub(super) fn authorization(&self) -> Option<HeaderValue> {
+        self.authorization.clone()
+    }
 }
 
 /// Where a query for a partition goes.
@@ -354,7 +359,7 @@ async fn forward(
 /// A client for requests to another host: statuses are answers, not
 /// errors; the answer must come within [`FORWARD_TIMEOUT`] (`whole`: the
 /// body too; else only its head, for a stream).
-fn peer(whole: bool) -> ureq::Agent {
+pub(super) fn peer(whole: bool) -> ureq::Agent {
     let config = ureq::Agent::config_builder().http_status_as_error(false);
     let config = if whole {
         config.timeout_global(Some(FORWARD_TIMEOUT))
@@ -368,7 +373,7 @@ fn peer(whole: bool) -> ureq::Agent {
 
 /// Marks a request to another host as forwarded by `me`, with the
 /// caller's `Authorization`.
-fn forwarded<B>(
+pub(super) fn forwarded<B>(
     req: ureq::RequestBuilder<B>,
     me: &str,
     authorization: Option<HeaderValue>,

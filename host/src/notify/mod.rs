@@ -154,6 +154,30 @@ impl History {
         }
     }
 
+    /// Forgets what is held of `partition`: its states were replaced up to
+    /// change `seq` from outside the pipeline's commits (a restore).
+    fn reset(&mut self, partition: u32, seq: u64) {
+        let p = partition as usize;
+        if p >= self.newest.len() {
+            return;
+        }
+        let mut bytes = self.bytes;
+        self.changes.retain(|c| {
+            let keep = c.partition != partition;
+            if !keep {
+                bytes = bytes.saturating_sub(cost(c));
+            }
+            keep
+        });
+        self.bytes = bytes;
+        if let Some(b) = self.base.get_mut(p) {
+            *b = seq;
+        }
+        if let Some(n) = self.newest.get_mut(p) {
+            *n = seq;
+        }
+    }
+
     fn after(&self, at: &Position, max: usize) -> Missed {
         for (p, base) in self.base.iter().enumerate() {
             let p = u32::try_from(p).unwrap_or(u32::MAX);
@@ -220,6 +244,14 @@ impl Hub {
             for c in changes {
                 let _ = ch.live.send(c.clone());
             }
+        }
+    }
+
+    /// A partition's states were restored up to change `seq` (it came from
+    /// another host): its changes are read from the store up to there.
+    pub fn restored(&self, pipeline: &str, partition: u32, seq: u64) {
+        if let Some(ch) = self.pipelines.get(pipeline) {
+            crate::lock(&ch.history).reset(partition, seq);
         }
     }
 
@@ -312,6 +344,29 @@ mod tests {
         );
         assert_eq!(seqs(hub.missed("p", &at(&[39, 2]), 100)), [(0, 40)]);
         assert_eq!(hub.missed("q", &at(&[0]), 1), None);
+    }
+
+    #[test]
+    fn a_restored_partition_is_read_from_the_store_up_to_its_restore() {
+        let hub = Hub::new([("p", vec![0, 0], 100)]);
+        hub.publish("p", &[change(0, 1, "a"), change(1, 1, "b")]);
+        // Partition 1 came from another host with 500 changes: a client at
+        // 300 is sent 301..=500 from the store, the rest from the history.
+        hub.restored("p", 1, 500);
+        assert_eq!(
+            hub.missed("p", &at(&[1, 300]), 100),
+            Some(Missed::Before {
+                partition: 1,
+                until: 500
+            })
+        );
+        assert_eq!(seqs(hub.missed("p", &at(&[0, 500]), 100)), [(0, 1)]);
+        hub.publish("p", &[change(1, 501, "b")]);
+        assert_eq!(seqs(hub.missed("p", &at(&[1, 500]), 100)), [(1, 501)]);
+        assert_eq!(
+            seqs(hub.missed("p", &at(&[0, 500]), 100)),
+            [(0, 1), (1, 501)]
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use super::rewind::Rewind;
 use super::{Limit, SourceError, SourceRecord};
 use crate::config::{ClusterConfig, KafkaConfig};
+use crate::notify::Hub;
 use crate::pipeline::{
     BATCH_END_HEADER, EPOCH_HEADER, FENCE_HEADER, SEQ_HEADER, SOURCE_OFFSET_HEADER, STAMP_HEADER,
     VERSION_HEADER,
@@ -175,6 +176,8 @@ pub struct Restorer {
     reader: Option<super::kafka::KafkaRewind>,
     queue: VecDeque<Queued>,
     job: Option<Job>,
+    /// Told when a partition's states were restored, for SSE catch-ups.
+    hub: Hub,
 }
 
 /// A partition waiting for its restore: since when, the group's offset.
@@ -269,6 +272,7 @@ impl Restorer {
         sink: Arc<KafkaSink>,
         cluster: ClusterConfig,
         kafka: KafkaConfig,
+        hub: Hub,
     ) -> Self {
         sink.watch(&ownership.topic);
         Restorer {
@@ -281,6 +285,7 @@ impl Restorer {
             reader: None,
             queue: VecDeque::new(),
             job: None,
+            hub,
         }
     }
 
@@ -740,6 +745,8 @@ impl Restorer {
             "partition restored"
         );
         crate::telemetry::restore(&self.ownership.pipeline, job.read, took);
+        self.hub
+            .restored(&self.ownership.pipeline, job.partition, job.last_seq);
         self.ownership.finish(job.partition, job.fence);
         Ok(Done {
             partition: job.partition,
