@@ -109,6 +109,21 @@ async fn settle(broker: &Broker, hosts: &[&Host]) -> Result<()> {
     wait_ready(hosts).await?;
     tokio::task::block_in_place(|| {
         broker.wait_lag_zero(&format!("{GROUP}.async-process"), INPUT, T)
+    })
+    .with_context(|| {
+        // What the hosts were doing: the end of each one's log.
+        hosts
+            .iter()
+            .map(|h| {
+                let log = plain(&h.log());
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines
+                    .get(lines.len().saturating_sub(40)..)
+                    .unwrap_or_default();
+                format!("--- {} ---\n{}", h.url, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     })?;
     wait_ready(hosts).await
 }
