@@ -691,6 +691,42 @@ async fn scenario(assignor: &str) -> Result<()> {
         status == 409 && text.contains("cluster mode"),
         "replay in cluster mode: {status} {text}"
     );
+    // A stream of some partitions is served by their owner only; bad
+    // asks are named.
+    let (_, v) = owner.get("/v1/cluster").await?;
+    let mine: Vec<u64> = v["pipelines"]["async-process"]["owned"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
+    let theirs = (0..u64::from(PARTITIONS))
+        .find(|p| !mine.contains(p))
+        .context("the owner owns every partition")?;
+    for (query, want, says) in [
+        (format!("partitions={theirs}"), 421, "is not owned by host"),
+        (
+            format!("partitions={PARTITIONS}"),
+            400,
+            "is not a partition",
+        ),
+        ("partitions=".to_owned(), 400, "at least one partition"),
+        (format!("key={k}&partitions=0"), 400, "not both"),
+    ] {
+        let r = owner
+            .http
+            .get(format!(
+                "{}/v1/pipelines/async-process/events?{query}",
+                owner.url
+            ))
+            .send()
+            .await?;
+        let (status, text) = (r.status().as_u16(), r.text().await?);
+        ensure!(
+            status == want && text.contains(says),
+            "events?{query}: {status} {text}"
+        );
+    }
 
     // a dies: right after, its keys' queries name it as not answering;
     // then b and c restore its partitions and go on.

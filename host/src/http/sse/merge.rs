@@ -57,10 +57,8 @@ pub(super) fn stream(s: AppState, pipeline: &str, asked: Asked, headers: &Header
     };
     let (tx, rx) = mpsc::channel::<Item>(CLIENT_BUFFER);
     let merge = Merge {
-        sent: match resume {
-            Some(at) => at.0.into_iter().map(Some).collect(),
-            None => vec![None; intake.partitions() as usize],
-        },
+        known: vec![resume.is_some(); intake.partitions() as usize],
+        sent: resume.unwrap_or_else(|| Position(vec![0; intake.partitions() as usize])),
         s: s.clone(),
         pipeline: pipeline.to_owned(),
         intake,
@@ -78,10 +76,13 @@ struct Merge {
     pipeline: String,
     intake: Intake,
     authorization: Option<HeaderValue>,
-    /// Per partition, the last change number sent (`None`: not known yet —
-    /// the stream opened without a resume point, and its owner has not said
-    /// where it starts).
-    sent: Vec<Option<u64>>,
+    /// Per partition, the last change number sent (0 where not known).
+    sent: Position,
+    /// Per partition, whether its position is known (not yet when the
+    /// stream opened without a resume point and its owner has not said
+    /// where it starts). A reconnection with an unknown one at 0 is sent
+    /// its compacted history.
+    known: Vec<bool>,
     sources: StreamMap<Origin, ReceiverStream<Item>>,
     /// The partitions each open source sends.
     shares: BTreeMap<Origin, BTreeSet<u32>>,
@@ -113,12 +114,6 @@ impl Merge {
         }
     }
 
-    /// The client's position: unknown partitions at 0 (a reconnection
-    /// with it is sent their compacted history).
-    fn position(&self) -> Position {
-        Position(self.sent.iter().map(|s| s.unwrap_or(0)).collect())
-    }
-
     /// What the client gets of `item` from `from`, if anything.
     fn take(&mut self, from: &Origin, item: Item) -> Option<Item> {
         let share = self.shares.get(from)?;
@@ -127,19 +122,21 @@ impl Merge {
                 if !share.contains(&c.partition) {
                     return None;
                 }
-                let at = self.sent.get_mut(c.partition as usize)?;
-                if at.is_some_and(|at| c.seq <= at) {
+                let known = self.known.get_mut(c.partition as usize)?;
+                if *known && c.seq <= self.sent.of(c.partition) {
                     return None; // sent already, by this or an earlier owner
                 }
-                *at = Some(c.seq);
-                Some(Item::Change(c, self.position().id()))
+                *known = true;
+                self.sent.set(c.partition, c.seq);
+                Some(Item::Change(c, self.sent.id()))
             }
             Item::At(start) => {
                 for p in share {
-                    if let Some(at) = self.sent.get_mut(*p as usize)
-                        && at.is_none()
+                    if let Some(known) = self.known.get_mut(*p as usize)
+                        && !*known
                     {
-                        *at = Some(start.of(*p));
+                        *known = true;
+                        self.sent.set(*p, start.of(*p));
                     }
                 }
                 None
@@ -209,8 +206,8 @@ impl Merge {
             // unknown partition is sent from its start (compacted).
             let unknown = share
                 .iter()
-                .all(|p| self.sent.get(*p as usize).is_some_and(Option::is_none));
-            let resume = (!unknown || self.opened).then(|| self.position());
+                .all(|p| self.known.get(*p as usize) == Some(&false));
+            let resume = (!unknown || self.opened).then(|| self.sent.clone());
             let rx = match (&from, url) {
                 (Origin::Here, _) => open(
                     &self.s,

@@ -136,7 +136,10 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Response {
     match (q.0.key, q.0.partitions) {
-        (Some(key), _) => key_stream(s, &pipeline, key, &asked, &headers).await,
+        (Some(_), Some(_)) => {
+            AppError::bad_request("ask for a key or for partitions, not both").into_response()
+        }
+        (Some(key), None) => key_stream(s, &pipeline, key, &asked, &headers).await,
         (None, Some(list)) => match partitions_scope(&s, &pipeline, &list) {
             Ok(scope) => stream(s, &pipeline, scope, &headers),
             Err(e) => e.into_response(),
