@@ -926,10 +926,15 @@ async fn a_state_changelog_with_another_partition_count_is_refused() -> Result<(
 /// CRC32 `consistent_random`) sends most keys to a partition whose state
 /// lives elsewhere: in a cluster those events are dead-lettered (class
 /// `partition`), not folded on the wrong partition; the others are folded.
+/// The dead letters then live with their partitions: a host that joins
+/// restores those of the partitions it gets, any host lists them all and
+/// routes one to its owner, a replay runs on the key's owner, a resolution
+/// moves with the partition too, and replaying the rest folds every event.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_on_the_wrong_partition_for_their_key_are_dead_lettered() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let broker = Broker::start()?;
-    let a = Host::start(&config(&broker, "a", EAGER)?).await?;
+    let mut a = Host::start(&config(&broker, "a", EAGER)?).await?;
     wait_ready(&[&a]).await?;
     let ledger_dir = tempfile::tempdir()?;
     let ledger = ledger_dir.path().join("ledger.jsonl");
@@ -943,31 +948,172 @@ async fn events_on_the_wrong_partition_for_their_key_are_dead_lettered() -> Resu
     )?)?;
     settle(&broker, &[&a]).await?;
     let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    let mut folded = 0;
-    for k in expected.keys() {
-        let (status, v) = a.get(&format!("/async-process/{k}")).await?;
-        if status == 200 {
-            folded += v["executions"].as_array().map_or(0, Vec::len);
-        } else {
-            ensure!(status == 404, "{k}: {status} {v}");
+    let folded_on = async |h: &Host| -> Result<usize> {
+        let mut folded = 0;
+        for k in expected.keys() {
+            let (status, v) = h.get(&format!("/async-process/{k}")).await?;
+            if status == 200 {
+                folded += v["executions"].as_array().map_or(0, Vec::len);
+            } else {
+                ensure!(status == 404, "{k}: {status} {v}");
+            }
         }
-    }
-    let (_, dead) = a
-        .get("/v1/pipelines/async-process/dead-letters?limit=1000")
-        .await?;
-    let letters = dead["dead_letters"].as_array().cloned().unwrap_or_default();
+        Ok(folded)
+    };
+    let folded = folded_on(&a).await?;
+    let letters_on = async |h: &Host| -> Result<Vec<Value>> {
+        let (status, dead) = h
+            .get("/v1/pipelines/async-process/dead-letters?limit=1000")
+            .await?;
+        ensure!(
+            status == 200 && dead.get("missing").is_none(),
+            "dead letters asked of {}: {status} {dead}",
+            h.url
+        );
+        Ok(dead["dead_letters"].as_array().cloned().unwrap_or_default())
+    };
+    let ids = |letters: &[Value]| -> Vec<u64> {
+        letters.iter().filter_map(|d| d["id"].as_u64()).collect()
+    };
+    let letters = letters_on(&a).await?;
     ensure!(
         !letters.is_empty()
             && letters.iter().all(|d| d["error_class"] == "partition"
                 && d["error"]
                     .as_str()
                     .is_some_and(|e| e.contains("arrived on partition"))),
-        "misrouted events are dead letters of class partition: {dead}"
+        "misrouted events are dead letters of class partition: {letters:?}"
     );
     ensure!(
         folded + letters.len() == 300 && folded > 0,
         "each event folded or dead-lettered once: {folded} folded, {} dead letters",
         letters.len()
     );
+    // A dead letter's id says its partition (the one it arrived on).
+    ensure!(
+        letters
+            .iter()
+            .all(|d| d["id"].as_u64().map(|id| id % u64::from(PARTITIONS))
+                == d["partition"].as_u64()),
+        "ids are n × {PARTITIONS} + partition: {letters:?}"
+    );
+
+    // b joins: the dead letters of the partitions it gets move with them.
+    let mut b = Host::start(&config(&broker, "b", EAGER)?).await?;
+    settle(&broker, &[&a, &b]).await?;
+    let all = ids(&letters);
+    for h in [&a, &b] {
+        let got = ids(&letters_on(h).await?);
+        ensure!(
+            got == all,
+            "every dead letter, once, asked of {}: {got:?}, not {all:?}",
+            h.url
+        );
+    }
+    let owner_of = async |d: &Value| -> Result<String> {
+        let id = d["id"].as_u64().context("an id")?;
+        let r = a
+            .http
+            .get(format!(
+                "{}/v1/pipelines/async-process/dead-letters/{id}",
+                a.url
+            ))
+            .send()
+            .await?;
+        ensure!(
+            r.status() == 200,
+            "dead letter {id} asked of a: {}",
+            r.status()
+        );
+        Ok(r.headers()
+            .get("eddy-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("a")
+            .to_owned())
+    };
+    let mut on_b = None;
+    for d in &letters {
+        if owner_of(d).await? == "b" {
+            on_b = Some(d.clone());
+            break;
+        }
+    }
+    let on_b = on_b.context("b owns no dead letter's partition")?;
+    let b_log = plain(&b.log());
+    ensure!(
+        b_log.contains("partition restored"),
+        "b restored its partitions: {b_log}"
+    );
+
+    // One of b's, replayed through a: b resolves it, the event goes to the
+    // partition its key belongs to and is folded there once.
+    let id = on_b["id"].as_u64().context("an id")?;
+    let r = a
+        .http
+        .post(format!(
+            "{}/v1/pipelines/async-process/dead-letters/{id}/replay",
+            a.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await?;
+    ensure!(
+        status == 200 && body["replayed"] == 1,
+        "replay of {id} asked of a: {status} {body}"
+    );
+    settle(&broker, &[&a, &b]).await?;
+    ensure!(
+        folded_on(&b).await? == folded + 1,
+        "the replayed event is folded once"
+    );
+    let left: Vec<u64> = all.iter().copied().filter(|i| *i != id).collect();
+    ensure!(ids(&letters_on(&a).await?) == left, "{id} is resolved");
+
+    // b dies: a restores b's partitions, their dead letters with them —
+    // without the one resolved on b.
+    b.kill9()?;
+    settle(&broker, &[&a]).await?;
+    ensure!(
+        ids(&letters_on(&a).await?) == left,
+        "after b's death a holds every open dead letter, once"
+    );
+    // Replaying the rest folds every event.
+    let (status, body) = {
+        let r = a
+            .http
+            .post(format!(
+                "{}/v1/pipelines/async-process/dead-letters/replay",
+                a.url
+            ))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await?;
+        (r.status().as_u16(), r.json::<Value>().await?)
+    };
+    ensure!(
+        status == 200 && body["replayed"].as_u64() == Some(left.len() as u64),
+        "replay of the rest: {status} {body}"
+    );
+    settle(&broker, &[&a]).await?;
+    ensure!(letters_on(&a).await?.is_empty(), "no dead letter is left");
+    ensure!(
+        folded_on(&a).await? == 300,
+        "every event folded once after the replays"
+    );
+    // a, restarted on its store, still has nothing open.
+    a.terminate()?;
+    a.restart().await?;
+    wait_ready(&[&a]).await?;
+    ensure!(
+        letters_on(&a).await?.is_empty(),
+        "no dead letter after a restart"
+    );
+    for h in [&a, &b] {
+        ensure!(!h.log().contains("panicked"), "{}", h.log());
+    }
     Ok(())
 }

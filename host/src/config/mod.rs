@@ -207,6 +207,12 @@ impl Config {
                 );
             }
             for p in &self.pipelines {
+                if p.on_dead_letter == OnDeadLetter::Quarantine {
+                    problems.push(format!(
+                        "[cluster]: pipeline {:?} has on_dead_letter = \"quarantine\", but a quarantined key's held-back events stay on the host that parked them, and its partition can move to another: use on_dead_letter = \"continue\" (its dead letters move with their partition)",
+                        p.name
+                    ));
+                }
                 if p.misrouted_keys == Some(MisroutedKeys::Fold) {
                     problems.push(format!(
                         "[cluster]: pipeline {:?} has misrouted_keys = \"fold\", but a state moves with its input partition between hosts: a key's events must all arrive on the partition it hashes to (misrouted_keys = \"dead-letter\")",

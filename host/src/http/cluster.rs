@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{AppError, AppState};
@@ -39,6 +39,9 @@ pub struct Cluster {
 /// How a query was asked: what to forward, and whether it may be.
 pub struct Asked {
     path_and_query: String,
+    method: Method,
+    /// The body passed on with the request (see [`Asked::with_body`]).
+    body: Option<Vec<u8>>,
     forwarded: bool,
     redirect: bool,
     authorization: Option<HeaderValue>,
@@ -58,6 +61,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Asked {
                 .path_and_query()
                 .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
             forwarded: parts.headers.contains_key(FORWARDED_HEADER),
+            method: parts.method.clone(),
+            body: None,
             redirect,
             authorization: parts.headers.get(header::AUTHORIZATION).cloned(),
         })
@@ -65,9 +70,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Asked {
 }
 
 impl Asked {
+    /// The request's path and query, as asked.
+    pub(super) fn path_and_query(&self) -> &str {
+        &self.path_and_query
+    }
+
     /// Whether another host forwarded this query.
     pub fn is_forwarded(&self) -> bool {
         self.forwarded
+    }
+
+    /// The request's body, passed on with it when it is forwarded.
+    #[must_use]
+    pub(super) fn with_body(mut self, body: &[u8]) -> Self {
+        self.body = Some(body.to_vec());
+        self
     }
 
     /// The caller's `Authorization`, passed on to the hosts asked.
@@ -337,14 +354,21 @@ fn restoring(pipeline: &str, partition: u32, host: &str) -> AppError {
     e
 }
 
-/// Asks `target` on `owner` the same GET, marked as forwarded; its answer.
+/// Asks `target` on `owner` the same request, marked as forwarded; its
+/// answer.
 async fn forward(
     me: &str,
     owner: &HostEntry,
     target: &str,
     asked: &Asked,
 ) -> Result<Response, String> {
-    let (status, content_type, body) = get(me, target, asked.authorization.clone()).await?;
+    let (status, content_type, body) = call(
+        me,
+        target,
+        asked.authorization.clone(),
+        (&asked.method, asked.body.clone()),
+    )
+    .await?;
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     if let Some(ct) = content_type {
@@ -385,17 +409,29 @@ pub(super) fn forwarded<B>(
     }
 }
 
-/// One GET to another host, off the async workers.
-async fn get(
+/// One request to another host, off the async workers: a GET, a DELETE,
+/// or a POST of `body`.
+async fn call(
     me: &str,
     url: &str,
     authorization: Option<HeaderValue>,
+    (method, body): (&Method, Option<Vec<u8>>),
 ) -> Result<(StatusCode, Option<HeaderValue>, Vec<u8>), String> {
     let me = me.to_owned();
     let url = url.to_owned();
+    let method = method.clone();
     tokio::task::spawn_blocking(move || {
-        let req = forwarded(peer(true).get(&url), &me, authorization);
-        let mut r = req.call().map_err(|e| e.to_string())?;
+        let agent = peer(true);
+        let mut r = if method == Method::POST {
+            forwarded(agent.post(&url), &me, authorization)
+                .header(header::CONTENT_TYPE, "application/json")
+                .send(body.unwrap_or_default().as_slice())
+        } else if method == Method::DELETE {
+            forwarded(agent.delete(&url), &me, authorization).call()
+        } else {
+            forwarded(agent.get(&url), &me, authorization).call()
+        }
+        .map_err(|e| e.to_string())?;
         let status = StatusCode::from_u16(r.status().as_u16()).map_err(|e| e.to_string())?;
         let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
         let body = r
@@ -466,22 +502,23 @@ pub(super) struct LatestRow {
     pub state: serde_json::Value,
 }
 
-/// The other hosts' `latest` rows for the partitions this host does not
-/// own, and the partitions no host answered for (with why).
-pub(super) async fn latest_elsewhere(
+/// Whom to ask for a pipeline's partitions this host does not own: per
+/// host, its entry and partitions; and the partitions nobody can answer
+/// for now (with why).
+#[allow(clippy::type_complexity)]
+fn owners_elsewhere(
     s: &AppState,
     pipeline: &str,
     partitions: u32,
-    limit: usize,
-    asked: &Asked,
-) -> (Vec<LatestRow>, BTreeMap<u32, String>) {
-    let mut rows = Vec::new();
+) -> (
+    BTreeMap<String, (HostEntry, Vec<u32>)>,
+    BTreeMap<u32, String>,
+) {
+    let mut ask: BTreeMap<String, (HostEntry, Vec<u32>)> = BTreeMap::new();
     let mut missing = BTreeMap::new();
     let (Some(c), Some(o)) = (&s.cluster, s.owned(pipeline)) else {
-        return (rows, missing);
+        return (ask, missing);
     };
-    // Whom to ask for which partitions.
-    let mut ask: BTreeMap<String, (HostEntry, Vec<u32>)> = BTreeMap::new();
     for p in (0..partitions).filter(|p| !o.owns(*p)) {
         if o.restoring().contains(&p) {
             missing.insert(
@@ -507,32 +544,77 @@ pub(super) async fn latest_elsewhere(
             }
         }
     }
-    let asks = ask.into_values().map(|(entry, parts)| async move {
-        let Some(url) = entry.advertise.clone() else {
-            return (entry, parts, Err("it advertises no URL".to_owned()));
-        };
-        let target = format!(
-            "{}/v1/pipelines/{pipeline}/latest?limit={limit}&meta=true",
-            url.trim_end_matches('/')
-        );
-        let got = get(c.directory.host_id(), &target, asked.authorization.clone()).await;
-        let rows = got.and_then(|(status, _, body)| {
-            if status != StatusCode::OK {
-                return Err(format!(
-                    "it answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                ));
-            }
+    (ask, missing)
+}
+
+/// Asks every other owner of `pipeline`'s partitions the request at
+/// `path_and_query` (a POST when `post` holds a body), marked as
+/// forwarded. Per host: the partitions asked of it and its 200 answer's
+/// body, or why there is none; and the partitions nobody could be asked.
+#[allow(clippy::type_complexity)]
+pub(super) async fn ask_owners(
+    s: &AppState,
+    pipeline: &str,
+    partitions: u32,
+    path_and_query: &str,
+    asked: &Asked,
+    post: Option<Vec<u8>>,
+) -> (
+    Vec<(String, Vec<u32>, Result<Vec<u8>, String>)>,
+    BTreeMap<u32, String>,
+) {
+    let (ask, missing) = owners_elsewhere(s, pipeline, partitions);
+    let me = s.host_id();
+    let asks = ask.into_values().map(|(entry, parts)| {
+        let post = post.clone();
+        async move {
+            let Some(url) = entry.advertise.clone() else {
+                return (entry.host, parts, Err("it advertises no URL".to_owned()));
+            };
+            let target = format!("{}{path_and_query}", url.trim_end_matches('/'));
+            let method = if post.is_some() {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            let got = call(me, &target, asked.authorization.clone(), (&method, post)).await;
+            let body = got.and_then(|(status, _, body)| {
+                if status == StatusCode::OK {
+                    Ok(body)
+                } else {
+                    Err(format!(
+                        "it answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    ))
+                }
+            });
+            (entry.host, parts, body)
+        }
+    });
+    (futures_util::future::join_all(asks).await, missing)
+}
+
+/// The other hosts' `latest` rows for the partitions this host does not
+/// own, and the partitions no host answered for (with why).
+pub(super) async fn latest_elsewhere(
+    s: &AppState,
+    pipeline: &str,
+    partitions: u32,
+    limit: usize,
+    asked: &Asked,
+) -> (Vec<LatestRow>, BTreeMap<u32, String>) {
+    let mut rows = Vec::new();
+    let path = format!("/v1/pipelines/{pipeline}/latest?limit={limit}&meta=true");
+    let (answers, mut missing) = ask_owners(s, pipeline, partitions, &path, asked, None).await;
+    for (host, parts, got) in answers {
+        let got = got.and_then(|body| {
             serde_json::from_slice::<Vec<LatestRow>>(&body).map_err(|e| e.to_string())
         });
-        (entry, parts, rows)
-    });
-    for (entry, parts, got) in futures_util::future::join_all(asks).await {
         match got {
             Ok(theirs) => rows.extend(theirs.into_iter().filter(|r| parts.contains(&r.partition))),
             Err(why) => {
                 for p in parts {
-                    missing.insert(p, format!("host {:?} did not answer: {why}", entry.host));
+                    missing.insert(p, format!("host {host:?} did not answer: {why}"));
                 }
             }
         }

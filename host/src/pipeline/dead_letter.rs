@@ -219,6 +219,68 @@ impl DeadLetter {
     }
 }
 
+/// How a pipeline numbers its dead letters: one sequence on one host; in
+/// cluster mode one per input partition, the id `n × partitions +
+/// partition`, so an id says which partition — and so which host — holds
+/// its letter, and ids stay unique when partitions move between hosts.
+#[derive(Debug, Clone)]
+pub enum DeadIds {
+    /// The last id used.
+    Sequential(u64),
+    /// The last number used per partition.
+    ByPartition(Vec<u64>),
+}
+
+impl DeadIds {
+    /// The pipeline's numbers as stored: per partition when `partitions`
+    /// is given (cluster mode).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn load(
+        store: &crate::store::Store,
+        pipeline: &str,
+        partitions: Option<u32>,
+    ) -> Result<Self, StoreError> {
+        Ok(match partitions {
+            None => DeadIds::Sequential(store.last_dead_id(pipeline)?),
+            Some(n) => DeadIds::ByPartition(store.dead_counters(pipeline, n)?),
+        })
+    }
+
+    /// The id of a new dead letter of `partition`.
+    pub fn next(&mut self, partition: u32) -> u64 {
+        match self {
+            DeadIds::Sequential(last) => {
+                *last += 1;
+                *last
+            }
+            DeadIds::ByPartition(counters) => {
+                let n = u64::try_from(counters.len()).unwrap_or(u64::MAX).max(1);
+                let p = u64::from(partition).min(n - 1);
+                let Some(c) = usize::try_from(p).ok().and_then(|i| counters.get_mut(i)) else {
+                    return 0;
+                };
+                *c += 1;
+                c.saturating_mul(n).saturating_add(p)
+            }
+        }
+    }
+
+    /// Puts the numbers now used into `commit` (for `touched` partitions).
+    pub fn record(&self, commit: &mut Commit, touched: &[u32]) {
+        match self {
+            DeadIds::Sequential(last) => commit.last_dead_id = *last,
+            DeadIds::ByPartition(counters) => {
+                commit.last_dead_ids = touched
+                    .iter()
+                    .filter_map(|p| Some((*p, *counters.get(*p as usize)?)))
+                    .collect();
+            }
+        }
+    }
+}
+
 /// Why dead letters could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -235,6 +297,19 @@ pub enum ResolveError {
     /// its event twice.
     #[error("a replay of pipeline {0:?} is running; resolve its dead letters once it is done")]
     ReplayRunning(String),
+    /// Cluster mode: another host owns (or this one is restoring) the
+    /// partition the dead letter belongs to.
+    #[error(
+        "dead letter {id} of pipeline {pipeline:?} belongs to partition {partition}, which this host does not own now"
+    )]
+    NotOwned {
+        /// The pipeline.
+        pipeline: String,
+        /// Its id.
+        id: u64,
+        /// Its partition.
+        partition: u32,
+    },
     /// A stored dead letter does not read back.
     #[error("dead letter {id} is not readable: {reason}")]
     Unreadable {
@@ -261,6 +336,22 @@ pub struct Resolving {
     pub lock: PipelineLock,
     /// Its replay's progress.
     pub replays: Tracker,
+    /// Cluster mode: where resolutions go besides the store.
+    pub shared: Option<Shared>,
+}
+
+/// Cluster mode: a dead letter belongs to its input partition. A replayed
+/// event is produced back to the pipeline's input, on the partition its key
+/// belongs to (the partition it came from when it has no key), so the
+/// partition's owner runs it in order with the partition's other events,
+/// wherever the partition moves meanwhile; and each resolution is written
+/// to the partition's state changelog (a tombstone under the letter's key)
+/// so a host that takes the partition over does not restore the letter.
+pub struct Shared {
+    /// The Kafka sink (its outbox delivers both).
+    pub sink: Arc<crate::sink::kafka::KafkaSink>,
+    /// The partitions this host owns, with their epochs.
+    pub ownership: Arc<crate::source::restore::Ownership>,
 }
 
 /// Removes dead letters, replaying them first when `replay` (each with its
@@ -283,6 +374,9 @@ pub fn resolve(
         return Err(ResolveError::ReplayRunning(p.name.clone()));
     }
     let store = at.log.store();
+    if let Some(shared) = &at.shared {
+        return resolve_shared(at, shared, ids, replay);
+    }
     let quarantine = p.on_dead_letter == OnDeadLetter::Quarantine;
     let topic = p.replay_topic();
     let mut commit = Commit {
@@ -330,6 +424,75 @@ pub fn resolve(
     }
     let n = commit.remove_dead.len();
     crate::sink::commit_embedded(&at.log, &mut commit, records)?;
+    Ok(n)
+}
+
+/// [`resolve`] in cluster mode (no quarantine there): each letter's partition
+/// must be owned here; replays go to the input, resolutions to the state
+/// changelog, with the letters' removal, in one commit through the outbox.
+fn resolve_shared(
+    at: &Resolving,
+    shared: &Shared,
+    ids: Vec<(u64, Option<Vec<u8>>)>,
+    replay: bool,
+) -> Result<usize, ResolveError> {
+    let p = &at.config;
+    let store = at.log.store();
+    let partitions = shared.ownership.partitions();
+    let epochs = shared.ownership.epochs();
+    let mut commit = Commit {
+        pipeline: p.name.clone(),
+        ..Commit::default()
+    };
+    let mut records = Vec::new();
+    let single = ids.len() == 1;
+    for (id, corrected) in ids {
+        let partition = crate::store::dead_letter_partition(id, partitions);
+        let Some(epoch) = epochs.get(partition as usize).copied().flatten() else {
+            return Err(ResolveError::NotOwned {
+                pipeline: p.name.clone(),
+                id,
+                partition,
+            });
+        };
+        let Some(json) = store.dead_letter(&p.name, id)? else {
+            if single {
+                return Err(ResolveError::Missing {
+                    pipeline: p.name.clone(),
+                    id,
+                });
+            }
+            continue;
+        };
+        let dl = DeadLetter::from_json(&json).map_err(|e| ResolveError::Unreadable {
+            id,
+            reason: e.to_string(),
+        })?;
+        if replay {
+            let mut r = dl.replay_record(id, corrected)?;
+            r.partition = Some(match dl.key.as_deref() {
+                Some(key) => crate::source::partition_for_key(key.as_bytes(), partitions),
+                None => dl.origin().partition,
+            });
+            records.push((p.topic.clone(), r));
+        }
+        let seq = store.last_seq(&p.name, partition)?;
+        let offset = store.offset(&p.name, &p.topic, partition)?;
+        let mut tombstone = super::outputs::dead_letter_record(
+            &p.name,
+            (partition, epoch),
+            (seq, offset),
+            id,
+            None,
+        );
+        tombstone
+            .headers
+            .push((super::BATCH_END_HEADER.to_owned(), b"1".to_vec()));
+        records.push((shared.ownership.topic.clone(), tombstone));
+        commit.remove_dead.push(id);
+    }
+    let n = commit.remove_dead.len();
+    shared.sink.commit(&mut commit, records)?;
     Ok(n)
 }
 
@@ -423,7 +586,43 @@ pub fn unbase64(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{base64, unbase64};
+    use super::{DeadIds, base64, unbase64};
+    use crate::store::{Commit, Store, dead_letter_partition};
+
+    #[test]
+    fn cluster_ids_say_their_partition_and_never_repeat_a_single_hosts()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), crate::config::Durability::Process)?;
+        // Before joining a group, the host gave out ids 1..=7.
+        store.commit(&Commit {
+            pipeline: "p".into(),
+            dead_letters: (1..=7).map(|i| (i, "{}".to_owned())).collect(),
+            last_dead_id: 7,
+            ..Commit::default()
+        })?;
+        let mut ids = DeadIds::load(&store, "p", Some(3))?;
+        let a = ids.next(2);
+        let b = ids.next(0);
+        let c = ids.next(2);
+        assert!(a > 7 && b > 7 && c > a, "{a} {b} {c}");
+        assert_eq!(dead_letter_partition(a, 3), 2);
+        assert_eq!(dead_letter_partition(b, 3), 0);
+        assert_eq!(dead_letter_partition(c, 3), 2);
+        // What a commit records is read back as where numbering goes on.
+        let mut commit = Commit::default();
+        ids.record(&mut commit, &[0, 2]);
+        assert_eq!(commit.last_dead_ids.len(), 2);
+        commit.pipeline = "p".into();
+        store.commit(&commit)?;
+        let mut again = DeadIds::load(&store, "p", Some(3))?;
+        let d = again.next(2);
+        assert!(d > c && dead_letter_partition(d, 3) == 2, "{d}");
+        // One host numbers in one sequence.
+        let mut one = DeadIds::load(&store, "p", None)?;
+        assert_eq!(one.next(2), 8);
+        Ok(())
+    }
 
     #[test]
     fn unbase64_inverts_base64() {

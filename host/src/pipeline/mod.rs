@@ -40,7 +40,9 @@ use state_cache::StateCache;
 /// `{source topic}/{partition}/{offset}/{index}` for a record a plugin
 /// emitted (`{input's id}/{index}` when the input carries one),
 /// `{pipeline}/{partition}/changes/{seq}` for a changelog record,
-/// `{source topic}/{partition}/{offset}/dead` for a dead-letter record.
+/// `{source topic}/{partition}/{offset}/dead` for a dead-letter record,
+/// `{pipeline}/{partition}/dead/{id}/open` (or `/resolved`) for a dead
+/// letter in a state changelog.
 pub const ID_HEADER: &str = "eddy-id";
 
 /// On a changelog record: the change number of its partition.
@@ -70,6 +72,15 @@ pub const VERSION_HEADER: &str = "eddy-plugin-version";
 /// partition (the record's offset is its new epoch).
 pub const FENCE_HEADER: &str = "eddy-fence";
 
+/// On a state changelog record (cluster mode): the id of the dead letter it
+/// carries (its key is `\0eddy-dead/{id}`, its value the letter).
+pub const DEAD_LETTER_HEADER: &str = "eddy-dead-letter";
+
+/// On a record for the Kafka producer: its value is sent as null — a
+/// tombstone, which compaction removes with its key (a resolved dead
+/// letter in a state changelog).
+pub const TOMBSTONE_HEADER: &str = "eddy-tombstone";
+
 /// A running pipeline's parts.
 pub struct Worker {
     config: PipelineConfig,
@@ -87,7 +98,7 @@ pub struct Worker {
     stamp_us: u64,
     /// Per input partition, the next offset to read (as committed).
     source_offsets: Vec<u64>,
-    dead_id: u64,
+    dead_ids: dead_letter::DeadIds,
     lock: PipelineLock,
     cache: StateCache,
     ownership: Option<Arc<crate::source::restore::Ownership>>,
@@ -184,7 +195,11 @@ impl Worker {
         let source_offsets = (0..intake.partitions())
             .map(|p| store.offset(&config.name, &config.topic, p))
             .collect::<Result<Vec<_>, _>>()?;
-        let dead_id = store.last_dead_id(&config.name)?;
+        let dead_ids = dead_letter::DeadIds::load(
+            &store,
+            &config.name,
+            ownership.as_ref().map(|_| intake.partitions()),
+        )?;
         Ok(Worker {
             intake,
             changelog_by_partition,
@@ -199,7 +214,7 @@ impl Worker {
             seqs,
             stamp_us,
             source_offsets,
-            dead_id,
+            dead_ids,
             lock,
             ownership,
             paused,
@@ -324,7 +339,7 @@ impl Worker {
             store: &self.store,
             seqs: &mut self.seqs,
             stamp_us: &mut self.stamp_us,
-            dead_id: &mut self.dead_id,
+            dead_ids: &mut self.dead_ids,
             changelog: self.config.changelog_topic.as_deref(),
             changelog_by_partition: self.changelog_by_partition,
             source_offsets: &self.source_offsets,
@@ -379,7 +394,11 @@ impl Worker {
             let partitions = self.intake.partitions();
             self.seqs = self.store.last_seqs(&self.config.name, partitions)?;
             self.stamp_us = self.store.last_stamp(&self.config.name, partitions)?;
-            self.dead_id = self.store.last_dead_id(&self.config.name)?;
+            self.dead_ids = dead_letter::DeadIds::load(
+                &self.store,
+                &self.config.name,
+                self.ownership.as_ref().map(|_| partitions),
+            )?;
             self.source_offsets = (0..partitions)
                 .map(|p| self.store.offset(&self.config.name, &self.config.topic, p))
                 .collect::<Result<Vec<_>, _>>()?;

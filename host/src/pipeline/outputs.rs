@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::dead_letter::{DeadLetter, Stage};
+use super::dead_letter::{DeadIds, DeadLetter, Stage};
 use super::fold::{Attempted, KeyFold};
 use super::{
-    BATCH_END_HEADER, EPOCH_HEADER, ID_HEADER, Item, SEQ_HEADER, SOURCE_OFFSET_HEADER,
-    STAMP_HEADER, VERSION_HEADER,
+    BATCH_END_HEADER, DEAD_LETTER_HEADER, EPOCH_HEADER, ID_HEADER, Item, SEQ_HEADER,
+    SOURCE_OFFSET_HEADER, STAMP_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
 };
 use crate::execute::{Emitted, Plugin};
 use crate::sink::ProduceRecord;
@@ -159,8 +159,8 @@ pub struct Target<'a> {
     pub seqs: &'a mut [u64],
     /// Last commit stamp used (microseconds; each change's is later).
     pub stamp_us: &'a mut u64,
-    /// Last dead-letter id used.
-    pub dead_id: &'a mut u64,
+    /// Dead-letter ids used so far.
+    pub dead_ids: &'a mut DeadIds,
     /// Topic each new state is appended to, if any.
     pub changelog: Option<&'a str>,
     /// Whether a change goes to the changelog partition numbered as its
@@ -285,24 +285,25 @@ impl Outputs {
             }
             commit.states.push((change, previous));
         }
-        for (_, _, at) in batch_end {
-            if let Some((_, r)) = emits.get_mut(at) {
-                r.headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
-            }
-        }
         commit.last_seqs = touched
             .into_iter()
             .filter_map(|p| Some((p, *target.seqs.get(p as usize)?)))
             .collect();
         // A rebuild's failures are counted in its progress, not as the live pipeline's.
         let live = target.name == target.pipeline;
+        let mut dead_touched: Vec<u32> = Vec::new();
         for dl in dead {
-            *target.dead_id += 1;
-            let json = dl.to_json(*target.dead_id);
+            // The input partition it belongs to: where its event first came from.
+            let partition = dl.origin().partition;
+            let id = target.dead_ids.next(partition);
+            if !dead_touched.contains(&partition) {
+                dead_touched.push(partition);
+            }
+            let json = dl.to_json(id);
             if live {
                 tracing::warn!(
                     pipeline = %target.pipeline, key = dl.key.as_deref(), plugin = dl.plugin.as_deref(),
-                    topic = %dl.topic, partition = dl.partition, offset = dl.offset,
+                    topic = %dl.topic, partition = dl.partition, offset = dl.offset, id,
                     stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
                     "event dead-lettered"
                 );
@@ -323,9 +324,43 @@ impl Outputs {
                     },
                 ));
             }
-            commit.dead_letters.push((*target.dead_id, json));
+            // Cluster mode: the letter goes to its partition's state
+            // changelog too, so it moves with the partition.
+            if let Some((topic, epochs)) = target.restore {
+                match epochs.get(partition as usize).copied().flatten() {
+                    Some(epoch) => {
+                        let source_offset = target
+                            .source_offsets
+                            .get(partition as usize)
+                            .copied()
+                            .unwrap_or(0);
+                        let seq = target.seqs.get(partition as usize).copied().unwrap_or(0);
+                        mark_end(true, partition, emits.len());
+                        emits.push((
+                            topic.to_owned(),
+                            dead_letter_record(
+                                target.pipeline,
+                                (partition, epoch),
+                                (seq, source_offset),
+                                id,
+                                Some(&json),
+                            ),
+                        ));
+                    }
+                    None => tracing::warn!(
+                        pipeline = %target.pipeline, partition, id,
+                        "a dead letter of a partition this host does not own; it is not in the state changelog"
+                    ),
+                }
+            }
+            commit.dead_letters.push((id, json));
         }
-        commit.last_dead_id = *target.dead_id;
+        target.dead_ids.record(&mut commit, &dead_touched);
+        for (_, _, at) in batch_end {
+            if let Some((_, r)) = emits.get_mut(at) {
+                r.headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
+            }
+        }
         // Per key: new dead letters and the offset of the first.
         let mut opened: HashMap<String, (u64, u64)> = HashMap::new();
         for (key, offset) in quarantine {
@@ -352,6 +387,46 @@ impl Outputs {
             commit.last_park_seq = seq;
         }
         Ok((commit, emits))
+    }
+}
+
+/// A dead letter's record in its partition's state changelog (`letter`:
+/// `None` for its resolution, a tombstone): key `\0eddy-dead/{id}`, with the
+/// owner's epoch, the partition's change number and input offset as a
+/// state's record has them, so a restore reads it in the same order and
+/// under the same rules.
+pub fn dead_letter_record(
+    pipeline: &str,
+    (partition, epoch): (u32, u64),
+    (seq, source_offset): (u64, u64),
+    id: u64,
+    letter: Option<&str>,
+) -> ProduceRecord {
+    let mut headers = vec![
+        (
+            ID_HEADER.to_owned(),
+            format!(
+                "{pipeline}/{partition}/dead/{id}/{}",
+                if letter.is_some() { "open" } else { "resolved" }
+            )
+            .into_bytes(),
+        ),
+        (SEQ_HEADER.to_owned(), seq.to_string().into_bytes()),
+        (
+            SOURCE_OFFSET_HEADER.to_owned(),
+            source_offset.to_string().into_bytes(),
+        ),
+        (EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes()),
+        (DEAD_LETTER_HEADER.to_owned(), id.to_string().into_bytes()),
+    ];
+    if letter.is_none() {
+        headers.push((TOMBSTONE_HEADER.to_owned(), b"1".to_vec()));
+    }
+    ProduceRecord {
+        partition: Some(partition),
+        key: Some(format!("\u{0}eddy-dead/{id}").into_bytes()),
+        headers,
+        value: letter.map(|l| l.as_bytes().to_vec()).unwrap_or_default(),
     }
 }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::dead_letter::{DeadLetter, Origin, Stage};
+use super::dead_letter::{DeadIds, DeadLetter, Origin, Stage};
 use super::fold::{self, ByKey, Policy};
 use super::outputs::{Folder, Outputs, Target};
 use super::{Intake, Item, PipelineLock};
@@ -130,7 +130,7 @@ struct Rebuild {
     /// The rebuild's own change numbers, per partition, and stamp.
     seqs: Vec<u64>,
     stamp_us: u64,
-    dead_id: u64,
+    dead_ids: DeadIds,
 }
 
 impl Rebuild {
@@ -240,7 +240,7 @@ impl Rebuild {
             store: &self.store,
             seqs: &mut self.seqs,
             stamp_us: &mut self.stamp_us,
-            dead_id: &mut self.dead_id,
+            dead_ids: &mut self.dead_ids,
             changelog: None,
             changelog_by_partition: false,
             restore: None,
@@ -566,7 +566,7 @@ pub fn start(
                     held,
                     seqs: vec![0; intake.partitions() as usize],
                     stamp_us: 0,
-                    dead_id: 0,
+                    dead_ids: DeadIds::Sequential(0),
                     config: config.clone(),
                 }
                 .run(&lock)

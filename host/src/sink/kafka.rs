@@ -506,6 +506,13 @@ impl KafkaSink {
         if let Some(h) = headers_of(&r.record.headers) {
             record = record.headers(h);
         }
+        if r.record
+            .headers
+            .iter()
+            .any(|(n, _)| n == crate::pipeline::TOMBSTONE_HEADER)
+        {
+            record.payload = None;
+        }
         self.producer.send(record).map_err(|(e, _)| e)
     }
 

@@ -33,8 +33,8 @@ use super::{Limit, SourceError, SourceRecord};
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::notify::Hub;
 use crate::pipeline::{
-    BATCH_END_HEADER, EPOCH_HEADER, FENCE_HEADER, SEQ_HEADER, SOURCE_OFFSET_HEADER, STAMP_HEADER,
-    VERSION_HEADER,
+    BATCH_END_HEADER, DEAD_LETTER_HEADER, EPOCH_HEADER, FENCE_HEADER, SEQ_HEADER,
+    SOURCE_OFFSET_HEADER, STAMP_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
 };
 use crate::sink::ProduceRecord;
 use crate::sink::kafka::KafkaSink;
@@ -97,6 +97,11 @@ impl Ownership {
         crate::lock(&self.epochs)
             .get(partition as usize)
             .is_some_and(Option::is_some)
+    }
+
+    /// The input topic's partition count.
+    pub fn partitions(&self) -> u32 {
+        u32::try_from(crate::lock(&self.epochs).len()).unwrap_or(u32::MAX)
     }
 
     fn begin(&self, partition: u32) {
@@ -218,6 +223,12 @@ struct Job {
     batch: Vec<(String, StoredState)>,
     /// Whole batches not yet written.
     ready: Vec<(String, StoredState)>,
+    /// Dead letters (`None`: resolved) of the batch being read, and of
+    /// whole batches not yet written.
+    dead_batch: Vec<(u64, Option<String>)>,
+    dead_ready: Vec<(u64, Option<String>)>,
+    /// The highest dead-letter number read.
+    dead_counter: u64,
     last_seq: u64,
     source_offset: Option<u64>,
     next: u64,
@@ -235,6 +246,8 @@ struct Headers<'a> {
     version: &'a str,
     source_offset: Option<u64>,
     batch_end: bool,
+    dead: Option<u64>,
+    tombstone: bool,
 }
 
 fn headers(r: &SourceRecord) -> Headers<'_> {
@@ -246,6 +259,8 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
         version: "",
         source_offset: None,
         batch_end: false,
+        dead: None,
+        tombstone: false,
     };
     let num = |v: &[u8]| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
     for (name, value) in &r.headers {
@@ -257,6 +272,8 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
             VERSION_HEADER => h.version = std::str::from_utf8(value).unwrap_or(""),
             SOURCE_OFFSET_HEADER => h.source_offset = num(value),
             BATCH_END_HEADER => h.batch_end = true,
+            DEAD_LETTER_HEADER => h.dead = num(value),
+            TOMBSTONE_HEADER => h.tombstone = true,
             _ => {}
         }
     }
@@ -450,6 +467,9 @@ impl Restorer {
             epoch_now: 0,
             batch: Vec::new(),
             ready: Vec::new(),
+            dead_batch: Vec::new(),
+            dead_ready: Vec::new(),
+            dead_counter: 0,
             last_seq: 0,
             source_offset: None,
             next: low,
@@ -529,7 +549,11 @@ impl Restorer {
     fn empty_partition(&mut self, job: &mut Job) -> Result<(), SourceError> {
         let dropped = self
             .store
-            .drop_partition(&self.ownership.pipeline, &self.input, job.partition)
+            .drop_partition(
+                &self.ownership.pipeline,
+                &self.input,
+                (job.partition, self.ownership.partitions()),
+            )
             .map_err(|e| self.store_error(e))?;
         if dropped > 0 {
             tracing::info!(
@@ -544,6 +568,9 @@ impl Restorer {
         job.epoch_now = 0;
         job.batch.clear();
         job.ready.clear();
+        job.dead_batch.clear();
+        job.dead_ready.clear();
+        job.dead_counter = 0;
         job.source_offset = None;
         job.next = job.low;
         Ok(())
@@ -674,7 +701,13 @@ impl Restorer {
                 job.zombies += 1;
                 continue;
             }
-            if seq > job.have_seq {
+            if let Some(id) = h.dead {
+                // A dead letter of the partition, or its resolution.
+                let letter = (!h.tombstone).then(|| String::from_utf8_lossy(&r.value).into_owned());
+                job.dead_batch.push((id, letter));
+                let n = id / u64::from(self.ownership.partitions().max(1));
+                job.dead_counter = job.dead_counter.max(n);
+            } else if seq > job.have_seq {
                 let key =
                     String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
                 job.batch.push((
@@ -689,13 +722,14 @@ impl Restorer {
             }
             if h.batch_end {
                 job.ready.append(&mut job.batch);
+                job.dead_ready.append(&mut job.dead_batch);
                 job.last_seq = job.last_seq.max(seq);
                 if let Some(o) = h.source_offset {
                     job.source_offset = Some(job.source_offset.map_or(o, |s| s.max(o)));
                 }
             }
         }
-        if job.ready.len() >= APPLY_BATCH {
+        if job.ready.len() + job.dead_ready.len() >= APPLY_BATCH {
             self.write(&mut job, None)?;
         }
         if job.next >= job.fence {
@@ -716,12 +750,14 @@ impl Restorer {
                 last_seq: job.last_seq,
                 next_offset: start,
                 point,
+                dead: std::mem::take(&mut job.dead_ready),
+                dead_counter: job.dead_counter,
             })
             .map_err(|e| self.store_error(e))
     }
 
     fn finish(&mut self, mut job: Job) -> Result<Done, SourceError> {
-        if !job.batch.is_empty() {
+        if !job.batch.is_empty() || !job.dead_batch.is_empty() {
             tracing::warn!(
                 pipeline = %self.ownership.pipeline, partition = job.partition,
                 records = job.batch.len(),

@@ -17,6 +17,7 @@
 //! | `parked`  | pipeline `\0` key `\0` seq(u64)      | encoded [`LogRecord`] with its origin | `quarantine.rs` |
 //! | `outbox`  | seq(u64)                             | encoded [`OutboxRecord`] (Kafka sink) | `outbox.rs` |
 //! | `meta`    | `dead\0` / `park\0` pipeline        | last used id / park seq (u64)  | `dead_letters.rs`, `quarantine.rs` |
+//! | `meta`    | `dead-partition\0` pipeline `\0` partition(u32) | cluster mode: the partition's last dead-letter number | `dead_letters.rs` |
 //! | `meta`    | `seq\0` pipeline `\0` partition(u32) | the partition's last change number | `state.rs` |
 //! | `meta`    | `restore\0` pipeline `\0` partition(u32) | owner epoch(u64) + changelog offset(u64) | `restore.rs` |
 //! | `meta`    | `schema-registry`                    | the embedded schema registry (JSON) | `registry.rs` |
@@ -46,6 +47,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 
 use crate::config::Durability;
 use codec::{join, split_at_zero, u64_of};
+pub use dead_letters::dead_letter_partition;
 pub use log::{Append, LogRecord};
 pub use outbox::OutboxRecord;
 pub use rebuild::Swap;
@@ -96,6 +98,9 @@ pub struct Commit {
     pub dead_letters: Vec<(u64, String)>,
     /// Last used dead-letter id after this commit.
     pub last_dead_id: u64,
+    /// Cluster mode: instead, the last dead-letter number of each partition
+    /// that got one.
+    pub last_dead_ids: Vec<(u32, u64)>,
     /// Next offset to read per input (topic, partition).
     pub offsets: Vec<(String, u32, u64)>,
     /// Dead letters resolved (replayed or deleted).
@@ -242,7 +247,13 @@ impl Store {
         let mut b = self.batch();
         self.write_states(&mut b, p, &c.plugin_version, &c.states, &c.last_seqs)?;
         self.write_appends(&mut b, &c.appends);
-        self.write_dead_letters(&mut b, p, &c.dead_letters, c.last_dead_id, &c.remove_dead);
+        self.write_dead_letters(
+            &mut b,
+            p,
+            &c.dead_letters,
+            (c.last_dead_id, &c.last_dead_ids),
+            &c.remove_dead,
+        );
         self.write_quarantine(&mut b, p, &c.quarantine);
         self.write_parked(&mut b, p, &c.park, c.last_park_seq, &c.unpark);
         self.write_outbox(&mut b, &c.outbox);

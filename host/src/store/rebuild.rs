@@ -137,7 +137,7 @@ impl Store {
             &mut b,
             pipeline,
             &swap.add_dead,
-            swap.last_dead_id,
+            (swap.last_dead_id, &[]),
             &swap.remove_dead,
         );
         self.write_parked(

@@ -7,7 +7,7 @@
 
 use fjall::OwnedWriteBatch;
 
-use super::codec::{Reader, join};
+use super::codec::{Reader, join, seq_key};
 use super::offsets::offsets_key;
 use super::state::{
     decode_state, latest_key, latest_value, partition_prefix, seq_meta_key, state_key, state_value,
@@ -42,6 +42,12 @@ pub struct Restored {
     pub next_offset: Option<u64>,
     /// Where the host then stands in the changelog, if it moved.
     pub point: Option<RestorePoint>,
+    /// Dead letters of the partition, in changelog order: (id, the letter,
+    /// or `None` when it was resolved).
+    pub dead: Vec<(u64, Option<String>)>,
+    /// The partition's last dead-letter number they imply (the store keeps
+    /// the higher of it and its own).
+    pub dead_counter: u64,
 }
 
 fn restore_key(pipeline: &str, partition: u32) -> Vec<u8> {
@@ -99,12 +105,18 @@ impl Store {
     }
 
     /// Drops everything the store holds of a partition of a pipeline: its
-    /// states, their index, its change number, its input offset and its
-    /// restore point. Returns how many states it dropped.
+    /// states, their index, its change number, its input offset, its
+    /// restore point and its dead letters (the input has `partitions`).
+    /// Returns how many states it dropped.
     ///
     /// # Errors
     /// On an I/O error; nothing is dropped then.
-    pub fn drop_partition(&self, pipeline: &str, topic: &str, partition: u32) -> Result<u64> {
+    pub fn drop_partition(
+        &self,
+        pipeline: &str,
+        topic: &str,
+        (partition, partitions): (u32, u32),
+    ) -> Result<u64> {
         let prefix = partition_prefix(pipeline, partition);
         let mut b = self.batch();
         let mut dropped = 0;
@@ -120,6 +132,7 @@ impl Store {
         b.remove(&self.meta, seq_meta_key(pipeline, partition));
         b.remove(&self.meta, restore_key(pipeline, partition));
         b.remove(&self.offsets, offsets_key(pipeline, topic, partition));
+        self.drop_dead_letters(&mut b, pipeline, partition, partitions)?;
         fj("drop partition", b.commit())?;
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(dropped)
@@ -174,6 +187,16 @@ impl Store {
         }
         if let Some(point) = &r.point {
             self.write_restore_points(&mut b, p, &[(r.partition, *point)]);
+        }
+        for (id, letter) in &r.dead {
+            match letter {
+                Some(json) => b.insert(&self.dead, seq_key(p, *id), json.as_bytes().to_vec()),
+                None => b.remove(&self.dead, seq_key(p, *id)),
+            }
+        }
+        let counter = self.dead_counters_of(p, r.partition)?.max(r.dead_counter);
+        if counter > 0 {
+            self.write_dead_counters(&mut b, p, &[(r.partition, counter)]);
         }
         fj("apply restored states", b.commit())?;
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -250,7 +273,30 @@ mod tests {
                 epoch: 3,
                 next_offset: 12,
             }),
+            // Partition 0 of 2: ids 2, 4 and 6; 4 was resolved.
+            dead: vec![
+                (2, Some("{\"id\":2}".into())),
+                (4, Some("{\"id\":4}".into())),
+                (6, Some("{\"id\":6}".into())),
+                (4, None),
+            ],
+            dead_counter: 3,
         })?;
+        // A dead letter of partition 1, recorded here.
+        s.commit(&Commit {
+            pipeline: "p".into(),
+            dead_letters: vec![(3, "{\"id\":3}".into())],
+            last_dead_ids: vec![(1, 1)],
+            ..Commit::default()
+        })?;
+        let ids = |s: &Store| -> std::result::Result<Vec<u64>, StoreError> {
+            Ok(s.dead_letters("p", 0, 100)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect())
+        };
+        assert_eq!(ids(&s)?, vec![2, 3, 6]);
+        assert_eq!(s.dead_counters("p", 2)?, vec![3, 1]);
         assert!(s.state_epoch() > before);
         // Of a's two states the later is kept, and indexed once.
         assert_eq!(s.state("p", 0, "a")?.map(|x| x.seq), Some(7));
@@ -266,7 +312,10 @@ mod tests {
         // The index holds one entry per key: a's old entry went.
         assert_eq!(s.latest_between("p", 0, 0, 100, 100)?.len(), 2);
         assert_eq!(s.partition_states("p", 0)?.len(), 2);
-        assert_eq!(s.drop_partition("p", "t", 0)?, 2);
+        assert_eq!(s.drop_partition("p", "t", (0, 2))?, 2);
+        // Its dead letters and their numbering went; the other partition's stay.
+        assert_eq!(ids(&s)?, vec![3]);
+        assert_eq!(s.dead_counters("p", 2)?, vec![0, 1]);
         assert!(s.state("p", 0, "a")?.is_none());
         assert_eq!(s.last_seq("p", 0)?, 0);
         assert_eq!(s.stored_offset("p", "t", 0)?, None);
