@@ -391,12 +391,17 @@ mod tests {
             name = "q"
             topic = "t"
             misrouted_keys = "fold"
+            on_dead_letter = "quarantine"
             "#,
         )
         .err()
         .unwrap_or_default();
         assert!(
             err.contains("pipeline \"q\" has misrouted_keys = \"fold\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("pipeline \"q\" has on_dead_letter = \"quarantine\""),
             "{err}"
         );
     }
