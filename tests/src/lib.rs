@@ -258,11 +258,14 @@ impl Host {
             .context("cannot start eddy")
     }
 
-    /// Starts the process (again) and waits for `/healthz`.
+    /// Starts the process (again) and waits for `/healthz`: up to 180 s,
+    /// since a host compiles its plugins before it answers, and Python and
+    /// JavaScript components (~18 MB each) took 30 s apiece on a loaded
+    /// 2-core machine.
     pub async fn restart(&mut self) -> Result<()> {
         let child = self.spawn()?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Some(c) = self.child.as_mut()
                 && let Some(status) = c.try_wait()?
