@@ -40,8 +40,14 @@ use crate::sink::ProduceRecord;
 use crate::sink::kafka::KafkaSink;
 use crate::store::{RestorePoint, Restored, Store, StoredState};
 
-/// States written to the store per restore write.
+/// Changelog records read per poll, and states published per write.
 const APPLY_BATCH: usize = 5_000;
+/// Restored states held in memory before they are written: a key's later
+/// records replace its earlier ones there, so a changelog that holds
+/// several changes per key (not compacted yet) writes each key once.
+const HOLD_STATES: usize = 200_000;
+/// ... or this many bytes of state JSON.
+const HOLD_BYTES: usize = 64 << 20;
 /// Longest a restore runs before the group is polled again.
 const SLICE: Duration = Duration::from_millis(200);
 
@@ -221,8 +227,13 @@ struct Job {
     epoch_now: u64,
     /// Records of the batch being read, not yet complete.
     batch: Vec<(String, StoredState)>,
-    /// Whole batches not yet written.
-    ready: Vec<(String, StoredState)>,
+    /// Whole batches' states not yet written, the latest per key, and
+    /// their JSON's size.
+    ready: HashMap<String, StoredState>,
+    ready_bytes: usize,
+    /// Whether the store holds nothing of the partition (a restore from the
+    /// start, before its first write): no old state to replace.
+    fresh: bool,
     /// Dead letters (`None`: resolved) of the batch being read, and of
     /// whole batches not yet written.
     dead_batch: Vec<(u64, Option<String>)>,
@@ -466,7 +477,9 @@ impl Restorer {
             have_seq: 0,
             epoch_now: 0,
             batch: Vec::new(),
-            ready: Vec::new(),
+            ready: HashMap::new(),
+            ready_bytes: 0,
+            fresh: false,
             dead_batch: Vec::new(),
             dead_ready: Vec::new(),
             dead_counter: 0,
@@ -568,6 +581,8 @@ impl Restorer {
         job.epoch_now = 0;
         job.batch.clear();
         job.ready.clear();
+        job.ready_bytes = 0;
+        job.fresh = true;
         job.dead_batch.clear();
         job.dead_ready.clear();
         job.dead_counter = 0;
@@ -721,7 +736,19 @@ impl Restorer {
                 ));
             }
             if h.batch_end {
-                job.ready.append(&mut job.batch);
+                for (key, state) in job.batch.drain(..) {
+                    job.ready_bytes += state.json.len();
+                    match job.ready.entry(key) {
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            if e.get().seq < state.seq {
+                                e.insert(state);
+                            }
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(state);
+                        }
+                    }
+                }
                 job.dead_ready.append(&mut job.dead_batch);
                 job.last_seq = job.last_seq.max(seq);
                 if let Some(o) = h.source_offset {
@@ -729,7 +756,7 @@ impl Restorer {
                 }
             }
         }
-        if job.ready.len() + job.dead_ready.len() >= APPLY_BATCH {
+        if job.ready.len() + job.dead_ready.len() >= HOLD_STATES || job.ready_bytes >= HOLD_BYTES {
             self.write(&mut job, None)?;
         }
         if job.next >= job.fence {
@@ -746,14 +773,18 @@ impl Restorer {
                 pipeline: self.ownership.pipeline.clone(),
                 topic: self.input.clone(),
                 partition: job.partition,
-                states: std::mem::take(&mut job.ready),
+                states: std::mem::take(&mut job.ready).into_iter().collect(),
+                fresh: job.fresh,
                 last_seq: job.last_seq,
                 next_offset: start,
                 point,
                 dead: std::mem::take(&mut job.dead_ready),
                 dead_counter: job.dead_counter,
             })
-            .map_err(|e| self.store_error(e))
+            .map_err(|e| self.store_error(e))?;
+        job.ready_bytes = 0;
+        job.fresh = false;
+        Ok(())
     }
 
     fn finish(&mut self, mut job: Job) -> Result<Done, SourceError> {

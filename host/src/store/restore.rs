@@ -48,6 +48,9 @@ pub struct Restored {
     /// The partition's last dead-letter number they imply (the store keeps
     /// the higher of it and its own).
     pub dead_counter: u64,
+    /// The store holds no state of the partition: none is looked up to be
+    /// replaced (its index entry removed).
+    pub fresh: bool,
 }
 
 fn restore_key(pipeline: &str, partition: u32) -> Vec<u8> {
@@ -158,7 +161,12 @@ impl Store {
         let mut b = self.batch();
         for (key, s) in last {
             let at = state_key(p, r.partition, key);
-            if let Some(old) = fj("read state", self.state.get(&at))? {
+            let old = if r.fresh {
+                None
+            } else {
+                fj("read state", self.state.get(&at))?
+            };
+            if let Some(old) = old {
                 let old = decode_state(&old, key)?;
                 b.remove(&self.latest, latest_key(p, r.partition, old.seq));
             }
@@ -281,6 +289,7 @@ mod tests {
                 (4, None),
             ],
             dead_counter: 3,
+            fresh: false,
         })?;
         // A dead letter of partition 1, recorded here.
         s.commit(&Commit {
