@@ -690,6 +690,21 @@ impl KafkaSource {
                 tracing::error!(topic = %self.topic, partition = p, error = %e, "cannot resume the restored partition");
             }
             crate::lock(&self.group.floor).insert((self.topic.to_string(), p), start);
+            // The restored state reflects the input up to `start`, and the
+            // changelog holds it: the group's offset moves there too. Else
+            // a partition whose last events its previous owner folded but
+            // had not committed (killed) lags in the group until new events
+            // come.
+            {
+                let mut committed = crate::lock(&self.group.committed);
+                let at = committed
+                    .entry((self.topic.to_string(), p))
+                    .or_insert(start);
+                *at = (*at).max(start);
+            }
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(topic = %self.topic, partition = p, error = %e, "cannot commit the restored partition's offset");
+            }
             let generation = self.group.rebalances.fetch_add(1, Ordering::SeqCst) + 1;
             crate::lock(&self.group.assigned).insert((self.topic.to_string(), p), generation);
         }
