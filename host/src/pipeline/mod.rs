@@ -335,6 +335,7 @@ impl Worker {
             .map(|(o, e)| (o.topic.as_str(), e));
         let (mut commit, emits) = out.into_commit(Target {
             pipeline: &self.config.name,
+            input: &self.config.topic,
             name: &self.config.name,
             store: &self.store,
             seqs: &mut self.seqs,

@@ -151,6 +151,8 @@ impl Outputs {
 pub struct Target<'a> {
     /// The pipeline (for log lines and metrics).
     pub pipeline: &'a str,
+    /// Its input topic.
+    pub input: &'a str,
     /// Where its states go: the pipeline itself, or a replay's namespace.
     pub name: &'a str,
     /// The store (quarantine counts and park numbers are read from it).
@@ -293,8 +295,14 @@ impl Outputs {
         let live = target.name == target.pipeline;
         let mut dead_touched: Vec<u32> = Vec::new();
         for dl in dead {
-            // The input partition it belongs to: where its event first came from.
-            let partition = dl.origin().partition;
+            // The input partition it belongs to: the one it was read from
+            // (in cluster mode, a replayed event is read from the input
+            // again, on its key's partition), else where it first came from.
+            let partition = if dl.topic == target.input {
+                dl.partition
+            } else {
+                dl.origin().partition
+            };
             let id = target.dead_ids.next(partition);
             if !dead_touched.contains(&partition) {
                 dead_touched.push(partition);

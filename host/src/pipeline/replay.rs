@@ -236,6 +236,7 @@ impl Rebuild {
         // The records a rebuild would emit are dropped: no side effects twice.
         let (commit, _records) = out.into_commit(Target {
             pipeline: &self.config.name,
+            input: &self.config.topic,
             name: &self.ns,
             store: &self.store,
             seqs: &mut self.seqs,
