@@ -19,7 +19,7 @@
 //!    did not finish delivering is not half applied;
 //! 3. resumes the partition from the input offset the restored state
 //!    reflects (or the group's, when that is further: batches that changed
-//!    no state).
+//!    no state), which the Kafka source commits to the group.
 //!
 //! A store that held states before cluster mode was turned on, with an
 //! empty changelog, publishes its states to the changelog instead.
