@@ -488,3 +488,84 @@ pub fn shared_changes(commit: &mut Commit) -> Vec<Arc<Change>> {
         .map(|(change, _)| Arc::new(change))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+
+    fn header<'a>(r: &'a ProduceRecord, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// In cluster mode a dead letter goes to its partition's state changelog
+    /// with what a restore needs; a batch that only dead-lettered ends there.
+    #[test]
+    fn a_dead_letter_goes_to_its_partitions_state_changelog()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), Durability::Process)?;
+        let record = SourceRecord {
+            topic: Arc::from("in"),
+            partition: 2,
+            offset: 10,
+            timestamp_ms: 0,
+            key: None,
+            headers: Vec::new(),
+            value: b"not json".to_vec(),
+        };
+        let out = Outputs {
+            dead: vec![DeadLetter::new(
+                "p",
+                &record,
+                Stage::Decode,
+                "decode",
+                "bad".into(),
+            )],
+            ..Outputs::default()
+        };
+        let mut ids = DeadIds::ByPartition(vec![0; 3]);
+        let (commit, emits) = out.into_commit(Target {
+            pipeline: "p",
+            input: "in",
+            name: "p",
+            store: &store,
+            seqs: &mut [0, 0, 4],
+            stamp_us: &mut 0,
+            dead_ids: &mut ids,
+            changelog: None,
+            changelog_by_partition: false,
+            source_offsets: &[0, 0, 11],
+            restore: Some(("cl", &[None, None, Some(7)])),
+            dlq: None,
+            plugin_version: String::new(),
+            aggregator: None,
+        })?;
+        // The first letter of partition 2 of 3: id 1 × 3 + 2.
+        assert_eq!(commit.dead_letters.first().map(|(id, _)| *id), Some(5));
+        assert_eq!(commit.last_dead_ids, vec![(2, 1)]);
+        let [(topic, r)] = emits.as_slice() else {
+            return Err(format!("one record: {emits:?}").into());
+        };
+        assert_eq!(topic, "cl");
+        assert_eq!(r.partition, Some(2));
+        assert_eq!(r.key.as_deref(), Some(&b"\0eddy-dead/5"[..]));
+        assert_eq!(header(r, DEAD_LETTER_HEADER), Some("5"));
+        assert_eq!(header(r, EPOCH_HEADER), Some("7"));
+        assert_eq!(header(r, SEQ_HEADER), Some("4"));
+        assert_eq!(header(r, SOURCE_OFFSET_HEADER), Some("11"));
+        assert_eq!(header(r, BATCH_END_HEADER), Some("1"));
+        assert_eq!(header(r, TOMBSTONE_HEADER), None);
+        let letter: serde_json::Value = serde_json::from_slice(&r.value)?;
+        assert_eq!(letter["id"], 5);
+        // Its resolution is a tombstone under the same key.
+        let t = dead_letter_record("p", (2, 7), (4, 11), 5, None);
+        assert_eq!(t.key, r.key);
+        assert!(t.value.is_empty());
+        assert_eq!(header(&t, TOMBSTONE_HEADER), Some("1"));
+        Ok(())
+    }
+}
