@@ -560,7 +560,10 @@ mod tests {
         assert_eq!(header(r, BATCH_END_HEADER), Some("1"));
         assert_eq!(header(r, TOMBSTONE_HEADER), None);
         let letter: serde_json::Value = serde_json::from_slice(&r.value)?;
-        assert_eq!(letter["id"], 5);
+        assert_eq!(
+            letter.get("id").and_then(serde_json::Value::as_u64),
+            Some(5)
+        );
         // Its resolution is a tombstone under the same key.
         let t = dead_letter_record("p", (2, 7), (4, 11), 5, None);
         assert_eq!(t.key, r.key);
