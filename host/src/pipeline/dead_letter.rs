@@ -387,19 +387,9 @@ pub fn resolve(
     let mut open: HashMap<String, u64> = HashMap::new();
     let single = ids.len() == 1;
     for (id, corrected) in ids {
-        let Some(json) = store.dead_letter(&p.name, id)? else {
-            if single {
-                return Err(ResolveError::Missing {
-                    pipeline: p.name.clone(),
-                    id,
-                });
-            }
+        let Some(dl) = read_letter(store, &p.name, id, single)? else {
             continue;
         };
-        let dl = DeadLetter::from_json(&json).map_err(|e| ResolveError::Unreadable {
-            id,
-            reason: e.to_string(),
-        })?;
         if replay {
             records.push((topic.clone(), dl.replay_record(id, corrected)?));
         }
@@ -425,6 +415,31 @@ pub fn resolve(
     let n = commit.remove_dead.len();
     crate::sink::commit_embedded(&at.log, &mut commit, records)?;
     Ok(n)
+}
+
+/// A stored dead letter, read back; `None` when it is missing and was not
+/// the only one asked for (then its absence is an error).
+fn read_letter(
+    store: &crate::store::Store,
+    pipeline: &str,
+    id: u64,
+    single: bool,
+) -> Result<Option<DeadLetter>, ResolveError> {
+    let Some(json) = store.dead_letter(pipeline, id)? else {
+        if single {
+            return Err(ResolveError::Missing {
+                pipeline: pipeline.to_owned(),
+                id,
+            });
+        }
+        return Ok(None);
+    };
+    DeadLetter::from_json(&json)
+        .map(Some)
+        .map_err(|e| ResolveError::Unreadable {
+            id,
+            reason: e.to_string(),
+        })
 }
 
 /// [`resolve`] in cluster mode (no quarantine there): each letter's partition
@@ -455,19 +470,9 @@ fn resolve_shared(
                 partition,
             });
         };
-        let Some(json) = store.dead_letter(&p.name, id)? else {
-            if single {
-                return Err(ResolveError::Missing {
-                    pipeline: p.name.clone(),
-                    id,
-                });
-            }
+        let Some(dl) = read_letter(store, &p.name, id, single)? else {
             continue;
         };
-        let dl = DeadLetter::from_json(&json).map_err(|e| ResolveError::Unreadable {
-            id,
-            reason: e.to_string(),
-        })?;
         if replay {
             let mut r = dl.replay_record(id, corrected)?;
             r.partition = Some(match dl.key.as_deref() {

@@ -40,12 +40,12 @@ impl Store {
     pub fn dead_counters(&self, pipeline: &str, partitions: u32) -> Result<Vec<u64>> {
         let floor = self.last_dead_id(pipeline)? / u64::from(partitions.max(1));
         (0..partitions)
-            .map(|p| Ok(self.dead_counters_of(pipeline, p)?.max(floor)))
+            .map(|p| Ok(self.dead_counter_of(pipeline, p)?.max(floor)))
             .collect()
     }
 
     /// The last dead-letter number stored for one partition (0: none).
-    pub(super) fn dead_counters_of(&self, pipeline: &str, partition: u32) -> Result<u64> {
+    pub(super) fn dead_counter_of(&self, pipeline: &str, partition: u32) -> Result<u64> {
         match fj("read meta", self.meta.get(counter_key(pipeline, partition)))? {
             None => Ok(0),
             Some(v) => u64_of(&v, "dead-letter counter"),

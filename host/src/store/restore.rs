@@ -202,7 +202,7 @@ impl Store {
                 None => b.remove(&self.dead, seq_key(p, *id)),
             }
         }
-        let counter = self.dead_counters_of(p, r.partition)?.max(r.dead_counter);
+        let counter = self.dead_counter_of(p, r.partition)?.max(r.dead_counter);
         if counter > 0 {
             self.write_dead_counters(&mut b, p, &[(r.partition, counter)]);
         }
