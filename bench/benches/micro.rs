@@ -15,9 +15,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use eddy::config::{Durability, PluginKind};
 use eddy::decode::Decoder;
 use eddy::decode::avro::{AvroDecoder, encode};
-use eddy::execute::{Instance, Runtime};
+use eddy::execute::{Instance, KeyInput, Runtime};
 use eddy::schema::SchemaSource;
-use eddy::store::{Change, Commit, Store};
+use eddy::store::{Change, Commit, State, Store};
 use eddy_bench::workload;
 
 fn root() -> PathBuf {
@@ -81,21 +81,26 @@ fn plugin_call(c: &mut Criterion) {
     let mut instance = Instance::new(Arc::new(plugin));
     let mut g = c.benchmark_group("plugin_call");
     for batch in [1usize, 100, 1_000] {
-        let events = workload::one_key_batch(batch);
-        let native = workload::native(&events);
+        let batch_values = workload::one_key_batch(batch);
+        let events = batch_values.events();
+        let native = batch_values.native();
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("wasm/{batch}"), |b| {
             b.iter(|| {
-                instance
-                    .apply(workload::ONE_KEY, None, black_box(&events))
-                    .expect("fold")
+                let input = KeyInput {
+                    key: workload::ONE_KEY,
+                    state: None,
+                    version: 0,
+                    events: black_box(&events),
+                };
+                instance.fold(std::slice::from_ref(&input)).expect("fold")
             });
         });
         g.bench_function(format!("native/{batch}"), |b| {
             b.iter_batched(
                 || native.clone(),
                 |evs| {
-                    eddy_sdk::runtime::apply::<async_process_aggregator::AsyncProcessAggregator>(
+                    eddy_sdk::runtime::apply_json::<async_process_aggregator::AsyncProcessAggregator>(
                         workload::ONE_KEY,
                         None,
                         evs,
@@ -130,7 +135,8 @@ fn store_commit(c: &mut Criterion) {
                         seq,
                         stamp_us: seq,
                         key: workload::key(seq, 10_000),
-                        state: state.clone(),
+                        state: State::json(state.clone()),
+                        version: 0,
                     };
                     commit.states.push((change, seq.checked_sub(10_000)));
                     commit.last_seqs = vec![(0, seq)];

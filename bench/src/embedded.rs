@@ -75,7 +75,7 @@ fn native(values: &[(String, String)], batches: &[usize]) -> Result<(f64, Writte
         let mut out = Vec::with_capacity(order.len());
         for k in order {
             let events = groups.remove(k).unwrap_or_default();
-            let (state, _) = eddy_sdk::runtime::apply::<AsyncProcessAggregator>(
+            let (state, _) = eddy_sdk::runtime::apply_json::<AsyncProcessAggregator>(
                 k,
                 states.get(k).map(String::as_str),
                 events,

@@ -17,17 +17,15 @@ mod embedded;
 mod fanout;
 mod kafka;
 mod latency;
+mod plugins;
 mod restart;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use eddy::config::PluginKind;
-use eddy::execute::{Instance, Runtime};
-use eddy_bench::{percentile, workload};
+use eddy_bench::percentile;
 
 #[derive(Parser)]
 #[command(name = "eddy-bench", about = "Eddy's benchmarks")]
@@ -239,6 +237,15 @@ enum Command {
         /// Time spent measuring each cell, in milliseconds.
         #[arg(long, default_value_t = 1500)]
         millis: u64,
+        /// Keys of the state-carried table.
+        #[arg(long, default_value_t = 2_000)]
+        keys: usize,
+        /// Executions each key holds before the state-carried rounds.
+        #[arg(long, default_value_t = 20)]
+        history: usize,
+        /// State-carried rounds (one event per key each).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/plugins.json")]
         out: PathBuf,
@@ -250,123 +257,6 @@ fn parse_component(s: &str) -> Result<(String, PathBuf), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected label=path, got {s:?}"))?;
     Ok((label.to_owned(), PathBuf::from(path)))
-}
-
-struct Cell {
-    label: String,
-    batch: usize,
-    calls: u64,
-    elapsed: Duration,
-}
-
-impl Cell {
-    fn per_call_us(&self) -> f64 {
-        self.elapsed.as_secs_f64() * 1e6 / self.calls.max(1) as f64
-    }
-    fn events_per_s(&self) -> f64 {
-        (self.calls as f64 * self.batch as f64) / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-fn measure(
-    label: &str,
-    batch: usize,
-    budget: Duration,
-    mut call: impl FnMut() -> Result<()>,
-) -> Result<Cell> {
-    call()?; // warm up (first call instantiates)
-    let started = Instant::now();
-    let mut calls = 0u64;
-    while started.elapsed() < budget || calls < 3 {
-        call()?;
-        calls += 1;
-    }
-    Ok(Cell {
-        label: label.to_owned(),
-        batch,
-        calls,
-        elapsed: started.elapsed(),
-    })
-}
-
-fn plugins(
-    components: Vec<(String, PathBuf)>,
-    batches: Vec<usize>,
-    millis: u64,
-    out: PathBuf,
-) -> Result<()> {
-    let budget = Duration::from_millis(millis);
-    let runtime = Runtime::new()?;
-    let mut instances = Vec::new();
-    for (label, path) in &components {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config = workload::unlimited_plugin(label, path);
-        let compile = Instant::now();
-        let plugin = runtime.load(
-            &config,
-            &path.display().to_string(),
-            &bytes,
-            Some(PluginKind::Aggregator),
-        )?;
-        eprintln!(
-            "{label}: {} bytes, compiled in {:.2} s",
-            bytes.len(),
-            compile.elapsed().as_secs_f64()
-        );
-        instances.push((label.clone(), Instance::new(Arc::new(plugin))));
-    }
-    let mut cells = Vec::new();
-    for &batch in &batches {
-        let evs = workload::one_key_batch(batch);
-        let native_events = workload::native(&evs);
-        cells.push(measure("native", batch, budget, || {
-            let r = eddy_sdk::runtime::apply::<async_process_aggregator::AsyncProcessAggregator>(
-                workload::ONE_KEY,
-                None,
-                native_events.clone(),
-            );
-            r.map(drop)
-                .map_err(|f| anyhow::anyhow!("native fold failed: {f}"))
-        })?);
-        for (label, instance) in &mut instances {
-            cells.push(measure(label, batch, budget, || {
-                instance
-                    .apply(workload::ONE_KEY, None, &evs)
-                    .map(drop)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-            })?);
-        }
-    }
-    println!("| plugin | batch | calls | µs per call | events/s | vs native |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let mut json = Vec::new();
-    for c in &cells {
-        let native = cells
-            .iter()
-            .find(|n| n.label == "native" && n.batch == c.batch)
-            .map_or(1.0, Cell::events_per_s);
-        let ratio = c.events_per_s() / native;
-        println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.2}× |",
-            c.label,
-            c.batch,
-            c.calls,
-            c.per_call_us(),
-            c.events_per_s(),
-            ratio
-        );
-        json.push(serde_json::json!({
-            "plugin": c.label, "batch": c.batch, "calls": c.calls,
-            "us_per_call": c.per_call_us(), "events_per_s": c.events_per_s(), "ratio_to_native": ratio,
-        }));
-    }
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
-    eprintln!("results written to {}", out.display());
-    Ok(())
 }
 
 fn now_us() -> u64 {
@@ -662,7 +552,18 @@ fn main() -> Result<()> {
             components,
             batches,
             millis,
+            keys,
+            history,
+            rounds,
             out,
-        } => plugins(components, batches, millis, out),
+        } => plugins::run(&plugins::Settings {
+            components,
+            batches,
+            millis,
+            keys,
+            history,
+            rounds,
+            out,
+        }),
     }
 }

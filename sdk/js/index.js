@@ -14,7 +14,12 @@
 //
 // Values and state are plain JSON-decoded objects. Throw `Invalid`,
 // `Retryable` or `Fatal` to fail an event. The same definitions run in Node
-// for tests: see `fold` and `route`.
+// for tests: see `fold`, `foldKeys` and `route`.
+//
+// The component speaks the contract eddy:plugin@0.2.0 (one call folds many
+// keys; states stay decoded between calls while the host names them by the
+// version this instance gave them) or, built with `--contract 0.1.0`, the
+// older one. States cross as JSON in both.
 
 /** Base class of the failures a plugin may throw. */
 export class Failure extends Error {
@@ -85,29 +90,111 @@ function headersOut(headers) {
   }));
 }
 
-/** The JSON boundary of an aggregator: returns `[stateJson, emits]` or throws a Failure. */
-export function foldJson(def, key, stateJson, events) {
-  let state;
-  if (stateJson === undefined || stateJson === null) {
-    state = def.init(key);
-  } else {
-    try {
-      state = JSON.parse(stateJson);
-    } catch (err) {
-      throw new Invalid(`stored state of key ${JSON.stringify(key)} does not decode: ${err.message}`);
-    }
+function load(key, stateJson) {
+  if (stateJson === undefined || stateJson === null) return undefined;
+  try {
+    return JSON.parse(stateJson);
+  } catch (err) {
+    throw new Invalid(`stored state of key ${JSON.stringify(key)} does not decode: ${err.message}`);
   }
+}
+
+function applyAll(def, key, state, events) {
+  if (state === undefined) state = def.init(key);
   const out = new Output();
   for (const e of events) {
     const next = def.apply(state, toEvent(e), out);
     if (next !== undefined) state = next;
   }
-  return [JSON.stringify(state), out.emits];
+  return [state, out.emits];
+}
+
+/** The JSON boundary of one key (the 0.1.0 contract): returns `[stateJson, emits]` or throws a Failure. */
+export function foldJson(def, key, stateJson, events) {
+  const [state, emits] = applyAll(def, key, load(key, stateJson), events);
+  return [JSON.stringify(state), emits];
+}
+
+/**
+ * Decoded states kept between calls (0.2.0), each under the version the host
+ * gave it, within a budget of bytes (a state counts as eight times its JSON
+ * size). When full, a quarter goes.
+ */
+export class Resident {
+  constructor(budget = 0) {
+    this.states = new Map();
+    this.bytes = 0;
+    this.budget = budget;
+  }
+  take(key, version) {
+    const kept = this.states.get(key);
+    if (version === 0n || kept === undefined || kept.version !== version) return undefined;
+    this.forget(key);
+    return kept.state;
+  }
+  forget(key) {
+    const kept = this.states.get(key);
+    if (kept !== undefined) {
+      this.states.delete(key);
+      this.bytes -= kept.size;
+    }
+  }
+  keep(key, version, state, encoded) {
+    const size = encoded * 8 + key.length + 100;
+    if (this.budget === 0 || size > this.budget / 4) return;
+    this.forget(key);
+    this.states.set(key, { version, state, size });
+    this.bytes += size;
+    if (this.bytes > this.budget) {
+      const goal = (this.budget / 4) * 3;
+      for (const k of this.states.keys()) {
+        if (this.bytes <= goal) break;
+        this.forget(k);
+      }
+    }
+  }
+}
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+/**
+ * The 0.2.0 boundary: `batch` holds `{ key, state (Uint8Array JSON), version, nextVersion, events }`
+ * (versions as BigInt); returns one `{ ok: [stateBytes, emits] }` or `{ err: Failure }` per key.
+ */
+export function foldKeys(def, resident, batch) {
+  return batch.map((k) => {
+    try {
+      let state = resident.take(k.key, k.version);
+      if (state === undefined && k.state !== undefined && k.state !== null) {
+        state = load(k.key, decoder.decode(k.state));
+      }
+      const [next, emits] = applyAll(def, k.key, state, k.events);
+      const bytes = encoder.encode(JSON.stringify(next));
+      resident.keep(k.key, k.nextVersion, next, bytes.length);
+      return { ok: [bytes, emits] };
+    } catch (err) {
+      resident.forget(k.key);
+      return { err };
+    }
+  });
 }
 
 /** Wraps `{ init, apply }` as the component's `aggregator` export. */
 export function defineAggregator(def) {
+  const resident = new Resident();
   return {
+    setup(settings) {
+      resident.budget = Number(settings.residentBytes);
+      return "json";
+    },
+    fold(batch) {
+      return foldKeys(def, resident, batch).map((r) =>
+        r.ok
+          ? { tag: "ok", val: { state: r.ok[0], emits: r.ok[1].map((m) => ({ ...m, headers: headersOut(m.headers) })) } }
+          : { tag: "err", val: failureOf(r.err) },
+      );
+    },
     apply(key, state, events) {
       try {
         const [json, emits] = foldJson(def, key, state, events);
@@ -117,6 +204,7 @@ export function defineAggregator(def) {
       }
     },
     definition: def,
+    resident,
   };
 }
 

@@ -20,6 +20,11 @@ bindings that componentize-py generates: write a class with ``init`` and
 Values and state are plain JSON-decoded Python objects. Raise
 :class:`Invalid`, :class:`Retryable` or :class:`Fatal` to fail an event.
 The same classes run natively for tests: see :func:`fold` and :func:`route`.
+
+The component speaks the contract ``eddy:plugin@0.2.0`` (one call folds
+many keys; states stay decoded between calls while the host names them by
+the version this instance gave them) or, built with ``--contract 0.1.0``,
+the older one. States cross as JSON in both.
 """
 
 import json
@@ -83,14 +88,23 @@ class Output:
         self.emits.append((topic, key, json.dumps(value, separators=(",", ":")), list(headers or [])))
 
 
+# Where the plugin is, named in its log lines: (key, offset) of the event
+# being processed.
+_at = [None, None]
+
+
 def log(level, message):
-    """Write a log line to the host's log (``level``: trace/debug/info/warn/error)."""
+    """Write a log line to the host's log (``level``: trace/debug/info/warn/error),
+    tagged with the key and offset of the event being processed."""
     try:
         from wit_world.imports import host
     except ImportError:  # running natively
         print(f"[{level}] {message}")
         return
-    host.log(getattr(host.Level, level.upper()), message)
+    try:
+        host.log(getattr(host.Level, level.upper()), message, _at[0], _at[1])
+    except TypeError:  # the 0.1.0 contract's log takes no key and offset
+        host.log(getattr(host.Level, level.upper()), message)
 
 
 def _decode(topic, partition, offset, value):
@@ -100,22 +114,95 @@ def _decode(topic, partition, offset, value):
         raise Invalid(f"event {topic}/{partition}@{offset} does not decode: {e}")
 
 
-def _fold(impl, key, state_json, raw_events):
-    """The JSON boundary: raw events are (topic, partition, offset, ts, key, headers, schema_id, value_json)."""
+def _load(key, state_json):
     if state_json is None:
+        return None
+    try:
+        return json.loads(state_json)
+    except ValueError as e:
+        raise Invalid(f"stored state of key {key!r} does not decode: {e}")
+
+
+def _apply_all(impl, key, state, raw_events):
+    """Applies raw events (topic, partition, offset, ts, key, headers, schema_id, value_json) to a decoded state."""
+    if state is None:
         state = impl.init(key)
-    else:
-        try:
-            state = json.loads(state_json)
-        except ValueError as e:
-            raise Invalid(f"stored state of key {key!r} does not decode: {e}")
     out = Output()
-    for (topic, partition, offset, ts, rkey, headers, schema_id, value) in raw_events:
-        event = Event(topic, partition, offset, ts, rkey, headers, schema_id, _decode(topic, partition, offset, value))
-        result = impl.apply(state, event, out)
-        if result is not None:
-            state = result
-    return json.dumps(state, separators=(",", ":")), out.emits
+    _at[0] = key
+    try:
+        for (topic, partition, offset, ts, rkey, headers, schema_id, value) in raw_events:
+            _at[1] = offset
+            event = Event(topic, partition, offset, ts, rkey, headers, schema_id, _decode(topic, partition, offset, value))
+            result = impl.apply(state, event, out)
+            if result is not None:
+                state = result
+    finally:
+        _at[0] = _at[1] = None
+    return state, out.emits
+
+
+def _fold(impl, key, state_json, raw_events):
+    """The JSON boundary of one key (the 0.1.0 contract, and the test helpers)."""
+    state, emits = _apply_all(impl, key, _load(key, state_json), raw_events)
+    return json.dumps(state, separators=(",", ":")), emits
+
+
+class _Resident:
+    """Decoded states kept between calls (0.2.0), each under the version the
+    host gave it, within a budget of bytes (a state counts as ten times its
+    JSON size: Python objects are large). When full, a quarter goes."""
+
+    def __init__(self):
+        self.states = {}
+        self.bytes = 0
+        self.budget = 0
+
+    def take(self, key, version):
+        kept = self.states.get(key)
+        if version == 0 or kept is None or kept[0] != version:
+            return None
+        del self.states[key]
+        self.bytes -= kept[2]
+        return kept[1]
+
+    def forget(self, key):
+        kept = self.states.pop(key, None)
+        if kept is not None:
+            self.bytes -= kept[2]
+
+    def keep(self, key, version, state, encoded):
+        size = encoded * 10 + len(key) + 100
+        if self.budget == 0 or size > self.budget // 4:
+            return
+        self.forget(key)
+        self.states[key] = (version, state, size)
+        self.bytes += size
+        if self.bytes > self.budget:
+            goal = self.budget // 4 * 3
+            for k in list(self.states):
+                if self.bytes <= goal:
+                    break
+                self.forget(k)
+
+
+def _fold_keys(impl, resident, batch):
+    """The 0.2.0 boundary: batch items are (key, state_bytes, version, next_version, raw_events);
+    returns one (state_bytes, emits) or Failure per key."""
+    results = []
+    for (key, state_bytes, version, next_version, raw_events) in batch:
+        try:
+            state = resident.take(key, version)
+            if state is None:
+                state = _load(key, state_bytes)
+            state, emits = _apply_all(impl, key, state, raw_events)
+            encoded = json.dumps(state, separators=(",", ":")).encode()
+        except Failure as f:
+            resident.forget(key)
+            results.append(f)
+            continue
+        resident.keep(key, next_version, state, len(encoded))
+        results.append((encoded, emits))
+    return results
 
 
 def _route(impl, raw_event):
@@ -146,8 +233,29 @@ def aggregator(cls):
     component's ``aggregator`` export. ``apply`` may mutate ``state`` in place
     or return the new state."""
     impl = cls()
+    resident = _Resident()
 
     class Aggregator:
+        def setup(self, settings):
+            from wit_world.exports import aggregator as agg
+
+            resident.budget = settings.resident_bytes
+            return agg.StateFormat.JSON
+
+        def fold(self, batch):
+            from componentize_py_types import Ok, Err
+            from wit_world.exports import aggregator as agg
+            from wit_world.imports import types
+
+            raw = [(k.key, k.state, k.version, k.next_version, [_raw(e) for e in k.events]) for k in batch]
+            out = []
+            for r in _fold_keys(impl, resident, raw):
+                if isinstance(r, Failure):
+                    out.append(Err(_failure(types, r)))
+                else:
+                    out.append(Ok(agg.Outcome(r[0], _emits(types, r[1]))))
+            return out
+
         def apply(self, key, state, events):
             from componentize_py_types import Err
             from wit_world.exports import aggregator as agg
@@ -160,6 +268,7 @@ def aggregator(cls):
             return agg.Outcome(new_state, _emits(types, emits))
 
     Aggregator.impl = impl
+    Aggregator.resident = resident
     return Aggregator
 
 
@@ -174,14 +283,39 @@ def handler(cls):
 
             results = []
             for e in events:
+                _at[0], _at[1] = e.key, e.offset
                 try:
                     results.append(Ok(_emits(types, _route(impl, _raw(e)))))
                 except Failure as f:
                     results.append(Err(_failure(types, f)))
+                finally:
+                    _at[0] = _at[1] = None
             return results
 
     Handler.impl = impl
     return Handler
+
+
+def fold_keys(component_class, batch, topic="test"):
+    """Native test helper for the 0.2.0 boundary: ``batch`` is a list of
+    ``(key, state, version, next_version, values)``; returns one
+    ``(state, emits)`` or :class:`Failure` per key, keeping resident states
+    between calls as the component does."""
+    impl = component_class.impl
+    resident = component_class.resident
+    resident.budget = max(resident.budget, 1 << 24)
+    raw = []
+    for (key, state, version, next_version, values) in batch:
+        events = [(topic, 0, i, 0, key, [], None, json.dumps(v)) for i, v in enumerate(values)]
+        state_bytes = None if state is None else json.dumps(state).encode()
+        raw.append((key, state_bytes, version, next_version, events))
+    out = []
+    for r in _fold_keys(impl, resident, raw):
+        if isinstance(r, Failure):
+            out.append(r)
+        else:
+            out.append((json.loads(r[0]), [(t, k, json.loads(v)) for (t, k, v, _) in r[1]]))
+    return out
 
 
 def fold(component_class, key, values, state=None, topic="test"):

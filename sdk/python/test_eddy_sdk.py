@@ -59,5 +59,40 @@ class RejectedRouterTest(unittest.TestCase):
             eddy_sdk.route(router.Handler, [1, 2])
 
 
+class FoldKeysTest(unittest.TestCase):
+    """The 0.2.0 boundary: many keys per call, resident states by version."""
+
+    def test_each_key_gets_its_own_result_and_a_failure_stays_its_own(self):
+        results = eddy_sdk.fold_keys(agg.Aggregator, [
+            ("p", None, 0, 1, [execution("a", "p", 10, "ACCEPTED")]),
+            ("q", None, 0, 2, [execution("x", "q", 1, "EXPLODED")]),
+            ("r", None, 0, 3, [execution("b", "r", 5, "DONE")]),
+        ])
+        self.assertEqual(results[0][0]["state"], "ACCEPTED")
+        self.assertIsInstance(results[1], eddy_sdk.Invalid)
+        self.assertEqual(results[2][0]["state"], "DONE")
+
+    def test_a_resident_state_is_used_only_at_its_version(self):
+        (first, _), = eddy_sdk.fold_keys(agg.Aggregator, [("k", None, 0, 11, [execution("a", "k", 1, "ACCEPTED")])])
+        # At version 11 the resident state is used, whatever bytes come with it.
+        stale = {"id": "k", "lastUpdate": None, "description": None, "state": None, "executions": []}
+        (second, _), = eddy_sdk.fold_keys(agg.Aggregator, [("k", stale, 11, 12, [execution("b", "k", 2, "DONE")])])
+        self.assertEqual([e["id"] for e in second["executions"]], ["a", "b"])
+        # Another version: the state sent is the truth.
+        (third, _), = eddy_sdk.fold_keys(agg.Aggregator, [("k", stale, 11, 13, [execution("c", "k", 3, "DONE")])])
+        self.assertEqual([e["id"] for e in third["executions"]], ["c"])
+
+    def test_a_failed_key_is_forgotten(self):
+        (first, _), = eddy_sdk.fold_keys(agg.Aggregator, [("f", None, 0, 21, [execution("a", "f", 1, "ACCEPTED")])])
+        failed, = eddy_sdk.fold_keys(agg.Aggregator, [
+            ("f", first, 21, 22, [execution("b", "f", 2, "DONE"), execution("c", "f", 3, "EXPLODED")]),
+        ])
+        self.assertIsInstance(failed, eddy_sdk.Invalid)
+        # Version 21 again: not resident any more, so the state sent is used
+        # (without the half-applied "b").
+        (again, _), = eddy_sdk.fold_keys(agg.Aggregator, [("f", first, 21, 23, [execution("d", "f", 4, "DONE")])])
+        self.assertEqual([e["id"] for e in again["executions"]], ["a", "d"])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,11 +1,29 @@
 //! Guest bindings of the WIT worlds, generated once per enabled feature, and
 //! the adapters between them and the SDK's traits. Not public API.
+//!
+//! The contract is `eddy:plugin@0.2.0`; with the `contract-0-1` feature
+//! (`eddy plugin build --contract 0.1.0`) the older `eddy:plugin@0.1.0`,
+//! for hosts that predate 0.2.0. Each generated module re-exports its
+//! package as `contract` and its exports as `exported`, so the adapters
+//! below read the same for both.
 #![allow(unsafe_code, missing_docs)]
 
 use std::marker::PhantomData;
 
 #[cfg(feature = "aggregator")]
 pub mod aggregator {
+    #[cfg(not(feature = "contract-0-1"))]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "eddy:plugin/aggregator-plugin@0.2.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_aggregator_world",
+        default_bindings_module: "eddy_sdk::bindings::aggregator",
+    });
+    #[cfg(not(feature = "contract-0-1"))]
+    pub use self::{eddy::plugin0_2_0 as contract, exports::eddy::plugin0_2_0 as exported};
+
+    #[cfg(feature = "contract-0-1")]
     wit_bindgen::generate!({
         path: "../wit",
         world: "eddy:plugin/aggregator-plugin@0.1.0",
@@ -13,10 +31,24 @@ pub mod aggregator {
         export_macro_name: "__export_aggregator_world",
         default_bindings_module: "eddy_sdk::bindings::aggregator",
     });
+    #[cfg(feature = "contract-0-1")]
+    pub use self::{eddy::plugin0_1_0 as contract, exports::eddy::plugin0_1_0 as exported};
 }
 
 #[cfg(feature = "handler")]
 pub mod handler {
+    #[cfg(not(feature = "contract-0-1"))]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "eddy:plugin/handler-plugin@0.2.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_handler_world",
+        default_bindings_module: "eddy_sdk::bindings::handler",
+    });
+    #[cfg(not(feature = "contract-0-1"))]
+    pub use self::{eddy::plugin0_2_0 as contract, exports::eddy::plugin0_2_0 as exported};
+
+    #[cfg(feature = "contract-0-1")]
     wit_bindgen::generate!({
         path: "../wit",
         world: "eddy:plugin/handler-plugin@0.1.0",
@@ -24,6 +56,8 @@ pub mod handler {
         export_macro_name: "__export_handler_world",
         default_bindings_module: "eddy_sdk::bindings::handler",
     });
+    #[cfg(feature = "contract-0-1")]
+    pub use self::{eddy::plugin0_1_0 as contract, exports::eddy::plugin0_1_0 as exported};
 }
 
 /// Adapts an [`crate::Aggregator`] to the generated `Guest` trait.
@@ -35,8 +69,8 @@ pub struct HandlerExport<H>(PhantomData<fn() -> H>);
 macro_rules! conversions {
     ($m:ident, $level_fn:ident) => {
         #[allow(dead_code)]
-        pub(crate) fn $level_fn(level: crate::log::Level) -> $m::eddy::plugin::host::Level {
-            use $m::eddy::plugin::host::Level as L;
+        pub(crate) fn $level_fn(level: crate::log::Level) -> $m::contract::host::Level {
+            use $m::contract::host::Level as L;
             match level {
                 crate::log::Level::Trace => L::Trace,
                 crate::log::Level::Debug => L::Debug,
@@ -46,8 +80,8 @@ macro_rules! conversions {
             }
         }
 
-        impl From<$m::eddy::plugin::types::Event> for crate::Event<String> {
-            fn from(e: $m::eddy::plugin::types::Event) -> Self {
+        impl From<$m::contract::types::Event> for crate::Event<String> {
+            fn from(e: $m::contract::types::Event) -> Self {
                 crate::Event {
                     topic: e.topic,
                     partition: e.partition,
@@ -61,24 +95,24 @@ macro_rules! conversions {
             }
         }
 
-        impl From<crate::Emit> for $m::eddy::plugin::types::Emit {
+        impl From<crate::Emit> for $m::contract::types::Emit {
             fn from(e: crate::Emit) -> Self {
-                $m::eddy::plugin::types::Emit {
+                $m::contract::types::Emit {
                     topic: e.topic,
                     key: e.key,
                     value: e.value,
                     headers: e
                         .headers
                         .into_iter()
-                        .map(|(name, value)| $m::eddy::plugin::types::Header { name, value })
+                        .map(|(name, value)| $m::contract::types::Header { name, value })
                         .collect(),
                 }
             }
         }
 
-        impl From<crate::Failure> for $m::eddy::plugin::types::Failure {
+        impl From<crate::Failure> for $m::contract::types::Failure {
             fn from(f: crate::Failure) -> Self {
-                use $m::eddy::plugin::types::Failure as F;
+                use $m::contract::types::Failure as F;
                 match f {
                     crate::Failure::Invalid(m) => F::Invalid(m),
                     crate::Failure::Retryable(m) => F::Retryable(m),
@@ -94,21 +128,83 @@ conversions!(aggregator, aggregator_level);
 #[cfg(feature = "handler")]
 conversions!(handler, handler_level);
 
-#[cfg(feature = "aggregator")]
-impl<A: crate::Aggregator + 'static> aggregator::exports::eddy::plugin::aggregator::Guest
+#[cfg(all(feature = "aggregator", not(feature = "contract-0-1")))]
+thread_local! {
+    /// The instance's resident states (a `Resident<A::State>`; a plugin has
+    /// one aggregator, so one type lives here).
+    static RESIDENT: std::cell::RefCell<Option<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(all(feature = "aggregator", not(feature = "contract-0-1")))]
+impl<A> aggregator::exported::aggregator::Guest for AggregatorExport<A>
+where
+    A: crate::Aggregator + 'static,
+    A::State: 'static,
+{
+    fn setup(
+        settings: aggregator::exported::aggregator::Settings,
+    ) -> aggregator::exported::aggregator::StateFormat {
+        RESIDENT.with_borrow_mut(|r| {
+            *r = Some(Box::new(crate::runtime::Resident::<A::State>::with_budget(
+                settings.resident_bytes,
+            )));
+        });
+        aggregator::exported::aggregator::StateFormat::Msgpack
+    }
+
+    fn fold(
+        batch: Vec<aggregator::exported::aggregator::KeyEvents>,
+    ) -> Vec<Result<aggregator::exported::aggregator::Outcome, aggregator::contract::types::Failure>>
+    {
+        let batch = batch
+            .into_iter()
+            .map(|k| crate::runtime::KeyEvents {
+                key: k.key,
+                state: k.state,
+                version: k.version,
+                next_version: k.next_version,
+                events: k.events.into_iter().map(Into::into).collect(),
+            })
+            .collect();
+        RESIDENT.with_borrow_mut(|slot| {
+            let resident = slot
+                .get_or_insert_with(|| {
+                    Box::new(crate::runtime::Resident::<A::State>::with_budget(0))
+                })
+                .downcast_mut::<crate::runtime::Resident<A::State>>();
+            let mut none = crate::runtime::Resident::<A::State>::with_budget(0);
+            let resident = match resident {
+                Some(r) => r,
+                None => &mut none,
+            };
+            crate::runtime::fold::<A>(resident, batch)
+                .into_iter()
+                .map(|r| match r {
+                    Ok((state, emits)) => Ok(aggregator::exported::aggregator::Outcome {
+                        state,
+                        emits: emits.into_iter().map(Into::into).collect(),
+                    }),
+                    Err(f) => Err(f.into()),
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(all(feature = "aggregator", feature = "contract-0-1"))]
+impl<A: crate::Aggregator + 'static> aggregator::exported::aggregator::Guest
     for AggregatorExport<A>
 {
     fn apply(
         key: String,
         state: Option<String>,
-        events: Vec<aggregator::eddy::plugin::types::Event>,
-    ) -> Result<
-        aggregator::exports::eddy::plugin::aggregator::Outcome,
-        aggregator::eddy::plugin::types::Failure,
-    > {
+        events: Vec<aggregator::contract::types::Event>,
+    ) -> Result<aggregator::exported::aggregator::Outcome, aggregator::contract::types::Failure>
+    {
         let events = events.into_iter().map(Into::into).collect();
-        match crate::runtime::apply::<A>(&key, state.as_deref(), events) {
-            Ok((state, emits)) => Ok(aggregator::exports::eddy::plugin::aggregator::Outcome {
+        match crate::runtime::apply_json::<A>(&key, state.as_deref(), events) {
+            Ok((state, emits)) => Ok(aggregator::exported::aggregator::Outcome {
                 state,
                 emits: emits.into_iter().map(Into::into).collect(),
             }),
@@ -118,13 +214,10 @@ impl<A: crate::Aggregator + 'static> aggregator::exports::eddy::plugin::aggregat
 }
 
 #[cfg(feature = "handler")]
-impl<H: crate::Handler + 'static> handler::exports::eddy::plugin::handler::Guest
-    for HandlerExport<H>
-{
+impl<H: crate::Handler + 'static> handler::exported::handler::Guest for HandlerExport<H> {
     fn handle(
-        events: Vec<handler::eddy::plugin::types::Event>,
-    ) -> Vec<Result<Vec<handler::eddy::plugin::types::Emit>, handler::eddy::plugin::types::Failure>>
-    {
+        events: Vec<handler::contract::types::Event>,
+    ) -> Vec<Result<Vec<handler::contract::types::Emit>, handler::contract::types::Failure>> {
         let events = events.into_iter().map(Into::into).collect();
         crate::runtime::handle::<H>(events)
             .into_iter()

@@ -18,33 +18,88 @@ pub enum Level {
     Error,
 }
 
-/// Writes one log line.
+thread_local! {
+    /// The key whose events are being processed (one call folds many keys).
+    static KEY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// The offset of the event being processed.
+    static OFFSET: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The key the plugin is processing, named in its log lines.
+pub(crate) fn set_key(key: Option<&str>) {
+    KEY.with_borrow_mut(|k| match (k.as_mut(), key) {
+        (Some(buf), Some(key)) => {
+            buf.clear();
+            buf.push_str(key);
+        }
+        (None, Some(key)) => *k = Some(key.to_owned()),
+        (_, None) => {
+            if let Some(buf) = k.as_mut() {
+                buf.clear();
+            }
+        }
+    });
+}
+
+/// The offset of the event the plugin is processing.
+pub(crate) fn set_offset(offset: Option<i64>) {
+    OFFSET.set(offset);
+}
+
+/// Writes one log line, tagged with the key and the offset of the event
+/// being processed.
 pub fn log(level: Level, message: &str) {
-    #[cfg(all(target_arch = "wasm32", feature = "aggregator"))]
-    {
-        crate::bindings::aggregator::eddy::plugin::host::log(
-            crate::bindings::aggregator_level(level),
-            message,
-        );
-    }
-    #[cfg(all(
-        target_arch = "wasm32",
-        feature = "handler",
-        not(feature = "aggregator")
-    ))]
-    {
-        crate::bindings::handler::eddy::plugin::host::log(
-            crate::bindings::handler_level(level),
-            message,
-        );
-    }
-    #[cfg(not(all(
-        target_arch = "wasm32",
-        any(feature = "aggregator", feature = "handler")
-    )))]
-    {
-        eprintln!("[{level:?}] {message}");
-    }
+    let offset = OFFSET.get();
+    KEY.with_borrow(|key| {
+        let key = key.as_deref().filter(|k| !k.is_empty());
+        // The 0.1.0 contract's log has no place for them.
+        #[cfg(all(target_arch = "wasm32", feature = "contract-0-1"))]
+        let _ = (key, offset);
+        #[cfg(all(target_arch = "wasm32", feature = "aggregator"))]
+        {
+            #[cfg(not(feature = "contract-0-1"))]
+            crate::bindings::aggregator::contract::host::log(
+                crate::bindings::aggregator_level(level),
+                message,
+                key,
+                offset,
+            );
+            #[cfg(feature = "contract-0-1")]
+            crate::bindings::aggregator::contract::host::log(
+                crate::bindings::aggregator_level(level),
+                message,
+            );
+        }
+        #[cfg(all(
+            target_arch = "wasm32",
+            feature = "handler",
+            not(feature = "aggregator")
+        ))]
+        {
+            #[cfg(not(feature = "contract-0-1"))]
+            crate::bindings::handler::contract::host::log(
+                crate::bindings::handler_level(level),
+                message,
+                key,
+                offset,
+            );
+            #[cfg(feature = "contract-0-1")]
+            crate::bindings::handler::contract::host::log(
+                crate::bindings::handler_level(level),
+                message,
+            );
+        }
+        #[cfg(not(all(
+            target_arch = "wasm32",
+            any(feature = "aggregator", feature = "handler")
+        )))]
+        {
+            match (key, offset) {
+                (Some(key), Some(offset)) => eprintln!("[{level:?}] {key}@{offset}: {message}"),
+                _ => eprintln!("[{level:?}] {message}"),
+            }
+        }
+    });
 }
 
 /// Logs at info level.

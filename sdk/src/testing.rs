@@ -1,9 +1,11 @@
 //! A native test harness: run a plugin's logic with plain `cargo test`,
-//! through the same JSON boundary the host uses.
+//! through the same boundary the host uses (states as MessagePack, kept
+//! decoded between calls at the version the host names them).
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
+use crate::runtime::{KeyEvents, Resident};
 use crate::{Aggregator, Emit, Event, Failure, Handler};
 
 fn event(topic: &str, offset: i64, key: Option<&str>, value: &str) -> Event<String> {
@@ -19,15 +21,20 @@ fn event(topic: &str, offset: i64, key: Option<&str>, value: &str) -> Event<Stri
     }
 }
 
-/// Drives an [`Aggregator`] the way the host does: one JSON state per key.
-pub struct AggregatorHarness<A> {
-    states: BTreeMap<String, String>,
+/// Drives an [`Aggregator`] the way the host does: one state per key, as
+/// bytes with a version, and the plugin's resident states.
+pub struct AggregatorHarness<A: Aggregator> {
+    /// Each key's state: its bytes, its JSON rendering, its version.
+    states: BTreeMap<String, (Vec<u8>, String, u64)>,
+    resident: Resident<A::State>,
+    versions: u64,
     emits: Vec<Emit>,
     offset: i64,
     _plugin: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregator> Default for AggregatorHarness<A> {
+    /// See [`AggregatorHarness::new`].
     fn default() -> Self {
         Self::new()
     }
@@ -38,6 +45,8 @@ impl<A: Aggregator> AggregatorHarness<A> {
     pub fn new() -> Self {
         Self {
             states: BTreeMap::new(),
+            resident: Resident::with_budget(16 << 20),
+            versions: 0,
             emits: Vec::new(),
             offset: 0,
             _plugin: PhantomData,
@@ -64,9 +73,23 @@ impl<A: Aggregator> AggregatorHarness<A> {
                 event("test", self.offset - 1, Some(key), v)
             })
             .collect();
-        let (state, emits) =
-            crate::runtime::apply::<A>(key, self.states.get(key).map(String::as_str), events)?;
-        self.states.insert(key.to_owned(), state);
+        self.versions += 1;
+        let current = self.states.get(key);
+        let batch = vec![KeyEvents {
+            key: key.to_owned(),
+            state: current.map(|(bytes, _, _)| bytes.clone()),
+            version: current.map_or(0, |(_, _, v)| *v),
+            next_version: self.versions,
+            events,
+        }];
+        let (state, emits) = crate::runtime::fold::<A>(&mut self.resident, batch)
+            .pop()
+            .unwrap_or_else(|| Err(Failure::Fatal("the fold returned no result".into())))?;
+        let json = rmp_serde::from_slice::<serde_json::Value>(&state)
+            .map_err(|e| Failure::Fatal(format!("the state of {key:?} is not MessagePack: {e}")))?
+            .to_string();
+        self.states
+            .insert(key.to_owned(), (state, json, self.versions));
         self.emits.extend(emits);
         Ok(())
     }
@@ -75,12 +98,12 @@ impl<A: Aggregator> AggregatorHarness<A> {
     pub fn state(&self, key: &str) -> Option<serde_json::Value> {
         self.states
             .get(key)
-            .and_then(|s| serde_json::from_str(s).ok())
+            .and_then(|(_, json, _)| serde_json::from_str(json).ok())
     }
 
-    /// The state of `key` as stored (JSON text).
+    /// The state of `key` as the host serves it (JSON text).
     pub fn state_json(&self, key: &str) -> Option<&str> {
-        self.states.get(key).map(String::as_str)
+        self.states.get(key).map(|(_, json, _)| json.as_str())
     }
 
     /// Everything emitted so far, in order.

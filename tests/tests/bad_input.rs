@@ -240,7 +240,9 @@ fn bad_plugins_and_configs_are_refused_with_their_names() -> Result<()> {
         d,
     )?;
     ensure!(
-        !ok && out.contains("does not export eddy:plugin/aggregator@0.1.0"),
+        !ok && out.contains(
+            "does not export eddy:plugin/aggregator@0.2.0 (or eddy:plugin/aggregator@0.1.0)"
+        ),
         "{out}"
     );
 

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use super::Lang;
 use super::check::probe_config;
-use crate::execute::Runtime;
+use crate::execute::{Contract, Runtime};
 
 /// How to compile Rust to `wasm32-unknown-unknown` on this machine.
 struct WasmToolchain {
@@ -153,8 +153,11 @@ fn target_directory(tc: &WasmToolchain, dir: &Path) -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
-/// The WIT contract, built into the binary so plugins build anywhere.
+/// The WIT contract (both versions), built into the binary so plugins
+/// build anywhere.
 const WIT: &str = include_str!("../../../wit/plugin.wit");
+/// See [`WIT`]: the 0.1.0 package, a dependency of the 0.2.0 one.
+const WIT_0_1: &str = include_str!("../../../wit/deps/plugin-0.1.0/plugin.wit");
 /// The Python SDK module, built into the binary.
 const PYTHON_SDK: &str = include_str!("../../../sdk/python/eddy_sdk.py");
 
@@ -198,9 +201,19 @@ pub(super) fn eddy_home() -> anyhow::Result<PathBuf> {
 
 fn write_wit(dir: &Path) -> anyhow::Result<PathBuf> {
     let wit = dir.join("wit");
-    std::fs::create_dir_all(&wit)?;
+    let old = wit.join("deps").join("plugin-0.1.0");
+    std::fs::create_dir_all(&old)?;
     std::fs::write(wit.join("plugin.wit"), WIT)?;
+    std::fs::write(old.join("plugin.wit"), WIT_0_1)?;
     Ok(wit)
+}
+
+/// The WIT world a plugin of `kind` targets in `contract`.
+fn world(kind: crate::config::PluginKind, contract: Contract) -> String {
+    match contract {
+        Contract::V0_2 => format!("{kind}-plugin"),
+        Contract::V0_1 => format!("eddy:plugin/{kind}-plugin@0.1.0"),
+    }
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -217,13 +230,13 @@ fn default_out(dir: &Path, name: &str) -> PathBuf {
     dir.join("target").join(format!("{name}.wasm"))
 }
 
-fn build_python(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
+fn build_python(dir: &Path, m: &Manifest, out: &Path, contract: Contract) -> anyhow::Result<()> {
     let tmp = tempdir()?;
     let wit = write_wit(&tmp)?;
     let sdk = tmp.join("sdk");
     std::fs::create_dir_all(&sdk)?;
     std::fs::write(sdk.join("eddy_sdk.py"), PYTHON_SDK)?;
-    let world = format!("{}-plugin", m.kind);
+    let world = world(m.kind, contract);
     let result = run(
         Command::new("componentize-py")
             .arg("-d")
@@ -241,7 +254,7 @@ fn build_python(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
     result
 }
 
-fn build_js(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
+fn build_js(dir: &Path, m: &Manifest, out: &Path, contract: Contract) -> anyhow::Result<()> {
     let sdk = eddy_home()?.join("sdk").join("js");
     if !sdk
         .join("node_modules")
@@ -260,7 +273,7 @@ fn build_js(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
     let tmp = tempdir()?;
     let wit = write_wit(&tmp)?;
     let entry = dir.join("plugin.js");
-    let world = format!("{}-plugin", m.kind);
+    let world = world(m.kind, contract);
     let result = run(
         Command::new("node")
             .arg(sdk.join("build.mjs"))
@@ -274,6 +287,17 @@ fn build_js(dir: &Path, m: &Manifest, out: &Path) -> anyhow::Result<()> {
     result
 }
 
+fn check_contract(name: &str, got: Contract, want: Contract) -> anyhow::Result<()> {
+    if got != want {
+        bail!(
+            "plugin {name:?} built against contract {}, not {} as asked (does it use Eddy's SDK?)",
+            got.as_str(),
+            want.as_str()
+        );
+    }
+    Ok(())
+}
+
 fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("eddy-build-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -281,12 +305,13 @@ fn tempdir() -> anyhow::Result<PathBuf> {
 }
 
 /// Builds the plugin in `dir` — a Rust crate (`Cargo.toml`) or a Python or
-/// JavaScript plugin (`plugin.toml`) — into a component and validates it;
-/// returns the path written.
+/// JavaScript plugin (`plugin.toml`) — into a component against `contract`
+/// and validates it; returns the path written.
 ///
 /// # Errors
-/// When no toolchain is found, the build fails, or the result is not a valid plugin.
-pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// When no toolchain is found, the build fails, or the result is not a
+/// valid plugin of that contract.
+pub fn build(dir: &Path, out: Option<&Path>, contract: Contract) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("plugin.toml");
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest)?;
@@ -299,8 +324,8 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
         let out = std::path::absolute(&out)?;
         match m.lang {
-            Lang::Python => build_python(dir, &m, &out)?,
-            Lang::Js => build_js(dir, &m, &out)?,
+            Lang::Python => build_python(dir, &m, &out, contract)?,
+            Lang::Js => build_js(dir, &m, &out, contract)?,
             Lang::Rust => bail!(
                 "{}: Rust plugins are cargo crates; remove plugin.toml",
                 manifest.display()
@@ -313,7 +338,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
             std::fs::write(&out, &bytes)
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
-        Runtime::new()?
+        let plugin = Runtime::new()?
             .load(
                 &probe_config(&m.name),
                 &out.display().to_string(),
@@ -326,6 +351,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
                     m.name
                 )
             })?;
+        check_contract(&m.name, plugin.contract(), contract)?;
         eprintln!("built plugin {} ({} bytes)", m.name, bytes.len());
         return Ok(out);
     }
@@ -357,6 +383,9 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     .stderr(Stdio::inherit());
     if tc.build_std {
         cmd.arg("-Zbuild-std=std,panic_abort");
+    }
+    if contract == Contract::V0_1 {
+        cmd.args(["--features", "eddy-sdk/contract-0-1"]);
     }
     let output = cmd
         .output()
@@ -398,9 +427,10 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     let runtime = Runtime::new()?;
     let probe = probe_config(&name);
-    runtime
+    let plugin = runtime
         .load(&probe, &module_path.display().to_string(), &component, None)
         .with_context(|| format!("plugin {name:?} built, but it is not a valid Eddy plugin"))?;
+    check_contract(&name, plugin.contract(), contract)?;
     let out = out.map_or_else(
         || target_dir.join("plugins").join(format!("{name}.wasm")),
         Path::to_path_buf,

@@ -54,6 +54,7 @@ pub(super) fn probe_config(name: &str) -> PluginConfig {
         path: PathBuf::new(),
         timeout_ms: 1000,
         memory_mb: 64,
+        resident_state_mb: None,
         max_output_bytes: usize::MAX,
         max_retries: 0,
         retry_backoff_ms: 0,

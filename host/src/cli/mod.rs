@@ -12,6 +12,17 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::execute::Contract;
+
+/// `--contract`: `0.2.0` or `0.1.0`.
+fn parse_contract(s: &str) -> Result<Contract, String> {
+    match s {
+        "0.2.0" | "0.2" => Ok(Contract::V0_2),
+        "0.1.0" | "0.1" => Ok(Contract::V0_1),
+        _ => Err(format!("unknown contract version {s:?}: 0.2.0 or 0.1.0")),
+    }
+}
+
 /// Eddy: Kafka-style events in, WebAssembly plugins in the middle, state and
 /// live updates out over HTTP.
 #[derive(Debug, Parser)]
@@ -107,6 +118,11 @@ enum PluginCommand {
         /// for Rust, `<dir>/target/<name>.wasm` otherwise).
         #[arg(short, long)]
         out: Option<PathBuf>,
+        /// The contract version to build against: `0.2.0` (states in the
+        /// plugin's format, many keys per call), or `0.1.0` for hosts that
+        /// predate it.
+        #[arg(long, default_value = "0.2.0", value_parser = parse_contract)]
+        contract: Contract,
     },
     /// Deploys a component to a running host, replacing the plugin's
     /// running version between micro-batches.
@@ -220,8 +236,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&stats)?);
             Ok(())
         }
-        Command::Plugin(PluginCommand::Build { dir, out }) => {
-            let path = build::build(&dir, out.as_deref())?;
+        Command::Plugin(PluginCommand::Build { dir, out, contract }) => {
+            let path = build::build(&dir, out.as_deref(), contract)?;
             println!("{}", path.display());
             Ok(())
         }

@@ -153,6 +153,14 @@ impl Config {
             if p.memory_mb == 0 {
                 problems.push(format!("plugin {:?}: memory_mb must be > 0", p.name));
             }
+            if let Some(r) = p.resident_state_mb
+                && r >= p.memory_mb
+            {
+                problems.push(format!(
+                    "plugin {:?}: resident_state_mb ({r}) must be less than memory_mb ({}): the plugin needs memory to run too",
+                    p.name, p.memory_mb
+                ));
+            }
         }
         if self.shutdown.timeout_ms == 0 {
             problems.push("shutdown.timeout_ms must be > 0".into());

@@ -37,6 +37,13 @@ pub struct PluginConfig {
     /// Linear memory cap, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
+    /// How much of `memory_mb` an aggregator (contract 0.2.0) may spend on
+    /// keeping decoded states between calls, so a key's next micro-batch
+    /// does not decode its state again; in MiB, 0 for none. Default: a
+    /// quarter of `memory_mb`. A recycled instance starts with none and
+    /// reads states from the store.
+    #[serde(default)]
+    pub resident_state_mb: Option<u64>,
     /// Largest total output (state plus emitted records) of one call, in bytes.
     #[serde(default = "default_max_output")]
     pub max_output_bytes: usize,
@@ -73,6 +80,16 @@ pub struct DirGrant {
     pub host: PathBuf,
     /// Where the plugin sees it, such as `/data`.
     pub guest: String,
+}
+
+impl PluginConfig {
+    /// The bytes of decoded states an instance may keep
+    /// (`resident_state_mb`, by default a quarter of `memory_mb`).
+    pub fn resident_state_bytes(&self) -> u64 {
+        self.resident_state_mb
+            .unwrap_or(self.memory_mb / 4)
+            .saturating_mul(1024 * 1024)
+    }
 }
 
 fn default_timeout_ms() -> u64 {

@@ -6,6 +6,7 @@
 
 pub mod avro;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Why a value could not be decoded.
@@ -94,29 +95,31 @@ impl std::fmt::Debug for Decoder {
 }
 
 impl Decoder {
-    /// Decodes one value to JSON text, with the writer schema id for Avro.
+    /// Decodes one value to JSON text — the value's own bytes when they
+    /// are JSON (no copy), decoded text for Avro — with the writer schema
+    /// id for Avro.
     ///
     /// # Errors
     /// [`DecodeError`] saying what is wrong with the value.
-    pub fn decode(&self, bytes: &[u8]) -> Result<(String, Option<u32>), DecodeError> {
+    pub fn decode<'b>(&self, bytes: &'b [u8]) -> Result<(Cow<'b, str>, Option<u32>), DecodeError> {
         match self {
-            Decoder::Json => json_value(bytes).map(|j| (j, None)),
-            Decoder::Avro(a) => a.decode(bytes).map(|(j, id)| (j, Some(id))),
+            Decoder::Json => json_value(bytes).map(|j| (Cow::Borrowed(j), None)),
+            Decoder::Avro(a) => a.decode(bytes).map(|(j, id)| (Cow::Owned(j), Some(id))),
         }
     }
 }
 
-/// Decodes a JSON value, returning it as text (unchanged bytes).
+/// Checks a JSON value, returning it as text (the same bytes).
 ///
 /// # Errors
 /// [`DecodeError`] saying where the value is malformed.
-pub fn json_value(bytes: &[u8]) -> Result<String, DecodeError> {
+pub fn json_value(bytes: &[u8]) -> Result<&str, DecodeError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8 {
         at: e.valid_up_to(),
     })?;
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    Ok(text.to_owned())
+    Ok(text)
 }
 
 #[cfg(test)]

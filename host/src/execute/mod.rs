@@ -1,5 +1,10 @@
 //! Stage 4, execute: plugins run as WebAssembly components in wasmtime.
 //!
+//! Both versions of the contract run: 0.2.0 (an aggregator folds many keys
+//! per call, its states are bytes in the format it chose, and it may keep
+//! decoded states resident between calls) and 0.1.0 (JSON state text, one
+//! key per call). The pipeline sees one [`Instance::fold`] for both.
+//!
 //! This module is the one place that configures the engine: epoch
 //! interruption for wall-clock limits (a ticker thread advances the epoch),
 //! a resource limiter for memory, WASI with nothing granted. Components are
@@ -11,6 +16,7 @@ pub mod bindings;
 pub mod registry;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
@@ -18,7 +24,11 @@ use wasmtime::{Config as WasmConfig, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{PluginConfig, PluginKind};
-use bindings::{AggregatorGuest, AggregatorIndices, HandlerGuest, HandlerIndices};
+use crate::store::{State, StateFormat};
+use bindings::{
+    AggregatorGuest, AggregatorIndices, Event, HandlerGuest, HandlerIndices, KeyEvents,
+    PluginStateFormat, Settings, v0_1,
+};
 
 /// How often the epoch advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -61,7 +71,7 @@ pub enum PluginError {
         limit: usize,
     },
     /// The plugin returned something the contract rules out (a state that
-    /// is not JSON).
+    /// is not in its format).
     #[error("plugin {plugin}: {message}")]
     BadOutput {
         /// Plugin name.
@@ -77,6 +87,17 @@ pub enum PluginError {
         /// `invalid`, `retryable` or `fatal`.
         class: &'static str,
         /// Its message.
+        message: String,
+    },
+    /// A key's stored state cannot be handed to the plugin in its format
+    /// (the store's bytes do not convert).
+    #[error("plugin {plugin}: the stored state of key {key:?} cannot be read: {message}")]
+    BadState {
+        /// Plugin name.
+        plugin: String,
+        /// The key.
+        key: String,
+        /// Why.
         message: String,
     },
     /// The component could not be instantiated.
@@ -98,6 +119,7 @@ impl PluginError {
             PluginError::Trap { .. } => "trap",
             PluginError::OutputTooLarge { .. } => "output_too_large",
             PluginError::BadOutput { .. } => "bad_output",
+            PluginError::BadState { .. } => "bad_state",
             PluginError::Failed { class, .. } => class,
             PluginError::Instantiate { .. } => "instantiate",
         }
@@ -143,7 +165,8 @@ pub struct PluginCtx {
     plugin: Arc<str>,
     /// The pipeline the instance serves, for log lines.
     pipeline: Arc<str>,
-    /// The key being processed, for log lines (empty in a handler's batch).
+    /// The key being processed, for log lines of plugins that do not name
+    /// it (empty in a handler's batch or a fold of several keys).
     pub key: String,
     /// The offset of the first event of the call, for log lines.
     offset: Option<i64>,
@@ -190,12 +213,20 @@ impl WasiView for PluginCtx {
     }
 }
 
-impl bindings::Host for PluginCtx {
-    fn log(&mut self, level: bindings::Level, message: String) {
+impl PluginCtx {
+    /// A plugin's log line, tagged with where it is (the plugin's own
+    /// key and offset when it names them, else the call's).
+    fn log_line(
+        &self,
+        level: bindings::Level,
+        message: &str,
+        key: Option<&str>,
+        offset: Option<i64>,
+    ) {
         let plugin = &*self.plugin;
         let pipeline = (!self.pipeline.is_empty()).then_some(&*self.pipeline);
-        let key = (!self.key.is_empty()).then_some(self.key.as_str());
-        let offset = self.offset;
+        let key = key.or((!self.key.is_empty()).then_some(self.key.as_str()));
+        let offset = offset.or(self.offset);
         match level {
             bindings::Level::Trace => tracing::trace!(pipeline, plugin, key, offset, "{message}"),
             bindings::Level::Debug => tracing::debug!(pipeline, plugin, key, offset, "{message}"),
@@ -203,6 +234,33 @@ impl bindings::Host for PluginCtx {
             bindings::Level::Warn => tracing::warn!(pipeline, plugin, key, offset, "{message}"),
             bindings::Level::Error => tracing::error!(pipeline, plugin, key, offset, "{message}"),
         }
+    }
+}
+
+impl bindings::Host for PluginCtx {
+    fn log(
+        &mut self,
+        level: bindings::Level,
+        message: String,
+        key: Option<String>,
+        offset: Option<i64>,
+    ) {
+        self.log_line(level, &message, key.as_deref(), offset);
+    }
+}
+
+impl bindings::v0_1::Host for PluginCtx {
+    fn log(&mut self, level: bindings::v0_1::Level, message: String) {
+        use bindings::Level as L;
+        use bindings::v0_1::Level as Old;
+        let level = match level {
+            Old::Trace => L::Trace,
+            Old::Debug => L::Debug,
+            Old::Info => L::Info,
+            Old::Warn => L::Warn,
+            Old::Error => L::Error,
+        };
+        self.log_line(level, &message, None, None);
     }
 }
 
@@ -230,7 +288,11 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::eddy::plugin::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
+        bindings::eddy::plugin0_2_0::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
+            &mut linker,
+            |ctx| ctx,
+        )?;
+        bindings::eddy::plugin0_1_0::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
             &mut linker,
             |ctx| ctx,
         )?;
@@ -251,8 +313,9 @@ impl Runtime {
     }
 
     /// Compiles and validates a plugin component: it must export the
-    /// interface of `expected` (or of either kind when `None`) and import
-    /// nothing beyond the host interface and WASI.
+    /// interface of `expected` (or of either kind when `None`), in either
+    /// version of the contract, and import nothing beyond the host
+    /// interface and WASI.
     ///
     /// # Errors
     /// [`LoadError`] naming the plugin and what is wrong.
@@ -284,11 +347,9 @@ impl Runtime {
             .map(|(name, _)| name.to_owned())
             .collect();
         let has = |name: &str| exports.iter().any(|e| e == name);
-        let kind = match (
-            expected,
-            has(bindings::AGGREGATOR_EXPORT),
-            has(bindings::HANDLER_EXPORT),
-        ) {
+        let aggregator = has(bindings::AGGREGATOR_EXPORT) || has(bindings::v0_1::AGGREGATOR_EXPORT);
+        let handler = has(bindings::HANDLER_EXPORT) || has(bindings::v0_1::HANDLER_EXPORT);
+        let kind = match (expected, aggregator, handler) {
             (Some(PluginKind::Aggregator), true, _) | (None, true, false) => PluginKind::Aggregator,
             (Some(PluginKind::Handler), _, true) | (None, false, true) => PluginKind::Handler,
             (None, true, true) => {
@@ -297,40 +358,45 @@ impl Runtime {
                 ));
             }
             (want, _, _) => {
-                let want = want.map_or_else(
-                    || {
-                        format!(
-                            "{} or {}",
-                            bindings::AGGREGATOR_EXPORT,
-                            bindings::HANDLER_EXPORT
-                        )
-                    },
-                    |k| match k {
-                        PluginKind::Aggregator => bindings::AGGREGATOR_EXPORT.to_owned(),
-                        PluginKind::Handler => bindings::HANDLER_EXPORT.to_owned(),
-                    },
+                let aggregators = format!(
+                    "{} (or {})",
+                    bindings::AGGREGATOR_EXPORT,
+                    bindings::v0_1::AGGREGATOR_EXPORT
                 );
+                let handlers = format!(
+                    "{} (or {})",
+                    bindings::HANDLER_EXPORT,
+                    bindings::v0_1::HANDLER_EXPORT
+                );
+                let want = match want {
+                    None => format!("{aggregators} or {handlers}"),
+                    Some(PluginKind::Aggregator) => aggregators,
+                    Some(PluginKind::Handler) => handlers,
+                };
                 return Err(wrong(format!(
                     "does not export {want}; it exports [{}]",
                     exports.join(", ")
                 )));
             }
         };
+        let mismatch = |export: &str, e: wasmtime::Error| {
+            wrong(format!("{export} does not match the contract: {e:#}"))
+        };
         let indices = match kind {
-            PluginKind::Aggregator => {
-                Indices::Aggregator(AggregatorIndices::new(&pre).map_err(|e| {
-                    wrong(format!(
-                        "{} does not match the contract: {e:#}",
-                        bindings::AGGREGATOR_EXPORT
-                    ))
-                })?)
-            }
-            PluginKind::Handler => Indices::Handler(HandlerIndices::new(&pre).map_err(|e| {
-                wrong(format!(
-                    "{} does not match the contract: {e:#}",
-                    bindings::HANDLER_EXPORT
-                ))
-            })?),
+            PluginKind::Aggregator if has(bindings::AGGREGATOR_EXPORT) => Indices::Aggregator(
+                AggregatorIndices::new(&pre)
+                    .map_err(|e| mismatch(bindings::AGGREGATOR_EXPORT, e))?,
+            ),
+            PluginKind::Aggregator => Indices::AggregatorV01(
+                v0_1::AggregatorIndices::new(&pre)
+                    .map_err(|e| mismatch(v0_1::AGGREGATOR_EXPORT, e))?,
+            ),
+            PluginKind::Handler if has(bindings::HANDLER_EXPORT) => Indices::Handler(
+                HandlerIndices::new(&pre).map_err(|e| mismatch(bindings::HANDLER_EXPORT, e))?,
+            ),
+            PluginKind::Handler => Indices::HandlerV01(
+                v0_1::HandlerIndices::new(&pre).map_err(|e| mismatch(v0_1::HANDLER_EXPORT, e))?,
+            ),
         };
         Ok(Plugin {
             name: Arc::from(config.name.as_str()),
@@ -372,9 +438,31 @@ pub fn content_hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// The version of the contract a plugin was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `eddy:plugin@0.1.0`: JSON state text, one key per aggregator call.
+    V0_1,
+    /// `eddy:plugin@0.2.0`: state bytes in the plugin's format, many keys
+    /// per call, resident states.
+    V0_2,
+}
+
+impl Contract {
+    /// As written in the WIT package (`0.2.0`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+}
+
 enum Indices {
     Aggregator(AggregatorIndices),
+    AggregatorV01(v0_1::AggregatorIndices),
     Handler(HandlerIndices),
+    HandlerV01(v0_1::HandlerIndices),
 }
 
 /// A compiled, validated, pre-linked plugin; cheap to instantiate.
@@ -398,11 +486,25 @@ impl Plugin {
     pub fn config(&self) -> &PluginConfig {
         &self.config
     }
+
+    /// The version of the contract it was built against.
+    pub fn contract(&self) -> Contract {
+        match self.indices {
+            Indices::Aggregator(_) | Indices::Handler(_) => Contract::V0_2,
+            Indices::AggregatorV01(_) | Indices::HandlerV01(_) => Contract::V0_1,
+        }
+    }
 }
 
 enum Guest {
-    Aggregator(AggregatorGuest),
+    Aggregator {
+        guest: AggregatorGuest,
+        /// The format its states are in (its answer to `setup`).
+        format: StateFormat,
+    },
+    AggregatorV01(v0_1::AggregatorGuest),
     Handler(HandlerGuest),
+    HandlerV01(v0_1::HandlerGuest),
 }
 
 struct Live {
@@ -424,6 +526,43 @@ pub struct Instance {
 
 /// One emitted record, as the host will produce it.
 pub type Emitted = bindings::Emit;
+
+/// One key's share of a fold: its events and its current state.
+#[derive(Clone, Copy)]
+pub struct KeyInput<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// Its state, none before its first event.
+    pub state: Option<&'a State>,
+    /// The version of `state` an earlier fold of this instance gave it
+    /// ([`Folded::version`]), 0 when unknown.
+    pub version: u64,
+    /// Its new events, in offset order.
+    pub events: &'a [Event<'a>],
+}
+
+/// A key's new state, as a fold returned it.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    /// The state.
+    pub state: State,
+    /// The instance's name for this state: given back with it as
+    /// [`KeyInput::version`], it lets a plugin use the decoded state it
+    /// kept instead of decoding the bytes again (0: none).
+    pub version: u64,
+    /// Records to produce with it.
+    pub emits: Vec<Emitted>,
+}
+
+/// Versions given to folded states: unique in the process, so a plugin's
+/// resident state can never be taken for another.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// How much of a batch one fold call takes at most: a call's input is
+/// lowered into the plugin's memory at once, and one time limit covers it.
+const CALL_EVENTS: usize = 1_024;
+/// See [`CALL_EVENTS`]: bytes of states and event values.
+const CALL_BYTES: usize = 4 << 20;
 
 impl Instance {
     /// A lazily instantiated instance of `plugin`.
@@ -503,19 +642,34 @@ impl Instance {
             store.limiter(|ctx| &mut ctx.limiter);
             store.epoch_deadline_trap();
             arm(&mut store, p.config.timeout_ms);
-            let instance = p
-                .pre
-                .instantiate(&mut store)
-                .map_err(|e| classify(p, store.data().limiter.hit, &e.into()))?;
+            let fail = |store: &Store<PluginCtx>, e: wasmtime::Error| {
+                classify(p, store.data().limiter.hit, &e.into())
+            };
+            let instance = p.pre.instantiate(&mut store).map_err(|e| fail(&store, e))?;
             let guest = match &p.indices {
-                Indices::Aggregator(i) => Guest::Aggregator(
-                    i.load(&mut store, &instance)
-                        .map_err(|e| classify(p, store.data().limiter.hit, &e.into()))?,
+                Indices::Aggregator(i) => {
+                    let guest = i.load(&mut store, &instance).map_err(|e| fail(&store, e))?;
+                    let settings = Settings {
+                        resident_bytes: p.config.resident_state_bytes(),
+                    };
+                    let format = match guest
+                        .call_setup(&mut store, settings)
+                        .map_err(|e| fail(&store, e))?
+                    {
+                        PluginStateFormat::Json => StateFormat::Json,
+                        PluginStateFormat::Msgpack => StateFormat::MsgPack,
+                    };
+                    Guest::Aggregator { guest, format }
+                }
+                Indices::AggregatorV01(i) => Guest::AggregatorV01(
+                    i.load(&mut store, &instance).map_err(|e| fail(&store, e))?,
                 ),
-                Indices::Handler(i) => Guest::Handler(
-                    i.load(&mut store, &instance)
-                        .map_err(|e| classify(p, store.data().limiter.hit, &e.into()))?,
-                ),
+                Indices::Handler(i) => {
+                    Guest::Handler(i.load(&mut store, &instance).map_err(|e| fail(&store, e))?)
+                }
+                Indices::HandlerV01(i) => {
+                    Guest::HandlerV01(i.load(&mut store, &instance).map_err(|e| fail(&store, e))?)
+                }
             };
             self.live = Some(Live { store, guest });
         }
@@ -557,47 +711,193 @@ impl Instance {
         }
     }
 
-    /// Runs the aggregator over one key's events.
+    /// How many of `batch`'s keys (at least one) the next fold call takes.
+    pub fn call_size(batch: &[KeyInput<'_>]) -> usize {
+        let (mut events, mut bytes) = (0, 0);
+        for (i, k) in batch.iter().enumerate() {
+            events += k.events.len();
+            bytes += k.state.map_or(0, State::len)
+                + k.events.iter().map(|e| e.value.len()).sum::<usize>();
+            if i > 0 && (events > CALL_EVENTS || bytes > CALL_BYTES) {
+                return i;
+            }
+        }
+        batch.len()
+    }
+
+    /// Runs the aggregator over several keys' events. Returns one result
+    /// per key, in order; a failure of the whole call (a trap, a limit hit)
+    /// is the outer error, and recycles the instance. A 0.1.0 plugin is
+    /// called once per key (its traps are that key's result).
+    ///
+    /// Callers keep each call within [`Instance::call_size`].
     ///
     /// # Errors
-    /// Any [`PluginError`]; after a trap, a limit hit or a fatal failure the
-    /// instance is recycled.
-    pub fn apply(
+    /// Any [`PluginError`] of the call as a whole.
+    pub fn fold(
         &mut self,
-        key: &str,
-        state: Option<&str>,
-        events: &[bindings::Event],
-    ) -> Result<(String, Vec<Emitted>), PluginError> {
+        batch: &[KeyInput<'_>],
+    ) -> Result<Vec<Result<Folded, PluginError>>, PluginError> {
         let started = std::time::Instant::now();
-        let r = self.apply_once(key, state, events);
+        let r = self.fold_once(batch);
         let took = started.elapsed().as_secs_f64();
         self.calls
             .get_or_insert_with(|| crate::telemetry::plugin_calls(&self.plugin.name))
             .record(took);
-        if let Err(e) = &r {
-            crate::telemetry::plugin_failure(&self.plugin.name, e.class());
+        match &r {
+            Err(e) => crate::telemetry::plugin_failure(&self.plugin.name, e.class()),
+            Ok(results) => {
+                for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                    crate::telemetry::plugin_failure(&self.plugin.name, e.class());
+                }
+            }
         }
         r
     }
 
-    fn apply_once(
+    fn fold_once(
         &mut self,
-        key: &str,
-        state: Option<&str>,
-        events: &[bindings::Event],
-    ) -> Result<(String, Vec<Emitted>), PluginError> {
+        batch: &[KeyInput<'_>],
+    ) -> Result<Vec<Result<Folded, PluginError>>, PluginError> {
         let timeout_ms = self.plugin.config.timeout_ms;
         let live = self.live()?;
-        let Guest::Aggregator(guest) = &live.guest else {
+        let format = match &live.guest {
+            Guest::Aggregator { format, .. } => *format,
+            Guest::AggregatorV01(_) => return Ok(self.fold_v01(batch)),
+            Guest::Handler(_) | Guest::HandlerV01(_) => {
+                return Err(self.wrong_kind("an aggregator"));
+            }
+        };
+        // States in the plugin's format (converted when another version of
+        // it wrote them in the other one).
+        let states = batch
+            .iter()
+            .map(|k| {
+                k.state
+                    .map(|s| s.in_format(format))
+                    .transpose()
+                    .map_err(|e| PluginError::BadState {
+                        plugin: self.plugin.name.to_string(),
+                        key: k.key.to_owned(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = NEXT_VERSION.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let calls: Vec<KeyEvents<'_>> = batch
+            .iter()
+            .zip(&states)
+            .zip(first..)
+            .map(|((k, state), next_version)| KeyEvents {
+                key: k.key,
+                state: state.as_deref(),
+                version: k.version,
+                next_version,
+                events: k.events,
+            })
+            .collect();
+        let Some(live) = self.live.as_mut() else {
+            return Err(self.wrong_kind("an aggregator"));
+        };
+        let Guest::Aggregator { guest, .. } = &live.guest else {
             return Err(self.wrong_kind("an aggregator"));
         };
         let store = &mut live.store;
         store.data_mut().key.clear();
-        store.data_mut().key.push_str(key);
-        store.data_mut().offset = events.first().map(|e| e.offset);
+        if let [one] = batch {
+            store.data_mut().key.push_str(one.key);
+        }
+        store.data_mut().offset = batch
+            .first()
+            .and_then(|k| k.events.first())
+            .map(|e| e.offset);
         arm(store, timeout_ms);
         let r = guest
-            .call_apply(&mut *store, key, state, events)
+            .call_fold(&mut *store, &calls)
+            .map_err(anyhow::Error::from);
+        let hit = store.data().limiter.hit;
+        let results = match r {
+            Err(e) => {
+                self.live = None;
+                return Err(classify(&self.plugin, hit, &e));
+            }
+            Ok(results) => results,
+        };
+        if results.len() != batch.len() {
+            self.live = None;
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.to_string(),
+                message: format!(
+                    "fold returned {} results for {} keys",
+                    results.len(),
+                    batch.len()
+                ),
+            });
+        }
+        let mut fatal = false;
+        let out = results
+            .into_iter()
+            .zip(batch)
+            .zip(first..)
+            .map(|((r, k), version)| match r {
+                Err(f) => {
+                    fatal |= matches!(f, bindings::Failure::Fatal(_));
+                    Err(self.failed(f))
+                }
+                Ok(outcome) => {
+                    let bytes = outcome.state.len()
+                        + outcome.emits.iter().map(|e| e.value.len()).sum::<usize>();
+                    self.check_output(bytes)?;
+                    let state = State::checked(format, outcome.state).map_err(|e| {
+                        PluginError::BadOutput {
+                            plugin: self.plugin.name.to_string(),
+                            message: format!("returned a state for key {:?} that is {e}", k.key),
+                        }
+                    })?;
+                    Ok(Folded {
+                        state,
+                        version,
+                        emits: outcome.emits,
+                    })
+                }
+            })
+            .collect();
+        if fatal {
+            self.live = None;
+        }
+        Ok(out)
+    }
+
+    /// A 0.1.0 aggregator: one call per key, JSON state text.
+    fn fold_v01(&mut self, batch: &[KeyInput<'_>]) -> Vec<Result<Folded, PluginError>> {
+        batch.iter().map(|k| self.apply_v01(k)).collect()
+    }
+
+    fn apply_v01(&mut self, k: &KeyInput<'_>) -> Result<Folded, PluginError> {
+        let timeout_ms = self.plugin.config.timeout_ms;
+        let state = k
+            .state
+            .map(|s| s.in_format(StateFormat::Json))
+            .transpose()
+            .map_err(|e| PluginError::BadState {
+                plugin: self.plugin.name.to_string(),
+                key: k.key.to_owned(),
+                message: e.to_string(),
+            })?;
+        let state = state
+            .as_deref()
+            .map(|s| std::str::from_utf8(s).unwrap_or("null"));
+        let live = self.live()?;
+        let Guest::AggregatorV01(guest) = &live.guest else {
+            return Err(self.wrong_kind("an aggregator"));
+        };
+        let store = &mut live.store;
+        store.data_mut().key.clear();
+        store.data_mut().key.push_str(k.key);
+        store.data_mut().offset = k.events.first().map(|e| e.offset);
+        arm(store, timeout_ms);
+        let r = guest
+            .call_apply(&mut *store, k.key, state, k.events)
             .map_err(anyhow::Error::from);
         let hit = store.data().limiter.hit;
         match r {
@@ -615,15 +915,18 @@ impl Instance {
                 let bytes = outcome.state.len()
                     + outcome.emits.iter().map(|e| e.value.len()).sum::<usize>();
                 self.check_output(bytes)?;
-                // The host serves states as they are (HTTP, SSE, changelog
-                // records): they must be JSON.
-                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&outcome.state) {
-                    return Err(PluginError::BadOutput {
-                        plugin: self.plugin.name.to_string(),
-                        message: format!("returned a state for key {key:?} that is not JSON: {e}"),
-                    });
-                }
-                Ok((outcome.state, outcome.emits))
+                let state =
+                    State::checked(StateFormat::Json, outcome.state.into_bytes()).map_err(|e| {
+                        PluginError::BadOutput {
+                            plugin: self.plugin.name.to_string(),
+                            message: format!("returned a state for key {:?} that is {e}", k.key),
+                        }
+                    })?;
+                Ok(Folded {
+                    state,
+                    version: 0,
+                    emits: outcome.emits,
+                })
             }
         }
     }
@@ -635,7 +938,7 @@ impl Instance {
     /// failures are in the returned list.
     pub fn handle(
         &mut self,
-        events: &[bindings::Event],
+        events: &[Event<'_>],
     ) -> Result<Vec<Result<Vec<Emitted>, PluginError>>, PluginError> {
         let started = std::time::Instant::now();
         let r = self.handle_once(events);
@@ -654,20 +957,22 @@ impl Instance {
 
     fn handle_once(
         &mut self,
-        events: &[bindings::Event],
+        events: &[Event<'_>],
     ) -> Result<Vec<Result<Vec<Emitted>, PluginError>>, PluginError> {
         let timeout_ms = self.plugin.config.timeout_ms;
         let live = self.live()?;
-        let Guest::Handler(guest) = &live.guest else {
-            return Err(self.wrong_kind("a handler"));
-        };
         let store = &mut live.store;
         store.data_mut().key.clear();
         store.data_mut().offset = events.first().map(|e| e.offset);
         arm(store, timeout_ms);
-        let r = guest
-            .call_handle(&mut *store, events)
-            .map_err(anyhow::Error::from);
+        let r = match &live.guest {
+            Guest::Handler(guest) => guest.call_handle(&mut *store, events),
+            Guest::HandlerV01(guest) => guest.call_handle(&mut *store, events),
+            Guest::Aggregator { .. } | Guest::AggregatorV01(_) => {
+                return Err(self.wrong_kind("a handler"));
+            }
+        }
+        .map_err(anyhow::Error::from);
         let hit = store.data().limiter.hit;
         let results = match r {
             Err(e) => {

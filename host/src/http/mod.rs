@@ -530,7 +530,7 @@ async fn get_state(
         {
             Some(st) => Ok(json_text(format!(
                 "{{\"state\":{},\"partition\":{partition},\"seq\":{},\"updated_at_ms\":{},\"plugin_version\":{}}}",
-                st.json,
+                st.state.json_text(),
                 st.seq,
                 st.stamp_us / 1000,
                 serde_json::Value::String(st.plugin_version)
@@ -559,7 +559,7 @@ async fn state_of(
             .state(&pipeline, partition, &key)
             .map_err(AppError::internal)?
         {
-            Some(st) => Ok(json_text(st.json)),
+            Some(st) => Ok(json_text(st.state.json_text().to_owned())),
             None => Err(AppError::not_found(format!(
                 "pipeline {pipeline:?} has no state for key {key:?}"
             ))),
@@ -622,7 +622,8 @@ async fn latest(
                     partition,
                     seq: st.seq,
                     stamp_us: st.stamp_us,
-                    state: serde_json::from_str(&st.json).map_err(AppError::internal)?,
+                    state: serde_json::from_str(st.state.json_text())
+                        .map_err(AppError::internal)?,
                 })
             })
             .collect()

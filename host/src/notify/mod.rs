@@ -279,7 +279,8 @@ mod tests {
             seq,
             stamp_us: 0,
             key: key.to_owned(),
-            state: format!("{{\"n\":{seq}}}"),
+            state: crate::store::State::json(format!("{{\"n\":{seq}}}")),
+            version: 0,
         })
     }
 
@@ -381,7 +382,8 @@ mod tests {
                     seq,
                     stamp_us: 0,
                     key: "k".into(),
-                    state: big.clone(),
+                    state: crate::store::State::json(big.clone()),
+                    version: 0,
                 })],
             );
         }

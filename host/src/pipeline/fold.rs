@@ -12,7 +12,8 @@ pub use super::retry::{Attempted, Retry};
 use crate::config::validate_topic_name;
 use crate::config::{OnDeadLetter, PipelineConfig};
 use crate::execute::bindings::Event;
-use crate::execute::{Emitted, Instance, PluginError};
+use crate::execute::{Emitted, Folded, Instance, KeyInput, PluginError};
+use crate::store::State;
 
 /// How a fold treats failures (see the module documentation).
 #[derive(Clone)]
@@ -49,7 +50,9 @@ pub struct Failed {
 /// What folding one key's events produced.
 pub struct KeyFold {
     /// The key's new state, when at least one event applied.
-    pub state: Option<String>,
+    pub state: Option<State>,
+    /// The plugin instance's name for that state ([`Folded::version`]).
+    pub version: u64,
     /// Emitted records, with the index of the event they are attributed to
     /// (the last event when the whole batch applied in one call).
     pub emits: Vec<(usize, Vec<Emitted>)>,
@@ -60,46 +63,98 @@ pub struct KeyFold {
     pub held_from: Option<usize>,
 }
 
-/// Folds one key's events into `state` with the aggregator: one call for
+impl KeyFold {
+    fn empty() -> Self {
+        KeyFold {
+            state: None,
+            version: 0,
+            emits: Vec::new(),
+            failed: Vec::new(),
+            held_from: None,
+        }
+    }
+
+    fn applied(events: usize, folded: Folded) -> Self {
+        KeyFold {
+            state: Some(folded.state),
+            version: folded.version,
+            emits: vec![(events.saturating_sub(1), folded.emits)],
+            ..KeyFold::empty()
+        }
+    }
+}
+
+/// Folds several keys' events with the aggregator: one call for as many
+/// keys as a call takes ([`Instance::call_size`]). A key whose fold fails
+/// is folded again alone by [`aggregate`] (retries, then one event at a
+/// time); when the whole call fails (a trap, a limit), every key of it is.
+/// One [`KeyFold`] per input, in order.
+pub fn aggregate_all(policy: &Policy, agg: &mut Instance, inputs: &[KeyInput<'_>]) -> Vec<KeyFold> {
+    let mut folds = Vec::with_capacity(inputs.len());
+    let mut rest = inputs;
+    while !rest.is_empty() {
+        let n = Instance::call_size(rest).clamp(1, rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        match agg.fold(chunk) {
+            Ok(results) => {
+                for (input, result) in chunk.iter().zip(results) {
+                    folds.push(match result {
+                        Ok(folded) => KeyFold::applied(input.events.len(), folded),
+                        Err(_) => aggregate(policy, agg, input),
+                    });
+                }
+            }
+            Err(error) => {
+                tracing::debug!(
+                    pipeline = %policy.retry.pipeline, plugin = %agg.plugin().name,
+                    keys = chunk.len(), error = %error, "fold call failed; folding its keys one by one"
+                );
+                folds.extend(chunk.iter().map(|input| aggregate(policy, agg, input)));
+            }
+        }
+    }
+    folds
+}
+
+/// Folds one key's events into its state with the aggregator: one call for
 /// all of them; when that fails, one call per event from the same state, so
 /// only the failing events fail and the others apply.
-pub fn aggregate(
-    policy: &Policy,
-    agg: &mut Instance,
-    key: &str,
-    state: Option<&str>,
-    events: &[Event],
-) -> KeyFold {
+pub fn aggregate(policy: &Policy, agg: &mut Instance, input: &KeyInput<'_>) -> KeyFold {
     let plugin = agg.plugin().name.clone();
-    let call = |agg: &mut Instance, state: Option<&str>, events: &[Event]| {
+    let key = input.key;
+    let call = |agg: &mut Instance, one: KeyInput<'_>| {
         policy
             .retry
-            .run(Some(key), events.first().map(|e| e.offset), || {
-                let (s, emits) = agg.apply(key, state, events)?;
-                Ok((s, check_emits(&plugin, emits)?))
+            .run(Some(key), one.events.first().map(|e| e.offset), || {
+                let folded = agg
+                    .fold(std::slice::from_ref(&one))?
+                    .pop()
+                    .unwrap_or_else(|| {
+                        Err(PluginError::Trap {
+                            plugin: plugin.to_string(),
+                            message: "fold returned no result".into(),
+                        })
+                    })?;
+                Ok(Folded {
+                    emits: check_emits(&plugin, folded.emits)?,
+                    ..folded
+                })
             })
     };
-    let mut fold = KeyFold {
-        state: None,
-        emits: Vec::new(),
-        failed: Vec::new(),
-        held_from: None,
-    };
-    let whole = call(agg, state, events);
-    let first_error = match whole {
-        (Ok((s, emits)), _) => {
-            fold.state = Some(s);
-            fold.emits.push((events.len().saturating_sub(1), emits));
-            return fold;
-        }
+    let events = input.events;
+    let first_error = match call(agg, *input) {
+        (Ok(folded), _) => return KeyFold::applied(events.len(), folded),
         (Err(error), delays) if events.len() == 1 => {
             // A single event failed: that is the poison, no need to isolate.
-            fold.failed.push(Failed {
-                index: 0,
-                error,
-                delays,
-            });
-            return fold;
+            return KeyFold {
+                failed: vec![Failed {
+                    index: 0,
+                    error,
+                    delays,
+                }],
+                ..KeyFold::empty()
+            };
         }
         (Err(e), _) => e,
     };
@@ -109,13 +164,19 @@ pub fn aggregate(
         last_offset = events.last().map(|e| e.offset),
         error = %first_error, "batch failed; isolating"
     );
-    let mut current = state.map(str::to_owned);
+    let mut fold = KeyFold::empty();
+    let mut current: Option<(State, u64)> = None;
     for (index, event) in events.iter().enumerate() {
-        match call(agg, current.as_deref(), std::slice::from_ref(event)) {
-            (Ok((s, emits)), _) => {
-                fold.emits.push((index, emits));
-                current = Some(s);
-                fold.state.clone_from(&current);
+        let one = KeyInput {
+            key,
+            state: current.as_ref().map(|(s, _)| s).or(input.state),
+            version: current.as_ref().map_or(input.version, |(_, v)| *v),
+            events: std::slice::from_ref(event),
+        };
+        match call(agg, one) {
+            (Ok(folded), _) => {
+                fold.emits.push((index, folded.emits));
+                current = Some((folded.state, folded.version));
             }
             (Err(error), delays) => {
                 fold.failed.push(Failed {
@@ -132,6 +193,10 @@ pub fn aggregate(
             }
         }
     }
+    if let Some((state, version)) = current {
+        fold.state = Some(state);
+        fold.version = version;
+    }
     fold
 }
 
@@ -142,7 +207,7 @@ pub fn handle(
     policy: &Policy,
     handler: &mut Instance,
     keys: &[&str],
-    events: &[Event],
+    events: &[Event<'_>],
 ) -> Vec<Attempted<Vec<Emitted>>> {
     let plugin = handler.plugin().name.clone();
     let first_offset = events.first().map(|e| e.offset);
@@ -187,18 +252,18 @@ fn check_emits(plugin: &str, emits: Vec<Emitted>) -> Result<Vec<Emitted>, Plugin
 }
 
 /// A batch's events grouped by key: keys in order of first appearance, each
-/// key's events in offset order, moved next to each other so a call takes a
-/// slice without copying them.
-pub struct ByKey<'a> {
+/// key's events in offset order, placed next to each other so a call takes
+/// a slice (the events are views: placing them copies no value).
+pub struct ByKey<'a, 'e> {
     /// Each key with the indices (in the batch) of its events.
     groups: Vec<(&'a str, Vec<usize>)>,
     /// The events, key by key.
-    events: Vec<Event>,
+    events: Vec<Event<'e>>,
 }
 
-impl<'a> ByKey<'a> {
+impl<'a, 'e> ByKey<'a, 'e> {
     /// Groups `events` by `keys` (one key per event, same order).
-    pub fn new(keys: impl IntoIterator<Item = &'a str>, events: Vec<Event>) -> Self {
+    pub fn new(keys: impl IntoIterator<Item = &'a str>, events: &[Event<'e>]) -> Self {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         let mut slot_of: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
         for (i, key) in keys.into_iter().enumerate() {
@@ -210,14 +275,9 @@ impl<'a> ByKey<'a> {
                 members.push(i);
             }
         }
-        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
         let mut grouped = Vec::with_capacity(events.len());
         for (_, members) in &groups {
-            grouped.extend(
-                members
-                    .iter()
-                    .filter_map(|&i| events.get_mut(i).and_then(Option::take)),
-            );
+            grouped.extend(members.iter().filter_map(|&i| events.get(i).cloned()));
         }
         ByKey {
             groups,
@@ -225,8 +285,18 @@ impl<'a> ByKey<'a> {
         }
     }
 
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
     /// Each key with the batch indices of its events and the events.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &[usize], &[Event])> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &[usize], &[Event<'e>])> + '_ {
         let mut start = 0;
         self.groups.iter().map(move |(key, members)| {
             let events = self
@@ -244,23 +314,24 @@ mod tests {
     use super::ByKey;
     use crate::execute::bindings::Event;
 
-    fn event(offset: i64) -> Event {
+    fn event(offset: i64) -> Event<'static> {
         Event {
-            topic: "t".into(),
+            topic: "t",
             partition: 0,
             offset,
             timestamp_ms: 0,
             key: None,
-            headers: Vec::new(),
+            headers: &[],
             schema_id: None,
-            value: String::new(),
+            value: "",
         }
     }
 
     #[test]
     fn events_group_by_key_in_first_seen_order_keeping_offsets_in_order() {
         let keys = ["a", "b", "a", "c", "b", "a"];
-        let by = ByKey::new(keys, (0..6).map(event).collect());
+        let events: Vec<Event<'_>> = (0..6).map(event).collect();
+        let by = ByKey::new(keys, &events);
         let got: Vec<(&str, Vec<usize>, Vec<i64>)> = by
             .iter()
             .map(|(k, m, e)| (k, m.to_vec(), e.iter().map(|e| e.offset).collect()))

@@ -26,8 +26,9 @@ pub struct Intake {
     misrouted: MisroutedKeys,
 }
 
-/// One decoded, keyed input event (its [`Event`] is kept alongside, in the
-/// same order, so calls can take slices of events without copying them).
+/// One decoded, keyed input event. The plugins see it as an [`Event`]
+/// borrowed from it ([`Views`]): the record's own bytes when its value is
+/// JSON, nothing copied.
 pub struct Item {
     /// The record as read.
     pub record: SourceRecord,
@@ -35,6 +36,79 @@ pub struct Item {
     pub key: String,
     /// The input partition the key belongs to (where its state lives).
     pub partition: u32,
+    /// The value as JSON text when decoding made it (Avro); a JSON value
+    /// is the record's value itself.
+    decoded: Option<String>,
+    /// The Avro writer schema id.
+    schema_id: Option<u32>,
+    /// The record key as text, when it is not UTF-8 (made once, lossily).
+    key_text: Option<String>,
+}
+
+impl Item {
+    /// The value as the plugins receive it: JSON text.
+    pub fn value(&self) -> &str {
+        match &self.decoded {
+            Some(text) => text,
+            // Checked to be UTF-8 JSON when the item was made.
+            None => std::str::from_utf8(&self.record.value).unwrap_or("null"),
+        }
+    }
+
+    fn record_key(&self) -> Option<&str> {
+        match &self.key_text {
+            Some(text) => Some(text),
+            None => self
+                .record
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok()),
+        }
+    }
+}
+
+/// The headers of a batch's items as the plugins see them, made once per
+/// batch; [`Views::events`] borrows from them and from the items.
+pub struct Views<'a> {
+    items: &'a [Item],
+    headers: Vec<Vec<Header<'a>>>,
+}
+
+impl<'a> Views<'a> {
+    /// The views of `items`.
+    pub fn new(items: &'a [Item]) -> Self {
+        Views {
+            items,
+            headers: items
+                .iter()
+                .map(|i| {
+                    i.record
+                        .headers
+                        .iter()
+                        .map(|(name, value)| Header { name, value })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// The events, in the items' order.
+    pub fn events(&'a self) -> Vec<Event<'a>> {
+        self.items
+            .iter()
+            .zip(&self.headers)
+            .map(|(i, headers)| Event {
+                topic: &i.record.topic,
+                partition: i32::try_from(i.record.partition).unwrap_or(i32::MAX),
+                offset: i64::try_from(i.record.offset).unwrap_or(i64::MAX),
+                timestamp_ms: i.record.timestamp_ms,
+                key: i.record_key(),
+                headers,
+                schema_id: i.schema_id,
+                value: i.value(),
+            })
+            .collect()
+    }
 }
 
 /// A batch decoded and keyed.
@@ -42,10 +116,17 @@ pub struct Item {
 pub struct Prepared {
     /// The events that decoded, with their keys.
     pub items: Vec<Item>,
-    /// Their events for the plugins, in the same order.
-    pub events: Vec<Event>,
     /// The records that did not decode or had no key.
     pub dead: Vec<DeadLetter>,
+}
+
+/// What decoding and keying a record found.
+struct Keyed {
+    /// The decoded value, when decoding made one (not the record's bytes).
+    decoded: Option<String>,
+    schema_id: Option<u32>,
+    key: String,
+    partition: u32,
 }
 
 /// Why a record did not become an event.
@@ -92,11 +173,29 @@ impl Intake {
         &self.decoder
     }
 
-    /// Decodes and keys one record.
+    /// The item of a record that decoded and keyed.
+    fn item(record: SourceRecord, keyed: Keyed) -> Item {
+        let key_text = record
+            .key
+            .as_deref()
+            .filter(|k| std::str::from_utf8(k).is_err())
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        Item {
+            record,
+            key: keyed.key,
+            partition: keyed.partition,
+            decoded: keyed.decoded,
+            schema_id: keyed.schema_id,
+            key_text,
+        }
+    }
+
+    /// Decodes and keys one record: its decoded value (when decoding made
+    /// one), schema id, key and partition.
     ///
     /// # Errors
     /// [`Unprepared`]: wait for the registry, or a dead letter saying why.
-    pub fn prepare(&self, record: &SourceRecord) -> Result<(Event, String, u32), Unprepared> {
+    fn keyed(&self, record: &SourceRecord) -> Result<Keyed, Unprepared> {
         let (value, schema_id) = match self.decoder.decode(&record.value) {
             Ok(v) => v,
             Err(e) if e.is_retryable() => return Err(Unprepared::Wait(e)),
@@ -143,27 +242,16 @@ impl Intake {
                 .key(&key),
             )));
         }
-        let event = Event {
-            topic: record.topic.to_string(),
-            partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
-            offset: i64::try_from(record.offset).unwrap_or(i64::MAX),
-            timestamp_ms: record.timestamp_ms,
-            key: record
-                .key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            headers: record
-                .headers
-                .iter()
-                .map(|(name, value)| Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            schema_id,
-            value,
+        let decoded = match value {
+            std::borrow::Cow::Owned(text) => Some(text),
+            std::borrow::Cow::Borrowed(_) => None,
         };
-        Ok((event, key, partition))
+        Ok(Keyed {
+            decoded,
+            schema_id,
+            key,
+            partition,
+        })
     }
 
     /// Decodes and keys a batch. While the schema registry cannot be
@@ -177,21 +265,13 @@ impl Intake {
     ) -> Option<Prepared> {
         let mut out = Prepared {
             items: Vec::with_capacity(records.len()),
-            events: Vec::with_capacity(records.len()),
             dead: Vec::new(),
         };
         for record in records {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.prepare(&record) {
-                    Ok((event, key, partition)) => {
-                        out.items.push(Item {
-                            record,
-                            key,
-                            partition,
-                        });
-                        out.events.push(event);
-                    }
+                match self.keyed(&record) {
+                    Ok(keyed) => out.items.push(Self::item(record, keyed)),
                     Err(Unprepared::Wait(e)) => {
                         tracing::warn!(
                             pipeline = %self.pipeline, topic = %record.topic,

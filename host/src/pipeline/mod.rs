@@ -24,15 +24,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::PipelineConfig;
-use crate::execute::Instance;
 use crate::execute::bindings::Event;
+use crate::execute::{Instance, KeyInput};
 use crate::notify::Hub;
 use crate::sink::Sink;
 use crate::source::{Limit, Source, SourceRecord};
 use crate::store::Store;
 use batch_size::BatchSize;
 use fold::{ByKey, Policy};
-pub use intake::{Intake, Item, Prepared};
+pub use intake::{Intake, Item, Prepared, Views};
 use outputs::{Folder, Outputs, Target, shared_changes};
 use state_cache::StateCache;
 
@@ -67,6 +67,10 @@ pub const STAMP_HEADER: &str = "eddy-stamp";
 
 /// On a state changelog record: the version of the plugin that produced it.
 pub const VERSION_HEADER: &str = "eddy-plugin-version";
+
+/// On a state changelog record whose state is not JSON: its format
+/// (`msgpack`), as the plugin wrote it.
+pub const STATE_FORMAT_HEADER: &str = "eddy-state-format";
 
 /// On a fence record of a state changelog: the host that took the
 /// partition (the record's offset is its new epoch).
@@ -320,12 +324,15 @@ impl Worker {
             dead: prepared.dead,
             ..Outputs::default()
         };
+        let views = Views::new(&prepared.items);
+        let events = views.events();
         for i in 0..self.handlers.len() {
-            self.run_handler(i, &prepared.items, &prepared.events, &mut out);
+            self.run_handler(i, &prepared.items, &events, &mut out);
         }
         if self.aggregator.is_some() {
-            self.run_aggregator(&prepared.items, prepared.events, &mut out)?;
+            self.run_aggregator(&prepared.items, &events, &mut out)?;
         }
+        drop(events);
         let dead_count = out.dead.len();
         let epochs = self.ownership.as_ref().map(|o| o.epochs());
         let restore = self
@@ -407,7 +414,13 @@ impl Worker {
         Ok(())
     }
 
-    fn run_handler(&mut self, index: usize, items: &[Item], events: &[Event], out: &mut Outputs) {
+    fn run_handler(
+        &mut self,
+        index: usize,
+        items: &[Item],
+        events: &[Event<'_>],
+        out: &mut Outputs,
+    ) {
         let Some(handler) = self.handlers.get_mut(index) else {
             return;
         };
@@ -418,10 +431,13 @@ impl Worker {
         out.add_handled(&self.config.name, &plugin, items, results);
     }
 
+    /// Folds the batch's events key by key: each key's current state from
+    /// the worker's cache (or the store), then as few plugin calls as the
+    /// batch needs ([`fold::aggregate_all`]).
     fn run_aggregator(
         &mut self,
         items: &[Item],
-        events: Vec<Event>,
+        events: &[Event<'_>],
         out: &mut Outputs,
     ) -> anyhow::Result<()> {
         let by_key = ByKey::new(items.iter().map(|i| i.key.as_str()), events);
@@ -436,6 +452,7 @@ impl Worker {
             plugin: &plugin,
             quarantine: policy.quarantines(),
         };
+        let mut keys = Vec::with_capacity(by_key.len());
         for (key, members, events) in by_key.iter() {
             let group: Vec<&Item> = members.iter().filter_map(|&i| items.get(i)).collect();
             if policy.quarantines() && self.store.quarantined(&pipeline, key)? > 0 {
@@ -443,23 +460,65 @@ impl Worker {
                 continue;
             }
             let partition = group.first().map_or(0, |i| i.partition);
-            let cached = self.cache.get(key);
-            let stored = match cached {
-                Some(_) => None,
-                None => self.store.state(&pipeline, partition, key)?,
+            let current = match self.cache.get(key) {
+                Some(change) => Current::Cached(change),
+                None => match self.store.state(&pipeline, partition, key)? {
+                    Some(stored) => Current::Stored(stored),
+                    None => Current::None,
+                },
             };
-            let previous_seq = cached
-                .as_ref()
-                .map(|c| c.seq)
-                .or(stored.as_ref().map(|s| s.seq));
-            let state: Option<&str> = cached
-                .as_ref()
-                .map(|c| c.state.as_str())
-                .or(stored.as_ref().map(|s| s.json.as_str()));
-            let fold = fold::aggregate(&policy, agg, key, state, events);
-            out.add_fold(&folder, key, &group, fold, previous_seq);
+            keys.push((key, group, events, current));
+        }
+        let inputs: Vec<KeyInput<'_>> = keys
+            .iter()
+            .map(|(key, _, events, current)| KeyInput {
+                key,
+                state: current.state(),
+                version: current.version(),
+                events,
+            })
+            .collect();
+        let folds = fold::aggregate_all(&policy, agg, &inputs);
+        drop(inputs);
+        for ((key, group, _, current), fold) in keys.into_iter().zip(folds) {
+            out.add_fold(&folder, key, &group, fold, current.seq());
         }
         Ok(())
+    }
+}
+
+/// A key's state before a batch: the one the worker committed last (kept
+/// in its cache), one read from the store, or none yet.
+enum Current {
+    Cached(Arc<crate::store::Change>),
+    Stored(crate::store::StoredState),
+    None,
+}
+
+impl Current {
+    fn state(&self) -> Option<&crate::store::State> {
+        match self {
+            Current::Cached(c) => Some(&c.state),
+            Current::Stored(s) => Some(&s.state),
+            Current::None => None,
+        }
+    }
+
+    /// The plugin instance's name for it (only a state this worker
+    /// committed has one).
+    fn version(&self) -> u64 {
+        match self {
+            Current::Cached(c) => c.version,
+            Current::Stored(_) | Current::None => 0,
+        }
+    }
+
+    fn seq(&self) -> Option<u64> {
+        match self {
+            Current::Cached(c) => Some(c.seq),
+            Current::Stored(s) => Some(s.seq),
+            Current::None => None,
+        }
     }
 }
 

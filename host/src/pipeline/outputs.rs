@@ -13,12 +13,12 @@ use super::dead_letter::{DeadIds, DeadLetter, Stage};
 use super::fold::{Attempted, KeyFold};
 use super::{
     BATCH_END_HEADER, DEAD_LETTER_HEADER, EPOCH_HEADER, ID_HEADER, Item, SEQ_HEADER,
-    SOURCE_OFFSET_HEADER, STAMP_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
+    SOURCE_OFFSET_HEADER, STAMP_HEADER, STATE_FORMAT_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
 };
 use crate::execute::{Emitted, Plugin};
 use crate::sink::ProduceRecord;
 use crate::source::SourceRecord;
-use crate::store::{Change, Commit, Store, StoreError};
+use crate::store::{Change, Commit, State, StateFormat, Store, StoreError};
 
 /// Who folded: the pipeline, its aggregator and whether a failure
 /// quarantines the key.
@@ -32,12 +32,25 @@ pub struct Folder<'a> {
     pub quarantine: bool,
 }
 
+/// A key's new state, before it is numbered.
+pub struct NewState {
+    /// The key.
+    pub key: String,
+    /// Its partition.
+    pub partition: u32,
+    /// The state.
+    pub state: State,
+    /// The plugin instance's name for it (see [`crate::store::Change::version`]).
+    pub version: u64,
+    /// The key's previous change number in the partition.
+    pub previous_seq: Option<u64>,
+}
+
 /// What processing a micro-batch produced, before it is committed.
 #[derive(Default)]
 pub struct Outputs {
-    /// New states: (key, its partition, state, the key's previous change
-    /// number in the partition).
-    pub states: Vec<(String, u32, String, Option<u64>)>,
+    /// New states.
+    pub states: Vec<NewState>,
     /// Records for other topics: (topic, record).
     pub emits: Vec<(String, ProduceRecord)>,
     /// Dead letters, in the order they happened.
@@ -91,9 +104,13 @@ impl Outputs {
             }
         }
         if let Some(state) = fold.state {
-            let partition = group.first().map_or(0, |i| i.partition);
-            self.states
-                .push((key.to_owned(), partition, state, previous_seq));
+            self.states.push(NewState {
+                key: key.to_owned(),
+                partition: group.first().map_or(0, |i| i.partition),
+                state,
+                version: fold.version,
+                previous_seq,
+            });
         }
         if let Some(from) = fold.held_from {
             self.hold(key, group.get(from..).unwrap_or_default());
@@ -216,7 +233,14 @@ impl Outputs {
             Some((_, _, end)) => *end = at,
             None => batch_end.push((restore, partition, at)),
         };
-        for (key, partition, state, previous) in states {
+        for NewState {
+            key,
+            partition,
+            state,
+            version,
+            previous_seq: previous,
+        } in states
+        {
             let Some(seq) = target.seqs.get_mut(partition as usize) else {
                 continue;
             };
@@ -231,6 +255,7 @@ impl Outputs {
                 stamp_us: *target.stamp_us,
                 key,
                 state,
+                version,
             };
             // A changelog partition is the input partition, and each record
             // says what it reflects, so a partition's state can be restored
@@ -240,7 +265,9 @@ impl Outputs {
                 .get(partition as usize)
                 .copied()
                 .unwrap_or(0);
-            let record = |by_partition: bool| ProduceRecord {
+            // A changelog topic carries JSON (its readers are users'); the
+            // state changelog the state as stored, with its format.
+            let record = |by_partition: bool, value: &[u8]| ProduceRecord {
                 partition: by_partition.then_some(partition),
                 key: Some(change.key.as_bytes().to_vec()),
                 headers: vec![
@@ -255,16 +282,28 @@ impl Outputs {
                         source_offset.to_string().into_bytes(),
                     ),
                 ],
-                value: change.state.as_bytes().to_vec(),
+                value: value.to_vec(),
             };
             if let Some(topic) = target.changelog {
                 mark_end(false, partition, emits.len());
-                emits.push((topic.to_owned(), record(target.changelog_by_partition)));
+                emits.push((
+                    topic.to_owned(),
+                    record(
+                        target.changelog_by_partition,
+                        change.state.json_text().as_bytes(),
+                    ),
+                ));
             }
             if let Some((topic, epochs)) = target.restore {
                 match epochs.get(partition as usize).copied().flatten() {
                     Some(epoch) => {
-                        let mut r = record(true);
+                        let mut r = record(true, change.state.bytes());
+                        if change.state.format() != StateFormat::Json {
+                            r.headers.push((
+                                STATE_FORMAT_HEADER.to_owned(),
+                                change.state.format().as_str().as_bytes().to_vec(),
+                            ));
+                        }
                         r.headers.extend([
                             (EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes()),
                             (

@@ -33,9 +33,9 @@ use serde::Serialize;
 use super::dead_letter::{DeadIds, DeadLetter, Origin, Stage};
 use super::fold::{self, ByKey, Policy};
 use super::outputs::{Folder, Outputs, Target};
-use super::{Intake, Item, PipelineLock};
+use super::{Intake, Item, PipelineLock, Views};
 use crate::config::PipelineConfig;
-use crate::execute::Instance;
+use crate::execute::{Instance, KeyInput};
 use crate::now_ms;
 use crate::source::embedded::EmbeddedLog;
 use crate::source::rewind::{History, RangeReader, Span};
@@ -202,7 +202,9 @@ impl Rebuild {
             ..Outputs::default()
         };
         let items: &[Item] = &prepared.items;
-        let by_key = ByKey::new(items.iter().map(|i| i.key.as_str()), prepared.events);
+        let views = Views::new(items);
+        let events = views.events();
+        let by_key = ByKey::new(items.iter().map(|i| i.key.as_str()), &events);
         let plugin = self.aggregator.plugin().clone();
         let folder = Folder {
             pipeline: &self.config.name,
@@ -210,6 +212,7 @@ impl Rebuild {
             quarantine: self.policy.quarantines(),
         };
         let mut new_keys = 0;
+        let mut keys = Vec::with_capacity(by_key.len());
         for (key, members, events) in by_key.iter() {
             let group: Vec<&Item> = members.iter().filter_map(|&i| items.get(i)).collect();
             if self.policy.quarantines()
@@ -220,13 +223,20 @@ impl Rebuild {
             }
             let partition = group.first().map_or(0, |i| i.partition);
             let previous = self.store.state(&self.ns, partition, key)?;
-            let fold = fold::aggregate(
-                &self.policy,
-                &mut self.aggregator,
+            keys.push((key, group, events, previous));
+        }
+        let inputs: Vec<KeyInput<'_>> = keys
+            .iter()
+            .map(|(key, _, events, previous)| KeyInput {
                 key,
-                previous.as_ref().map(|s| s.json.as_str()),
+                state: previous.as_ref().map(|s| &s.state),
+                version: 0,
                 events,
-            );
+            })
+            .collect();
+        let folds = fold::aggregate_all(&self.policy, &mut self.aggregator, &inputs);
+        drop(inputs);
+        for ((key, group, _, previous), fold) in keys.into_iter().zip(folds) {
             if previous.is_none() && fold.state.is_some() {
                 new_keys += 1;
             }

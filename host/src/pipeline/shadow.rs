@@ -15,13 +15,14 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::Intake;
 use super::fold::{self, ByKey, Policy};
+use super::{Intake, Views};
 use crate::config::{PipelineConfig, PluginKind};
 use crate::execute::bindings::Event;
-use crate::execute::{Emitted, Instance, PluginError};
+use crate::execute::{Emitted, Instance, KeyInput, PluginError};
 use crate::source::Limit;
 use crate::source::rewind::{From, History, RangeReader};
+use crate::store::State;
 
 /// Most differences listed in detail (counts are always complete).
 const DETAIL: usize = 1000;
@@ -115,7 +116,8 @@ fn emits_view(emits: &[Emitted]) -> Vec<(String, Option<String>, Value)> {
 struct Side {
     instance: Instance,
     policy: Policy,
-    states: HashMap<String, String>,
+    /// Each key's state, with the instance's name for it.
+    states: HashMap<String, (State, u64)>,
     quarantined: HashSet<String>,
     held: u64,
 }
@@ -133,15 +135,25 @@ impl Side {
 
     /// Folds one key's events with the live worker's fold; returns the
     /// records it emits and the events that fail.
-    fn fold(&mut self, key: &str, events: &[Event]) -> (Vec<Emitted>, Vec<(usize, PluginError)>) {
+    fn fold(
+        &mut self,
+        key: &str,
+        events: &[Event<'_>],
+    ) -> (Vec<Emitted>, Vec<(usize, PluginError)>) {
         if self.quarantined.contains(key) {
             self.held += events.len() as u64;
             return (Vec::new(), Vec::new());
         }
-        let state = self.states.get(key).map(String::as_str);
-        let f = fold::aggregate(&self.policy, &mut self.instance, key, state, events);
+        let current = self.states.get(key);
+        let input = KeyInput {
+            key,
+            state: current.map(|(s, _)| s),
+            version: current.map_or(0, |(_, v)| *v),
+            events,
+        };
+        let f = fold::aggregate(&self.policy, &mut self.instance, &input);
         if let Some(s) = f.state {
-            self.states.insert(key.to_owned(), s);
+            self.states.insert(key.to_owned(), (s, f.version));
         }
         if let Some(from) = f.held_from {
             self.held += events.len().saturating_sub(from) as u64;
@@ -158,7 +170,7 @@ impl Side {
     fn handle(
         &mut self,
         keys: &[&str],
-        events: &[Event],
+        events: &[Event<'_>],
     ) -> Vec<Result<Vec<Emitted>, PluginError>> {
         fold::handle(&self.policy, &mut self.instance, keys, events)
             .into_iter()
@@ -167,7 +179,7 @@ impl Side {
     }
 }
 
-fn source_of(e: &Event) -> String {
+fn source_of(e: &Event<'_>) -> String {
     format!("{}/{}/{}", e.topic, e.partition, e.offset)
 }
 
@@ -213,7 +225,7 @@ pub fn run(
         history.stall_timeout(),
     )?;
     let note_failure =
-        |report: &mut Report, e: &Event, key: &str, version: &str, err: &PluginError| {
+        |report: &mut Report, e: &Event<'_>, key: &str, version: &str, err: &PluginError| {
             if version == "candidate" {
                 report.candidate_failures += 1;
             } else {
@@ -250,9 +262,11 @@ pub fn run(
             anyhow::bail!("the schema registry is unreachable");
         };
         let keys: Vec<&str> = prepared.items.iter().map(|i| i.key.as_str()).collect();
+        let views = Views::new(&prepared.items);
+        let events = views.events();
         match kind {
             PluginKind::Aggregator => {
-                let by_key = ByKey::new(keys.iter().copied(), prepared.events);
+                let by_key = ByKey::new(keys.iter().copied(), &events);
                 for (key, _, events) in by_key.iter() {
                     let (eb, fb) = before.fold(key, events);
                     let (ea, fa) = after.fold(key, events);
@@ -282,9 +296,9 @@ pub fn run(
                 }
             }
             PluginKind::Handler => {
-                let rb = before.handle(&keys, &prepared.events);
-                let ra = after.handle(&keys, &prepared.events);
-                for (((e, key), b), a) in prepared.events.iter().zip(&keys).zip(rb).zip(ra) {
+                let rb = before.handle(&keys, &events);
+                let ra = after.handle(&keys, &events);
+                for (((e, key), b), a) in events.iter().zip(&keys).zip(rb).zip(ra) {
                     if let Err(err) = &b {
                         note_failure(&mut report, e, key, "current", err);
                     }
@@ -317,12 +331,12 @@ pub fn run(
         let b = before
             .states
             .get(key)
-            .map(|s| json_of(s))
+            .map(|(s, _)| json_of(s.json_text()))
             .unwrap_or(Value::Null);
         let a = after
             .states
             .get(key)
-            .map(|s| json_of(s))
+            .map(|(s, _)| json_of(s.json_text()))
             .unwrap_or(Value::Null);
         if a != b {
             report.changed_count += 1;

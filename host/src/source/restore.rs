@@ -34,11 +34,11 @@ use crate::config::{ClusterConfig, KafkaConfig};
 use crate::notify::Hub;
 use crate::pipeline::{
     BATCH_END_HEADER, DEAD_LETTER_HEADER, EPOCH_HEADER, FENCE_HEADER, SEQ_HEADER,
-    SOURCE_OFFSET_HEADER, STAMP_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
+    SOURCE_OFFSET_HEADER, STAMP_HEADER, STATE_FORMAT_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
 };
 use crate::sink::ProduceRecord;
 use crate::sink::kafka::KafkaSink;
-use crate::store::{RestorePoint, Restored, Store, StoredState};
+use crate::store::{RestorePoint, Restored, State, StateFormat, Store, StoredState};
 
 /// Changelog records read per poll, and states published per write.
 const APPLY_BATCH: usize = 5_000;
@@ -259,6 +259,7 @@ struct Headers<'a> {
     batch_end: bool,
     dead: Option<u64>,
     tombstone: bool,
+    format: StateFormat,
 }
 
 fn headers(r: &SourceRecord) -> Headers<'_> {
@@ -272,6 +273,7 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
         batch_end: false,
         dead: None,
         tombstone: false,
+        format: StateFormat::Json,
     };
     let num = |v: &[u8]| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
     for (name, value) in &r.headers {
@@ -285,6 +287,9 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
             BATCH_END_HEADER => h.batch_end = true,
             DEAD_LETTER_HEADER => h.dead = num(value),
             TOMBSTONE_HEADER => h.tombstone = true,
+            STATE_FORMAT_HEADER => {
+                h.format = StateFormat::parse(value).unwrap_or(StateFormat::Json)
+            }
             _ => {}
         }
     }
@@ -618,6 +623,12 @@ impl Restorer {
                 (STAMP_HEADER.to_owned(), s.stamp_us.to_string().into_bytes()),
                 (VERSION_HEADER.to_owned(), s.plugin_version.into_bytes()),
             ];
+            if s.state.format() != StateFormat::Json {
+                headers.push((
+                    STATE_FORMAT_HEADER.to_owned(),
+                    s.state.format().as_str().as_bytes().to_vec(),
+                ));
+            }
             if i + 1 == count {
                 headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
             }
@@ -627,7 +638,7 @@ impl Restorer {
                     partition: Some(p),
                     key: Some(key.into_bytes()),
                     headers,
-                    value: s.json.into_bytes(),
+                    value: s.state.bytes().to_vec(),
                 },
             ));
             if chunk.len() >= APPLY_BATCH || i + 1 == count {
@@ -731,13 +742,18 @@ impl Restorer {
                         seq,
                         stamp_us: h.stamp.unwrap_or(0),
                         plugin_version: h.version.to_owned(),
-                        json: String::from_utf8_lossy(&r.value).into_owned(),
+                        state: match h.format {
+                            StateFormat::MsgPack => State::trusted_msgpack(r.value.to_vec()),
+                            StateFormat::Json => {
+                                State::json(String::from_utf8_lossy(&r.value).into_owned())
+                            }
+                        },
                     },
                 ));
             }
             if h.batch_end {
                 for (key, state) in job.batch.drain(..) {
-                    job.ready_bytes += state.json.len();
+                    job.ready_bytes += state.state.len();
                     match job.ready.entry(key) {
                         std::collections::hash_map::Entry::Occupied(mut e) => {
                             if e.get().seq < state.seq {

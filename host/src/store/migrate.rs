@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::codec::{Reader, join, split_at_zero};
+use super::format::State;
 use super::state::{latest_key, latest_value, seq_meta_key, state_key, state_value};
 use super::{Result, Store, StoreError, fj};
 
@@ -21,7 +22,7 @@ struct Old {
     key: String,
     seq: u64,
     version: String,
-    json: String,
+    state: State,
 }
 
 impl Store {
@@ -64,7 +65,7 @@ impl Store {
                 key: String::from_utf8_lossy(key).into_owned(),
                 seq,
                 version,
-                json: String::from_utf8_lossy(r.0).into_owned(),
+                state: State::json(String::from_utf8_lossy(r.0).into_owned()),
             });
         }
         let mut moved = 0;
@@ -83,7 +84,7 @@ impl Store {
                 b.insert(
                     &self.state,
                     k.clone(),
-                    state_value(*seq, s.seq, &s.version, &s.json)?,
+                    state_value(*seq, s.seq, &s.version, &s.state)?,
                 );
                 new_keys.insert(k);
                 b.insert(
@@ -166,7 +167,7 @@ mod tests {
         let c = s.state("p", 1, "c")?.ok_or("c moved")?;
         // c changed before a: it takes the partition's first number.
         assert_eq!((c.seq, a.seq), (1, 2));
-        assert_eq!(a.json, "{\"k\":\"a\"}");
+        assert_eq!(a.state.json_text(), "{\"k\":\"a\"}");
         assert_eq!(a.plugin_version, "v1");
         assert_eq!(s.state("p", 0, "b")?.map(|b| b.seq), Some(1));
         // The latest order is the order they changed in.

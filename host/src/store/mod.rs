@@ -30,6 +30,7 @@
 mod codec;
 mod control;
 mod dead_letters;
+mod format;
 mod log;
 mod migrate;
 mod offsets;
@@ -48,6 +49,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use crate::config::Durability;
 use codec::{join, split_at_zero, u64_of};
 pub use dead_letters::dead_letter_partition;
+pub use format::{FormatError, State, StateFormat};
 pub use log::{Append, LogRecord};
 pub use outbox::OutboxRecord;
 pub use rebuild::Swap;
@@ -376,7 +378,8 @@ mod tests {
                         seq: 1,
                         stamp_us: 5,
                         key: "a".into(),
-                        state: "{}".into(),
+                        state: State::json("{}".into()),
+                        version: 0,
                     },
                     None,
                 )],
@@ -400,7 +403,11 @@ mod tests {
         assert_eq!(s.offset("p", "t", 1)?, 7);
         assert_eq!(s.offset("p", "t", 0)?, 0);
         assert_eq!(s.last_seqs("p", 2)?, [0, 1]);
-        assert_eq!(s.state("p", 1, "a")?.map(|x| x.json), Some("{}".into()));
+        assert_eq!(
+            s.state("p", 1, "a")?
+                .map(|x| x.state.json_text().to_owned()),
+            Some("{}".into())
+        );
         assert_eq!(s.log_end("t", 0)?, 1);
         assert_eq!(s.topics()?, vec![("t".to_string(), 2)]);
         assert_eq!(s.latest_between("p", 1, 0, 10, 10)?.len(), 1);

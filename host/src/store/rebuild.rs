@@ -118,7 +118,7 @@ impl Store {
             b.insert(
                 &self.state,
                 state_key(pipeline, p, &key),
-                state_value(*seq, stamp, &st.plugin_version, &st.json)?,
+                state_value(*seq, stamp, &st.plugin_version, &st.state)?,
             );
             b.insert(
                 &self.latest,

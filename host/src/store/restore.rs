@@ -173,7 +173,7 @@ impl Store {
             b.insert(
                 &self.state,
                 at,
-                state_value(s.seq, s.stamp_us, &s.plugin_version, &s.json)?,
+                state_value(s.seq, s.stamp_us, &s.plugin_version, &s.state)?,
             );
             b.insert(
                 &self.latest,
@@ -250,7 +250,8 @@ mod tests {
             seq,
             stamp_us: seq,
             key: key.into(),
-            state: format!("{{\"seq\":{seq}}}"),
+            state: crate::store::State::json(format!("{{\"seq\":{seq}}}")),
+            version: 0,
         };
         s.commit(&Commit {
             pipeline: "p".into(),
@@ -264,7 +265,7 @@ mod tests {
             seq,
             stamp_us: 100 + seq,
             plugin_version: "v".into(),
-            json: format!("{{\"restored\":{seq}}}"),
+            state: crate::store::State::json(format!("{{\"restored\":{seq}}}")),
         };
         s.apply_restored(&Restored {
             pipeline: "p".into(),

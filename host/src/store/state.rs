@@ -1,5 +1,6 @@
 //! The `state` keyspace (pipeline, input partition, key → the partition's
-//! change number, a commit stamp, the plugin version and the state's JSON)
+//! change number, a commit stamp, the plugin version and the state in its
+//! format: JSON text, or a `\0` byte and MessagePack)
 //! and the `latest` index (pipeline, partition, change number → stamp and
 //! key: one entry per key, at its last change), with each partition's last
 //! change number in `meta`.
@@ -13,6 +14,7 @@
 use fjall::OwnedWriteBatch;
 
 use super::codec::{Reader, join, u32_len, u64_of, u64_suffix};
+use super::format::{State, StateFormat};
 use super::{Result, Store, StoreError, fj};
 
 /// A key's stored state.
@@ -25,8 +27,8 @@ pub struct StoredState {
     pub stamp_us: u64,
     /// Version (content hash) of the plugin that produced it.
     pub plugin_version: String,
-    /// The state as JSON text.
-    pub json: String,
+    /// The state, in the format its plugin wrote.
+    pub state: State,
 }
 
 /// One committed state change, as served to SSE clients.
@@ -40,8 +42,11 @@ pub struct Change {
     pub stamp_us: u64,
     /// The key.
     pub key: String,
-    /// The new state (JSON text).
-    pub state: String,
+    /// The new state.
+    pub state: State,
+    /// The plugin instance's name for this state (see
+    /// `execute::Folded::version`); 0 when none.
+    pub version: u64,
 }
 
 impl StoredState {
@@ -52,7 +57,8 @@ impl StoredState {
             seq: self.seq,
             stamp_us: self.stamp_us,
             key,
-            state: self.json,
+            state: self.state,
+            version: 0,
         }
     }
 }
@@ -82,24 +88,32 @@ pub(super) fn seq_meta_key(pipeline: &str, partition: u32) -> Vec<u8> {
     k
 }
 
-/// A state's stored value: change number, stamp, plugin version and state,
-/// copied once into the value.
+/// Before a stored state's bytes: the state is MessagePack (JSON text never
+/// starts with a NUL byte, so states stored before 0.2.0 read unchanged).
+const MSGPACK_TAG: u8 = 0;
+
+/// A state's stored value: change number, stamp, plugin version and state
+/// (with its format's tag), copied once into the value.
 pub(super) fn state_value(
     seq: u64,
     stamp_us: u64,
     version: &str,
-    state: &str,
+    state: &State,
 ) -> Result<fjall::Slice> {
     let mut head = [0u8; 20];
     head[..8].copy_from_slice(&seq.to_be_bytes());
     head[8..16].copy_from_slice(&stamp_us.to_be_bytes());
     head[16..].copy_from_slice(&u32_len(version.len()).to_be_bytes());
+    let tag: &[u8] = match state.format() {
+        StateFormat::Json => &[],
+        StateFormat::MsgPack => &[MSGPACK_TAG],
+    };
     fjall::Slice::from_reader(
         &mut std::io::Read::chain(
-            std::io::Read::chain(&head[..], version.as_bytes()),
-            state.as_bytes(),
+            std::io::Read::chain(std::io::Read::chain(&head[..], version.as_bytes()), tag),
+            state.bytes(),
         ),
-        head.len() + version.len() + state.len(),
+        head.len() + version.len() + tag.len() + state.len(),
     )
     .map_err(|e| StoreError::Fjall {
         op: "encode state",
@@ -138,8 +152,16 @@ pub(super) fn decode_state(v: &[u8], key: &str) -> Result<StoredState> {
         seq,
         stamp_us,
         plugin_version: String::from_utf8_lossy(version).into_owned(),
-        json: String::from_utf8_lossy(r.0).into_owned(),
+        state: stored_state(r.0),
     })
+}
+
+/// A state from its stored bytes (tag and state).
+pub(super) fn stored_state(bytes: &[u8]) -> State {
+    match bytes.split_first() {
+        Some((&MSGPACK_TAG, msgpack)) => State::trusted_msgpack(msgpack.to_vec()),
+        _ => State::json(String::from_utf8_lossy(bytes).into_owned()),
+    }
 }
 
 impl Store {
@@ -318,7 +340,8 @@ mod tests {
             seq,
             stamp_us,
             key: key.into(),
-            state: format!("{{\"at\":{seq}}}"),
+            state: State::json(format!("{{\"at\":{seq}}}")),
+            version: 0,
         }
     }
 
@@ -358,7 +381,7 @@ mod tests {
         let got = |after, until, max| -> Result<Vec<(u64, String, String)>, StoreError> {
             Ok(s.latest_between("p", 0, after, until, max)?
                 .into_iter()
-                .map(|c| (c.seq, c.key, c.state))
+                .map(|c| (c.seq, c.key, c.state.json_text().to_owned()))
                 .collect())
         };
         // a changed at 1 and 3, b at 2 and 5: each once, at its last change.
@@ -398,6 +421,33 @@ mod tests {
             .collect();
         assert_eq!(latest, [("z".into(), 1), ("b".into(), 0), ("c".into(), 0)]);
         assert_eq!(s.last_stamp("p", 2)?, 15);
+        Ok(())
+    }
+
+    #[test]
+    fn a_msgpack_state_reads_back_in_its_format_next_to_json_ones()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let s = Store::open(dir.path(), Durability::Process)?;
+        let packed = State::json("{\"n\":[1,\"two\"]}".into())
+            .in_format(StateFormat::MsgPack)?
+            .into_owned();
+        let mut a = change(0, 1, "a", 10);
+        a.state = State::checked(StateFormat::MsgPack, packed.clone())?;
+        s.commit(&commit(
+            vec![(a, None), (change(0, 2, "b", 11), None)],
+            vec![(0, 2)],
+        ))?;
+        let a = s.state("p", 0, "a")?.ok_or("a")?;
+        assert_eq!(a.plugin_version, "v1");
+        assert_eq!(a.state.format(), StateFormat::MsgPack);
+        assert_eq!(a.state.bytes(), packed.as_slice());
+        assert_eq!(a.state.json_text(), "{\"n\":[1,\"two\"]}");
+        let b = s.state("p", 0, "b")?.ok_or("b")?;
+        assert_eq!(
+            (b.state.format(), b.state.json_text()),
+            (StateFormat::Json, "{\"at\":2}")
+        );
         Ok(())
     }
 }

@@ -32,3 +32,35 @@ test("routes only rejected processes", () => {
   ]);
   assert.deepEqual(route(handler, { id: "p", state: "DONE" }), []);
 });
+
+// The 0.2.0 boundary: many keys per call, resident states by version.
+const ev = (key, offset, value) => ({
+  topic: "test", partition: 0, offset: BigInt(offset), timestampMs: 0n, key, headers: [], value: JSON.stringify(value),
+});
+const bytes = (state) => new TextEncoder().encode(JSON.stringify(state));
+const parse = (b) => JSON.parse(new TextDecoder().decode(b));
+
+test("fold gives each key its own result and keeps a failure to its key", () => {
+  const results = aggregator.fold([
+    { key: "p", state: undefined, version: 0n, nextVersion: 1n, events: [ev("p", 0, execution("a", "p", 10, "ACCEPTED"))] },
+    { key: "q", state: undefined, version: 0n, nextVersion: 2n, events: [ev("q", 1, execution("x", "q", 1, "EXPLODED"))] },
+  ]);
+  assert.equal(results[0].tag, "ok");
+  assert.equal(parse(results[0].val.state).state, "ACCEPTED");
+  assert.deepEqual(results[1], { tag: "err", val: { tag: "invalid", val: "unknown variant `EXPLODED`" } });
+});
+
+test("a resident state is used only at its version, and forgotten when its fold fails", () => {
+  aggregator.setup({ residentBytes: 1n << 24n });
+  const one = aggregator.fold([{ key: "k", version: 0n, nextVersion: 11n, events: [ev("k", 0, execution("a", "k", 1, "ACCEPTED"))] }]);
+  const stale = bytes({ id: "k", lastUpdate: null, description: null, state: null, executions: [] });
+  const two = aggregator.fold([{ key: "k", state: stale, version: 11n, nextVersion: 12n, events: [ev("k", 1, execution("b", "k", 2, "DONE"))] }]);
+  assert.deepEqual(parse(two[0].val.state).executions.map((e) => e.id), ["a", "b"]);
+  const other = aggregator.fold([{ key: "k", state: stale, version: 11n, nextVersion: 13n, events: [ev("k", 2, execution("c", "k", 3, "DONE"))] }]);
+  assert.deepEqual(parse(other[0].val.state).executions.map((e) => e.id), ["c"]);
+  const failed = aggregator.fold([
+    { key: "k", state: one[0].val.state, version: 13n, nextVersion: 14n, events: [ev("k", 3, execution("d", "k", 4, "DONE")), ev("k", 4, execution("e", "k", 5, "EXPLODED"))] },
+  ]);
+  assert.equal(failed[0].tag, "err");
+  assert.equal(aggregator.resident.states.has("k"), false);
+});

@@ -31,7 +31,7 @@ use crate::http::{AppError, AppState};
 use crate::notify::Position;
 use crate::pipeline::Intake;
 use crate::source::partition_for_key;
-use crate::store::Change;
+use crate::store::{Change, State};
 
 /// Longest line read from another host's stream.
 const MAX_LINE: u64 = 64 << 20;
@@ -354,8 +354,9 @@ fn read_events(body: impl Read, partitions: u32, tx: &mpsc::Sender<Item>) -> Str
                         partition,
                         seq: at.of(partition),
                         stamp_us: 0,
-                        state: row.state.get().to_owned(),
+                        state: State::json(row.state.get().to_owned()),
                         key: row.key,
+                        version: 0,
                     }),
                     id.clone(),
                 ))
@@ -424,7 +425,7 @@ mod tests {
         assert_eq!(start, &Position(vec![4, 5, 6]));
         assert_eq!((c.partition, c.seq, c.key.as_str()), (p, 42, key));
         // The state's text as the owner sent it.
-        assert_eq!(c.state, "{\"b\": [1, 2],\"a\":1}");
+        assert_eq!(c.state.json_text(), "{\"b\": [1, 2],\"a\":1}");
         assert_eq!(id, &at.id());
     }
 

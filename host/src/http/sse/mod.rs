@@ -106,13 +106,13 @@ impl Item {
     fn into_event(self, per_key: bool) -> Event {
         match self {
             Item::Change(c, id) => {
+                // States render as JSON (the execute stage checks every
+                // plugin's output), once per change, so they go in as they are.
                 let data = if per_key {
-                    c.state.clone()
+                    c.state.json_text().to_owned()
                 } else {
-                    // States are JSON (the execute stage checks every
-                    // plugin's output), so they go in as they are.
                     let key = serde_json::Value::String(c.key.clone());
-                    format!("{{\"key\":{key},\"state\":{}}}", c.state)
+                    format!("{{\"key\":{key},\"state\":{}}}", c.state.json_text())
                 };
                 Event::default().id(id).data(data)
             }
