@@ -43,15 +43,30 @@ pub fn eddy_bin() -> Result<PathBuf> {
 /// Builds (once per test process) a plugin crate under `plugins/` with the
 /// project's own `eddy plugin build`, returning the component's path.
 pub fn plugin(name: &str) -> Result<PathBuf> {
-    build_component(&root().join("plugins").join(name), &name.replace('/', "-"))
+    build_component(
+        &root().join("plugins").join(name),
+        &name.replace('/', "-"),
+        &[],
+    )
+}
+
+/// Builds a plugin under `plugins/` against the older contract
+/// (`eddy plugin build --contract 0.1.0`): a component as a host that
+/// predates 0.2.0 runs it.
+pub fn plugin_v0_1(name: &str) -> Result<PathBuf> {
+    build_component(
+        &root().join("plugins").join(name),
+        &format!("{}-0.1.0", name.replace('/', "-")),
+        &["--contract", "0.1.0"],
+    )
 }
 
 /// Builds a test component crate under `tests/components/`.
 pub fn test_component(name: &str) -> Result<PathBuf> {
-    build_component(&root().join("tests/components").join(name), name)
+    build_component(&root().join("tests/components").join(name), name, &[])
 }
 
-fn build_component(dir: &Path, name: &str) -> Result<PathBuf> {
+fn build_component(dir: &Path, name: &str, args: &[&str]) -> Result<PathBuf> {
     static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;
@@ -65,6 +80,7 @@ fn build_component(dir: &Path, name: &str) -> Result<PathBuf> {
             .arg(dir)
             .arg("--out")
             .arg(&out)
+            .args(args)
             .stdout(Stdio::null())
             .status()
             .context("cannot run eddy plugin build")?;
@@ -133,9 +149,15 @@ pub fn async_process_config() -> Result<String> {
 /// The AsyncProcess example with the plugins of one language: `""` for
 /// Rust, `"python/"` or `"js/"`.
 pub fn async_process_config_in(lang_dir: &str) -> Result<String> {
+    async_process_config_with(
+        &plugin(&format!("{lang_dir}async-process-aggregator"))?,
+        &plugin(&format!("{lang_dir}rejected-process-router"))?,
+    )
+}
+
+/// The AsyncProcess example with the given aggregator and router components.
+pub fn async_process_config_with(agg: &Path, router: &Path) -> Result<String> {
     let example = std::fs::read_to_string(root().join("examples/async-process/eddy.toml"))?;
-    let agg = plugin(&format!("{lang_dir}async-process-aggregator"))?;
-    let router = plugin(&format!("{lang_dir}rejected-process-router"))?;
     Ok(example
         .replace(
             "../../target/plugins/async-process-aggregator.wasm",

@@ -1,23 +1,28 @@
 //! Plugins in Rust, Python and JavaScript, built from source by the
 //! project's own `eddy plugin build`: the same AsyncProcess scenario gives
-//! identical states, emitted records and dead letters in each language; the
-//! author workflow (`new`, `build`, `check`, run) works for each; WASI grants
-//! nothing.
+//! identical states, emitted records and dead letters in each language and
+//! in both contracts (a Rust build against 0.1.0 runs next to the 0.2.0
+//! ones); a pipeline's states carry across deploys between contracts and
+//! state formats; the author workflow (`new`, `build`, `check`, run) works
+//! for each; WASI grants nothing.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use eddy_tests::{Host, async_process_config_in, eddy_bin, execution, root, test_component};
+use eddy_tests::{
+    Host, async_process_config_in, async_process_config_with, eddy_bin, execution, plugin,
+    plugin_v0_1, root, test_component,
+};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 const KEYS: [&str; 4] = ["p1", "p2", "p3", "p4"];
 
-/// Runs the scenario on one language's plugins; returns (states by key,
-/// rejected-process records, dead-letter summaries).
-async fn scenario(lang_dir: &str) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
-    let host = Host::start(&async_process_config_in(lang_dir)?).await?;
+/// Runs the scenario on one set of plugins (`label` names them); returns
+/// (states by key, rejected-process records, dead-letter summaries).
+async fn scenario(label: &str, config: &str) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
+    let host = Host::start(config).await?;
     let mut records = Vec::new();
     let states = [
         "ACCEPTED", "STARTED", "ERROR", "RETRY", "STARTED", "DONE", "REJECTED", "WAITING",
@@ -47,7 +52,7 @@ async fn scenario(lang_dir: &str) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)
         let (status, v) = host
             .get(&format!("/v1/pipelines/async-process/state/{key}"))
             .await?;
-        ensure!(status == 200, "{lang_dir}: no state for {key}");
+        ensure!(status == 200, "{label}: no state for {key}");
         out.push(v);
     }
     let (_, rejected) = host
@@ -77,7 +82,7 @@ async fn scenario(lang_dir: &str) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript() -> Result<()> {
-    let rust = scenario("").await?;
+    let rust = scenario("rust", &async_process_config_in("")?).await?;
     ensure!(
         rust.0
             .iter()
@@ -94,8 +99,16 @@ async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript
         "both poison events dead-lettered: {:?}",
         rust.2
     );
-    for lang in ["python/", "js/"] {
-        let other = scenario(lang).await?;
+    let rust_v0_1 = async_process_config_with(
+        &plugin_v0_1("async-process-aggregator")?,
+        &plugin_v0_1("rejected-process-router")?,
+    )?;
+    for (lang, config) in [
+        ("rust (contract 0.1.0)", rust_v0_1),
+        ("python", async_process_config_in("python/")?),
+        ("js", async_process_config_in("js/")?),
+    ] {
+        let other = scenario(lang, &config).await?;
         ensure!(
             other.0 == rust.0,
             "{lang} states differ:\n{:?}\nvs rust\n{:?}",
@@ -115,6 +128,92 @@ async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript
             rust.2
         );
     }
+    Ok(())
+}
+
+/// A pipeline's states carry across deploys between contracts and state
+/// formats: JSON (Rust 0.1.0), MessagePack (Rust 0.2.0), back to a 0.1.0
+/// build (the host renders MessagePack for it), JSON again (Python 0.2.0),
+/// MessagePack again. Each step folds one execution per key on top of what
+/// the previous version left; the changelog's readers (the router) and the
+/// state API see JSON throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_carry_across_deploys_between_contracts_and_formats() -> Result<()> {
+    const TOKEN: &str = "deploy-token";
+    let rust_v0_1 = plugin_v0_1("async-process-aggregator")?;
+    let rust = plugin("async-process-aggregator")?;
+    let python = plugin("python/async-process-aggregator")?;
+    let config = async_process_config_with(&rust_v0_1, &plugin("rejected-process-router")?)?
+        .replacen(
+            "[http]\n",
+            &format!("[http]\nadmin_token = \"{TOKEN}\"\n"),
+            1,
+        );
+    let host = Host::start(&config).await?;
+    let steps = [
+        (None, "ACCEPTED"),
+        (Some(&rust), "STARTED"),
+        (Some(&rust_v0_1), "RETRY"),
+        (Some(&python), "STARTED"),
+        (Some(&rust), "REJECTED"),
+    ];
+    for (i, (deploy, state)) in steps.iter().enumerate() {
+        if let Some(component) = deploy {
+            let r = host
+                .http
+                .put(format!("{}/v1/plugins/async-process-aggregator", host.url))
+                .bearer_auth(TOKEN)
+                .body(std::fs::read(component)?)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            let body = r.text().await?;
+            ensure!(status == 200, "deploy of step {i}: {status} {body}");
+        }
+        let records: Vec<Value> = KEYS
+            .iter()
+            .map(|key| json!({ "value": execution(&format!("{key}-s{i}"), key, 100 + i as i64, state) }))
+            .collect();
+        host.produce("async-process-execution", &json!({ "records": records }))
+            .await?;
+        host.wait_caught_up("async-process", T).await?;
+        for key in KEYS {
+            let (status, v) = host
+                .get(&format!("/v1/pipelines/async-process/state/{key}"))
+                .await?;
+            let ids: Vec<&str> = v["executions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["id"].as_str())
+                .collect();
+            let want: Vec<String> = (0..=i).map(|s| format!("{key}-s{s}")).collect();
+            ensure!(
+                status == 200 && ids == want && v["state"] == *state,
+                "step {i} ({state}), key {key}: {status} {v}"
+            );
+        }
+    }
+    // Every aggregate reached the router as JSON: each key ends REJECTED.
+    host.wait_caught_up("rejected-router", T).await?;
+    let (_, rejected) = host
+        .get("/v1/topics/rejected-process/records?limit=1000")
+        .await?;
+    let mut keys: Vec<&str> = rejected["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    keys.sort_unstable();
+    ensure!(keys == KEYS, "{rejected}");
+    let (_, dead) = host
+        .get("/v1/pipelines/rejected-router/dead-letters")
+        .await?;
+    ensure!(
+        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "{dead}"
+    );
     Ok(())
 }
 

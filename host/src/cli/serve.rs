@@ -746,6 +746,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         )),
         metrics,
         readiness,
+        max_plugin_bytes: config.http.max_plugin_bytes,
         admin_token: config
             .http
             .admin_token

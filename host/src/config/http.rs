@@ -17,6 +17,11 @@ pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
+    /// Largest component a plugin upload (`PUT /v1/plugins/{name}`, a
+    /// shadow run's candidate) may be, in bytes: components of interpreted
+    /// languages carry their interpreter (Python ~18 MB, JavaScript ~12 MB).
+    #[serde(default = "default_plugin_limit")]
+    pub max_plugin_bytes: usize,
     /// Bearer token required by the admin routes (plugin deploy and
     /// rollback). `EDDY_ADMIN_TOKEN` sets it too. Without one, they are off.
     #[serde(default)]
@@ -74,6 +79,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             sse_keepalive_secs: default_keepalive(),
             max_body_bytes: default_body_limit(),
+            max_plugin_bytes: default_plugin_limit(),
             admin_token: None,
             watch_plugins: true,
             token: None,
@@ -95,4 +101,7 @@ fn default_keepalive() -> u64 {
 }
 fn default_body_limit() -> usize {
     8 * 1024 * 1024
+}
+fn default_plugin_limit() -> usize {
+    128 * 1024 * 1024
 }

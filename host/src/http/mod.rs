@@ -59,6 +59,8 @@ pub struct AppState {
     pub registry: Arc<crate::execute::registry::Registry>,
     /// Bearer token of the admin routes; `None` turns them off.
     pub admin_token: Option<String>,
+    /// Largest component a plugin upload may be (`http.max_plugin_bytes`).
+    pub max_plugin_bytes: usize,
     /// The topic naming rule of `POST /v1/topics`, if any.
     pub topic_naming: Option<String>,
     /// Tokens, rate limits and SSE caps.
@@ -204,10 +206,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/plugins", get(plugins::list))
         .route(
             "/v1/plugins/{name}",
-            get(plugins::get_one).put(plugins::upload),
+            get(plugins::get_one)
+                .put(plugins::upload)
+                .layer(body_limit(state.max_plugin_bytes)),
         )
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
-        .route("/v1/plugins/{name}/shadow", post(plugins::shadow))
+        .route(
+            "/v1/plugins/{name}/shadow",
+            post(plugins::shadow).layer(body_limit(state.max_plugin_bytes)),
+        )
         .route("/v1/pipelines", get(list_pipelines))
         .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
