@@ -5,7 +5,10 @@
 //!
 //! - the same fold compiled natively into this binary, over the same events
 //!   in the same micro-batches, states kept in memory (what the work costs
-//!   without WebAssembly, a store or HTTP);
+//!   without WebAssembly, a store or HTTP) — once with a JSON state (the
+//!   0.1.0 boundary) and once through the 0.2.0 boundary the Rust SDK uses
+//!   (MessagePack, resident decoded states): the same state format as the
+//!   component's;
 //! - raw fjall: write batches of the states that fold produced, batch for
 //!   batch, into one keyspace (what the store costs without Eddy's
 //!   bookkeeping).
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use async_process_aggregator::AsyncProcessAggregator;
-use eddy_bench::process::{EddyProcess, commit_rate, embedded_config, write_results};
+use eddy_bench::process::{EddyProcess, commit_rate, embedded_config_with, write_results};
 use eddy_bench::workload::{execution, key};
 use serde_json::json;
 
@@ -33,56 +36,115 @@ pub struct Settings {
     /// Eddy's `max_batch`, when not its default (batches then grow under a
     /// backlog up to it, see `batch_target_ms`).
     pub max_batch: Option<usize>,
+    /// The plugin's `memory_mb` (its resident states take a quarter).
+    pub memory_mb: u64,
     /// Where to write the JSON results.
     pub out: PathBuf,
 }
 
 /// Per batch, the final state of each key it touched.
-type Written = Vec<Vec<(String, String)>>;
+type Written = Vec<Vec<(String, Vec<u8>)>>;
 
-/// The fold in native code: decode, group by key, apply, keep states; in
-/// micro-batches of the sizes Eddy's worker used.
-fn native(values: &[(String, String)], batches: &[usize]) -> Result<(f64, Written)> {
+/// A key's events of a batch, as the SDK's native events.
+type KeyGroup<'a> = (&'a str, Vec<eddy_sdk::Event<String>>);
+
+/// A batch's events grouped by key, in order of first appearance (the JSON
+/// values checked, as Eddy checks them).
+fn grouped(batch: &[(String, String)]) -> Result<Vec<KeyGroup<'_>>> {
+    let mut order: Vec<KeyGroup<'_>> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    for (offset, (k, v)) in batch.iter().enumerate() {
+        serde_json::from_str::<serde::de::IgnoredAny>(v)?;
+        let i = *slot.entry(k.as_str()).or_insert_with(|| {
+            order.push((k.as_str(), Vec::new()));
+            order.len() - 1
+        });
+        if let Some((_, events)) = order.get_mut(i) {
+            events.push(eddy_sdk::Event {
+                topic: "events".into(),
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: 0,
+                key: Some(k.clone()),
+                headers: Vec::new(),
+                schema_id: None,
+                value: v.clone(),
+            });
+        }
+    }
+    Ok(order)
+}
+
+/// The fold in native code with a JSON state (the 0.1.0 boundary): decode,
+/// group by key, apply, keep states; in micro-batches of the sizes Eddy's
+/// worker used.
+fn native_json(values: &[(String, String)], batches: &[usize]) -> Result<f64> {
     let mut states: HashMap<String, String> = HashMap::new();
-    let mut written = Vec::new();
     let started = Instant::now();
     let mut rest = values;
     for &n in batches {
         let (batch, tail) = rest.split_at(n.min(rest.len()));
         rest = tail;
-        let mut order: Vec<&str> = Vec::new();
-        let mut groups: HashMap<&str, Vec<eddy_sdk::Event<String>>> = HashMap::new();
-        for (offset, (k, v)) in batch.iter().enumerate() {
-            // Eddy validates JSON payloads before handing them on.
-            serde_json::from_str::<serde::de::IgnoredAny>(v)?;
-            groups
-                .entry(k.as_str())
-                .or_insert_with(|| {
-                    order.push(k.as_str());
-                    Vec::new()
-                })
-                .push(eddy_sdk::Event {
-                    topic: "events".into(),
-                    partition: 0,
-                    offset: offset as i64,
-                    timestamp_ms: 0,
-                    key: Some(k.clone()),
-                    headers: Vec::new(),
-                    schema_id: None,
-                    value: v.clone(),
-                });
-        }
-        let mut out = Vec::with_capacity(order.len());
-        for k in order {
-            let events = groups.remove(k).unwrap_or_default();
+        for (k, events) in grouped(batch)? {
             let (state, _) = eddy_sdk::runtime::apply_json::<AsyncProcessAggregator>(
                 k,
                 states.get(k).map(String::as_str),
                 events,
             )
             .map_err(|f| anyhow::anyhow!("native fold: {f}"))?;
-            states.insert(k.to_owned(), state.clone());
-            out.push((k.to_owned(), state));
+            states.insert(k.to_owned(), state);
+        }
+    }
+    Ok(values.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The fold in native code through the 0.2.0 boundary (MessagePack state,
+/// resident decoded states named by version), the Rust SDK's own: the same
+/// state format as the component's. Returns its rate and the states each
+/// batch wrote.
+fn native_packed(
+    values: &[(String, String)],
+    batches: &[usize],
+    resident_bytes: u64,
+) -> Result<(f64, Written)> {
+    let mut resident = eddy_sdk::runtime::Resident::with_budget(resident_bytes);
+    let mut states: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
+    let mut version = 0;
+    let mut written = Vec::new();
+    let started = Instant::now();
+    let mut rest = values;
+    for &n in batches {
+        let (batch, tail) = rest.split_at(n.min(rest.len()));
+        rest = tail;
+        let calls: Vec<eddy_sdk::runtime::KeyEvents> = grouped(batch)?
+            .into_iter()
+            .map(|(k, events)| {
+                version += 1;
+                let current = states.get(k);
+                eddy_sdk::runtime::KeyEvents {
+                    key: k.to_owned(),
+                    state: current.map(|(s, _)| s.clone()),
+                    version: current.map_or(0, |(_, v)| *v),
+                    next_version: version,
+                    events,
+                }
+            })
+            .collect();
+        let keys: Vec<(String, u64)> = calls
+            .iter()
+            .map(|c| (c.key.clone(), c.next_version))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for ((k, v), r) in keys
+            .into_iter()
+            .zip(eddy_sdk::runtime::fold::<AsyncProcessAggregator>(
+                &mut resident,
+                calls,
+            ))
+        {
+            let (state, _) = r.map_err(|f| anyhow::anyhow!("native fold: {f}"))?;
+            states.insert(k.clone(), (state.clone(), v));
+            out.push((k, state));
         }
         written.push(out);
     }
@@ -100,7 +162,7 @@ fn raw_fjall(dir: &std::path::Path, written: &Written, events: usize) -> Result<
     for batch in written {
         let mut b = db.batch().durability(Some(fjall::PersistMode::Buffer));
         for (k, v) in batch {
-            b.insert(&ks, k.as_bytes(), v.as_bytes());
+            b.insert(&ks, k.as_bytes(), v.as_slice());
         }
         b.commit()?;
     }
@@ -136,9 +198,10 @@ pub fn run(s: &Settings) -> Result<()> {
     filler.terminate()?;
     drop(filler);
 
-    let config = embedded_config(
+    let config = embedded_config_with(
         &s.component,
         "",
+        &format!("memory_mb = {}\n", s.memory_mb),
         &s.max_batch
             .map(|m| format!("max_batch = {m}\n"))
             .unwrap_or_default(),
@@ -156,7 +219,8 @@ pub fn run(s: &Settings) -> Result<()> {
 
     // The ceilings, over the same events in the same batches.
     let batches: Vec<usize> = commits.iter().map(|c| c.events as usize).collect();
-    let (native_rate, written) = native(&values, &batches)?;
+    let json_rate = native_json(&values, &batches)?;
+    let (native_rate, written) = native_packed(&values, &batches, s.memory_mb << 18)?;
     let fjall_rate = raw_fjall(&dir.join("fjall"), &written, values.len())?;
     let _ = std::fs::remove_dir_all(&dir);
     let mean_batch = values.len() as f64 / batches.len().max(1) as f64;
@@ -169,7 +233,11 @@ pub fn run(s: &Settings) -> Result<()> {
     );
     println!("|---|---:|---:|");
     println!(
-        "| native fold in this binary (decode + fold, states in memory) | {native_rate:.0} | {:.2}× |",
+        "| native fold in this binary, JSON state (the 0.1.0 boundary) | {json_rate:.0} | {:.2}× |",
+        eddy_rate / json_rate
+    );
+    println!(
+        "| native fold in this binary, MessagePack + resident states (the component's 0.2.0 boundary) | {native_rate:.0} | {:.2}× |",
         eddy_rate / native_rate
     );
     println!(
@@ -180,13 +248,20 @@ pub fn run(s: &Settings) -> Result<()> {
     println!(
         "Filling the log over HTTP beforehand (2,000 records per request): {produce_rate:.0} events/s"
     );
-    println!("Eddy's peak RSS: {:.0} MiB", rss as f64 / 1024.0);
+    println!(
+        "Eddy's peak RSS: {:.0} MiB (plugin memory_mb = {}, a quarter of it for resident states)",
+        rss as f64 / 1024.0,
+        s.memory_mb
+    );
     write_results(
         &s.out,
         &json!({
             "events": s.events, "keys": s.keys, "max_batch": s.max_batch,
             "batches": batches.len(), "mean_batch": mean_batch,
+            "memory_mb": s.memory_mb,
+            "native_json_events_per_s": json_rate,
             "native_events_per_s": native_rate,
+            "eddy_vs_native_json": eddy_rate / json_rate,
             "raw_fjall_events_per_s": fjall_rate,
             "eddy_events_per_s": eddy_rate,
             "eddy_vs_native": eddy_rate / native_rate,

@@ -158,6 +158,10 @@ enum Command {
         /// the backlog as `batch_target_ms` allows).
         #[arg(long)]
         max_batch: Option<usize>,
+        /// The aggregator's `memory_mb` (a quarter of it holds resident
+        /// states; the product's default is 64).
+        #[arg(long, default_value_t = 64)]
+        memory_mb: u64,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/embedded.json")]
         out: PathBuf,
@@ -441,6 +445,7 @@ fn main() -> Result<()> {
             events,
             keys,
             max_batch,
+            memory_mb,
             out,
         } => embedded::run(&embedded::Settings {
             eddy,
@@ -448,6 +453,7 @@ fn main() -> Result<()> {
             events,
             keys,
             max_batch,
+            memory_mb,
             out,
         }),
         Command::Latency {

@@ -218,9 +218,23 @@ pub fn commit_rate(commits: &[BatchCommit]) -> f64 {
 /// # Errors
 /// When `component` has no absolute form.
 pub fn embedded_config(component: &Path, http: &str, pipeline: &str) -> Result<String> {
+    embedded_config_with(component, http, "", pipeline)
+}
+
+/// As [`embedded_config`], with extra lines for the plugin's table
+/// (`memory_mb = 512`, say).
+///
+/// # Errors
+/// When `component` has no absolute form.
+pub fn embedded_config_with(
+    component: &Path,
+    http: &str,
+    plugin: &str,
+    pipeline: &str,
+) -> Result<String> {
     Ok(format!(
         "[source]\nkind = \"embedded\"\n\n[http]\nwatch_plugins = false\n{http}\n\
-         [[plugin]]\nname = \"agg\"\npath = {:?}\n\n\
+         [[plugin]]\nname = \"agg\"\npath = {:?}\n{plugin}\n\
          [[pipeline]]\nname = \"p\"\ntopic = \"events\"\nkey_field = \"asyncProcessId\"\naggregator = \"agg\"\n{pipeline}",
         std::path::absolute(component)?.display().to_string()
     ))

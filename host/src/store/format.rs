@@ -357,6 +357,11 @@ impl<'a> Walker<'a, '_> {
     fn string(&mut self, n: usize) -> Result<(), FormatError> {
         let start = self.total - self.rest.len();
         let bytes = self.take(n)?;
+        // Most strings of a state are short and ASCII: a plain scan is
+        // cheaper than a full UTF-8 check, which only the others need.
+        if self.out.is_none() && bytes.is_ascii() {
+            return Ok(());
+        }
         let text = std::str::from_utf8(bytes).map_err(|e| FormatError::NotRenderable {
             what: "a string that is not UTF-8",
             at: start + e.valid_up_to(),
