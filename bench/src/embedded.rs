@@ -14,12 +14,14 @@
 //!   bookkeeping).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use async_process_aggregator::AsyncProcessAggregator;
-use eddy_bench::process::{EddyProcess, commit_rate, embedded_config_with, write_results};
+use eddy_bench::process::{
+    BatchCommit, EddyProcess, commit_rate, embedded_config_with, write_results,
+};
 use eddy_bench::workload::{execution, key};
 use serde_json::json;
 
@@ -169,18 +171,39 @@ fn raw_fjall(dir: &std::path::Path, written: &Written, events: usize) -> Result<
     Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Runs the scenario and prints the table.
-pub fn run(s: &Settings) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("eddy-bench-embedded-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let values: Vec<(String, String)> = (0..s.events)
-        .map(|n| (key(n, s.keys), execution(n, s.keys).to_string()))
-        .collect();
-    // Fill the log first with a host that has no pipeline, so the measured
-    // phase is the pipeline alone (decode → aggregator → commit), not the
-    // producer endpoint competing with it for the two cores.
-    let fill_config = "[source]\nkind = \"embedded\"\n\n[[source.topics]]\nname = \"events\"\npartitions = 4\n\n[http]\nwatch_plugins = false\n";
-    let mut filler = EddyProcess::start(&s.eddy, &dir.join("eddy"), fill_config, "warn")?;
+/// What an embedded run measured.
+pub struct Run {
+    /// Events/s from the first batch commit to the last.
+    pub rate: f64,
+    /// Every batch commit.
+    pub commits: Vec<BatchCommit>,
+    /// Peak RSS of the pipeline's host, KiB.
+    pub rss_kib: u64,
+    /// Events/s of filling the log over HTTP.
+    pub produce_rate: f64,
+}
+
+/// Eddy on the embedded log over `values` (key, JSON): the log (of
+/// `partitions` partitions) is filled first by a host with no pipeline, so
+/// the measured phase is a second host's pipeline alone (decode →
+/// aggregator → commit), not the producer endpoint competing with it for
+/// the two cores.
+///
+/// # Errors
+/// When a host fails or does not commit every event.
+pub fn run_embedded(
+    eddy: &Path,
+    component: &Path,
+    values: &[(String, String)],
+    partitions: u32,
+    plugin: &str,
+    pipeline: &str,
+    dir: &Path,
+) -> Result<Run> {
+    let fill_config = format!(
+        "[source]\nkind = \"embedded\"\n\n[[source.topics]]\nname = \"events\"\npartitions = {partitions}\n\n[http]\nwatch_plugins = false\n"
+    );
+    let mut filler = EddyProcess::start(eddy, &dir.join("eddy"), &fill_config, "warn")?;
     let url = format!("{}/v1/topics/events/records", filler.base);
     let filling = Instant::now();
     for chunk in values.chunks(2_000) {
@@ -198,24 +221,45 @@ pub fn run(s: &Settings) -> Result<()> {
     filler.terminate()?;
     drop(filler);
 
-    let config = embedded_config_with(
-        &s.component,
-        "",
-        &format!("memory_mb = {}\n", s.memory_mb),
-        &s.max_batch
-            .map(|m| format!("max_batch = {m}\n"))
-            .unwrap_or_default(),
-    )?;
-    let mut eddy = EddyProcess::start(
-        &s.eddy,
+    let config = embedded_config_with(component, "", plugin, pipeline)?;
+    let mut host = EddyProcess::start(
+        eddy,
         &dir.join("eddy"),
         &config,
         "warn,eddy::pipeline=debug",
     )?;
-    let commits = eddy.wait_committed(s.events, Duration::from_secs(1_800))?;
-    let eddy_rate = commit_rate(&commits);
-    let rss = eddy.peak_rss_kib().unwrap_or(0);
-    drop(eddy);
+    let commits = host.wait_committed(values.len() as u64, Duration::from_secs(1_800))?;
+    Ok(Run {
+        rate: commit_rate(&commits),
+        rss_kib: host.peak_rss_kib().unwrap_or(0),
+        commits,
+        produce_rate,
+    })
+}
+
+/// Runs the scenario and prints the table.
+pub fn run(s: &Settings) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("eddy-bench-embedded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let values: Vec<(String, String)> = (0..s.events)
+        .map(|n| (key(n, s.keys), execution(n, s.keys).to_string()))
+        .collect();
+    let Run {
+        rate: eddy_rate,
+        commits,
+        rss_kib: rss,
+        produce_rate,
+    } = run_embedded(
+        &s.eddy,
+        &s.component,
+        &values,
+        4,
+        &format!("memory_mb = {}\n", s.memory_mb),
+        &s.max_batch
+            .map(|m| format!("max_batch = {m}\n"))
+            .unwrap_or_default(),
+        &dir,
+    )?;
 
     // The ceilings, over the same events in the same batches.
     let batches: Vec<usize> = commits.iter().map(|c| c.events as usize).collect();

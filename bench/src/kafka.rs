@@ -6,6 +6,9 @@
 //! filled once; then the raw consumer and Eddy each read all of it in their
 //! own consumer group. Eddy's rate comes from its own commit log lines
 //! (`batch committed`, with the events and the commit time of each batch).
+//! The same events then go through Eddy on its embedded log (as
+//! `eddy-bench embedded` runs it), so the broker's cost to Eddy is a ratio
+//! of one run.
 
 #![allow(
     clippy::indexing_slicing,
@@ -256,6 +259,23 @@ pub fn run(s: &Settings) -> Result<()> {
     let produce_rate = fill(&brokers, topic, s.events, s.keys)?;
     let raw = raw_consumer(&brokers, topic, s.events)?;
     let (eddy_rate, batches, busy) = eddy(s, &brokers, topic, &dir)?;
+    let values: Vec<(String, String)> = (0..s.events)
+        .map(|n| {
+            (
+                workload::key(n, s.keys),
+                workload::execution(n, s.keys).to_string(),
+            )
+        })
+        .collect();
+    let embedded = crate::embedded::run_embedded(
+        &s.eddy,
+        &s.component,
+        &values,
+        s.partitions,
+        "",
+        "",
+        &dir.join("embedded"),
+    )?;
     let quix_rate = match &s.quix_python {
         Some(python) => Some(quix(python, &brokers, topic, s.events)?),
         None => None,
@@ -270,6 +290,13 @@ pub fn run(s: &Settings) -> Result<()> {
     println!(
         "| Eddy: consume → Rust aggregator → fjall commit ({batches} batches) | {eddy_rate:.0} | {:.2}× |",
         eddy_rate / raw
+    );
+    println!(
+        "| Eddy on its embedded log, the same events ({} batches; the broker run is {:.2}× this) | {:.0} | {:.2}× |",
+        embedded.commits.len(),
+        eddy_rate / embedded.rate,
+        embedded.rate,
+        embedded.rate / raw
     );
     if let Some(q) = quix_rate {
         println!(
@@ -293,6 +320,8 @@ pub fn run(s: &Settings) -> Result<()> {
             "eddy_batches": batches,
             "eddy_busy_share": busy,
             "ratio": eddy_rate / raw,
+            "embedded_events_per_s": embedded.rate,
+            "broker_vs_embedded": eddy_rate / embedded.rate,
             "quix_events_per_s": quix_rate,
         }),
     )?;

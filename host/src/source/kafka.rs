@@ -12,9 +12,14 @@
 //!
 //! The worker pulls: it polls only when it is ready for the next micro-batch,
 //! draining what librdkafka has already fetched, so nothing is buffered in
-//! Eddy. librdkafka's own prefetch is bounded (`queued.max.messages.kbytes`,
+//! Eddy. librdkafka's fetcher threads are the fetch stage: they fill the
+//! consumer's queue with the next batch while the worker processes and
+//! commits the current one, and a rebalance still runs only inside `poll`,
+//! between batches. The queue is bounded (`queued.max.messages.kbytes`,
 //! 16 MiB per consumer unless set): when processing falls behind, fetching
-//! stops instead of buffering without bound.
+//! pauses instead of buffering without bound, and resumes 10 ms after the
+//! worker drained it (`fetch.queue.backoff.ms`; librdkafka's 1 s default
+//! left the worker idle half of a broker run).
 //!
 //! Clients are configured in [`crate::kafka`], shared with the sink.
 
