@@ -427,19 +427,24 @@ fn each_event_once(
     Ok(())
 }
 
-/// With the cooperative-sticky assignor a rebalance moves only some
-/// partitions, and the host that keeps the others reads on from where it
-/// was: records a poll fetched of a kept partition before the assignment
-/// changed must reach the fold (none skipped), those of a partition that
-/// moved must not (none twice). Two hosts join while events flow.
-#[tokio::test(flavor = "multi_thread")]
-async fn kafka_cooperative_rebalances_skip_nothing_in_the_partitions_a_host_keeps() -> Result<()> {
+/// Hosts `a`, then `b` and `c` joining while 40,000 events flow into a
+/// 6-partition topic: checks every event is folded exactly once by exactly
+/// one host, and returns the hosts and their states.
+async fn hosts_join_under_load(
+    group: &str,
+    assignor: Option<&str>,
+) -> Result<(Broker, [Host; 3], [HashMap<String, Value>; 3])> {
     let broker = Broker::start()?;
-    let config = kafka_config(&broker.addr, "coop", 6)?.replace(
-        "\"heartbeat.interval.ms\"",
-        "\"partition.assignment.strategy\" = \"cooperative-sticky\"\n\"heartbeat.interval.ms\"",
-    );
-    ensure!(config.contains("cooperative-sticky"), "no assignor set");
+    let mut config = kafka_config(&broker.addr, group, 6)?;
+    if let Some(assignor) = assignor {
+        config = config.replace(
+            "\"heartbeat.interval.ms\"",
+            &format!(
+                "\"partition.assignment.strategy\" = \"{assignor}\"\n\"heartbeat.interval.ms\""
+            ),
+        );
+        ensure!(config.contains(assignor), "no assignor set");
+    }
     let a = Host::start(&config).await?;
     let deadline = std::time::Instant::now() + T;
     while !a.log().contains("partitions assigned") {
@@ -479,7 +484,7 @@ async fn kafka_cooperative_rebalances_skip_nothing_in_the_partitions_a_host_keep
     // Events for every host's partitions, after the last join.
     finish_producer(broker.produce(INPUT, 40_000, 3_000, 1_000, 0, &ledger)?)?;
     let br = &broker;
-    tokio::task::block_in_place(|| wait_settled(br, "coop"))?;
+    tokio::task::block_in_place(|| wait_settled(br, group))?;
 
     let all = read_ledger(&ledger)?;
     let keys = || {
@@ -488,12 +493,28 @@ async fn kafka_cooperative_rebalances_skip_nothing_in_the_partitions_a_host_keep
             .collect::<HashSet<_>>()
             .into_iter()
     };
-    let (on_a, on_b, on_c) = (
+    let on = [
         states(&a, keys()).await?,
         states(&b, keys()).await?,
         states(&c, keys()).await?,
+    ];
+    each_event_once(&all, &[&on[0], &on[1], &on[2]])?;
+    ensure!(
+        on.iter().all(|h| !h.is_empty()),
+        "every host took partitions: {:?} keys",
+        on.iter().map(HashMap::len).collect::<Vec<_>>()
     );
-    each_event_once(&all, &[&on_a, &on_b, &on_c])?;
+    Ok((broker, [a, b, c], on))
+}
+
+/// With the cooperative-sticky assignor a rebalance moves only some
+/// partitions, and the host that keeps the others reads on from where it
+/// was: records a poll fetched of a kept partition before the assignment
+/// changed must reach the fold (none skipped), those of a partition that
+/// moved must not (none twice). Two hosts join while events flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_cooperative_rebalances_skip_nothing_in_the_partitions_a_host_keeps() -> Result<()> {
+    let (_broker, [a, ..], _) = hosts_join_under_load("coop", Some("cooperative-sticky")).await?;
     // The rebalances were incremental: a gave up only what moved, and
     // kept reading the rest.
     let revoked: Vec<usize> = a
@@ -507,11 +528,27 @@ async fn kafka_cooperative_rebalances_skip_nothing_in_the_partitions_a_host_keep
         "a's revocations, each of fewer than 6 partitions: {revoked:?}\n{}",
         a.log()
     );
+    Ok(())
+}
+
+/// With the default (eager) assignor every rebalance revokes every
+/// partition of every member while librdkafka has already fetched ahead of
+/// the batch in hand: what was fetched and not processed is dropped and
+/// read again by the partition's next owner, from where the last batch was
+/// committed. Two hosts join while events flow; each event is folded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_eager_rebalances_under_load_drop_what_was_fetched_ahead_and_lose_nothing()
+-> Result<()> {
+    let (_broker, [a, ..], _) = hosts_join_under_load("eager", None).await?;
+    let revoked_all = a
+        .log()
+        .lines()
+        .filter(|l| l.contains("partitions revoked") && l.contains(INPUT))
+        .any(|l| l.matches(&format!("{INPUT}/")).count() == 6);
     ensure!(
-        !on_b.is_empty() && !on_c.is_empty(),
-        "b and c took partitions: {} / {} keys",
-        on_b.len(),
-        on_c.len()
+        revoked_all,
+        "a gave every partition back at a join:\n{}",
+        a.log()
     );
     Ok(())
 }
