@@ -11,6 +11,12 @@
 //! plain rdkafka consumer; `eddy-bench cluster` the cost of cluster mode,
 //! the restore rate, a join and a failover.
 
+/// The host's allocator, so the native folds measured here next to Eddy
+/// allocate as Eddy does (glibc's malloc spent a third of the native
+/// baseline consolidating and splitting chunks).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod avro;
 mod cluster;
 mod embedded;

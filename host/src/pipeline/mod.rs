@@ -463,7 +463,10 @@ impl Worker {
             let current = match self.cache.get(key) {
                 Some(change) => Current::Cached(change),
                 None => match self.store.state(&pipeline, partition, key)? {
-                    Some(stored) => Current::Stored(stored),
+                    Some(stored) => {
+                        let version = self.cache.version(key, stored.seq);
+                        Current::Stored(stored, version)
+                    }
                     None => Current::None,
                 },
             };
@@ -488,10 +491,11 @@ impl Worker {
 }
 
 /// A key's state before a batch: the one the worker committed last (kept
-/// in its cache), one read from the store, or none yet.
+/// in its cache), one read from the store (with the version the plugin
+/// instance gave it, when the worker still knows it), or none yet.
 enum Current {
     Cached(Arc<crate::store::Change>),
-    Stored(crate::store::StoredState),
+    Stored(crate::store::StoredState, u64),
     None,
 }
 
@@ -499,7 +503,7 @@ impl Current {
     fn state(&self) -> Option<&crate::store::State> {
         match self {
             Current::Cached(c) => Some(&c.state),
-            Current::Stored(s) => Some(&s.state),
+            Current::Stored(s, _) => Some(&s.state),
             Current::None => None,
         }
     }
@@ -509,14 +513,15 @@ impl Current {
     fn version(&self) -> u64 {
         match self {
             Current::Cached(c) => c.version,
-            Current::Stored(_) | Current::None => 0,
+            Current::Stored(_, version) => *version,
+            Current::None => 0,
         }
     }
 
     fn seq(&self) -> Option<u64> {
         match self {
             Current::Cached(c) => Some(c.seq),
-            Current::Stored(s) => Some(s.seq),
+            Current::Stored(s, _) => Some(s.seq),
             Current::None => None,
         }
     }
