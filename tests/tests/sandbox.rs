@@ -81,6 +81,49 @@ async fn dead_letters(host: &Host, pipeline: &str, query: &str) -> Result<Vec<Va
     Ok(v["dead_letters"].as_array().cloned().unwrap_or_default())
 }
 
+/// A record emitted to a topic that cannot exist fails its event alone, also
+/// when the call that folded it carried other keys (contract 0.2.0 folds
+/// many keys per call): the other keys' events apply and emit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emit_to_an_invalid_topic_fails_its_event_alone_in_a_call_of_many_keys() -> Result<()> {
+    let host = Host::start(&config()?).await?;
+    let records: Vec<Value> = [
+        ("k1", "a1", "emit"),
+        ("k2", "b1", "emit-bad"),
+        ("k3", "c1", "emit"),
+        ("k2", "b2", "ok"),
+    ]
+    .iter()
+    .map(|(key, id, action)| ev(key, id, action))
+    .collect();
+    host.produce("probe", &json!({ "records": records }))
+        .await?;
+    host.wait_caught_up("probe", T).await?;
+    ensure!(applied(&host, "probe", "k1").await? == ["a1"]);
+    ensure!(applied(&host, "probe", "k3").await? == ["c1"]);
+    ensure!(applied(&host, "probe", "k2").await? == ["b2"]);
+    let dls = dead_letters(&host, "probe", "").await?;
+    ensure!(
+        dls.len() == 1
+            && dls[0]["key"] == "k2"
+            && dls[0]["error_class"] == "invalid"
+            && dls[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid topic")),
+        "{dls:?}"
+    );
+    let (_, out) = host.get("/v1/topics/probe-out/records").await?;
+    let mut keys: Vec<&str> = out["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    keys.sort_unstable();
+    ensure!(keys == ["a1", "c1"], "{out}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_are_contained_and_dead_lettered() -> Result<()> {
     let host = Host::start(&config()?).await?;

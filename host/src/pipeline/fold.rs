@@ -98,8 +98,17 @@ pub fn aggregate_all(policy: &Policy, agg: &mut Instance, inputs: &[KeyInput<'_>
         rest = tail;
         match agg.fold(chunk) {
             Ok(results) => {
+                let plugin = agg.plugin().name.clone();
                 for (input, result) in chunk.iter().zip(results) {
-                    folds.push(match result {
+                    // A key that failed, or emitted to a topic that cannot
+                    // be, is folded again alone (which names its failure).
+                    let checked = result.and_then(|folded| {
+                        Ok(Folded {
+                            emits: check_emits(&plugin, folded.emits)?,
+                            ..folded
+                        })
+                    });
+                    folds.push(match checked {
                         Ok(folded) => KeyFold::applied(input.events.len(), folded),
                         Err(_) => aggregate(policy, agg, input),
                     });

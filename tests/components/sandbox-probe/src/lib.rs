@@ -10,6 +10,7 @@
 //!   seen by this instance, then applied;
 //! - `retry-forever`: always `retryable`.
 //! - `emit`: emits a record to `probe-out`;
+//! - `emit-bad`: emits a record to a topic whose name is invalid;
 //! - `log`: writes a warning to the host's log, then is applied.
 
 use std::collections::HashMap;
@@ -80,6 +81,7 @@ impl Aggregator for SandboxProbe {
             }
             "retry-forever" => return Err(Failure::Retryable(format!("probe {} never", p.id))),
             "emit" => out.emit("probe-out", Some(&p.id), &p.id)?,
+            "emit-bad" => out.emit("not a topic!", Some(&p.id), &p.id)?,
             "log" => eddy_sdk::log::warn(&format!("probe {} says hello", p.id)),
             _ => {}
         }
