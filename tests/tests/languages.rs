@@ -251,8 +251,9 @@ async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language
             "{built}"
         );
         let checked = eddy(&["plugin", "check", &format!("{name}.wasm")], d)?;
+        // `plugin new` scaffolds against the current contract.
         ensure!(
-            checked.contains("valid Eddy aggregator plugin"),
+            checked.contains("valid Eddy aggregator plugin, contract 0.2.0"),
             "{checked}"
         );
         plugins.push_str(&format!(

@@ -33,9 +33,10 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         None,
     )?;
     println!(
-        "{}: valid Eddy {} plugin (version {}{}, {} bytes)",
+        "{}: valid Eddy {} plugin, contract {} (version {}{}, {} bytes)",
         file.display(),
         plugin.kind,
+        plugin.contract().as_str(),
         plugin.version,
         plugin
             .declared_version
