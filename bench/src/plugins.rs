@@ -177,18 +177,25 @@ impl Carried {
     }
 }
 
-/// The state-carried table's rounds for one component (best of three).
-fn carried_component(label: &str, instance: &mut Instance, s: &Settings) -> Result<Carried> {
+/// A state-carried row: best of three runs, each starting from fresh
+/// states (`fresh`), folding `history` events per key, then timing the
+/// rounds of one event per key; `step` folds one batch of every key.
+fn carried<S>(
+    label: &str,
+    s: &Settings,
+    mut fresh: impl FnMut() -> S,
+    mut step: impl FnMut(&[Batch], &mut S) -> Result<()>,
+) -> Result<Carried> {
     let mut best = Duration::MAX;
     for _ in 0..3 {
-        let mut states: States = vec![None; s.keys];
-        round(instance, &key_batches(s.keys, 0, s.history), &mut states)?;
+        let mut states = fresh();
+        step(&key_batches(s.keys, 0, s.history), &mut states)?;
         let rounds: Vec<Vec<Batch>> = (0..s.rounds)
             .map(|r| key_batches(s.keys, 10_000_000 + (r * s.keys) as u64, 1))
             .collect();
         let started = Instant::now();
         for batches in &rounds {
-            round(instance, batches, &mut states)?;
+            step(batches, &mut states)?;
         }
         best = best.min(started.elapsed());
     }
@@ -199,12 +206,23 @@ fn carried_component(label: &str, instance: &mut Instance, s: &Settings) -> Resu
     })
 }
 
+/// The state-carried rounds for one component.
+fn carried_component(label: &str, instance: &mut Instance, s: &Settings) -> Result<Carried> {
+    carried(
+        label,
+        s,
+        || vec![None; s.keys],
+        |batches, states| round(instance, batches, states),
+    )
+}
+
 /// The same rounds natively, with a JSON state (the 0.1.0 boundary).
 fn carried_native_json(s: &Settings) -> Result<Carried> {
-    let mut best = Duration::MAX;
-    for _ in 0..3 {
-        let mut states: Vec<Option<String>> = vec![None; s.keys];
-        let run = |batches: &[Batch], states: &mut Vec<Option<String>>| -> Result<()> {
+    carried(
+        "native, JSON state",
+        s,
+        || vec![None; s.keys],
+        |batches, states: &mut Vec<Option<String>>| {
             for (b, state) in batches.iter().zip(states.iter_mut()) {
                 let (json, _) = eddy_sdk::runtime::apply_json::<AsyncProcessAggregator>(
                     b.key(),
@@ -215,33 +233,26 @@ fn carried_native_json(s: &Settings) -> Result<Carried> {
                 *state = Some(json);
             }
             Ok(())
-        };
-        run(&key_batches(s.keys, 0, s.history), &mut states)?;
-        let rounds: Vec<Vec<Batch>> = (0..s.rounds)
-            .map(|r| key_batches(s.keys, 10_000_000 + (r * s.keys) as u64, 1))
-            .collect();
-        let started = Instant::now();
-        for batches in &rounds {
-            run(batches, &mut states)?;
-        }
-        best = best.min(started.elapsed());
-    }
-    Ok(Carried {
-        label: "native, JSON state".into(),
-        events: s.keys * s.rounds,
-        elapsed: best,
-    })
+        },
+    )
 }
+
+/// Native states through the 0.2.0 boundary: resident ones, and each key's
+/// bytes with their version.
+type Packed = (
+    Resident<async_process_aggregator::AsyncProcess>,
+    Vec<Option<(Vec<u8>, u64)>>,
+);
 
 /// The same rounds natively through the 0.2.0 boundary (MessagePack,
 /// resident states): what the Rust component does without WebAssembly.
 fn carried_native_packed(s: &Settings) -> Result<Carried> {
-    let mut best = Duration::MAX;
     let mut version = 0u64;
-    for _ in 0..3 {
-        let mut resident = Resident::with_budget(512 << 20);
-        let mut states: Vec<Option<(Vec<u8>, u64)>> = vec![None; s.keys];
-        let mut run = |batches: &[Batch], states: &mut Vec<Option<(Vec<u8>, u64)>>| -> Result<()> {
+    carried(
+        "native, 0.2.0 boundary (MessagePack, resident)",
+        s,
+        || (Resident::with_budget(512 << 20), vec![None; s.keys]),
+        |batches, (resident, states): &mut Packed| {
             let calls: Vec<KeyEvents> = batches
                 .iter()
                 .zip(states.iter())
@@ -257,28 +268,14 @@ fn carried_native_packed(s: &Settings) -> Result<Carried> {
                 })
                 .collect();
             let versions: Vec<u64> = calls.iter().map(|c| c.next_version).collect();
-            let results = eddy_sdk::runtime::fold::<AsyncProcessAggregator>(&mut resident, calls);
+            let results = eddy_sdk::runtime::fold::<AsyncProcessAggregator>(resident, calls);
             for ((slot, r), v) in states.iter_mut().zip(results).zip(versions) {
                 let (bytes, _) = r.map_err(|f| anyhow::anyhow!("native fold: {f}"))?;
                 *slot = Some((bytes, v));
             }
             Ok(())
-        };
-        run(&key_batches(s.keys, 0, s.history), &mut states)?;
-        let rounds: Vec<Vec<Batch>> = (0..s.rounds)
-            .map(|r| key_batches(s.keys, 10_000_000 + (r * s.keys) as u64, 1))
-            .collect();
-        let started = Instant::now();
-        for batches in &rounds {
-            run(batches, &mut states)?;
-        }
-        best = best.min(started.elapsed());
-    }
-    Ok(Carried {
-        label: "native, 0.2.0 boundary (MessagePack, resident)".into(),
-        events: s.keys * s.rounds,
-        elapsed: best,
-    })
+        },
+    )
 }
 
 /// Runs the scenario and prints both tables.

@@ -711,6 +711,34 @@ impl Instance {
         }
     }
 
+    /// A call's per-item results, or what made the call as a whole fail
+    /// (a trap, a limit hit — `memory_hit` — or as many results as not
+    /// asked): then the instance is recycled.
+    fn results_of<T>(
+        &mut self,
+        r: Result<Vec<T>, anyhow::Error>,
+        memory_hit: bool,
+        asked: usize,
+        call: &str,
+        items: &str,
+    ) -> Result<Vec<T>, PluginError> {
+        let results = r.map_err(|e| {
+            self.live = None;
+            classify(&self.plugin, memory_hit, &e)
+        })?;
+        if results.len() != asked {
+            self.live = None;
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.to_string(),
+                message: format!(
+                    "{call} returned {} results for {asked} {items}",
+                    results.len()
+                ),
+            });
+        }
+        Ok(results)
+    }
+
     /// How many of `batch`'s keys (at least one) the next fold call takes.
     pub fn call_size(batch: &[KeyInput<'_>]) -> usize {
         let (mut events, mut bytes) = (0, 0);
@@ -816,24 +844,7 @@ impl Instance {
             .call_fold(&mut *store, &calls)
             .map_err(anyhow::Error::from);
         let hit = store.data().limiter.hit;
-        let results = match r {
-            Err(e) => {
-                self.live = None;
-                return Err(classify(&self.plugin, hit, &e));
-            }
-            Ok(results) => results,
-        };
-        if results.len() != batch.len() {
-            self.live = None;
-            return Err(PluginError::Trap {
-                plugin: self.plugin.name.to_string(),
-                message: format!(
-                    "fold returned {} results for {} keys",
-                    results.len(),
-                    batch.len()
-                ),
-            });
-        }
+        let results = self.results_of(r, hit, batch.len(), "fold", "keys")?;
         let mut fatal = false;
         let out = results
             .into_iter()
@@ -974,24 +985,7 @@ impl Instance {
         }
         .map_err(anyhow::Error::from);
         let hit = store.data().limiter.hit;
-        let results = match r {
-            Err(e) => {
-                self.live = None;
-                return Err(classify(&self.plugin, hit, &e));
-            }
-            Ok(results) => results,
-        };
-        if results.len() != events.len() {
-            self.live = None;
-            return Err(PluginError::Trap {
-                plugin: self.plugin.name.to_string(),
-                message: format!(
-                    "handle returned {} results for {} events",
-                    results.len(),
-                    events.len()
-                ),
-            });
-        }
+        let results = self.results_of(r, hit, events.len(), "handle", "events")?;
         let bytes: usize = results
             .iter()
             .flat_map(|r| r.iter().flatten())
