@@ -40,6 +40,8 @@ pub struct Settings {
     pub max_batch: Option<usize>,
     /// The plugin's `memory_mb` (its resident states take a quarter).
     pub memory_mb: u64,
+    /// The plugin's `resident_state_mb`, when not its default.
+    pub resident_mb: Option<u64>,
     /// Where to write the JSON results.
     pub out: PathBuf,
 }
@@ -254,7 +256,13 @@ pub fn run(s: &Settings) -> Result<()> {
         &s.component,
         &values,
         4,
-        &format!("memory_mb = {}\n", s.memory_mb),
+        &format!(
+            "memory_mb = {}\n{}",
+            s.memory_mb,
+            s.resident_mb
+                .map(|r| format!("resident_state_mb = {r}\n"))
+                .unwrap_or_default()
+        ),
         &s.max_batch
             .map(|m| format!("max_batch = {m}\n"))
             .unwrap_or_default(),
@@ -303,6 +311,7 @@ pub fn run(s: &Settings) -> Result<()> {
             "events": s.events, "keys": s.keys, "max_batch": s.max_batch,
             "batches": batches.len(), "mean_batch": mean_batch,
             "memory_mb": s.memory_mb,
+            "resident_state_mb": s.resident_mb,
             "native_json_events_per_s": json_rate,
             "native_events_per_s": native_rate,
             "eddy_vs_native_json": eddy_rate / json_rate,

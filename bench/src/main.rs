@@ -168,6 +168,10 @@ enum Command {
         /// states; the product's default is 64).
         #[arg(long, default_value_t = 64)]
         memory_mb: u64,
+        /// The aggregator's `resident_state_mb` (default: a quarter of
+        /// `memory_mb`; 0 keeps no decoded state between calls).
+        #[arg(long)]
+        resident_mb: Option<u64>,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/embedded.json")]
         out: PathBuf,
@@ -452,6 +456,7 @@ fn main() -> Result<()> {
             keys,
             max_batch,
             memory_mb,
+            resident_mb,
             out,
         } => embedded::run(&embedded::Settings {
             eddy,
@@ -460,6 +465,7 @@ fn main() -> Result<()> {
             keys,
             max_batch,
             memory_mb,
+            resident_mb,
             out,
         }),
         Command::Latency {

@@ -425,8 +425,7 @@ mod tests {
 
     #[test]
     fn when_full_the_states_kept_stay_kept_and_newcomers_get_in_rarely() -> Result<(), Failure> {
-        // Room for about ten states.
-        let mut r = Resident::<Sum>::with_budget(10 * 200);
+        let mut r = Resident::<Sum>::with_budget(2_000);
         let call = |r: &mut Resident<Sum>, key: &str, state: Option<Vec<u8>>, version, next| {
             fold::<Adder>(
                 r,
@@ -441,30 +440,34 @@ mod tests {
             .pop()
             .unwrap_or(Err(Failure::Fatal("no result".into())))
         };
-        for k in 0..10 {
-            call(&mut r, &format!("k{k}"), None, 0, 1000 + k)?;
+        // Fill the budget: keys get in until one does not.
+        let mut k = 0;
+        while r.len() == k {
+            call(&mut r, &format!("k{k:03}"), None, 0, 1000 + k as u64)?;
+            k += 1;
         }
         let members = r.len();
-        assert!(members >= 5, "{members}");
-        // Many more keys come by: few get in, the members stay.
-        for k in 10..500 {
-            call(&mut r, &format!("k{k}"), None, 0, 1000 + k)?;
+        assert!(members > 5 && r.bytes <= r.budget, "{members}");
+        // Newcomers, fewer than one admission's worth: none gets in.
+        for n in 0..Resident::<Sum>::ADMIT_EVERY - 2 {
+            call(&mut r, &format!("n{n:03}"), None, 0, 5000 + u64::from(n))?;
         }
-        // A member's state is used from memory: the bytes sent are garbage.
-        let hits = (0..10)
-            .filter(|k| {
-                call(
-                    &mut r,
-                    &format!("k{k}"),
-                    Some(b"garbage".to_vec()),
-                    1000 + k,
-                    5000 + k,
-                )
-                .is_ok()
-            })
-            .count();
-        assert!(hits >= members - 2, "{hits} of {members} members kept");
-        assert!(r.bytes <= r.budget);
+        assert_eq!(r.len(), members);
+        // Every member's state is used from memory: the bytes sent are garbage.
+        for m in 0..members {
+            call(
+                &mut r,
+                &format!("k{m:03}"),
+                Some(b"garbage".to_vec()),
+                1000 + m as u64,
+                9000 + m as u64,
+            )
+            .map_err(|f| Failure::Fatal(format!("member k{m:03} was dropped: {f}")))?;
+        }
+        // The next newcomer gets in, in place of an arbitrary state.
+        call(&mut r, "newcomer", None, 0, 9999)?;
+        assert!(call(&mut r, "newcomer", Some(b"garbage".to_vec()), 9999, 10_000).is_ok());
+        assert!(r.len() <= members && r.bytes <= r.budget);
         Ok(())
     }
 
