@@ -132,7 +132,7 @@ def dump(args):
                 "offset": m.offset(),
                 "key": m.key().decode() if m.key() is not None else None,
                 "headers": headers,
-                "value": json.loads(m.value()),
+                "value": value_of(m.value(), headers),
             }))
             if m.offset() + 1 >= ends[m.partition()]:
                 remaining.discard(m.partition())
@@ -140,6 +140,18 @@ def dump(args):
     if remaining:
         raise SystemExit("partitions %s of %r not read to their end" % (sorted(remaining), args.topic))
     return 0
+
+
+def value_of(raw, headers):
+    """A record's value as JSON: a state changelog record carries its state
+    as the plugin wrote it (`eddy-state-format: msgpack` for MessagePack)."""
+    if raw is None:
+        return None
+    if headers.get("eddy-state-format") == "msgpack":
+        import msgpack
+
+        return msgpack.unpackb(raw, strict_map_key=False)
+    return json.loads(raw)
 
 
 def lag(args):

@@ -362,6 +362,14 @@ fn check_state_changelog(records: &[Value]) -> Result<BTreeMap<u64, usize>> {
                 .with_context(|| format!("state record without {name}: {r}"))
         };
         let (epoch, seq) = (num("eddy-epoch")?, num("eddy-seq")?);
+        // A state (not a dead letter) is its key's AsyncProcess aggregate,
+        // whatever format it crossed in (the Rust plugin writes MessagePack).
+        if h.get("eddy-dead-letter").is_none() {
+            ensure!(
+                r["value"]["id"] == r["key"] && r["value"]["executions"].is_array(),
+                "partition {p}: a state record whose value is not its key's aggregate: {r}"
+            );
+        }
         let was = last.insert((p, epoch), seq).unwrap_or(0);
         ensure!(
             seq > was,
