@@ -134,18 +134,28 @@ type Answer = (String, u16, Option<String>, Value);
 
 /// Each key's state, asked of every host: every host answers it, the
 /// same, and they agree on which host owns it (the one that answers
-/// without forwarding).
+/// without forwarding). A 503 (the key's partition between owners: with
+/// cooperative-sticky, a partition that moves is revoked in one round and
+/// assigned in the next) is asked again after its `Retry-After`, as a
+/// client would, for up to 30 s.
 async fn cluster_states(hosts: &[&Host], expected: &Expected) -> Result<HashMap<String, Value>> {
     let mut out: HashMap<String, Value> = HashMap::new();
     let mut owners: HashMap<String, String> = HashMap::new();
     for h in hosts {
         let got: Vec<Result<Answer>> = futures_util::stream::iter(expected.keys().cloned())
             .map(|k| async move {
-                let r = h
-                    .http
-                    .get(format!("{}/async-process/{k}", h.url))
-                    .send()
-                    .await?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let r = loop {
+                    let r = h
+                        .http
+                        .get(format!("{}/async-process/{k}", h.url))
+                        .send()
+                        .await?;
+                    if r.status() != 503 || Instant::now() >= deadline {
+                        break r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                };
                 let status = r.status().as_u16();
                 let by = r
                     .headers()
