@@ -6,6 +6,18 @@
         producer, keyed by asyncProcessId) and appends one JSON line per
         acknowledged event to FILE: {"id", "key", "state", "time"}. The ids
         of the events of the keys in --mark-keys end in "-x".
+    produce-mixed --brokers B --topic T --keys K --per-codec N --ledger FILE
+                  --odd FILE
+        What real producers send, in this order: N events with each
+        compression codec (none, gzip, snappy, lz4, zstd); odd records
+        (binary and null header values, a null and an empty record key,
+        a null value, an empty value); then two transactions of N events,
+        committed, so each partition ends with a commit marker. (No
+        aborted transaction: tansu hands an aborted transaction's records
+        to read_committed consumers, Confluent's own included.) Events to fold go to the
+        ledger; each odd record that should be dead-lettered goes to the
+        --odd file as {"class", "partition", "offset", "headers"} (header values
+        base64, a null one empty).
     dump     --brokers B --topic T
         Prints every record of the topic as a JSON line:
         {"partition", "offset", "key", "headers", "value"}.
@@ -15,6 +27,7 @@
 """
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -76,6 +89,91 @@ def produce(args):
     ledger.close()
     print(json.dumps({"acked": acked, "unacked": left}))
     return 0 if left == 0 else 1
+
+
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+
+
+def produce_mixed(args):
+    ledger = open(args.ledger, "a", encoding="utf-8")
+    n = 0
+    partition_of = {}
+    acked = {"n": 0}
+
+    def deliver(ev):
+        def done(err, msg):
+            if err is not None:
+                raise SystemExit("%s not delivered: %s" % (ev and ev["id"], err))
+            acked["n"] += 1
+            if ev is not None:
+                partition_of[ev["asyncProcessId"]] = msg.partition()
+                ledger.write(json.dumps({"id": ev["id"], "key": ev["asyncProcessId"], "state": ev["state"], "time": ev["time"]}) + "\n")
+        return done
+
+    def events(p, count, to_ledger=True, mark=""):
+        nonlocal n
+        for _ in range(count):
+            key, ev = event(n, args.keys)
+            n += 1
+            ev["id"] += mark
+            p.produce(args.topic, key=key, value=json.dumps(ev), on_delivery=deliver(ev if to_ledger else None))
+            p.poll(0)
+
+    for codec in CODECS:
+        p = Producer({"bootstrap.servers": args.brokers, "enable.idempotence": True, "linger.ms": 5,
+                      "compression.type": codec, "partitioner": "murmur2_random"})
+        events(p, args.per_codec)
+        if p.flush(60) != 0:
+            raise SystemExit("codec %s: not all delivered" % codec)
+
+    # Odd records, each on the partition its key's events are on.
+    odd = []
+    p = Producer({"bootstrap.servers": args.brokers, "enable.idempotence": True, "linger.ms": 5})
+    binary = [("bin", b"\x00\xff\xfe\x80"), ("none", None), ("text", b"t")]
+
+    def one(key, value, part, headers, cls, ev=None):
+        def done(err, msg):
+            if err is not None:
+                raise SystemExit("odd record not delivered: %s" % err)
+            if ev is not None:
+                ledger.write(json.dumps({"id": ev["id"], "key": ev["asyncProcessId"], "state": ev["state"], "time": ev["time"]}) + "\n")
+            if cls is not None:
+                odd.append({"class": cls, "partition": msg.partition(), "offset": msg.offset(),
+                            "headers": [[k, base64.b64encode(v or b"").decode()] for k, v in headers]})
+        p.produce(args.topic, key=key, value=value, partition=part, headers=headers, on_delivery=done)
+
+    def next_seen():
+        nonlocal n
+        while event(n, args.keys)[0] not in partition_of:
+            n += 1
+        key, ev = event(n, args.keys)
+        n += 1
+        return key, ev
+
+    for record_key in (None, b"", "binary"):
+        key, ev = next_seen()
+        one(key if record_key == "binary" else record_key, json.dumps(ev), partition_of[key], binary if record_key == "binary" else [], None, ev)
+    key, _ = next_seen()
+    one(key, None, partition_of[key], binary, "tombstone")
+    one(key, b"", partition_of[key], [], "empty")
+    if p.flush(60) != 0:
+        raise SystemExit("odd records: not all delivered")
+    with open(args.odd, "w", encoding="utf-8") as f:
+        for o in odd:
+            f.write(json.dumps(o) + "\n")
+
+    # Transactions last: every partition ends with a control record.
+    t = Producer({"bootstrap.servers": args.brokers, "transactional.id": "eddy-test-%d" % time.time_ns(),
+                  "linger.ms": 5, "partitioner": "murmur2_random"})
+    t.init_transactions(30)
+    for _ in range(2):
+        t.begin_transaction()
+        events(t, args.per_codec)
+        t.flush(60)
+        t.commit_transaction(30)
+    ledger.close()
+    print(json.dumps({"acked": acked["n"], "odd": len(odd)}))
+    return 0
 
 
 def partitions_of(client, topic):
@@ -147,6 +245,8 @@ def value_of(raw, headers):
     as the plugin wrote it (`eddy-state-format: msgpack` for MessagePack)."""
     if raw is None:
         return None
+    if raw == b"":
+        return ""
     if headers.get("eddy-state-format") == "msgpack":
         import msgpack
 
@@ -180,6 +280,13 @@ def main():
     pr.add_argument("--mark-keys", default="")
     pr.add_argument("--partitioner", default="murmur2_random")
     pr.add_argument("--ledger", required=True)
+    pm = sub.add_parser("produce-mixed")
+    pm.add_argument("--brokers", required=True)
+    pm.add_argument("--topic", required=True)
+    pm.add_argument("--keys", type=int, required=True)
+    pm.add_argument("--per-codec", type=int, required=True)
+    pm.add_argument("--ledger", required=True)
+    pm.add_argument("--odd", required=True)
     du = sub.add_parser("dump")
     du.add_argument("--brokers", required=True)
     du.add_argument("--topic", required=True)
@@ -188,7 +295,7 @@ def main():
     la.add_argument("--group", required=True)
     la.add_argument("--topic", required=True)
     args = ap.parse_args()
-    return {"produce": produce, "dump": dump, "lag": lag}[args.cmd](args)
+    return {"produce": produce, "produce-mixed": produce_mixed, "dump": dump, "lag": lag}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -310,6 +310,42 @@ impl Broker {
         cmd
     }
 
+    /// Runs the tool's `produce-mixed` (what real producers send: every
+    /// compression codec, odd records, committed and aborted transactions)
+    /// to `topic`; returns the odd records to be dead-lettered, one JSON
+    /// object each, and appends the events to fold to `ledger`.
+    pub fn produce_mixed(
+        &self,
+        topic: &str,
+        keys: u64,
+        per_codec: u64,
+        ledger: &Path,
+    ) -> Result<Vec<Value>> {
+        let odd = ledger.with_extension("odd.jsonl");
+        let out = self
+            .tool()
+            .args(["produce-mixed", "--brokers", &self.addr, "--topic", topic])
+            .args(["--keys", &keys.to_string()])
+            .args(["--per-codec", &per_codec.to_string()])
+            .arg("--ledger")
+            .arg(ledger)
+            .arg("--odd")
+            .arg(&odd)
+            .output()
+            .context("cannot start the Python producer")?;
+        if !out.status.success() {
+            bail!(
+                "produce-mixed failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::read_to_string(&odd)?
+            .lines()
+            .map(|l| serde_json::from_str(l).context("odd record line"))
+            .collect()
+    }
+
     /// Every record of `topic`, read with Confluent's consumer.
     pub fn dump(&self, topic: &str) -> Result<Vec<Value>> {
         let out = self

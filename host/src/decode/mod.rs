@@ -12,6 +12,10 @@ use std::sync::Arc;
 /// Why a value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// No bytes at all (a null value is a tombstone, dead-lettered before
+    /// decoding).
+    #[error("value is empty (0 bytes): there is nothing to decode")]
+    Empty,
     /// Not UTF-8.
     #[error("value is not UTF-8 text (invalid byte at {at})")]
     NotUtf8 {
@@ -73,6 +77,15 @@ impl DecodeError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, DecodeError::RegistryUnavailable { .. })
     }
+
+    /// The dead letter's error class: `empty` for a value with no bytes,
+    /// `decode` for every other value that does not decode.
+    pub fn class(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            _ => "decode",
+        }
+    }
 }
 
 /// How a pipeline decodes its values.
@@ -102,6 +115,9 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError`] saying what is wrong with the value.
     pub fn decode<'b>(&self, bytes: &'b [u8]) -> Result<(Cow<'b, str>, Option<u32>), DecodeError> {
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty);
+        }
         match self {
             Decoder::Json => json_value(bytes).map(|j| (Cow::Borrowed(j), None)),
             Decoder::Avro(a) => a.decode(bytes).map(|(j, id)| (Cow::Owned(j), Some(id))),
@@ -138,5 +154,8 @@ mod tests {
             Err(DecodeError::NotUtf8 { at: 0 })
         ));
         assert!(json_value(b"").is_err());
+        let empty = Decoder::Json.decode(b"");
+        assert!(matches!(empty, Err(DecodeError::Empty)), "{empty:?}");
+        assert_eq!(DecodeError::Empty.class(), "empty");
     }
 }

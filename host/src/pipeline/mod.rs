@@ -269,15 +269,25 @@ impl Worker {
                     continue;
                 }
             };
-            if records.is_empty() {
+            // Nothing new: the source may have moved past records it never
+            // hands out (a transaction's markers), whose offsets are
+            // committed like a batch's, with no state change.
+            let passed = if records.is_empty() {
+                self.source.passed()
+            } else {
+                Vec::new()
+            };
+            if records.is_empty() && passed.is_empty() {
                 continue;
             }
             let started = Instant::now();
             let n = records.len();
-            if !self.process(records, stop)? {
+            if !self.process(records, passed, stop)? {
                 break;
             }
-            size.observe(n, started.elapsed());
+            if n > 0 {
+                size.observe(n, started.elapsed());
+            }
             tracing::debug!(
                 pipeline = %name,
                 events = n,
@@ -300,13 +310,19 @@ impl Worker {
     /// before committing (a stop request while the schema registry was
     /// unreachable): nothing of the batch is committed then, and the next
     /// start processes it again.
-    fn process(&mut self, records: Vec<SourceRecord>, stop: &AtomicBool) -> anyhow::Result<bool> {
+    fn process(
+        &mut self,
+        records: Vec<SourceRecord>,
+        passed: Vec<(String, u32, u64)>,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<bool> {
         let started = Instant::now();
         let consumed = records.len();
         let lock = self.lock.clone();
         let _guard = crate::lock(&lock);
         self.between_batches()?;
-        let offsets = next_offsets(&records);
+        let mut offsets = next_offsets(&records);
+        offsets.extend(passed);
         for (topic, partition, next) in &offsets {
             if *topic == self.config.topic
                 && let Some(o) = self.source_offsets.get_mut(*partition as usize)
@@ -378,12 +394,14 @@ impl Worker {
         for change in changes {
             self.cache.put(change);
         }
-        crate::telemetry::batch(
-            &self.config.name,
-            consumed,
-            consumed.saturating_sub(dead_count),
-            started.elapsed(),
-        );
+        if consumed > 0 {
+            crate::telemetry::batch(
+                &self.config.name,
+                consumed,
+                consumed.saturating_sub(dead_count),
+                started.elapsed(),
+            );
+        }
         Ok(true)
     }
 

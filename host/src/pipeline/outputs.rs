@@ -555,6 +555,7 @@ mod tests {
             key: None,
             headers: Vec::new(),
             value: b"not json".to_vec(),
+            tombstone: false,
         };
         let out = Outputs {
             dead: vec![DeadLetter::new(

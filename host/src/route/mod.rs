@@ -16,6 +16,9 @@ pub enum KeyError {
     /// The record has no key.
     #[error("the record has no key")]
     NoRecordKey,
+    /// The record key is empty (no state could be asked for by it).
+    #[error("the record key is empty")]
+    EmptyRecordKey,
     /// The record key is not UTF-8.
     #[error("the record key is not UTF-8 text")]
     KeyNotUtf8,
@@ -44,6 +47,9 @@ impl KeySpec {
         match self {
             KeySpec::RecordKey => {
                 let k = record_key.ok_or(KeyError::NoRecordKey)?;
+                if k.is_empty() {
+                    return Err(KeyError::EmptyRecordKey);
+                }
                 String::from_utf8(k.to_vec()).map_err(|_| KeyError::KeyNotUtf8)
             }
             KeySpec::Field(path) => {
@@ -253,5 +259,13 @@ mod tests {
         let by_key = KeySpec::new(None);
         assert_eq!(by_key.key_of(Some(b"k"), "{}"), Ok("k".into()));
         assert_eq!(by_key.key_of(None, "{}"), Err(KeyError::NoRecordKey));
+        assert_eq!(
+            by_key.key_of(Some(b""), "{}"),
+            Err(KeyError::EmptyRecordKey)
+        );
+        assert_eq!(
+            by_key.key_of(Some(&[0xff]), "{}"),
+            Err(KeyError::KeyNotUtf8)
+        );
     }
 }

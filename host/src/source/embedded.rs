@@ -470,12 +470,13 @@ impl EmbeddedRewind {
                     key: r.key,
                     headers: r.headers,
                     value: r.value,
+                    tombstone: false,
                 };
                 bytes += record.size();
                 polled.records.push(record);
             }
             if next >= end {
-                polled.at_end.push(partition);
+                polled.at_end.push((partition, end));
             }
             if let Some(p) = self.positions.get_mut(at) {
                 p.1 = next;

@@ -381,6 +381,7 @@ fn record_of(m: &rdkafka::message::BorrowedMessage<'_>, topic: &Arc<str>) -> Opt
         key: m.key().map(<[u8]>::to_vec),
         headers,
         value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        tombstone: m.payload().is_none(),
     })
 }
 
@@ -396,6 +397,11 @@ pub struct KafkaSource {
     paused: Option<Vec<(u64, SourceRecord)>>,
     /// When unacknowledged group offsets were last sent again.
     last_recommit: Instant,
+    /// Per partition, the generation it was held in and the offset of the
+    /// last record handed out of it: the consumer's position is trusted
+    /// (see [`Source::passed`]) only for a partition that handed out a
+    /// record in its current generation, every one of them committed.
+    handed: HashMap<i32, (u64, u64)>,
 }
 
 impl KafkaSource {
@@ -456,6 +462,7 @@ impl KafkaSource {
             restorer,
             paused: None,
             last_recommit: Instant::now(),
+            handed: HashMap::new(),
         })
     }
 
@@ -580,6 +587,20 @@ impl Source for KafkaSource {
             }
         }
         self.keep_wanted(&mut out);
+        {
+            let assigned = crate::lock(&self.group.assigned);
+            let mut seen: Vec<u32> = Vec::new();
+            for r in out.iter().rev() {
+                if seen.contains(&r.partition) {
+                    continue;
+                }
+                seen.push(r.partition);
+                let p = kafka_partition(r.partition);
+                if let Some(g) = assigned.get(&(self.topic.to_string(), p)) {
+                    self.handed.insert(p, (*g, r.offset));
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -602,6 +623,50 @@ impl Source for KafkaSource {
             crate::lock(&self.group.pending).push_back((delivered_after.unwrap_or(0), batch));
         }
         self.commit_delivered();
+    }
+
+    fn passed(&mut self) -> Vec<(String, u32, u64)> {
+        // Records kept while paused are handed out first when it resumes.
+        if self.paused.is_some() {
+            return Vec::new();
+        }
+        let assigned = crate::lock(&self.group.assigned).clone();
+        if assigned.is_empty() {
+            return Vec::new();
+        }
+        // The consumer's position moves past the control records and the
+        // aborted transactions' records that it reads but never hands out.
+        // It is trusted only where it moved by reading in the partition's
+        // current generation: after a partition is given again it may still
+        // be where reading stopped before (records fetched ahead, dropped).
+        let positions = match self.consumer.position() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(topic = %self.topic, error = %e, "cannot read the consumer's positions");
+                return Vec::new();
+            }
+        };
+        let floor = crate::lock(&self.group.floor);
+        let mut out = Vec::new();
+        for el in positions.elements() {
+            let k = (el.topic().to_owned(), el.partition());
+            let (Offset::Offset(at), Some(from)) = (el.offset(), floor.get(&k)) else {
+                continue;
+            };
+            let fresh = assigned.get(&k).zip(self.handed.get(&k.1)).is_some_and(
+                |(generation, (handed_in, last))| {
+                    generation == handed_in
+                        && i64::try_from(*last).is_ok_and(|l| l.saturating_add(1) == *from)
+                },
+            );
+            if at > *from
+                && fresh
+                && let (Ok(p), Ok(o)) = (u32::try_from(k.1), u64::try_from(at))
+            {
+                out.push((k.0, p, o));
+            }
+        }
+        out
     }
 
     fn idle(&mut self, wait: Duration) -> Result<(), SourceError> {
@@ -844,6 +909,15 @@ impl KafkaRewind {
         })
     }
 
+    /// The consumer's position in `partition`: the next offset it reads.
+    fn position(&self, partition: i32) -> Option<u64> {
+        let positions = self.consumer.position().ok()?;
+        match positions.find_partition(&self.topic, partition)?.offset() {
+            Offset::Offset(o) => u64::try_from(o).ok(),
+            _ => None,
+        }
+    }
+
     fn broker_error(&self, e: &KafkaError) -> SourceError {
         SourceError::Broker {
             topic: self.topic.to_string(),
@@ -942,8 +1016,12 @@ impl Rewind for KafkaRewind {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
+                    // At the end, the consumer's position is past every
+                    // record it read, handed out or not (control records).
+                    // (Unknown, 0: only an open span ends then.)
+                    let end = self.position(p).unwrap_or(0);
                     if let Ok(p) = u32::try_from(p) {
-                        polled.at_end.push(p);
+                        polled.at_end.push((p, end));
                     }
                 }
                 Some(Err(e)) => {
@@ -1037,6 +1115,7 @@ mod tests {
             key: None,
             headers: Vec::new(),
             value: b"{}".to_vec(),
+            tombstone: false,
         };
         let fetched = || vec![record(0, 10), record(1, 20), record(2, 30), record(0, 11)];
         let held = |ps: &[(i32, u64)]| -> Held {

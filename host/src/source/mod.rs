@@ -30,6 +30,8 @@ pub struct SourceRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Value bytes, still encoded.
     pub value: Vec<u8>,
+    /// Whether the value is null (a Kafka tombstone); `value` is empty then.
+    pub tombstone: bool,
 }
 
 impl SourceRecord {
@@ -157,6 +159,18 @@ pub trait Source: Send {
     /// source commits them to its group then).
     fn committed(&mut self, next_offsets: &[(String, u32, u64)], delivered_after: Option<u64>);
 
+    /// Next offsets the source moved past without handing out a record,
+    /// beyond what was last committed: a Kafka partition ends with a
+    /// transaction's commit or abort marker (a control record, never handed
+    /// out), and an aborted transaction's records are skipped. Asked only
+    /// after a poll that handed out nothing, so everything handed out
+    /// before is committed; the worker commits these offsets (with no
+    /// state change), so the pipeline's lag reaches 0 and a restart does
+    /// not read the markers again.
+    fn passed(&mut self) -> Vec<(String, u32, u64)> {
+        Vec::new()
+    }
+
     /// Called instead of [`Source::poll`] while the pipeline is paused:
     /// hands nothing out for `wait`, and keeps what it must keep up (a
     /// Kafka consumer stays in its group, pauses its partitions, restores
@@ -255,6 +269,10 @@ impl Source for Chain {
         for s in &mut self.sources {
             s.committed(next_offsets, delivered_after);
         }
+    }
+
+    fn passed(&mut self) -> Vec<(String, u32, u64)> {
+        self.sources.iter_mut().flat_map(|s| s.passed()).collect()
     }
 
     fn idle(&mut self, wait: Duration) -> Result<(), SourceError> {

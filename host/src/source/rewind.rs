@@ -50,8 +50,11 @@ pub enum Until {
 pub struct Polled {
     /// Records of the assigned partitions, in offset order per partition.
     pub records: Vec<SourceRecord>,
-    /// Partitions whose reading reached the end of their log.
-    pub at_end: Vec<u32>,
+    /// Partitions whose reading reached the end of their log, each with
+    /// that end: the next offset to be written. Below it the reader has
+    /// handed out every record it will (a Kafka log's transaction markers
+    /// and aborted records are read but never handed out).
+    pub at_end: Vec<(u32, u64)>,
 }
 
 /// A topic read by position. Implemented by each source.
@@ -298,15 +301,24 @@ impl RangeReader {
                 }
                 out.push(r);
             }
-            for p in polled.at_end {
-                if let Some(span) = self.spans.get_mut(p as usize)
-                    && span.until.is_none()
-                    && !span.done
-                {
-                    span.done = true;
-                    self.reassign = true;
-                    progress = Instant::now();
+            for (p, end) in polled.at_end {
+                let Some(span) = self.spans.get_mut(p as usize) else {
+                    continue;
+                };
+                if span.done {
+                    continue;
                 }
+                match span.until {
+                    None => {}
+                    // Only records the reader never hands out lie between
+                    // the last one read and the span's end (a transaction's
+                    // commit marker ends a partition, for one).
+                    Some(u) if end >= u => span.next = span.next.max(u),
+                    Some(_) => continue,
+                }
+                span.done = true;
+                self.reassign = true;
+                progress = Instant::now();
             }
             if !out.is_empty() {
                 return Ok(out);
