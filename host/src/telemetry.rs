@@ -19,6 +19,7 @@
 //! | `eddy_http_requests_total` | counter | method, route, status |
 //! | `eddy_http_request_duration_seconds` | histogram | method, route |
 //! | `eddy_store_disk_bytes` | gauge | |
+//! | `eddy_store_free_bytes` | gauge | |
 //! | `eddy_kafka_producer_throttle_time_ms` | gauge | broker |
 //!
 //! The seeds' operational signals map to: `consumer_lag` →
@@ -142,6 +143,11 @@ fn describe() {
         "Disk space used by the state store."
     );
     describe_gauge!(
+        "eddy_store_free_bytes",
+        Unit::Bytes,
+        "Free space on the store's file system (input stops under [store] min_free_mb)."
+    );
+    describe_gauge!(
         "eddy_kafka_producer_throttle_time_ms",
         "Broker throttle time of the producer (librdkafka statistics, average)."
     );
@@ -256,6 +262,11 @@ pub fn outbox_records(n: usize) {
 /// Sets the store's disk size.
 pub fn store_disk_bytes(n: u64) {
     metrics::gauge!("eddy_store_disk_bytes").set(n as f64);
+}
+
+/// Sets the free space on the store's file system.
+pub fn store_free_bytes(n: u64) {
+    metrics::gauge!("eddy_store_free_bytes").set(n as f64);
 }
 
 /// Sets a broker's average produce throttle time.

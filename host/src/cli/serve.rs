@@ -443,6 +443,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create store directory {}", store_path.display()))?;
     let store = Store::open(&store_path, config.store.durability)
         .with_context(|| format!("cannot open store {}", store_path.display()))?;
+    store.reserve_free_space(config.store.min_free_mb.saturating_mul(1 << 20));
     let _writeback =
         if config.store.durability == Durability::Process && config.store.writeback_ms > 0 {
             Some(

@@ -20,6 +20,13 @@ pub struct StoreConfig {
     /// into one long write that stalls commits (0 leaves it to the OS).
     #[serde(default = "default_writeback_ms")]
     pub writeback_ms: u64,
+    /// Free space (MiB) to keep on the store's file system: below it the
+    /// host takes no input — pipelines read nothing, the producer endpoint
+    /// answers 507, `/readyz` says why — until space returns. The store
+    /// never meets a full disk then (a failed write stops the host). 0
+    /// turns the guard off.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -28,12 +35,17 @@ impl Default for StoreConfig {
             path: default_store_path(),
             durability: Durability::default(),
             writeback_ms: default_writeback_ms(),
+            min_free_mb: default_min_free_mb(),
         }
     }
 }
 
 fn default_writeback_ms() -> u64 {
     100
+}
+
+fn default_min_free_mb() -> u64 {
+    128
 }
 
 fn default_store_path() -> PathBuf {

@@ -141,6 +141,9 @@ impl AppError {
     fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+    fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, message)
+    }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
         Self::new(
@@ -357,6 +360,9 @@ async fn metrics_text(State(s): State<AppState>) -> ApiResult<Response> {
             crate::telemetry::outbox_records(k.outbox_depth());
         }
         crate::telemetry::store_disk_bytes(store.disk_bytes());
+        if let Some(free) = store.free_bytes() {
+            crate::telemetry::store_free_bytes(free);
+        }
         handle.run_upkeep();
         Ok((
             [(
@@ -387,6 +393,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
     for (pipeline, why) in s.readiness.not_ready() {
         reasons.push(format!("pipeline {pipeline:?}: {why}"));
+    }
+    if let Some(low) = s.store.low_space() {
+        reasons.push(low.to_string());
     }
     if *s.shutdown.borrow() {
         reasons.push("shutting down".into());

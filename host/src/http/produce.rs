@@ -195,6 +195,12 @@ fn produce_error(e: ProduceError) -> AppError {
 }
 
 async fn append(s: &AppState, topic: String, records: Vec<ProduceRecord>) -> ApiResult<Value> {
+    // The embedded log lives in the store: nothing is taken on a low disk.
+    if matches!(s.sink, crate::sink::Sink::Embedded(_))
+        && let Some(low) = s.store.low_space()
+    {
+        return Err(AppError::insufficient_storage(low.to_string()));
+    }
     let offsets = s
         .sink
         .produce(topic, records)

@@ -239,6 +239,7 @@ impl Worker {
             Duration::from_millis(self.config.batch_target_ms),
         );
         let mut was_paused = false;
+        let mut was_low = false;
         while !stop.load(Ordering::Relaxed) {
             let paused = self.paused.is_asked();
             self.paused.idle.store(paused, Ordering::SeqCst);
@@ -253,6 +254,26 @@ impl Worker {
             if paused {
                 if let Err(e) = self.source.idle(Duration::from_millis(200)) {
                     tracing::error!(pipeline = %name, error = %e, "source failed while paused; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                continue;
+            }
+            // A low disk stops input as a pause does, until space returns.
+            let low = self.store.low_space();
+            if low.is_some() != was_low {
+                was_low = low.is_some();
+                match &low {
+                    Some(low) => {
+                        tracing::error!(pipeline = %name, free_bytes = low.free, min_free_bytes = low.min, "{low}")
+                    }
+                    None => {
+                        tracing::info!(pipeline = %name, "the store's disk has space again: input resumed")
+                    }
+                }
+            }
+            if low.is_some() {
+                if let Err(e) = self.source.idle(Duration::from_millis(200)) {
+                    tracing::error!(pipeline = %name, error = %e, "source failed while input is paused; retrying");
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 continue;

@@ -39,6 +39,7 @@ mod quarantine;
 mod rebuild;
 mod registry;
 mod restore;
+mod space;
 mod state;
 mod writeback;
 
@@ -54,6 +55,7 @@ pub use log::{Append, LogRecord};
 pub use outbox::OutboxRecord;
 pub use rebuild::Swap;
 pub use restore::{RestorePoint, Restored};
+pub use space::LowSpace;
 pub use state::{Change, StoredState};
 pub use writeback::Writeback;
 
@@ -157,6 +159,8 @@ pub struct Store {
     /// Bumped whenever states change outside a pipeline's own commits (a
     /// replay's swap), so caches of states know to drop what they hold.
     epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The free disk space reserve (`[store] min_free_mb`).
+    space: std::sync::Arc<space::Space>,
 }
 
 impl Store {
@@ -202,6 +206,7 @@ impl Store {
                 Durability::Power => PersistMode::SyncData,
             },
             epoch: std::sync::Arc::default(),
+            space: std::sync::Arc::new(space::Space::new(path)),
             db,
         })
     }
@@ -213,6 +218,23 @@ impl Store {
     /// Disk space the store uses, in bytes (0 when it cannot be read).
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Keeps this many bytes of the store's file system free: below, see
+    /// [`Store::low_space`]. 0 turns the guard off.
+    pub fn reserve_free_space(&self, bytes: u64) {
+        self.space.set_min(bytes);
+    }
+
+    /// When the store's file system has less free space than the reserve:
+    /// how much, for an error that says so. Input stops while it does.
+    pub fn low_space(&self) -> Option<LowSpace> {
+        self.space.low()
+    }
+
+    /// Bytes free on the store's file system, when it can be asked.
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.space.free_now()
     }
 
     /// Flushes everything to disk (used at shutdown).
