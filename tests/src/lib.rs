@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub mod chaos;
 pub mod fold;
 pub mod kafka;
 use futures_util::StreamExt;

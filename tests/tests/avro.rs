@@ -1,7 +1,8 @@
 //! Avro and the schema registry: Confluent's Python clients against the
 //! embedded registry, mixed v1/v2 events folding, poison values in the dead
 //! letters, a reader schema refused at start, Avro over Kafka, and a host
-//! reading its schemas from an external registry.
+//! reading its schemas from an external registry that goes away or answers
+//! errors for a while.
 #![allow(
     clippy::indexing_slicing,
     reason = "indexing serde_json::Value yields Null, it never panics"
@@ -430,9 +431,11 @@ async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() ->
             .await?;
         ensure!(status == 200, "{status} {body}");
     }
+    // b asks a's registry through a front that can fail on demand.
+    let front = FaultFront::start(&format!("{}/registry", a.url))?;
     let b_config = with_avro(&async_process_config()?, "execution-v2.avsc").replacen(
         "[store]",
-        &format!("[registry]\nurl = \"{}/registry\"\n\n[store]", a.url),
+        &format!("[registry]\nurl = \"{}\"\n\n[store]", front.url),
         1,
     );
     let b = Host::start(&b_config).await?;
@@ -494,5 +497,126 @@ async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() ->
         dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
         "{dead}"
     );
+
+    // The registry answers errors for a while (a 500 from a load balancer,
+    // then 503s) while b meets a schema id it has not cached: it waits.
+    let v3 =
+        std::fs::read_to_string(root().join("examples/async-process/schemas/execution-v2.avsc"))?
+            .replace(
+                r#"{"name": "worker", "type": ["null", "string"], "default": null}"#,
+                r#"{"name": "worker", "type": ["null", "string"], "default": null},
+    {"name": "region", "type": ["null", "string"], "default": null}"#,
+            );
+    let (status, body) = a
+        .post(
+            &format!("/registry/subjects/{SUBJECT}/versions"),
+            json!({ "schema": v3 }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    let third = encoded_by(
+        &a,
+        3,
+        json!({"id": "x3", "asyncProcessId": "q", "time": 3, "state": "RETRY", "region": "eu"}),
+    )
+    .await?;
+    let retried = b
+        .log()
+        .matches("schema registry unreachable; retrying")
+        .count();
+    front.fail_with(500)?;
+    b.produce(
+        "async-process-execution",
+        &json!({"key": "q", "value_base64": third}),
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + T;
+    while b
+        .log()
+        .matches("schema registry unreachable; retrying")
+        .count()
+        < retried + 2
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "b never retried:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    front.fail_with(503)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
+    ensure!(
+        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "dead-lettered while the registry failed: {dead}"
+    );
+    let (_, progress) = b.get("/v1/pipelines/async-process").await?;
+    ensure!(
+        progress["lag"].as_u64().unwrap_or(0) > 0,
+        "the event waits uncommitted: {progress}"
+    );
+    front.heal()?;
+    b.wait_caught_up("async-process", T).await?;
+    let (_, q) = b.get("/async-process/q").await?;
+    ensure!(
+        q["state"] == "RETRY" && q["executions"].as_array().map(Vec::len) == Some(3),
+        "{q}"
+    );
+    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
+    ensure!(
+        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "{dead}"
+    );
     Ok(())
+}
+
+/// `tests/registry/fault_proxy.py` in front of a service: it forwards,
+/// or answers an error status while told to.
+struct FaultFront {
+    child: std::process::Child,
+    mode: tempfile::NamedTempFile,
+    url: String,
+}
+
+impl FaultFront {
+    fn start(upstream: &str) -> Result<FaultFront> {
+        let port = eddy_tests::free_port()?;
+        let mode = tempfile::NamedTempFile::new()?;
+        let child = Command::new("python3")
+            .arg(root().join("tests/registry/fault_proxy.py"))
+            .args(["--port", &port.to_string(), "--upstream", upstream])
+            .arg("--mode-file")
+            .arg(mode.path())
+            .spawn()
+            .context("cannot start the fault front")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the fault front never listened"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(FaultFront {
+            child,
+            mode,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    fn fail_with(&self, status: u16) -> Result<()> {
+        Ok(std::fs::write(self.mode.path(), status.to_string())?)
+    }
+
+    fn heal(&self) -> Result<()> {
+        Ok(std::fs::write(self.mode.path(), "")?)
+    }
+}
+
+impl Drop for FaultFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,6 +1,9 @@
 //! kill -9 at random moments while events stream in: every acknowledged
 //! event ends up in its aggregate exactly once, an unacknowledged one at
 //! most once, and every aggregate equals the fold of the events it holds.
+//! The kill schedule and the workload come from a seed (`eddy_tests::chaos`:
+//! `EDDY_CHAOS_SEED`, `EDDY_CHAOS_EVENTS`, `EDDY_CHAOS_KILLS`); CI runs
+//! 20,000 events and 5 kills, `scripts/chaos.sh` 1,000,000 and 20.
 #![allow(
     clippy::indexing_slicing,
     reason = "indexing serde_json::Value yields Null, it never panics"
@@ -12,13 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use eddy_tests::chaos::Chaos;
 use eddy_tests::{Host, async_process_config, execution};
 use rand::Rng;
+use rand::rngs::StdRng;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 const EVENTS: u64 = 20_000;
-const KEYS: u64 = 1_000;
 const KILLS: usize = 5;
 const STATES: [&str; 5] = ["STARTED", "DONE", "ERROR", "RETRY", "REJECTED"];
 
@@ -30,8 +34,17 @@ struct Ledger {
     unacked: HashSet<String>,
 }
 
+/// What the producers send: `events` events over `keys` keys.
+#[derive(Clone, Copy)]
+struct Workload {
+    events: u64,
+    keys: u64,
+}
+
 async fn produce_loop(
     url: String,
+    work: Workload,
+    mut rng: StdRng,
     next: Arc<AtomicU64>,
     ledger: Arc<Mutex<Ledger>>,
     done: Arc<AtomicBool>,
@@ -40,19 +53,19 @@ async fn produce_loop(
         .timeout(Duration::from_secs(10))
         .build()?;
     loop {
-        let size = rand::rng().random_range(20..120u64);
+        let size = rng.random_range(20..120u64);
         let first = next.fetch_add(size, Ordering::SeqCst);
-        if first >= EVENTS {
+        if first >= work.events {
             done.store(true, Ordering::SeqCst);
             return Ok(());
         }
-        let last = (first + size).min(EVENTS);
+        let last = (first + size).min(work.events);
         let mut records = Vec::new();
         let mut batch = Vec::new();
         for n in first..last {
-            let key = format!("k{:04}", rand::rng().random_range(0..KEYS));
-            let id = format!("e{n:06}");
-            let state = STATES[rand::rng().random_range(0..STATES.len())];
+            let key = format!("k{:05}", rng.random_range(0..work.keys));
+            let id = format!("e{n:07}");
+            let state = STATES[rng.random_range(0..STATES.len())];
             // `time` grows with n, so the expected fold is easy to state.
             records.push(json!({ "value": execution(&id, &key, 1_000_000 + n as i64, state) }));
             batch.push((id, key));
@@ -76,21 +89,28 @@ async fn produce_loop(
         drop(l);
         if !ok {
             // The host is down (being killed); try again shortly with new events.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_ingest_loses_nothing_and_applies_nothing_twice() -> Result<()> {
+    let mut chaos = Chaos::from_env("embedded: kill -9 during ingest", EVENTS, KILLS)?;
+    let work = Workload {
+        events: chaos.events,
+        keys: (chaos.events / 20).clamp(1_000, 50_000),
+    };
     let mut host = Host::start(&async_process_config()?).await?;
     let next = Arc::new(AtomicU64::new(0));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let done = Arc::new(AtomicBool::new(false));
     let producers: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(produce_loop(
                 host.url.clone(),
+                work,
+                chaos.stream(i),
                 next.clone(),
                 ledger.clone(),
                 done.clone(),
@@ -98,27 +118,24 @@ async fn kill_9_during_ingest_loses_nothing_and_applies_nothing_twice() -> Resul
         })
         .collect();
 
-    let mut kills = 0;
-    while kills < KILLS {
-        let wait = rand::rng().random_range(150..600);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        host.kill9()?;
-        kills += 1;
-        host.restart().await?;
-        if done.load(Ordering::SeqCst) && kills < KILLS {
-            // Keep killing during catch-up processing too.
-            continue;
+    // Each kill when the producers reach a random event of the stream (one
+    // they pass while the host is down comes with the next restart); a
+    // kill after the last event hits the catch-up.
+    for at in chaos.schedule(work.events) {
+        while next.load(Ordering::SeqCst) < at && !done.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        chaos.kill_and_restart(&mut host, 300).await?;
     }
     for p in producers {
         p.await.context("producer task")??;
     }
-    host.wait_caught_up("async-process", Duration::from_secs(120))
+    host.wait_caught_up("async-process", Duration::from_secs(600))
         .await?;
 
     let ledger = ledger.lock().await;
     ensure!(
-        ledger.acked.len() + ledger.unacked.len() == EVENTS as usize,
+        ledger.acked.len() + ledger.unacked.len() == work.events as usize,
         "every event was attempted once"
     );
     ensure!(!ledger.acked.is_empty(), "some events must be acknowledged");
@@ -130,8 +147,8 @@ async fn kill_9_during_ingest_loses_nothing_and_applies_nothing_twice() -> Resul
             .push(id.as_str());
     }
     let mut seen_total = 0usize;
-    for k in 0..KEYS {
-        let key = format!("k{k:04}");
+    for k in 0..work.keys {
+        let key = format!("k{k:05}");
         let (status, state) = host.get(&format!("/async-process/{key}")).await?;
         let acked_here = expected_by_key
             .get(key.as_str())
@@ -190,14 +207,24 @@ async fn kill_9_during_ingest_loses_nothing_and_applies_nothing_twice() -> Resul
         seen_total += execs.len();
     }
     ensure!(
-        seen_total >= ledger.acked.len() && seen_total <= EVENTS as usize,
+        seen_total >= ledger.acked.len() && seen_total <= work.events as usize,
         "applied {seen_total} events for {} acknowledged",
         ledger.acked.len()
     );
-    eprintln!(
-        "crash test: {kills} kills, {} acknowledged, {} unacknowledged, {seen_total} applied",
-        ledger.acked.len(),
-        ledger.unacked.len()
-    );
+    let (_, dead) = host
+        .get("/v1/pipelines/async-process/dead-letters?limit=10")
+        .await?;
+    let dead = dead["dead_letters"].as_array().map_or(0, Vec::len);
+    ensure!(dead == 0, "{dead} dead letters");
+    ensure!(!host.log().contains("panicked"), "{}", host.log());
+    chaos.report(json!({
+        "keys": work.keys,
+        "acknowledged": ledger.acked.len(),
+        "unacknowledged": ledger.unacked.len(),
+        "applied": seen_total,
+        "lost": 0,
+        "applied_twice": 0,
+        "dead_letters": dead,
+    }))?;
     Ok(())
 }

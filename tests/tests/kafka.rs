@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use eddy_tests::chaos::{Chaos, env_u64};
 use eddy_tests::fold::{Expected, check_folds, execution_ids, expected_from_ledger, states};
 use eddy_tests::kafka::{Broker, finish_producer, kafka_config, read_ledger};
 use eddy_tests::{Host, run_until_exit};
@@ -217,34 +218,51 @@ async fn kafka_end_to_end_with_a_confluent_producer() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_kill9_under_a_stream_loses_nothing_and_applies_nothing_twice() -> Result<()> {
-    const EVENTS: u64 = 100_000;
-    const KEYS: u64 = 5_000;
-    const KILLS: usize = 5;
+    let mut chaos = Chaos::from_env("kafka: kill -9 under a stream", 100_000, 5)?;
+    let events = chaos.events;
+    let keys = (events / 20).clamp(1_000, 50_000);
+    // Events/s the producer sends (EDDY_CHAOS_RATE for a longer run).
+    let rate = env_u64("EDDY_CHAOS_RATE")?.unwrap_or(8_000).max(1);
     let broker = Broker::start()?;
     let mut host = Host::start(&kafka_config(&broker.addr, "crash", 6)?).await?;
     let ledger_dir = tempfile::tempdir()?;
     let ledger = ledger_dir.path().join("ledger.jsonl");
-    let producer = broker.produce(INPUT, 0, EVENTS, KEYS, 8_000, &ledger)?;
-    for _ in 0..KILLS {
-        let wait = rand::rng().random_range(1_000..3_000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        host.kill9()?;
-        let down = rand::rng().random_range(0..400);
-        tokio::time::sleep(Duration::from_millis(down)).await;
-        host.restart().await?;
+    let producer = broker.produce(INPUT, 0, events, keys, rate, &ledger)?;
+    // The kills fall at random instants of the producer's run.
+    let start = std::time::Instant::now();
+    for at_ms in chaos.schedule(events * 1_000 / rate) {
+        let at = Duration::from_millis(at_ms);
+        if let Some(wait) = at.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        chaos.kill_and_restart(&mut host, 400).await?;
     }
     let summary = tokio::task::spawn_blocking(move || finish_producer(producer)).await??;
-    ensure!(summary["acked"] == EVENTS, "producer: {summary}");
+    ensure!(summary["acked"] == events, "producer: {summary}");
     let b = &broker;
     tokio::task::block_in_place(|| wait_settled(b, "crash"))?;
     let expected = expected_from_ledger(&read_ledger(&ledger)?);
-    ensure!(expected.len() as u64 == KEYS, "{} keys", expected.len());
+    ensure!(expected.len() as u64 == keys, "{} keys", expected.len());
     let got = states(&host, expected.keys().cloned()).await?;
     let checked = check_folds(&expected, &got).with_context(|| host.log())?;
-    ensure!(checked as u64 == EVENTS, "{checked} events checked");
+    ensure!(checked as u64 == events, "{checked} events checked");
     let (changes, routed) = check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
-    println!("{EVENTS} events, {KILLS} kills: {changes} changes, {routed} routed");
     ensure!(!host.log().contains("panicked"), "{}", host.log());
+    let (_, dead) = host
+        .get("/v1/pipelines/async-process/dead-letters?limit=10")
+        .await?;
+    let dead = dead["dead_letters"].as_array().map_or(0, Vec::len);
+    ensure!(dead == 0, "{dead} dead letters");
+    chaos.report(json!({
+        "keys": keys,
+        "acknowledged": events,
+        "applied": checked,
+        "lost": 0,
+        "applied_twice": 0,
+        "dead_letters": dead,
+        "changelog_changes": changes,
+        "routed": routed,
+    }))?;
     Ok(())
 }
 
