@@ -348,17 +348,44 @@ impl Broker {
 
     /// Every record of `topic`, read with Confluent's consumer.
     pub fn dump(&self, topic: &str) -> Result<Vec<Value>> {
-        let out = self
+        let mut out = Vec::new();
+        self.dump_each(topic, |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Every record of `topic`, read with Confluent's consumer, handed to
+    /// `each` as it is read (a long run's topics do not fit in memory).
+    pub fn dump_each(&self, topic: &str, mut each: impl FnMut(Value) -> Result<()>) -> Result<()> {
+        use std::io::BufRead;
+        let mut child = self
             .tool()
             .args(["dump", "--brokers", &self.addr, "--topic", topic])
-            .output()?;
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("dump stdout")?;
+        let mut failed = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            if failed.is_none()
+                && let Err(e) = serde_json::from_str(&line)
+                    .context("dump line")
+                    .and_then(&mut each)
+            {
+                failed = Some(e);
+            }
+        }
+        let out = child.wait_with_output()?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if !out.status.success() {
             bail!("dump {topic}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).context("dump line"))
-            .collect()
+        Ok(())
     }
 
     /// A consumer group's total lag on a topic.

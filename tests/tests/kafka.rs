@@ -30,37 +30,65 @@ fn id_of(record: &Value) -> Result<String> {
         .with_context(|| format!("record without an eddy-id header: {record}"))
 }
 
-/// Emitted records after de-duplication by id: a duplicate must be the same
-/// record; returns id -> record.
-fn dedup(records: &[Value]) -> Result<HashMap<String, Value>> {
-    let mut out: HashMap<String, Value> = HashMap::new();
-    for r in records {
-        let id = id_of(r)?;
+/// What [`check_outputs`] counted.
+struct Outputs {
+    /// Distinct changes in the changelog.
+    changes: usize,
+    /// Changelog records, duplicates included.
+    changelog_records: usize,
+    /// Distinct routed records.
+    routed: usize,
+    /// Routed records, duplicates included.
+    routed_records: usize,
+}
+
+/// Records of one topic de-duplicated by `eddy-id`, as they stream in: a
+/// duplicate must be the same record (compared by a digest, so a long run's
+/// topics need not fit in memory).
+#[derive(Default)]
+struct Dedup {
+    seen: HashMap<String, u64>,
+    records: usize,
+}
+
+impl Dedup {
+    /// Whether `record` (id `id`) is new.
+    fn add(&mut self, id: &str, record: &Value) -> Result<bool> {
+        use std::hash::{Hash, Hasher};
+        self.records += 1;
         let kv = json!({
-            "key": r["key"], "value": r["value"], "partition": r["partition"], "headers": r["headers"],
+            "key": record["key"], "value": record["value"],
+            "partition": record["partition"], "headers": record["headers"],
         });
-        if let Some(prev) = out.get(&id) {
-            ensure!(*prev == kv, "id {id} carried two different records");
-        } else {
-            out.insert(id, kv);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        kv.to_string().hash(&mut h);
+        let digest = h.finish();
+        match self.seen.insert(id.to_owned(), digest) {
+            None => Ok(true),
+            Some(prev) => {
+                ensure!(prev == digest, "id {id} carried two different records");
+                Ok(false)
+            }
         }
     }
-    Ok(out)
 }
 
 /// The changelog holds every change exactly once after de-duplication
 /// (each partition's change numbers 1..=n, none missing, each record in the
 /// partition its number belongs to), the last change of each key is its
 /// state, and the rejected-process topic holds exactly the REJECTED changes.
-fn check_outputs(
-    changelog: &[Value],
-    rejected: &[Value],
-    states: &HashMap<String, Value>,
-) -> Result<(usize, usize)> {
-    let changes = dedup(changelog)?;
-    // (partition, change number) -> record
-    let mut by_seq: BTreeMap<(u64, u64), &Value> = BTreeMap::new();
-    for (id, r) in &changes {
+/// Both topics are read as a stream.
+fn check_outputs(broker: &Broker, states: &HashMap<String, Value>) -> Result<Outputs> {
+    let mut changes = Dedup::default();
+    // (partition, change number) -> (source offset, closes a batch, REJECTED)
+    let mut by_seq: BTreeMap<(u64, u64), (u64, bool, bool)> = BTreeMap::new();
+    // key -> (change number, state) of its last change
+    let mut last: HashMap<String, (u64, Value)> = HashMap::new();
+    broker.dump_each(CHANGELOG, |r| {
+        let id = id_of(&r)?;
+        if !changes.add(&id, &r)? {
+            return Ok(());
+        }
         let (partition, seq) = id
             .strip_prefix("async-process/")
             .and_then(|s| s.split_once("/changes/"))
@@ -71,8 +99,32 @@ fn check_outputs(
             "change {id} is in changelog partition {}, not its input's",
             r["partition"]
         );
-        by_seq.insert((partition, seq), r);
-    }
+        // What a restore reads: each record's change number, the input
+        // offset its state reflects, and whether it closes a batch.
+        let h = &r["headers"];
+        ensure!(
+            h["eddy-seq"].as_str() == Some(seq.to_string().as_str()),
+            "change {partition}/{seq}: eddy-seq {}",
+            h["eddy-seq"]
+        );
+        let offset: u64 = h["eddy-source-offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .with_context(|| format!("change {partition}/{seq} has no eddy-source-offset: {h}"))?;
+        by_seq.insert(
+            (partition, seq),
+            (
+                offset,
+                h["eddy-batch-end"] == "1",
+                r["value"]["state"] == "REJECTED",
+            ),
+        );
+        let key = r["key"].as_str().unwrap_or_default().to_owned();
+        if last.get(&key).is_none_or(|(n, _)| *n < seq) {
+            last.insert(key, (seq, r["value"].clone()));
+        }
+        Ok(())
+    })?;
     let mut per_partition: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for (p, n) in by_seq.keys() {
         per_partition.entry(*p).or_default().push(*n);
@@ -84,53 +136,43 @@ fn check_outputs(
             "partition {p}: changelog change numbers are not 1..={n}: a change is missing"
         );
     }
-    // What a restore reads: each record's change number, the input offset
-    // its state reflects (never going back), and the last record of the
-    // partition closing a batch.
+    // The input offset a change reflects never goes back, and the last
+    // record of a partition closes a batch.
     let mut last_offset: HashMap<u64, u64> = HashMap::new();
-    for ((p, n), r) in &by_seq {
-        let h = &r["headers"];
+    for ((p, n), (offset, _, _)) in &by_seq {
+        let was = last_offset.insert(*p, *offset).unwrap_or(0);
         ensure!(
-            h["eddy-seq"].as_str() == Some(n.to_string().as_str()),
-            "change {p}/{n}: eddy-seq {}",
-            h["eddy-seq"]
-        );
-        let offset: u64 = h["eddy-source-offset"]
-            .as_str()
-            .and_then(|o| o.parse().ok())
-            .with_context(|| format!("change {p}/{n} has no eddy-source-offset: {h}"))?;
-        let was = last_offset.insert(*p, offset).unwrap_or(0);
-        ensure!(
-            offset >= was && offset > 0,
+            *offset >= was && *offset > 0,
             "change {p}/{n}: source offset {offset} after {was}"
         );
     }
     for (p, seqs) in &per_partition {
         if let Some(n) = seqs.last() {
-            let r = by_seq.get(&(*p, *n)).copied().unwrap_or(&Value::Null);
+            let closes = by_seq.get(&(*p, *n)).is_some_and(|(_, end, _)| *end);
             ensure!(
-                r["headers"]["eddy-batch-end"] == "1",
+                closes,
                 "partition {p}: its last change {n} does not close a batch"
             );
         }
     }
-    let mut last: HashMap<&str, &Value> = HashMap::new();
-    for r in by_seq.values() {
-        last.insert(r["key"].as_str().unwrap_or_default(), &r["value"]);
-    }
     for (key, state) in states {
         ensure!(
-            last.get(key.as_str()).copied() == Some(state),
+            last.get(key.as_str()).map(|(_, v)| v) == Some(state),
             "key {key}: the last changelog record is not its state"
         );
     }
-    let routed = dedup(rejected)?;
+    let mut routed = Dedup::default();
+    broker.dump_each(REJECTED, |r| {
+        let id = id_of(&r)?;
+        routed.add(&id, &r)?;
+        Ok(())
+    })?;
     let want: HashSet<String> = by_seq
         .iter()
-        .filter(|(_, r)| r["value"]["state"] == "REJECTED")
+        .filter(|(_, (_, _, rejected))| *rejected)
         .map(|((p, seq), _)| format!("async-process/{p}/changes/{seq}/0"))
         .collect();
-    let have: HashSet<String> = routed.keys().cloned().collect();
+    let have: HashSet<String> = routed.seen.keys().cloned().collect();
     ensure!(
         have == want,
         "rejected-process: {} routed records, {} REJECTED changes ({} missing, {} extra)",
@@ -139,7 +181,12 @@ fn check_outputs(
         want.difference(&have).count(),
         have.difference(&want).count()
     );
-    Ok((changes.len(), routed.len()))
+    Ok(Outputs {
+        changes: changes.seen.len(),
+        changelog_records: changes.records,
+        routed: routed.seen.len(),
+        routed_records: routed.records,
+    })
 }
 
 /// Waits until both pipelines have committed everything and the outbox
@@ -203,7 +250,9 @@ async fn kafka_end_to_end_with_a_confluent_producer() -> Result<()> {
         "{status} {made}"
     );
     got.insert(id.clone(), made);
-    let (changes, routed) = check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
+    let Outputs {
+        changes, routed, ..
+    } = check_outputs(&broker, &got)?;
     ensure!(
         routed > 0 && changes >= got.len(),
         "{changes} changes, {routed} routed"
@@ -246,7 +295,9 @@ async fn kafka_kill9_under_a_stream_loses_nothing_and_applies_nothing_twice() ->
     let got = states(&host, expected.keys().cloned()).await?;
     let checked = check_folds(&expected, &got).with_context(|| host.log())?;
     ensure!(checked as u64 == events, "{checked} events checked");
-    let (changes, routed) = check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
+    let Outputs {
+        changes, routed, ..
+    } = check_outputs(&broker, &got)?;
     ensure!(!host.log().contains("panicked"), "{}", host.log());
     let (_, dead) = host
         .get("/v1/pipelines/async-process/dead-letters?limit=10")
@@ -346,15 +397,15 @@ async fn kafka_sigterm_under_a_stream_drains_the_outbox_and_resumes_exactly() ->
     let got = states(&host, expected.keys().cloned()).await?;
     let checked = check_folds(&expected, &got).with_context(|| host.log())?;
     ensure!(checked as u64 == EVENTS, "{checked} events checked");
-    let changelog = broker.dump(CHANGELOG)?;
-    let rejected = broker.dump(REJECTED)?;
-    let (changes, routed) = check_outputs(&changelog, &rejected, &got)?;
+    let out = check_outputs(&broker, &got)?;
     ensure!(
-        changes == changelog.len() && routed == rejected.len(),
-        "a record was sent twice: {} changelog records for {changes} changes, \
-         {} routed records for {routed}",
-        changelog.len(),
-        rejected.len()
+        out.changes == out.changelog_records && out.routed == out.routed_records,
+        "a record was sent twice: {} changelog records for {} changes, \
+         {} routed records for {}",
+        out.changelog_records,
+        out.changes,
+        out.routed_records,
+        out.routed
     );
     ensure!(host.log().contains("outbox drained"), "{}", host.log());
     Ok(())
@@ -616,7 +667,7 @@ async fn kafka_broker_restart_mid_stream_reconnects_and_finishes() -> Result<()>
     // The broker (tansu on an object store) may lose records it had
     // acknowledged when it is killed; Eddy folds what the topic holds.
     println!("{acked} events acknowledged, {in_topic} in the topic after the broker's restart");
-    check_outputs(&broker.dump(CHANGELOG)?, &broker.dump(REJECTED)?, &got)?;
+    check_outputs(&broker, &got)?;
     Ok(())
 }
 
