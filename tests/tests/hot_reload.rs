@@ -93,9 +93,18 @@ async fn swap_under_load_applies_every_event_once_by_one_version() -> Result<()>
     let v2_bytes = std::fs::read(test_component("versioned-v2")?)?;
 
     let url = host.url.clone();
+    // The second half of the stream waits for the swap, so both versions
+    // get events however fast the first half is folded.
+    let (swapped, swap_done) = tokio::sync::oneshot::channel::<()>();
     let producer = tokio::spawn(async move {
         let http = reqwest::Client::new();
+        let mut swap_done = Some(swap_done);
         for chunk in 0..(EVENTS / 500) {
+            if chunk == EVENTS / 1_000
+                && let Some(done) = swap_done.take()
+            {
+                done.await?;
+            }
             let records: Vec<Value> = (0..500)
                 .map(|i| {
                     let n = chunk * 500 + i;
@@ -132,6 +141,7 @@ async fn swap_under_load_applies_every_event_once_by_one_version() -> Result<()>
     ensure!(put(&host, v2_bytes.clone(), Some("wrong")).await?.0 == 403);
     let (status, v) = put(&host, v2_bytes.clone(), Some(TOKEN)).await?;
     ensure!(status == 200 && v["status"] == "deployed", "{status} {v}");
+    let _ = swapped.send(());
     producer.await.context("producer")??;
     host.wait_caught_up("versioned", T).await?;
 
