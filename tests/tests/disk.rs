@@ -83,7 +83,10 @@ async fn a_full_disk_stops_input_with_a_clear_error_and_loses_nothing() -> Resul
         let records: Vec<Value> = (0..100)
             .map(|i| {
                 let n = batch * 100 + i;
-                let key = format!("k{:04}", n % 500);
+                // Many keys: each batch rewrites small states, so what one
+                // batch writes stays well under the reserve (a state of many
+                // 2 KiB executions rewritten per batch could outgrow it).
+                let key = format!("k{:05}", n % 20_000);
                 let mut e = execution(&format!("e{n:07}"), &key, i64::try_from(n)?, "STARTED");
                 e["description"] = json!(pad);
                 Ok(json!({ "value": e }))
@@ -153,7 +156,7 @@ async fn a_full_disk_stops_input_with_a_clear_error_and_loses_nothing() -> Resul
         ensure!(Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let last = json!({ "value": execution("after", "k0000", i64::MAX / 2, "DONE") });
+    let last = json!({ "value": execution("after", "k00000", i64::MAX / 2, "DONE") });
     let (status, body) = host
         .post(
             "/v1/topics/async-process-execution/records",
@@ -163,7 +166,7 @@ async fn a_full_disk_stops_input_with_a_clear_error_and_loses_nothing() -> Resul
     ensure!(status == 200, "{status} {body}");
     ledger.push((
         "after".to_owned(),
-        "k0000".to_owned(),
+        "k00000".to_owned(),
         "DONE".to_owned(),
         i64::MAX / 2,
     ));
@@ -176,6 +179,12 @@ async fn a_full_disk_stops_input_with_a_clear_error_and_loses_nothing() -> Resul
         host.log()
             .contains("the store's disk has space again: input resumed"),
         "{}",
+        host.log()
+    );
+    // The reserve kept the store from ever meeting the full disk.
+    ensure!(
+        !host.log().contains("No space left"),
+        "the store met a full disk:\n{}",
         host.log()
     );
     ensure!(host.terminate()?.success(), "{}", host.log());
