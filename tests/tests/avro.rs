@@ -103,11 +103,7 @@ async fn confluent_clients_use_the_embedded_registry_and_mixed_versions_fold() -
         p01["executions"].as_array().map(Vec::len) == Some(5),
         "{p01}"
     );
-    let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
-    ensure!(
-        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
-        "{dead}"
-    );
+    no_dead_letters(&host, "after folding").await?;
     // The API speaks Confluent's content type and error bodies.
     let r = host
         .http
@@ -474,11 +470,7 @@ async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
-    ensure!(
-        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
-        "dead-lettered during the outage: {dead}"
-    );
+    no_dead_letters(&b, "during the outage").await?;
     let (_, progress) = b.get("/v1/pipelines/async-process").await?;
     ensure!(
         progress["lag"].as_u64().unwrap_or(0) > 0,
@@ -492,11 +484,7 @@ async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() ->
         q["state"] == "DONE" && q["executions"].as_array().map(Vec::len) == Some(2),
         "{q}"
     );
-    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
-    ensure!(
-        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
-        "{dead}"
-    );
+    no_dead_letters(&b, "after it returned").await?;
 
     // The registry answers errors for a while (a 500 from a load balancer,
     // then 503s) while b meets a schema id it has not cached: it waits.
@@ -546,11 +534,7 @@ async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() ->
     }
     front.fail_with(503)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
-    ensure!(
-        dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
-        "dead-lettered while the registry failed: {dead}"
-    );
+    no_dead_letters(&b, "while the registry failed").await?;
     let (_, progress) = b.get("/v1/pipelines/async-process").await?;
     ensure!(
         progress["lag"].as_u64().unwrap_or(0) > 0,
@@ -563,10 +547,16 @@ async fn an_unreachable_external_registry_is_waited_for_never_dead_lettered() ->
         q["state"] == "RETRY" && q["executions"].as_array().map(Vec::len) == Some(3),
         "{q}"
     );
-    let (_, dead) = b.get("/v1/pipelines/async-process/dead-letters").await?;
+    no_dead_letters(&b, "after it returned").await?;
+    Ok(())
+}
+
+/// The pipeline has no dead letters (`when` says at which point).
+async fn no_dead_letters(host: &Host, when: &str) -> Result<()> {
+    let (_, dead) = host.get("/v1/pipelines/async-process/dead-letters").await?;
     ensure!(
         dead["dead_letters"].as_array().is_some_and(Vec::is_empty),
-        "{dead}"
+        "dead letters {when}: {dead}"
     );
     Ok(())
 }
@@ -590,14 +580,7 @@ impl FaultFront {
             .arg(mode.path())
             .spawn()
             .context("cannot start the fault front")?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "the fault front never listened"
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        eddy_tests::wait_port(port, Duration::from_secs(30))?;
         Ok(FaultFront {
             child,
             mode,

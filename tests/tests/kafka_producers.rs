@@ -13,24 +13,11 @@ use anyhow::{Result, ensure};
 use eddy_tests::Host;
 use eddy_tests::fold::{check_folds, expected_from_ledger, states};
 use eddy_tests::kafka::{Broker, kafka_config, read_ledger};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const INPUT: &str = "async-process-execution";
 const TOKEN: &str = "producers-admin-token";
 const T: Duration = Duration::from_secs(240);
-
-/// The pipeline's lag as the host reports it, once it is 0 (or the last
-/// answer after `T`).
-async fn host_lag_zero(host: &Host) -> Result<Value> {
-    let deadline = Instant::now() + T;
-    loop {
-        let (_, progress) = host.get("/v1/pipelines/async-process").await?;
-        if progress["lag"] == 0 || Instant::now() >= deadline {
-            return Ok(progress);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Every aggregate equals the fold of the ledger (every codec, the
 /// transactions, the odd records that carry events) and nothing else: an
@@ -67,8 +54,7 @@ async fn kafka_codecs_transactions_and_odd_records_are_each_folded_or_dead_lette
     // Each partition ends with a transaction's commit marker, which no
     // consumer is handed: the pipeline still reaches the end of every
     // partition, for the host and for the group.
-    let progress = host_lag_zero(&host).await?;
-    ensure!(progress["lag"] == 0, "{progress}");
+    host.wait_caught_up("async-process", T).await?;
     broker.wait_lag_zero("producers.async-process", INPUT, T)?;
 
     // 5 codecs and 2 transactions of PER_CODEC events, and 3

@@ -12,8 +12,12 @@ use std::sync::Arc;
 /// Why a value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// No bytes at all (a null value is a tombstone, dead-lettered before
-    /// decoding).
+    /// A null value (a Kafka tombstone).
+    #[error(
+        "value is null (a tombstone): there is no event to fold, and a tombstone deletes no state"
+    )]
+    Tombstone,
+    /// No bytes at all.
     #[error("value is empty (0 bytes): there is nothing to decode")]
     Empty,
     /// Not UTF-8.
@@ -78,10 +82,12 @@ impl DecodeError {
         matches!(self, DecodeError::RegistryUnavailable { .. })
     }
 
-    /// The dead letter's error class: `empty` for a value with no bytes,
-    /// `decode` for every other value that does not decode.
+    /// The dead letter's error class: `tombstone` for a null value,
+    /// `empty` for a value with no bytes, `decode` for every other value
+    /// that does not decode.
     pub fn class(&self) -> &'static str {
         match self {
+            DecodeError::Tombstone => "tombstone",
             DecodeError::Empty => "empty",
             _ => "decode",
         }

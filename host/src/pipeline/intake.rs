@@ -196,18 +196,12 @@ impl Intake {
     /// # Errors
     /// [`Unprepared`]: wait for the registry, or a dead letter saying why.
     fn keyed(&self, record: &SourceRecord) -> Result<Keyed, Unprepared> {
-        if record.tombstone {
-            return Err(Unprepared::Dead(Box::new(DeadLetter::new(
-                &self.pipeline,
-                record,
-                Stage::Decode,
-                "tombstone",
-                "value is null (a tombstone): there is no event to fold, and a tombstone \
-                 deletes no state"
-                    .to_owned(),
-            ))));
-        }
-        let (value, schema_id) = match self.decoder.decode(&record.value) {
+        let decoded = if record.tombstone {
+            Err(DecodeError::Tombstone)
+        } else {
+            self.decoder.decode(&record.value)
+        };
+        let (value, schema_id) = match decoded {
             Ok(v) => v,
             Err(e) if e.is_retryable() => return Err(Unprepared::Wait(e)),
             Err(e) => {

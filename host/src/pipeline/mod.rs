@@ -251,13 +251,6 @@ impl Worker {
                     if paused { "pipeline paused" } else { "pipeline resumed" }
                 );
             }
-            if paused {
-                if let Err(e) = self.source.idle(Duration::from_millis(200)) {
-                    tracing::error!(pipeline = %name, error = %e, "source failed while paused; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                continue;
-            }
             // A low disk stops input as a pause does, until space returns.
             let low = self.store.low_space();
             if low.is_some() != was_low {
@@ -271,7 +264,7 @@ impl Worker {
                     }
                 }
             }
-            if low.is_some() {
+            if paused || low.is_some() {
                 if let Err(e) = self.source.idle(Duration::from_millis(200)) {
                     tracing::error!(pipeline = %name, error = %e, "source failed while input is paused; retrying");
                     std::thread::sleep(Duration::from_millis(500));
