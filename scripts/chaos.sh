@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The long fault runs behind docs/RELIABILITY.md: kill -9 twenty times while
-# 1,000,000 AsyncProcess events stream in, on the embedded log and through a
-# Kafka broker; then the fixed fault scenarios (the broker restarted
-# mid-stream, the store's disk full, what real producers send). CI runs the
-# same tests with 20,000 / 100,000 events and 5 kills.
+# 1,000,000 AsyncProcess events stream in, on the embedded log, through a
+# Kafka broker, and in a group of three hosts (a random one killed each
+# time, queries running); then the fixed fault scenarios (the broker
+# restarted mid-stream, the store's disk full, what real producers send) and
+# the load scenarios (5,000 stalled SSE clients, hostile plugins beside a
+# healthy pipeline). CI runs the same tests smaller.
 #
 #   scripts/chaos.sh                      # a new seed per scenario
 #   EDDY_CHAOS_SEED=123 scripts/chaos.sh  # the same kill schedule again
@@ -21,8 +23,15 @@ export EDDY_CHAOS_RATE="${EDDY_CHAOS_RATE:-20000}"
 export EDDY_CHAOS_REPORT="$PWD/target/chaos-report.jsonl"
 : > "$EDDY_CHAOS_REPORT"
 cargo test --release --locked -p eddy-tests --test crash --test kafka -- --nocapture kill
+cargo test --release --locked -p eddy-tests --test cluster -- --nocapture hosts_killed
 cargo test --release --locked -p eddy-tests --test disk --test kafka_producers
 cargo test --release --locked -p eddy-tests --test kafka -- broker_restart
+# Load beside faults: thousands of slow and stalled SSE clients, and a
+# pipeline of hostile plugins next to a healthy one (figures, same run).
+env -u EDDY_CHAOS_EVENTS EDDY_SSE_STALLED="${EDDY_SSE_STALLED:-5000}" EDDY_SSE_EVENTS="${EDDY_SSE_EVENTS:-100000}" \
+  cargo test --release --locked -p eddy-tests --test sse_flood -- --nocapture
+env -u EDDY_CHAOS_EVENTS EDDY_NEIGHBOUR_EVENTS="${EDDY_NEIGHBOUR_EVENTS:-1000000}" \
+  cargo test --release --locked -p eddy-tests --test neighbours -- --nocapture
 python3 - "$EDDY_CHAOS_REPORT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -31,5 +40,10 @@ cols = ["scenario", "seed", "events", "acknowledged", "applied", "kills", "lost"
 print("| " + " | ".join(cols) + " |")
 print("|" + "---|" * len(cols))
 for r in rows:
-    print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    if "acknowledged" in r:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+print()
+for r in rows:
+    if "acknowledged" not in r:
+        print(r["scenario"] + ": " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "scenario"))
 PY

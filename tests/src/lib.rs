@@ -423,10 +423,41 @@ impl Host {
         }
     }
 
+    /// The process id, while the host runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process's resident memory in bytes.
+    ///
+    /// # Errors
+    /// When the host is not running.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        rss_of(self.pid().context("the host is not running")?)
+    }
+
     /// Opens an SSE stream; `last_event_id` resumes after that id.
     pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> Result<SseStream> {
         sse_at(&self.http, &self.url, path, last_event_id).await
     }
+}
+
+/// A process's resident memory in bytes (`VmRSS` of `/proc/PID/status`).
+///
+/// # Errors
+/// When the process does not exist.
+pub fn rss_of(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS in /proc/PID/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()?;
+    Ok(kb * 1024)
 }
 
 /// Opens an SSE stream at `url` + `path`; `last_event_id` resumes after

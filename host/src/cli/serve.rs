@@ -425,6 +425,7 @@ pub struct Overrides {
 /// use, or a pipeline that failed to commit.
 pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
+    raise_open_files_limit(config.http.sse_max_clients);
     if let Some(l) = overrides.listen {
         config.http.listen = l;
     }
@@ -858,6 +859,34 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
 /// The shutdown's backstop: if the process is still alive at `at`, it exits
 /// with status 1. Everything committed is in the store (crash-safe), so a
 /// forced exit loses nothing; it only skips what had not finished.
+/// Raises the soft limit on open files to the hard one: every SSE client,
+/// HTTP connection, store segment and broker socket is a descriptor, and the
+/// usual soft limit (1024) is far below `sse_max_clients`. Says so when
+/// even the hard limit cannot hold that many clients.
+fn raise_open_files_limit(sse_max_clients: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut raised = limit;
+    raised.current = limit.maximum;
+    if raised.current != limit.current
+        && let Err(e) = setrlimit(Resource::Nofile, raised)
+    {
+        tracing::warn!(error = %e, "cannot raise the limit on open files");
+        raised = limit;
+    }
+    if let Some(n) = raised.current
+        && n < u64::try_from(sse_max_clients)
+            .unwrap_or(u64::MAX)
+            .saturating_add(256)
+    {
+        tracing::info!(
+            open_files = n,
+            sse_max_clients,
+            "the limit on open files is below http.sse_max_clients: connections beyond it are refused by the system"
+        );
+    }
+}
+
 fn watchdog(at: Instant) {
     let spawned = std::thread::Builder::new()
         .name("shutdown-watchdog".into())

@@ -36,10 +36,14 @@ use super::{AppError, AppState};
 use crate::notify::{Missed, Position};
 use crate::store::Change;
 
-/// Items buffered per client.
-const CLIENT_BUFFER: usize = 64;
-/// Changes read from the store per catch-up step.
+/// Items buffered per client (the connection buffers some more).
+const CLIENT_BUFFER: usize = 16;
+/// Changes taken from the history per catch-up step (shared, not copied).
 const CATCH_UP_PAGE: usize = 512;
+/// States read from the store per catch-up step: each is the client's own
+/// copy until sent, so a slow client holds at most this many (and its
+/// channel's): 512 made a slow client cost ~300 KiB with 5 KiB states.
+const STORE_PAGE: usize = 16;
 
 #[derive(Deserialize)]
 pub struct EventsQuery {
@@ -316,21 +320,25 @@ async fn catch_up(
                     _ => None,
                 };
                 let per_key = key.is_some();
-                let page = tokio::task::spawn_blocking(move || match key {
-                    // One key: its state, if its last change is in the gap.
-                    Some(k) => store.state(&p, partition, &k).map(|st| {
-                        st.filter(|st| st.seq > after && st.seq <= until)
-                            .map(|st| st.into_change(partition, k))
-                            .into_iter()
-                            .collect::<Vec<_>>()
-                    }),
-                    None => store.latest_between(&p, partition, after, until, CATCH_UP_PAGE),
-                })
-                .await;
-                let Ok(Ok(page)) = page else {
+                // On the read threads: a thousand clients catching up at
+                // once queue there rather than each taking a blocking thread.
+                let page = s
+                    .reads
+                    .run(move || match key {
+                        // One key: its state, if its last change is in the gap.
+                        Some(k) => store.state(&p, partition, &k).map(|st| {
+                            st.filter(|st| st.seq > after && st.seq <= until)
+                                .map(|st| st.into_change(partition, k))
+                                .into_iter()
+                                .collect::<Vec<_>>()
+                        }),
+                        None => store.latest_between(&p, partition, after, until, STORE_PAGE),
+                    })
+                    .await;
+                let Some(Ok(page)) = page else {
                     return false;
                 };
-                let done = per_key || page.len() < CATCH_UP_PAGE;
+                let done = per_key || page.len() < STORE_PAGE;
                 for c in page {
                     sent.set(partition, c.seq);
                     if tx.send(Item::Change(Arc::new(c), sent.id())).await.is_err() {
@@ -375,20 +383,20 @@ async fn start_here(
         Scope::Key { key, partition } => Some((key.clone(), *partition)),
         _ => None,
     };
-    tokio::task::spawn_blocking(move || -> Option<(Position, Option<Change>)> {
-        let last = Position(store.last_seqs(&p, partitions).ok()?);
-        let snapshot = key.and_then(|(k, partition)| {
-            store
-                .state(&p, partition, &k)
-                .ok()
-                .flatten()
-                .map(|st| st.into_change(partition, k))
-        });
-        Some((last, snapshot))
-    })
-    .await
-    .ok()
-    .flatten()
+    s.reads
+        .run(move || -> Option<(Position, Option<Change>)> {
+            let last = Position(store.last_seqs(&p, partitions).ok()?);
+            let snapshot = key.and_then(|(k, partition)| {
+                store
+                    .state(&p, partition, &k)
+                    .ok()
+                    .flatten()
+                    .map(|st| st.into_change(partition, k))
+            });
+            Some((last, snapshot))
+        })
+        .await
+        .flatten()
 }
 
 /// Feeds one client: what it missed (see [`catch_up`]), then live changes.
