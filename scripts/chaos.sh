@@ -26,6 +26,8 @@ cargo test --release --locked -p eddy-tests --test crash --test kafka -- --nocap
 cargo test --release --locked -p eddy-tests --test cluster -- --nocapture hosts_killed
 cargo test --release --locked -p eddy-tests --test disk --test kafka_producers
 cargo test --release --locked -p eddy-tests --test kafka -- broker_restart
+# The external registry unreachable for 30 s, then answering 500 and 503.
+EDDY_REGISTRY_OUTAGE_SECS=30 cargo test --release --locked -p eddy-tests --test avro -- unreachable
 # Load beside faults: thousands of slow and stalled SSE clients, and a
 # pipeline of hostile plugins next to a healthy one (figures, same run).
 env -u EDDY_CHAOS_EVENTS EDDY_SSE_STALLED="${EDDY_SSE_STALLED:-5000}" EDDY_SSE_EVENTS="${EDDY_SSE_EVENTS:-100000}" \

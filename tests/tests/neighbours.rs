@@ -21,7 +21,6 @@ use eddy_tests::{Host, async_process_config, execution, test_component};
 use rand::Rng;
 use serde_json::{Value, json};
 
-const KEYS: u64 = 1_000;
 const ADMIN: &str = "neighbour-admin";
 const HEALTHY: &str = "async-process";
 const T: Duration = Duration::from_secs(300);
@@ -84,8 +83,10 @@ async fn switch(host: &Host, verb: &str) -> Result<()> {
     Ok(())
 }
 
-/// Produces `events` healthy events numbered from `first` over `KEYS` keys
-/// named from `prefix`
+/// Produces `events` healthy events numbered from `first` over keys named
+/// from `prefix`, about 20 per key (an AsyncProcess state keeps every
+/// execution: more per key would make each event cost more as the run
+/// goes on)
 /// while the healthy pipeline is paused, then resumes it and returns how
 /// long it took to fold them.
 async fn fold_phase(
@@ -98,12 +99,13 @@ async fn fold_phase(
 ) -> Result<Duration> {
     switch(host, "pause").await?;
     let mut rng = rand::rng();
+    let keys = (events / 20).max(1);
     let mut n = first;
     while n < first + events {
         let last = (n + 500).min(first + events);
         let records: Vec<Value> = (n..last)
             .map(|i| {
-                let key = format!("{prefix}{:04}", rng.random_range(0..KEYS));
+                let key = format!("{prefix}{:06}", rng.random_range(0..keys));
                 *counts.entry(key.clone()).or_default() += 1;
                 json!({ "value": execution(&format!("e{i:08}"), &key, 1_000_000 + i as i64, "STARTED") })
             })

@@ -23,14 +23,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use eddy_tests::chaos::{Chaos, env_u64};
-use eddy_tests::{Host, SseStream, async_process_config, execution, position, rss_of};
+use eddy_tests::{Host, async_process_config, execution, position, rss_of};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 
-const KEYS: u64 = 5_000;
+/// Events per key over a run (an AsyncProcess state keeps every
+/// execution: more per key would make each change larger as the run goes
+/// on).
+const EVENTS_PER_KEY: u64 = 13;
 /// Events per produce request, and requests per second: 4,000 events/s.
 const BATCH: u64 = 100;
 const BATCH_EVERY: Duration = Duration::from_millis(25);
@@ -45,8 +48,8 @@ struct Seen {
     /// Per key, each change's `lastUpdate` (the time of the latest event
     /// folded: the workload's times grow) and when it arrived.
     arrived: HashMap<String, Vec<(i64, Instant)>>,
-    /// Every key's last state.
-    states: HashMap<String, Value>,
+    /// Every key's last event (its data as sent).
+    states: HashMap<String, String>,
     /// Changes that did not follow the one before (must stay empty).
     gaps: Vec<String>,
     /// The position of the last event.
@@ -66,43 +69,72 @@ fn follows(prev: &[u64], next: &[u64]) -> bool {
             == Some(1)
 }
 
-/// Reads a stream as fast as it comes, checking every change follows the
-/// one before.
-async fn fast_reader(mut sse: SseStream, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::SeqCst) {
-        let e = match tokio::time::timeout(
-            Duration::from_millis(500),
-            sse.next(Duration::from_secs(3600)),
-        )
-        .await
-        {
-            Err(_) => continue,
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                seen.lock()
-                    .await
-                    .gaps
-                    .push(format!("the stream broke: {e:#}"));
-                return;
-            }
+/// The key and `lastUpdate` of an all-keys event's data, read without
+/// parsing the state: `{"key":"k000042","state":{..."lastUpdate":123,...}}`.
+fn key_and_time(data: &str) -> Option<(&str, i64)> {
+    let key = data.strip_prefix("{\"key\":\"")?.split('"').next()?;
+    let at = data.find("\"lastUpdate\":")? + "\"lastUpdate\":".len();
+    let digits: String = data
+        .get(at..)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((key, digits.parse().ok()?))
+}
+
+/// Reads a stream as fast as it comes, on a thread and runtime of its own
+/// (the slow clients' work in this process must not delay it), checking
+/// every change follows the one before.
+fn fast_reader(
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
         };
-        let Ok(at) = position(&e.id) else { continue };
-        let mut s = seen.lock().await;
-        if !s.at.is_empty() && !follows(&s.at, &at) {
-            let gap = format!("event {} after {:?}", e.id, s.at);
-            s.gaps.push(gap);
-        }
-        s.at = at;
-        s.largest = s.largest.max(e.data.to_string().len());
-        if let Some(key) = e.data["key"].as_str() {
-            let time = e.data["state"]["lastUpdate"].as_i64().unwrap_or_default();
-            s.arrived
-                .entry(key.to_owned())
-                .or_default()
-                .push((time, Instant::now()));
-            s.states.insert(key.to_owned(), e.data["state"].clone());
-        }
-    }
+        rt.block_on(async move {
+            let broke = |e: anyhow::Error| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .await
+                        .gaps
+                        .push(format!("the stream broke: {e:#}"))
+                }
+            };
+            let mut sse = match RawSse::open(port).await {
+                Ok(s) => s,
+                Err(e) => return broke(e).await,
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let (id, data) =
+                    match tokio::time::timeout(Duration::from_millis(500), sse.next()).await {
+                        Err(_) => continue,
+                        Ok(Ok(e)) => e,
+                        Ok(Err(e)) => return broke(e).await,
+                    };
+                let Ok(at) = position(&id) else { continue };
+                let now = Instant::now();
+                let mut s = seen.lock().await;
+                if !s.at.is_empty() && !follows(&s.at, &at) {
+                    let gap = format!("event {id} after {:?}", s.at);
+                    s.gaps.push(gap);
+                }
+                s.at = at;
+                s.largest = s.largest.max(data.len());
+                if let Some((key, time)) = key_and_time(&data) {
+                    let key = key.to_owned();
+                    s.arrived.entry(key.clone()).or_default().push((time, now));
+                    s.states.insert(key, data);
+                }
+            }
+        });
+    })
 }
 
 /// An SSE client on a plain socket with a small receive buffer, reading
@@ -225,12 +257,12 @@ struct Ack {
     time: i64,
 }
 
-/// Produces `events` events (numbered from `first`) at the workload's pace;
+/// Produces `events` events (numbered from `first`) over `keys` keys at the
+/// workload's pace;
 /// `expected` keeps each key's latest event time.
 async fn produce(
     host: &Host,
-    first: u64,
-    events: u64,
+    (first, events, keys): (u64, u64, u64),
     expected: &mut HashMap<String, i64>,
 ) -> Result<Vec<Ack>> {
     let mut rng = rand::rng();
@@ -243,7 +275,7 @@ async fn produce(
         let mut records = Vec::new();
         let mut newest = (String::new(), 0);
         for i in n..last {
-            let key = format!("k{:05}", rng.random_range(0..KEYS));
+            let key = format!("k{:06}", rng.random_range(0..keys));
             let time = 1_000_000 + i64::try_from(i)?;
             records.push(json!({ "value": execution(&format!("e{i:08}"), &key, time, "STARTED") }));
             expected.insert(key.clone(), time);
@@ -327,11 +359,14 @@ async fn sse_clients(host: &Host) -> Result<u64> {
         .await?
         .text()
         .await?;
-    let line = text
+    // Absent until the first client connects.
+    match text
         .lines()
         .find_map(|l| l.strip_prefix("eddy_sse_clients "))
-        .context("no eddy_sse_clients in /metrics")?;
-    Ok(line.trim().parse::<f64>()? as u64)
+    {
+        Some(line) => Ok(line.trim().parse::<f64>()? as u64),
+        None => Ok(0),
+    }
 }
 
 async fn wait_clients(host: &Host, n: u64) -> Result<()> {
@@ -359,6 +394,7 @@ async fn thousands_of_slow_and_stalled_sse_clients_cost_bounded_memory_and_leave
     let slow_n = env_u64("EDDY_SSE_SLOW")?.unwrap_or(200);
     let per_phase = env_u64("EDDY_SSE_EVENTS")?.unwrap_or(30_000);
     let chaos = Chaos::from_env("sse: slow and stalled clients", per_phase * 2 + FILL, 0)?;
+    let keys = ((per_phase * 2 + FILL) / EVENTS_PER_KEY).max(1);
 
     // Every client is a descriptor on both ends.
     let mut limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
@@ -384,14 +420,10 @@ async fn thousands_of_slow_and_stalled_sse_clients_cost_bounded_memory_and_leave
     // Phase 1: the fast client alone.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let fast = tokio::spawn(fast_reader(
-        host.sse(STREAM, None).await?,
-        seen.clone(),
-        stop.clone(),
-    ));
+    let fast = fast_reader(port, seen.clone(), stop.clone());
     wait_clients(&host, 1).await?;
     let mut expected = HashMap::new();
-    let acks1 = produce(&host, 0, per_phase, &mut expected).await?;
+    let acks1 = produce(&host, (0, per_phase, keys), &mut expected).await?;
     fast_has(&seen, &expected, &host).await?;
     let lat1 = latencies(&acks1, &seen).await?;
     let rss1 = host.rss_bytes()?;
@@ -411,7 +443,7 @@ async fn thousands_of_slow_and_stalled_sse_clients_cost_bounded_memory_and_leave
     // Each stalled client is sent what its socket buffers take, then
     // stalls: that first burst (every client sent the same changes) is
     // the cost of serving them at all, so it is not measured.
-    let fill = produce(&host, per_phase, FILL, &mut expected).await?;
+    let fill = produce(&host, (per_phase, FILL, keys), &mut expected).await?;
     fast_has(&seen, &expected, &host).await?;
     drop(fill);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -430,7 +462,7 @@ async fn thousands_of_slow_and_stalled_sse_clients_cost_bounded_memory_and_leave
             }
         })
     };
-    let acks2 = produce(&host, per_phase + FILL, per_phase, &mut expected).await?;
+    let acks2 = produce(&host, (per_phase + FILL, per_phase, keys), &mut expected).await?;
     fast_has(&seen, &expected, &host).await?;
     let lat2 = latencies(&acks2, &seen).await?;
     let rss2_peak = peak.load(Ordering::SeqCst);
@@ -439,7 +471,17 @@ async fn thousands_of_slow_and_stalled_sse_clients_cost_bounded_memory_and_leave
     // The slow clients hurry and end with every key's current state.
     let end = seen.lock().await.at.clone();
     *until.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(end);
-    let reference = seen.lock().await.states.clone();
+    // The fast client's last event of each key, parsed once now.
+    let reference: HashMap<String, Value> = seen
+        .lock()
+        .await
+        .states
+        .iter()
+        .map(|(k, data)| {
+            let change: Value = serde_json::from_str(data)?;
+            Ok((k.clone(), change["state"].clone()))
+        })
+        .collect::<Result<_>>()?;
     for (i, s) in slow.into_iter().enumerate() {
         let states = s.await?.with_context(|| format!("slow client {i}"))?;
         ensure!(
@@ -478,7 +520,8 @@ async fn thousands_of_slow_and_stalled_sse_clients_cost_bounded_memory_and_leave
     let rss_peak = peak.load(Ordering::SeqCst);
     let rss_after = host.rss_bytes()?;
     stop.store(true, Ordering::SeqCst);
-    fast.await?;
+    fast.join()
+        .map_err(|_| anyhow::anyhow!("the fast client's thread panicked"))?;
 
     let s = seen.lock().await;
     ensure!(

@@ -766,8 +766,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     let stop_input = stop.clone();
     let listen_addr = config.http.listen;
     let served: anyhow::Result<Instant> = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen_addr)
-            .await
+        let listener = listen(listen_addr, config.http.send_buffer_kib)
             .with_context(|| format!("cannot listen on {listen_addr}"))?;
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, "listening");
@@ -859,6 +858,23 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
 /// The shutdown's backstop: if the process is still alive at `at`, it exits
 /// with status 1. Everything committed is in the store (crash-safe), so a
 /// forced exit loses nothing; it only skips what had not finished.
+/// The HTTP listener. Its send buffer size (when not 0) is inherited by
+/// every accepted connection: it bounds what the kernel holds for a client
+/// that stopped reading.
+fn listen(addr: SocketAddr, send_buffer_kib: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer_kib > 0 {
+        socket.set_send_buffer_size(send_buffer_kib.saturating_mul(1024))?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Raises the soft limit on open files to the hard one: every SSE client,
 /// HTTP connection, store segment and broker socket is a descriptor, and the
 /// usual soft limit (1024) is far below `sse_max_clients`. Says so when
