@@ -936,3 +936,28 @@ async fn wait_for_signal() {
         () = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::listen;
+
+    /// Every accepted connection inherits the listener's send buffer cap
+    /// (Linux reports twice the size asked). Without it a connection
+    /// starts at the kernel's default and autotunes to megabytes for a
+    /// client that stopped reading.
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_send_buffer_cap() {
+        let listener = listen(([127, 0, 0, 1], 0).into(), 128).expect("listens");
+        let addr = listener.local_addr().expect("bound");
+        let _client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let (accepted, _) = listener.accept().await.expect("accepts");
+        let socket =
+            tokio::net::TcpSocket::from_std_stream(accepted.into_std().expect("a std stream"));
+        assert_eq!(
+            socket.send_buffer_size().expect("SO_SNDBUF"),
+            2 * 128 * 1024
+        );
+    }
+}
