@@ -423,6 +423,20 @@ impl Host {
         }
     }
 
+    /// The host's `/metrics` text.
+    ///
+    /// # Errors
+    /// When the host does not answer 200.
+    pub async fn metrics(&self) -> Result<String> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "/metrics answered {}", r.status());
+        Ok(r.text().await?)
+    }
+
     /// The process id, while the host runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -440,6 +454,30 @@ impl Host {
     pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> Result<SseStream> {
         sse_at(&self.http, &self.url, path, last_event_id).await
     }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition: each
+/// one's labels (`a="x",b="y"`, empty without) and value.
+///
+/// # Errors
+/// When a sample's value is not a number.
+pub fn samples<'a>(text: &'a str, name: &str) -> Result<Vec<(&'a str, f64)>> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            match rest.strip_prefix('{') {
+                Some(r) => r.rsplit_once("} "),
+                None => rest.strip_prefix(' ').map(|v| ("", v)),
+            }
+        })
+        .map(|(labels, v)| {
+            let v = v
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("{name}{{{labels}}} {v}"))?;
+            Ok((labels, v))
+        })
+        .collect()
 }
 
 /// A process's resident memory in bytes (`VmRSS` of `/proc/PID/status`).

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use eddy_tests::chaos::{Chaos, env_u64};
-use eddy_tests::{Host, async_process_config, execution, test_component};
+use eddy_tests::{Host, async_process_config, execution, samples, test_component};
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -170,31 +170,17 @@ async fn hostile_feeder(
 
 /// `eddy_dead_letters_total` of a pipeline, per class.
 async fn dead_letter_counts(host: &Host, pipeline: &str) -> Result<HashMap<String, u64>> {
-    let text = host
-        .http
-        .get(format!("{}/metrics", host.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = host.metrics().await?;
     let mut counts = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("eddy_dead_letters_total{"))
-    {
-        if !line.contains(&format!("pipeline=\"{pipeline}\"")) {
+    for (labels, n) in samples(&text, "eddy_dead_letters_total")? {
+        if !labels.contains(&format!("pipeline=\"{pipeline}\"")) {
             continue;
         }
-        let class = line
+        let class = labels
             .split("class=\"")
             .nth(1)
             .and_then(|r| r.split('"').next())
             .context("a dead-letter count without a class")?;
-        let n: f64 = line
-            .rsplit(' ')
-            .next()
-            .context("a count without a value")?
-            .parse()?;
         *counts.entry(class.to_owned()).or_default() += n as u64;
     }
     Ok(counts)

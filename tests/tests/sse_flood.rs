@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use eddy_tests::chaos::{Chaos, env_u64};
-use eddy_tests::{Host, async_process_config, execution, position, rss_of};
+use eddy_tests::{Host, async_process_config, execution, position, rss_of, samples};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -350,23 +350,13 @@ async fn fast_has(seen: &Mutex<Seen>, expected: &HashMap<String, i64>, host: &Ho
     }
 }
 
-/// `eddy_sse_clients` from `/metrics`.
+/// `eddy_sse_clients` from `/metrics` (absent until the first client
+/// connects).
 async fn sse_clients(host: &Host) -> Result<u64> {
-    let text = host
-        .http
-        .get(format!("{}/metrics", host.url))
-        .send()
-        .await?
-        .text()
-        .await?;
-    // Absent until the first client connects.
-    match text
-        .lines()
-        .find_map(|l| l.strip_prefix("eddy_sse_clients "))
-    {
-        Some(line) => Ok(line.trim().parse::<f64>()? as u64),
-        None => Ok(0),
-    }
+    let text = host.metrics().await?;
+    Ok(samples(&text, "eddy_sse_clients")?
+        .first()
+        .map_or(0, |(_, v)| *v as u64))
 }
 
 async fn wait_clients(host: &Host, n: u64) -> Result<()> {
