@@ -274,6 +274,7 @@ impl Announce {
             .write_confirmed(
                 &self.topic,
                 ProduceRecord {
+                    timestamp_ms: None,
                     partition: Some(0),
                     key: Some(self.me.host.as_bytes().to_vec()),
                     headers: Vec::new(),

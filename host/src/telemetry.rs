@@ -14,6 +14,8 @@
 //! | `eddy_plugin_retries_total` | counter | plugin |
 //! | `eddy_consumer_lag_records` | gauge | pipeline, topic, partition |
 //! | `eddy_rebalances_total` | counter | pipeline, kind (assign/revoke) |
+//! | `eddy_timers_fired_total` | counter | pipeline, time (wall/event) |
+//! | `eddy_timers_pending` | gauge | pipeline |
 //! | `eddy_outbox_records` | gauge | |
 //! | `eddy_sse_clients` | gauge | |
 //! | `eddy_http_requests_total` | counter | method, route, status |
@@ -123,6 +125,11 @@ fn describe() {
         "eddy_partitions",
         "Input partitions of a pipeline this host owns (state=owned) or is restoring (state=restoring)."
     );
+    describe_counter!(
+        "eddy_timers_fired_total",
+        "Per-key timers fired (appended to the pipeline's timer topic), by clock."
+    );
+    describe_gauge!("eddy_timers_pending", "Per-key timers waiting to fire.");
     describe_gauge!(
         "eddy_outbox_records",
         "Records waiting in the outbox for the Kafka producer."
@@ -227,6 +234,17 @@ pub fn partitions(pipeline: &str, owned: usize, restoring: usize) {
         .set(owned as f64);
     metrics::gauge!("eddy_partitions", "pipeline" => pipeline.to_owned(), "state" => "restoring")
         .set(restoring as f64);
+}
+
+/// Records timers fired on a clock (`wall` or `event`).
+pub fn timers_fired(pipeline: &str, time: &'static str, n: usize) {
+    metrics::counter!("eddy_timers_fired_total", "pipeline" => pipeline.to_owned(), "time" => time)
+        .increment(n as u64);
+}
+
+/// Sets how many timers a pipeline has pending.
+pub fn timers_pending(pipeline: &str, n: u64) {
+    metrics::gauge!("eddy_timers_pending", "pipeline" => pipeline.to_owned()).set(n as f64);
 }
 
 /// Records an SSE connection opened (`+1`) or closed (`-1`).

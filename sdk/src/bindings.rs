@@ -60,6 +60,16 @@ pub mod handler {
     pub use self::{eddy::plugin0_1_0 as contract, exports::eddy::plugin0_1_0 as exported};
 }
 
+/// The environment the host grants the plugin (see `sdk/wit/env.wit`).
+pub mod environment {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "eddy:sdk-env/plugin-environment",
+        generate_all,
+    });
+    pub use self::wasi::cli::environment::get_environment;
+}
+
 /// Adapts an [`crate::Aggregator`] to the generated `Guest` trait.
 pub struct AggregatorExport<A>(PhantomData<fn() -> A>);
 

@@ -46,6 +46,7 @@ use serde::de::DeserializeOwned;
 pub mod log;
 pub mod runtime;
 pub mod testing;
+pub mod windows;
 
 #[cfg(all(
     target_arch = "wasm32",
@@ -53,6 +54,28 @@ pub mod testing;
 ))]
 #[doc(hidden)]
 pub mod bindings;
+
+/// The value of the environment variable `name` the host grants the plugin
+/// (`[plugin.grants] env` in its config), if granted: a plugin's settings.
+/// Natively (in tests) the process's own environment.
+pub fn env(name: &str) -> Option<String> {
+    #[cfg(all(
+        target_arch = "wasm32",
+        any(feature = "aggregator", feature = "handler")
+    ))]
+    {
+        bindings::environment::get_environment()
+            .into_iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
+    #[cfg(not(all(
+        target_arch = "wasm32",
+        any(feature = "aggregator", feature = "handler")
+    )))]
+    {
+        std::env::var(name).ok()
+    }
+}
 
 /// One input event with its value decoded into `T`.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +209,87 @@ impl Output {
     pub(crate) fn into_emits(self) -> Vec<Emit> {
         self.emits
     }
+
+    /// Sets a timer named `name` on the key being folded, to fire at
+    /// `at_ms` (ms since the Unix epoch) on the `time` clock; the host then
+    /// calls [`Aggregator::on_timer`] with the key's state and `payload`.
+    /// Setting a name the key already has replaces that timer. The timer is
+    /// stored with the state this fold produces, so it exists exactly when
+    /// that state is committed.
+    ///
+    /// # Errors
+    /// [`Failure::Fatal`] when `payload` cannot be serialised.
+    pub fn set_timer<P: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        time: TimerTime,
+        at_ms: i64,
+        payload: &P,
+    ) -> Result<(), Failure> {
+        let payload = serde_json::to_value(payload).map_err(|e| {
+            Failure::Fatal(format!("cannot serialise timer {name:?}'s payload: {e}"))
+        })?;
+        let request = serde_json::json!({
+            "op": "set", "name": name, "at_ms": at_ms, "time": time.as_str(), "payload": payload,
+        });
+        self.emit(TIMER_REQUEST_TOPIC, None, &request)
+    }
+
+    /// Cancels the key's timer `name` (nothing happens when it has none;
+    /// a timer that already fired still reaches [`Aggregator::on_timer`]).
+    pub fn cancel_timer(&mut self, name: &str) {
+        let request = serde_json::json!({"op": "cancel", "name": name});
+        self.emits.push(Emit {
+            topic: TIMER_REQUEST_TOPIC.to_owned(),
+            key: None,
+            value: request.to_string(),
+            headers: Vec::new(),
+        });
+    }
+}
+
+/// The topic a timer request is emitted to: the host stores the request
+/// instead of producing a record (see [`Output::set_timer`]).
+pub const TIMER_REQUEST_TOPIC: &str = "__eddy.timers";
+
+/// A fired timer reaches the plugin as an event of a topic that starts with
+/// this (`__eddy.timers.{pipeline}`); the SDK hands it to
+/// [`Aggregator::on_timer`].
+pub const TIMER_TOPIC_PREFIX: &str = "__eddy.timers.";
+
+/// Which clock a timer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimerTime {
+    /// The host's clock: the timer fires once the host's time passes it.
+    Wall,
+    /// Event time: the timer fires once the partition's stream time (the
+    /// highest event timestamp the pipeline has seen in it, less its
+    /// `allowed_lateness_ms`) passes it.
+    Event,
+}
+
+impl TimerTime {
+    fn as_str(self) -> &'static str {
+        match self {
+            TimerTime::Wall => "wall",
+            TimerTime::Event => "event",
+        }
+    }
+}
+
+/// A timer that fired, as [`Aggregator::on_timer`] receives it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Timer {
+    /// Its name.
+    pub name: String,
+    /// The instant it was set for (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Its clock.
+    pub time: TimerTime,
+    /// The payload given to [`Output::set_timer`].
+    #[serde(default)]
+    pub payload: serde_json::Value,
 }
 
 /// A stateful fold over one key's events.
@@ -212,6 +316,19 @@ pub trait Aggregator {
         event: Event<Self::Event>,
         out: &mut Output,
     ) -> Result<(), Failure>;
+
+    /// Called when a timer of the key (set with [`Output::set_timer`])
+    /// fires, with the key's state; its changes and records are committed
+    /// like an event's, and its failure is dead-lettered like one. In a
+    /// micro-batch, a key's fired timers come before its events. Does
+    /// nothing unless implemented.
+    ///
+    /// # Errors
+    /// A [`Failure`] leaves the key's state as it was before the batch.
+    fn on_timer(state: &mut Self::State, timer: Timer, out: &mut Output) -> Result<(), Failure> {
+        let _ = (state, timer, out);
+        Ok(())
+    }
 }
 
 /// A stateless step: filter, route or enrich events.

@@ -215,8 +215,13 @@ fn fold_key<A: Aggregator>(
     let mut r = Ok(());
     for event in events {
         crate::log::set_offset(Some(event.offset));
-        r = decode::<A::Event>(&event)
-            .and_then(|value| A::apply(&mut state, event.with_value(value), &mut out));
+        r = if event.topic.starts_with(crate::TIMER_TOPIC_PREFIX) {
+            decode::<crate::Timer>(&event)
+                .and_then(|timer| A::on_timer(&mut state, timer, &mut out))
+        } else {
+            decode::<A::Event>(&event)
+                .and_then(|value| A::apply(&mut state, event.with_value(value), &mut out))
+        };
         if r.is_err() {
             break;
         }

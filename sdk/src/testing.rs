@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use crate::runtime::{KeyEvents, Resident};
-use crate::{Aggregator, Emit, Event, Failure, Handler};
+use crate::{Aggregator, Emit, Event, Failure, Handler, TimerTime};
 
 fn event(topic: &str, offset: i64, key: Option<&str>, value: &str) -> Event<String> {
     Event {
@@ -30,6 +30,8 @@ pub struct AggregatorHarness<A: Aggregator> {
     versions: u64,
     emits: Vec<Emit>,
     offset: i64,
+    /// Pending timers by (key, name), as the host keeps them.
+    timers: BTreeMap<(String, String), (TimerTime, i64, serde_json::Value)>,
     _plugin: PhantomData<fn() -> A>,
 }
 
@@ -49,6 +51,7 @@ impl<A: Aggregator> AggregatorHarness<A> {
             versions: 0,
             emits: Vec::new(),
             offset: 0,
+            timers: BTreeMap::new(),
             _plugin: PhantomData,
         }
     }
@@ -73,6 +76,67 @@ impl<A: Aggregator> AggregatorHarness<A> {
                 event("test", self.offset - 1, Some(key), v)
             })
             .collect();
+        self.fold(key, events)
+    }
+
+    /// The pending timers of `key`: (name, clock, instant), by name.
+    pub fn timers(&self, key: &str) -> Vec<(String, TimerTime, i64)> {
+        self.timers
+            .iter()
+            .filter(|((k, _), _)| k == key)
+            .map(|((_, name), (time, at, _))| (name.clone(), *time, *at))
+            .collect()
+    }
+
+    /// Moves the host's clock to `wall_ms` and every partition's stream
+    /// time to `stream_ms`, and fires the timers then due, earliest first,
+    /// each through [`Aggregator::on_timer`] as the host does. Returns how
+    /// many fired.
+    ///
+    /// # Errors
+    /// The first failure of `on_timer` (that timer is gone, as a dead-lettered
+    /// one is in the host).
+    pub fn advance(&mut self, wall_ms: i64, stream_ms: i64) -> Result<usize, Failure> {
+        let mut due: Vec<(i64, String, String)> = self
+            .timers
+            .iter()
+            .filter(|(_, (time, at, _))| match time {
+                TimerTime::Wall => *at <= wall_ms,
+                TimerTime::Event => *at <= stream_ms,
+            })
+            .map(|((key, name), (_, at, _))| (*at, key.clone(), name.clone()))
+            .collect();
+        due.sort();
+        for (_, key, name) in &due {
+            self.fire(key, name)?;
+        }
+        Ok(due.len())
+    }
+
+    /// Fires `key`'s timer `name` now, whatever its instant (nothing when
+    /// it has none).
+    ///
+    /// # Errors
+    /// The plugin's failure in `on_timer`.
+    pub fn fire(&mut self, key: &str, name: &str) -> Result<(), Failure> {
+        let Some((time, at_ms, payload)) = self.timers.remove(&(key.to_owned(), name.to_owned()))
+        else {
+            return Ok(());
+        };
+        let value = serde_json::json!({
+            "name": name, "at_ms": at_ms, "time": time, "payload": payload,
+        });
+        self.offset += 1;
+        let fired = event(
+            &format!("{}test", crate::TIMER_TOPIC_PREFIX),
+            self.offset - 1,
+            Some(key),
+            &value.to_string(),
+        );
+        self.fold(key, vec![fired])
+    }
+
+    fn fold(&mut self, key: &str, events: Vec<Event<String>>) -> Result<(), Failure> {
         self.versions += 1;
         let current = self.states.get(key);
         let batch = vec![KeyEvents {
@@ -90,7 +154,25 @@ impl<A: Aggregator> AggregatorHarness<A> {
             .to_string();
         self.states
             .insert(key.to_owned(), (state, json, self.versions));
-        self.emits.extend(emits);
+        for e in emits {
+            if e.topic != crate::TIMER_REQUEST_TOPIC {
+                self.emits.push(e);
+                continue;
+            }
+            let request: serde_json::Value = serde_json::from_str(&e.value)
+                .map_err(|err| Failure::Fatal(format!("bad timer request {}: {err}", e.value)))?;
+            let field = |name: &str| request.get(name).cloned().unwrap_or_default();
+            let name = field("name").as_str().unwrap_or_default().to_owned();
+            let id = (key.to_owned(), name);
+            if field("op") == "cancel" {
+                self.timers.remove(&id);
+            } else {
+                let time = serde_json::from_value(field("time"))
+                    .map_err(|err| Failure::Fatal(format!("bad timer clock: {err}")))?;
+                let at = field("at_ms").as_i64().unwrap_or_default();
+                self.timers.insert(id, (time, at, field("payload")));
+            }
+        }
         Ok(())
     }
 

@@ -41,6 +41,7 @@ topic = "probe"
 key_field = "key"
 aggregator = "probe"
 dlq_topic = "probe-dlq"
+max_timers = 5
 
 [[pipeline]]
 name = "quarantined"
@@ -121,6 +122,57 @@ async fn an_emit_to_an_invalid_topic_fails_its_event_alone_in_a_call_of_many_key
         .collect();
     keys.sort_unstable();
     ensure!(keys == ["a1", "c1"], "{out}");
+    Ok(())
+}
+
+/// A timer request the contract rules out fails its event alone, naming
+/// the value; a pipeline's cap on pending timers holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_timer_requests_and_the_pipeline_timer_cap_are_dead_letters() -> Result<()> {
+    let host = Host::start(&config()?).await?;
+    let sized = |key: &str, id: &str, n: usize| json!({"value": {"key": key, "id": id, "action": "timers", "size": n}});
+    let records = vec![
+        ev("k1", "a1", "timer-bad"),
+        ev("k1", "a2", "ok"),
+        sized("k2", "b1", 4),
+        sized("k3", "c1", 2),
+        sized("k2", "b2", 4),
+    ];
+    host.produce("probe", &json!({ "records": records }))
+        .await?;
+    host.wait_caught_up("probe", T).await?;
+    ensure!(applied(&host, "probe", "k1").await? == ["a2"]);
+    let bad = dead_letters(&host, "probe", "?error_class=bad_timer").await?;
+    ensure!(
+        bad.len() == 1
+            && bad[0]["key"] == "k1"
+            && bad[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("100000000000000000") && e.contains("probe")),
+        "{bad:?}"
+    );
+    // k2's 4 timers fit (b2 sets the same names again); k3's 2 more would
+    // make 6 of at most 5.
+    ensure!(applied(&host, "probe", "k2").await? == ["b1", "b2"]);
+    let (_, timers) = host.get("/v1/pipelines/probe/timers/k2").await?;
+    ensure!(timers.as_array().map(Vec::len) == Some(4), "{timers}");
+    let capped = dead_letters(&host, "probe", "?error_class=timer_limit").await?;
+    ensure!(
+        capped.len() == 1
+            && capped[0]["key"] == "k3"
+            && capped[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_timers is 5")),
+        "{capped:?}"
+    );
+    ensure!(applied(&host, "probe", "k3").await?.is_empty());
+    let text = host.metrics().await?;
+    ensure!(
+        eddy_tests::samples(&text, "eddy_timers_pending")?
+            .iter()
+            .any(|(l, v)| l.contains("probe") && *v == 4.0),
+        "{text}"
+    );
     Ok(())
 }
 

@@ -151,6 +151,10 @@ fn open_topics(
     for p in &config.pipelines {
         log.ensure_topic(&p.replay_topic(), Some(1))
             .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
+        if p.aggregator.is_some() {
+            log.ensure_topic(&p.timer_topic(), Some(1))
+                .with_context(|| format!("pipeline {:?}: timer topic", p.name))?;
+        }
     }
     let outputs = |p: &crate::config::PipelineConfig| {
         [
@@ -609,7 +613,20 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             }
         };
         let replay = EmbeddedSource::open(log.clone(), &p.name, &p.replay_topic())?;
-        let source = Chain::new(vec![input, Box::new(replay)]);
+        let mut sources: Vec<Box<dyn crate::source::Source>> = Vec::new();
+        // Fired timers come first in a batch (a key's timers fold before
+        // its events read with them); the input is the source waited on.
+        if p.aggregator.is_some() {
+            sources.push(Box::new(EmbeddedSource::open(
+                log.clone(),
+                &p.name,
+                &p.timer_topic(),
+            )?));
+        }
+        let waited = sources.len();
+        sources.push(input);
+        sources.push(Box::new(replay));
+        let source = Chain::new(sources).waiting_on(waited);
         let lock = locks.get(&p.name).cloned().unwrap_or_default();
         let worker = Worker::new(
             p.clone(),
@@ -628,6 +645,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 lock,
                 ownership: ownership.get(&p.name).cloned(),
                 paused: paused.get(&p.name).cloned().unwrap_or_default(),
+                log: log.clone(),
             },
         )?;
         let failed = failed.clone();

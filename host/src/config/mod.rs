@@ -19,7 +19,8 @@ pub use cluster::ClusterConfig;
 pub use http::HttpConfig;
 pub use names::{valid_name, validate_topic_name};
 pub use pipeline::{
-    CreateConfig, MisroutedKeys, MountConfig, OnDeadLetter, PipelineConfig, ValueFormat,
+    CreateConfig, MisroutedKeys, MountConfig, OnDeadLetter, PipelineConfig, TIMER_REQUEST_TOPIC,
+    TIMER_TOPIC_PREFIX, ValueFormat,
 };
 pub use plugin::{DirGrant, Grants, PluginConfig, PluginKind};
 pub use source::{EmbeddedConfig, KafkaConfig, SourceConfig, TopicConfig};

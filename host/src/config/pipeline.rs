@@ -106,6 +106,21 @@ pub struct PipelineConfig {
     /// events only. See [`super::Config::misrouted_keys`].
     #[serde(default)]
     pub misrouted_keys: Option<MisroutedKeys>,
+    /// How far behind its partition's stream time (the highest event time
+    /// the pipeline has seen in that partition) an event may still arrive:
+    /// an event-time timer fires once the stream time, less this, passes
+    /// it. 0 (the default) fires it as soon as an event at or after its
+    /// instant is folded.
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
+    /// Timers one key may have pending at once; a fold that asks for more
+    /// fails (class `timer_limit`) and its events are dead-lettered.
+    #[serde(default = "default_timers_per_key")]
+    pub max_timers_per_key: usize,
+    /// Timers the pipeline may have pending at once (all keys); beyond, a
+    /// fold that sets a new one fails with class `timer_limit`.
+    #[serde(default = "default_timers")]
+    pub max_timers: u64,
 }
 
 /// See [`PipelineConfig::misrouted_keys`].
@@ -130,10 +145,25 @@ pub enum OnDeadLetter {
     Quarantine,
 }
 
+/// The topic a plugin emits a timer request to (`eddy:plugin` contract: an
+/// emitted record whose topic is this one sets or cancels a timer on the
+/// folded key, instead of being produced).
+pub const TIMER_REQUEST_TOPIC: &str = "__eddy.timers";
+
+/// A fired timer reaches the aggregator as an event of the topic
+/// `{TIMER_TOPIC_PREFIX}{pipeline}` (the embedded log's, on every source).
+pub const TIMER_TOPIC_PREFIX: &str = "__eddy.timers.";
+
 impl PipelineConfig {
     /// The internal topic dead letters are replayed through.
     pub fn replay_topic(&self) -> String {
         format!("__eddy.replay.{}", self.name)
+    }
+
+    /// The internal topic its fired timers are appended to and folded
+    /// from (see [`TIMER_TOPIC_PREFIX`]).
+    pub fn timer_topic(&self) -> String {
+        format!("{TIMER_TOPIC_PREFIX}{}", self.name)
     }
 
     /// In cluster mode, the topic its states are restored from (see
@@ -147,6 +177,14 @@ impl PipelineConfig {
                 .unwrap_or_else(|| format!("{group_id}-{}-changelog", self.name)),
         )
     }
+}
+
+fn default_timers_per_key() -> usize {
+    1_000
+}
+
+fn default_timers() -> u64 {
+    1_000_000
 }
 
 fn default_latest() -> usize {

@@ -30,6 +30,10 @@ use bindings::{
     PluginStateFormat, Settings, v0_1,
 };
 
+/// A failure `invalid` whose message starts with this is dead-lettered with
+/// the class `late` (an event-time event that came after its window closed).
+pub const LATE_PREFIX: &str = "late: ";
+
 /// How often the epoch advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
@@ -100,6 +104,24 @@ pub enum PluginError {
         /// Why.
         message: String,
     },
+    /// The plugin asked for a timer the contract rules out (a malformed
+    /// request, an instant out of range, a handler asking).
+    #[error("plugin {plugin}: bad timer request: {message}")]
+    BadTimer {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong, naming the value.
+        message: String,
+    },
+    /// The plugin asked for more timers than a key or the pipeline may
+    /// have pending.
+    #[error("plugin {plugin}: too many timers: {message}")]
+    TimerLimit {
+        /// Plugin name.
+        plugin: String,
+        /// Which limit, with the counts.
+        message: String,
+    },
     /// The component could not be instantiated.
     #[error("plugin {plugin}: cannot instantiate: {message}")]
     Instantiate {
@@ -121,6 +143,8 @@ impl PluginError {
             PluginError::BadOutput { .. } => "bad_output",
             PluginError::BadState { .. } => "bad_state",
             PluginError::Failed { class, .. } => class,
+            PluginError::BadTimer { .. } => "bad_timer",
+            PluginError::TimerLimit { .. } => "timer_limit",
             PluginError::Instantiate { .. } => "instantiate",
         }
     }
@@ -693,6 +717,9 @@ impl Instance {
 
     fn failed(&self, f: bindings::Failure) -> PluginError {
         let (class, message) = match f {
+            // The SDKs' windows fail an event that arrives after its window
+            // closed this way: a dead letter of its own class.
+            bindings::Failure::Invalid(m) if m.starts_with(LATE_PREFIX) => ("late", m),
             bindings::Failure::Invalid(m) => ("invalid", m),
             bindings::Failure::Retryable(m) => ("retryable", m),
             bindings::Failure::Fatal(m) => ("fatal", m),

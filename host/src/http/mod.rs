@@ -221,6 +221,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/pipelines", get(list_pipelines))
         .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
+        .route("/v1/pipelines/{pipeline}/timers/{key}", get(get_timers))
         .route("/v1/pipelines/{pipeline}/latest", get(get_latest))
         .route(
             "/v1/pipelines/{pipeline}/replay",
@@ -555,6 +556,39 @@ async fn get_state(
                 "pipeline {pipeline:?} has no state for key {key:?}"
             ))),
         }
+    })
+    .await
+}
+
+/// `GET /v1/pipelines/{p}/timers/{key}`: the key's pending timers, by
+/// name: `[{"name", "time", "at_ms", "payload"}]` (empty when none).
+async fn get_timers(
+    State(s): State<AppState>,
+    Path((pipeline, key)): Path<(String, String)>,
+    asked: cluster::Asked,
+) -> ApiResult<Response> {
+    let partition = s.intake(&pipeline)?.partition_of(&key);
+    if let cluster::Answer::There(r) = s.route(&pipeline, partition, &asked).await? {
+        return Ok(r);
+    }
+    let store = s.store.clone();
+    read(&s, move || {
+        let timers = store
+            .key_timers(&pipeline, &key)
+            .map_err(AppError::internal)?;
+        let rows: Vec<serde_json::Value> = timers
+            .into_iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "time": t.domain.as_str(),
+                    "at_ms": t.at_ms,
+                    "payload": serde_json::from_str::<serde_json::Value>(&t.payload)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect();
+        Ok(json_text(serde_json::Value::Array(rows).to_string()))
     })
     .await
 }

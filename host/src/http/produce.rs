@@ -125,9 +125,20 @@ fn record_of(
         ),
         Some(_) => return Err(at("\"schema_version\" must be a positive integer".into())),
     };
+    let timestamp_ms = match o.remove("timestamp_ms") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_i64().filter(|t| *t > 0).ok_or_else(|| {
+            at("\"timestamp_ms\" must be a positive integer (ms since the Unix epoch)".into())
+        })?),
+        Some(_) => {
+            return Err(at(
+                "\"timestamp_ms\" must be a positive integer (ms since the Unix epoch)".into(),
+            ));
+        }
+    };
     if let Some(unknown) = o.keys().next() {
         return Err(at(format!(
-            "unknown field {unknown:?} (expected key, value or value_base64, headers, partition, schema_version)"
+            "unknown field {unknown:?} (expected key, value or value_base64, headers, partition, schema_version, timestamp_ms)"
         )));
     }
     let is_raw = raw.is_some();
@@ -140,6 +151,7 @@ fn record_of(
     };
     Ok((
         ProduceRecord {
+            timestamp_ms,
             partition,
             key,
             headers,
@@ -417,6 +429,7 @@ pub async fn create(s: AppState, pipeline: String, body: Bytes) -> ApiResult<Jso
         None => serde_json::to_vec(&value).map_err(AppError::internal)?,
     };
     let record = ProduceRecord {
+        timestamp_ms: None,
         partition: None,
         key: Some(id.clone().into_bytes()),
         headers: Vec::new(),

@@ -535,6 +535,7 @@ impl DeadLetter {
         ));
         headers.push((REPLAY_HEADER.to_owned(), id.to_string().into_bytes()));
         Ok(ProduceRecord {
+            timestamp_ms: None,
             partition: Some(0),
             key,
             headers,

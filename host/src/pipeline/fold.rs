@@ -20,6 +20,7 @@ use crate::store::State;
 pub struct Policy {
     retry: Retry,
     quarantine: bool,
+    timers: super::timers::Rules,
 }
 
 impl Policy {
@@ -28,7 +29,16 @@ impl Policy {
         Policy {
             retry: Retry::of(instance, &pipeline.name),
             quarantine: pipeline.on_dead_letter == OnDeadLetter::Quarantine,
+            timers: super::timers::Rules::of(pipeline),
         }
+    }
+
+    /// Refuses timer requests, saying why (a fold that asks fails with
+    /// class `bad_timer`).
+    #[must_use]
+    pub fn refusing_timers(mut self, why: &'static str) -> Self {
+        self.timers.refused = Some(why);
+        self
     }
 
     /// Whether a key's later events wait once one of its events failed.
@@ -104,7 +114,7 @@ pub fn aggregate_all(policy: &Policy, agg: &mut Instance, inputs: &[KeyInput<'_>
                     // be, is folded again alone (which names its failure).
                     let checked = result.and_then(|folded| {
                         Ok(Folded {
-                            emits: check_emits(&plugin, folded.emits)?,
+                            emits: check_emits(&plugin, folded.emits, Some(&policy.timers))?,
                             ..folded
                         })
                     });
@@ -146,7 +156,7 @@ pub fn aggregate(policy: &Policy, agg: &mut Instance, input: &KeyInput<'_>) -> K
                         })
                     })?;
                 Ok(Folded {
-                    emits: check_emits(&plugin, folded.emits)?,
+                    emits: check_emits(&plugin, folded.emits, Some(&policy.timers))?,
                     ..folded
                 })
             })
@@ -242,12 +252,24 @@ pub fn handle(
     };
     results
         .into_iter()
-        .map(|(r, delays)| (r.and_then(|emits| check_emits(&plugin, emits)), delays))
+        .map(|(r, delays)| {
+            (
+                r.and_then(|emits| check_emits(&plugin, emits, None)),
+                delays,
+            )
+        })
         .collect()
 }
 
-/// Rejects emitted records aimed at invalid topic names (a plugin bug).
-fn check_emits(plugin: &str, emits: Vec<Emitted>) -> Result<Vec<Emitted>, PluginError> {
+/// Rejects emitted records aimed at invalid topic names (a plugin bug) and
+/// timer requests that are malformed, over the key's cap, or not allowed
+/// (`timers` is `None` for a handler).
+fn check_emits(
+    plugin: &str,
+    emits: Vec<Emitted>,
+    timers: Option<&super::timers::Rules>,
+) -> Result<Vec<Emitted>, PluginError> {
+    super::timers::check(plugin, timers, &emits)?;
     for e in &emits {
         if let Err(why) = validate_topic_name(&e.topic) {
             return Err(PluginError::Failed {

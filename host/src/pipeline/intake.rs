@@ -24,6 +24,8 @@ pub struct Intake {
     key: KeySpec,
     partitions: u32,
     misrouted: MisroutedKeys,
+    /// The topic its fired timers come back on.
+    timer_topic: Arc<str>,
 }
 
 /// One decoded, keyed input event. The plugins see it as an [`Event`]
@@ -46,6 +48,13 @@ pub struct Item {
 }
 
 impl Item {
+    /// Whether it is a fired timer (see [`super::timers`]), not an event.
+    pub fn is_timer(&self) -> bool {
+        self.record
+            .topic
+            .starts_with(crate::config::TIMER_TOPIC_PREFIX)
+    }
+
     /// The value as the plugins receive it: JSON text.
     pub fn value(&self) -> &str {
         match &self.decoded {
@@ -67,6 +76,13 @@ impl Item {
     }
 }
 
+/// On every event an aggregator receives: its partition's watermark before
+/// the batch — the stream time (the highest event timestamp the pipeline
+/// has seen in the partition) less the pipeline's `allowed_lateness_ms`, as
+/// decimal milliseconds. Event-time timers at or before it have fired (or
+/// are due), so an event for a window that ended at or before it is late.
+pub const WATERMARK_HEADER: &str = "eddy-watermark";
+
 /// The headers of a batch's items as the plugins see them, made once per
 /// batch; [`Views::events`] borrows from them and from the items.
 pub struct Views<'a> {
@@ -77,15 +93,30 @@ pub struct Views<'a> {
 impl<'a> Views<'a> {
     /// The views of `items`.
     pub fn new(items: &'a [Item]) -> Self {
+        Self::with_watermarks(items, &[])
+    }
+
+    /// The views of `items`, each given the header [`WATERMARK_HEADER`]:
+    /// its key's partition's watermark (`watermarks`, by partition, as
+    /// decimal text; a partition with none gets no header).
+    pub fn with_watermarks(items: &'a [Item], watermarks: &'a [Option<Vec<u8>>]) -> Self {
         Views {
             items,
             headers: items
                 .iter()
                 .map(|i| {
+                    let mark = watermarks
+                        .get(i.partition as usize)
+                        .and_then(Option::as_deref)
+                        .map(|value| Header {
+                            name: WATERMARK_HEADER,
+                            value,
+                        });
                     i.record
                         .headers
                         .iter()
                         .map(|(name, value)| Header { name, value })
+                        .chain(mark)
                         .collect()
                 })
                 .collect(),
@@ -154,6 +185,7 @@ impl Intake {
             key: KeySpec::new(pipeline.key_field.as_deref()),
             partitions: partitions.max(1),
             misrouted,
+            timer_topic: Arc::from(pipeline.timer_topic().as_str()),
         }
     }
 
@@ -196,6 +228,9 @@ impl Intake {
     /// # Errors
     /// [`Unprepared`]: wait for the registry, or a dead letter saying why.
     fn keyed(&self, record: &SourceRecord) -> Result<Keyed, Unprepared> {
+        if *record.topic == *self.timer_topic {
+            return self.timer(record);
+        }
         let decoded = if record.tombstone {
             Err(DecodeError::Tombstone)
         } else {
@@ -256,6 +291,34 @@ impl Intake {
             schema_id,
             key,
             partition,
+        })
+    }
+
+    /// A fired timer's record: its key is the record's, its value the
+    /// host's own JSON (never decoded with the pipeline's format).
+    fn timer(&self, record: &SourceRecord) -> Result<Keyed, Unprepared> {
+        let dead = |why: &str| {
+            Unprepared::Dead(Box::new(DeadLetter::new(
+                &self.pipeline,
+                record,
+                Stage::Route,
+                "timer",
+                format!("fired timer record: {why}"),
+            )))
+        };
+        let key = record
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or_else(|| dead("no UTF-8 key"))?;
+        if std::str::from_utf8(&record.value).is_err() {
+            return Err(dead("its value is not UTF-8 JSON"));
+        }
+        Ok(Keyed {
+            decoded: None,
+            schema_id: None,
+            key: key.to_owned(),
+            partition: self.partition_of(key),
         })
     }
 

@@ -17,6 +17,7 @@ pub mod replay;
 pub mod retry;
 pub mod shadow;
 mod state_cache;
+pub mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,6 +108,10 @@ pub struct Worker {
     cache: StateCache,
     ownership: Option<Arc<crate::source::restore::Ownership>>,
     paused: Arc<PauseSwitch>,
+    /// The embedded log, which holds the timer topic on every source.
+    log: Arc<crate::source::embedded::EmbeddedLog>,
+    /// Stream times and pending timers.
+    clock: timers::Clock,
 }
 
 /// Serialises a pipeline's batches with the control operations (dead-letter
@@ -170,6 +175,8 @@ pub struct Wiring {
     pub ownership: Option<Arc<crate::source::restore::Ownership>>,
     /// An operator's pause of the pipeline.
     pub paused: Arc<PauseSwitch>,
+    /// The embedded log (its timer topic).
+    pub log: Arc<crate::source::embedded::EmbeddedLog>,
 }
 
 impl Worker {
@@ -193,6 +200,7 @@ impl Worker {
             lock,
             ownership,
             paused,
+            log,
         } = wiring;
         let seqs = store.last_seqs(&config.name, intake.partitions())?;
         let stamp_us = store.last_stamp(&config.name, intake.partitions())?;
@@ -204,6 +212,13 @@ impl Worker {
             &config.name,
             ownership.as_ref().map(|_| intake.partitions()),
         )?;
+        let clock = timers::Clock {
+            stream_times: store.stream_times(&config.name, intake.partitions())?,
+            lateness_ms: i64::try_from(config.allowed_lateness_ms).unwrap_or(i64::MAX),
+            pending: store.timer_count(&config.name)?,
+            max: config.max_timers,
+        };
+        crate::telemetry::timers_pending(&config.name, clock.pending);
         Ok(Worker {
             intake,
             changelog_by_partition,
@@ -222,6 +237,8 @@ impl Worker {
             lock,
             ownership,
             paused,
+            log,
+            clock,
         })
     }
 
@@ -263,6 +280,11 @@ impl Worker {
                         tracing::info!(pipeline = %name, "the store's disk has space again: input resumed")
                     }
                 }
+            }
+            // Due timers fire while paused too (their records wait in the
+            // timer topic), not while the disk is low.
+            if low.is_none() {
+                self.fire_timers()?;
             }
             if paused || low.is_some() {
                 if let Err(e) = self.source.idle(Duration::from_millis(200)) {
@@ -337,6 +359,16 @@ impl Worker {
         self.between_batches()?;
         let mut offsets = next_offsets(&records);
         offsets.extend(passed);
+        let input = self.config.topic.as_str();
+        let before: Vec<Option<i64>> = (0..self.intake.partitions())
+            .map(|p| self.clock.due_until(p))
+            .collect();
+        let stream_times = self.clock.advance(
+            records
+                .iter()
+                .filter(|r| *r.topic == *input)
+                .map(|r| (r.partition, r.timestamp_ms)),
+        );
         for (topic, partition, next) in &offsets {
             if *topic == self.config.topic
                 && let Some(o) = self.source_offsets.get_mut(*partition as usize)
@@ -354,15 +386,35 @@ impl Worker {
             dead: prepared.dead,
             ..Outputs::default()
         };
-        let views = Views::new(&prepared.items);
+        let watermarks: Vec<Option<Vec<u8>>> = if self.aggregator.is_some() {
+            (0..self.intake.partitions())
+                .map(|p| before.get(p as usize).copied().flatten())
+                .map(|w| w.map(|w| w.to_string().into_bytes()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let views = Views::with_watermarks(&prepared.items, &watermarks);
         let events = views.events();
-        for i in 0..self.handlers.len() {
-            self.run_handler(i, &prepared.items, &events, &mut out);
+        if !self.handlers.is_empty() {
+            // Handlers see events only: a fired timer is the aggregator's.
+            let (items, events): (Vec<&Item>, Vec<Event<'_>>) = prepared
+                .items
+                .iter()
+                .zip(&events)
+                .filter(|(item, _)| !item.is_timer())
+                .map(|(item, event)| (item, event.clone()))
+                .unzip();
+            for i in 0..self.handlers.len() {
+                self.run_handler(i, &items, &events, &mut out);
+            }
         }
+        let mut timers_added = 0;
         if self.aggregator.is_some() {
-            self.run_aggregator(&prepared.items, &events, &mut out)?;
+            timers_added = self.run_aggregator(&prepared.items, &events, &mut out)?;
         }
         drop(events);
+        let timer_ops = std::mem::take(&mut out.timers);
         let dead_count = out.dead.len();
         let epochs = self.ownership.as_ref().map(|o| o.epochs());
         let restore = self
@@ -391,6 +443,8 @@ impl Worker {
             aggregator: self.aggregator.as_ref().map(|a| &*a.plugin().name),
         })?;
         commit.offsets = offsets;
+        commit.timers = timer_ops;
+        commit.stream_times = stream_times;
         if let (Some(o), Sink::Kafka(k)) = (&self.ownership, &self.sink) {
             commit.restore_points = o.checkpoints(k);
         }
@@ -403,6 +457,10 @@ impl Worker {
         };
         self.source
             .committed(&std::mem::take(&mut commit.offsets), delivered_after);
+        if timers_added != 0 {
+            self.clock.pending = self.clock.pending.saturating_add_signed(timers_added);
+            crate::telemetry::timers_pending(&self.config.name, self.clock.pending);
+        }
         let changes = shared_changes(&mut commit);
         self.hub.publish(&self.config.name, &changes);
         for change in changes {
@@ -446,10 +504,125 @@ impl Worker {
         Ok(())
     }
 
+    /// Fires the timers that are due: removes them and appends their
+    /// records to the pipeline's timer topic in one atomic write, in the
+    /// order they fell due; the next batches fold them.
+    ///
+    /// # Errors
+    /// A store failure.
+    fn fire_timers(&mut self) -> anyhow::Result<()> {
+        /// Timers fired per write at most.
+        const FIRE_LIMIT: usize = 10_000;
+        if self.clock.pending == 0 || self.aggregator.is_none() {
+            return Ok(());
+        }
+        let name = self.config.name.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut due = self.store.due_wall_timers(&name, now, FIRE_LIMIT)?;
+        for partition in 0..self.intake.partitions() {
+            let room = FIRE_LIMIT.saturating_sub(due.len());
+            if room == 0 {
+                break;
+            }
+            if let Some(until) = self.clock.due_until(partition) {
+                due.extend(self.store.due_event_timers(&name, partition, until, room)?);
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        due.sort_by_key(|t| t.at_ms);
+        let topic = self.config.timer_topic();
+        let records = due
+            .iter()
+            .map(|t| (topic.clone(), timers::fired_record(t)))
+            .collect();
+        let wall = due
+            .iter()
+            .filter(|t| t.domain == crate::store::TimeDomain::Wall)
+            .count();
+        let fired = due.len();
+        let mut commit = crate::store::Commit {
+            pipeline: name.clone(),
+            timers_fired: due,
+            ..crate::store::Commit::default()
+        };
+        let lock = self.lock.clone();
+        let _guard = crate::lock(&lock);
+        crate::sink::commit_embedded(&self.log, &mut commit, records)
+            .map_err(|e| anyhow::anyhow!("pipeline {name}: firing timers failed: {e}"))?;
+        self.clock.pending = self.clock.pending.saturating_sub(fired as u64);
+        crate::telemetry::timers_fired(&name, "wall", wall);
+        crate::telemetry::timers_fired(&name, "event", fired - wall);
+        crate::telemetry::timers_pending(&name, self.clock.pending);
+        tracing::debug!(pipeline = %name, fired, "timers fired");
+        Ok(())
+    }
+
+    /// Holds a fold that would leave its key or the pipeline with more
+    /// timers pending than allowed: every event of the key in the batch
+    /// fails with class `timer_limit` instead. Returns how many timers the
+    /// fold adds (or removes) otherwise; `added` is the batch's count so far.
+    fn timer_budget(
+        &self,
+        key: &str,
+        fold: &mut fold::KeyFold,
+        events: usize,
+        added: i64,
+    ) -> anyhow::Result<i64> {
+        let ops = timers::requested(key, &fold.emits);
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let name = &self.config.name;
+        let pending = timers::pending_names(&self.store, name, key)?;
+        let after = timers::pending_after(&pending, &ops);
+        let change = after as i64 - pending.len() as i64;
+        let total = (self.clock.pending as i64).saturating_add(added + change);
+        let over = if after > self.config.max_timers_per_key {
+            Some(format!(
+                "key {key:?} would have {after} timers pending; max_timers_per_key is {}",
+                self.config.max_timers_per_key
+            ))
+        } else if change > 0 && total > i64::try_from(self.clock.max).unwrap_or(i64::MAX) {
+            Some(format!(
+                "pipeline {name:?} would have {total} timers pending; max_timers is {}",
+                self.clock.max
+            ))
+        } else {
+            None
+        };
+        let Some(message) = over else {
+            return Ok(change);
+        };
+        let plugin = self
+            .aggregator
+            .as_ref()
+            .map(|a| a.plugin().name.to_string())
+            .unwrap_or_default();
+        let error = crate::execute::PluginError::TimerLimit { plugin, message };
+        *fold = fold::KeyFold {
+            state: None,
+            version: 0,
+            emits: Vec::new(),
+            failed: (0..events)
+                .map(|index| fold::Failed {
+                    index,
+                    error: error.clone(),
+                    delays: Vec::new(),
+                })
+                .collect(),
+            held_from: None,
+        };
+        Ok(0)
+    }
+
     fn run_handler(
         &mut self,
         index: usize,
-        items: &[Item],
+        items: &[&Item],
         events: &[Event<'_>],
         out: &mut Outputs,
     ) {
@@ -465,20 +638,27 @@ impl Worker {
 
     /// Folds the batch's events key by key: each key's current state from
     /// the worker's cache (or the store), then as few plugin calls as the
-    /// batch needs ([`fold::aggregate_all`]).
+    /// batch needs ([`fold::aggregate_all`]). Returns how many timers the
+    /// batch's folds add to those pending (negative: fewer).
     fn run_aggregator(
         &mut self,
         items: &[Item],
         events: &[Event<'_>],
         out: &mut Outputs,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<i64> {
         let by_key = ByKey::new(items.iter().map(|i| i.key.as_str()), events);
         let pipeline = self.config.name.clone();
         let Some(agg) = self.aggregator.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         let plugin = agg.plugin().clone();
-        let policy = Policy::of(agg, &self.config);
+        let mut policy = Policy::of(agg, &self.config);
+        if self.ownership.is_some() {
+            policy = policy.refusing_timers(
+                "timers do not move with their partition between hosts yet, so a pipeline in \
+                 cluster mode ([cluster]) cannot set them",
+            );
+        }
         let folder = Folder {
             pipeline: &pipeline,
             plugin: &plugin,
@@ -515,10 +695,12 @@ impl Worker {
             .collect();
         let folds = fold::aggregate_all(&policy, agg, &inputs);
         drop(inputs);
-        for ((key, group, _, current), fold) in keys.into_iter().zip(folds) {
+        let mut added = 0;
+        for ((key, group, _, current), mut fold) in keys.into_iter().zip(folds) {
+            added += self.timer_budget(key, &mut fold, group.len(), added)?;
             out.add_fold(&folder, key, &group, fold, current.seq());
         }
-        Ok(())
+        Ok(added)
     }
 }
 

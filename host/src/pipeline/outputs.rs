@@ -60,6 +60,9 @@ pub struct Outputs {
     pub quarantine: Vec<(String, u64)>,
     /// Events held back behind a quarantined key.
     pub park: Vec<(String, SourceRecord)>,
+    /// Timers the folds set and cancelled, in order (the live worker
+    /// commits them; a replay's rebuild sets none).
+    pub timers: Vec<crate::store::TimerOp>,
 }
 
 impl Outputs {
@@ -78,7 +81,10 @@ impl Outputs {
             plugin,
             quarantine,
         } = *by;
-        for (index, emits) in fold.emits {
+        let partition = group.first().map_or(0, |i| i.partition);
+        for (index, mut emits) in fold.emits {
+            self.timers
+                .extend(super::timers::take_requests(key, partition, &mut emits));
             if let Some(item) = group.get(index) {
                 self.add_emits(&item.record, emits);
             }
@@ -135,7 +141,7 @@ impl Outputs {
         &mut self,
         pipeline: &str,
         plugin: &Plugin,
-        items: &[Item],
+        items: &[&Item],
         results: Vec<Attempted<Vec<Emitted>>>,
     ) {
         for (item, (result, delays)) in items.iter().zip(results) {
@@ -217,6 +223,7 @@ impl Outputs {
             dead,
             quarantine,
             park,
+            timers: _,
         } = self;
         let mut commit = Commit {
             pipeline: target.name.to_owned(),
@@ -268,6 +275,7 @@ impl Outputs {
             // A changelog topic carries JSON (its readers are users'); the
             // state changelog the state as stored, with its format.
             let record = |by_partition: bool, value: &[u8]| ProduceRecord {
+                timestamp_ms: None,
                 partition: by_partition.then_some(partition),
                 key: Some(change.key.as_bytes().to_vec()),
                 headers: vec![
@@ -360,6 +368,7 @@ impl Outputs {
                 emits.push((
                     topic.to_owned(),
                     ProduceRecord {
+                        timestamp_ms: None,
                         partition: None,
                         key: dl.key.as_ref().map(|k| k.as_bytes().to_vec()),
                         headers: vec![(
@@ -470,6 +479,7 @@ pub fn dead_letter_record(
         headers.push((TOMBSTONE_HEADER.to_owned(), b"1".to_vec()));
     }
     ProduceRecord {
+        timestamp_ms: None,
         partition: Some(partition),
         key: Some(format!("\u{0}eddy-dead/{id}").into_bytes()),
         headers,
@@ -511,6 +521,7 @@ fn to_produce(source: &SourceRecord, index: usize, e: Emitted) -> (String, Produ
     (
         e.topic,
         ProduceRecord {
+            timestamp_ms: None,
             partition: None,
             key: e.key.map(String::into_bytes),
             headers,

@@ -44,6 +44,7 @@ pub fn release(
             Ok((
                 seq,
                 ProduceRecord {
+                    timestamp_ms: None,
                     partition: Some(0),
                     key: r.key,
                     headers: r.headers,

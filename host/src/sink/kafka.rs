@@ -247,7 +247,7 @@ impl KafkaSink {
                         topic,
                         partition: r.partition,
                         record: LogRecord {
-                            timestamp_ms: now,
+                            timestamp_ms: r.timestamp_ms.unwrap_or(now),
                             key: r.key,
                             headers: r.headers,
                             value: r.value,
@@ -374,7 +374,7 @@ impl KafkaSink {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let mut record = BaseRecord::with_opaque_to(topic, Box::new(Delivery::Reply(tx)))
                 .payload(&r.value)
-                .timestamp(now);
+                .timestamp(r.timestamp_ms.unwrap_or(now));
             if let Some(k) = &r.key {
                 record = record.key(k);
             }

@@ -26,6 +26,10 @@ pub struct ProduceRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Value bytes.
     pub value: Vec<u8>,
+    /// The record's timestamp (ms since the Unix epoch) as its producer
+    /// set it; `None`: the append time (the commit time for a pipeline's
+    /// output).
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ProduceRecord {
@@ -34,7 +38,7 @@ impl ProduceRecord {
         (
             self.partition,
             LogRecord {
-                timestamp_ms: 0,
+                timestamp_ms: self.timestamp_ms.unwrap_or(0),
                 key: self.key,
                 headers: self.headers,
                 value: self.value,

@@ -216,7 +216,12 @@ impl EmbeddedLog {
             partition,
             offset: end,
             record: LogRecord {
-                timestamp_ms: now_ms(),
+                // 0: stamped with the append time; else as its producer set it.
+                timestamp_ms: if record.timestamp_ms > 0 {
+                    record.timestamp_ms
+                } else {
+                    now_ms()
+                },
                 ..record
             },
         });

@@ -226,16 +226,27 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
 }
 
-/// Reads several sources as one (a pipeline's input topic and its replay
-/// topic): each poll takes what is ready from every source in turn.
+/// Reads several sources as one (a pipeline's timer topic, input topic and
+/// replay topic): each poll takes what is ready from every source in turn,
+/// so an earlier source's records come first in a batch and a later one
+/// gets what room is left.
 pub struct Chain {
     sources: Vec<Box<dyn Source>>,
+    /// The source waited on when all are idle.
+    waited: usize,
 }
 
 impl Chain {
     /// Chains `sources`; the first is the one waited on when all are idle.
     pub fn new(sources: Vec<Box<dyn Source>>) -> Self {
-        Chain { sources }
+        Chain { sources, waited: 0 }
+    }
+
+    /// Waits on the source at `index` instead of the first.
+    #[must_use]
+    pub fn waiting_on(mut self, index: usize) -> Self {
+        self.waited = index;
+        self
     }
 }
 
@@ -255,8 +266,8 @@ impl Source for Chain {
             if !out.is_empty() || round == 1 {
                 return Ok(out);
             }
-            if let Some(first) = self.sources.first_mut() {
-                let got = first.poll(limit, wait)?;
+            if let Some(waited) = self.sources.get_mut(self.waited) {
+                let got = waited.poll(limit, wait)?;
                 if !got.is_empty() {
                     return Ok(got);
                 }
@@ -276,9 +287,13 @@ impl Source for Chain {
     }
 
     fn idle(&mut self, wait: Duration) -> Result<(), SourceError> {
-        // The first source waits; the others only keep up.
+        // One source waits; the others only keep up.
         for (i, s) in self.sources.iter_mut().enumerate() {
-            s.idle(if i == 0 { wait } else { Duration::ZERO })?;
+            s.idle(if i == self.waited {
+                wait
+            } else {
+                Duration::ZERO
+            })?;
         }
         Ok(())
     }

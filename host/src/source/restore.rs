@@ -538,6 +538,7 @@ impl Restorer {
             }
         });
         let record = ProduceRecord {
+            timestamp_ms: None,
             partition: Some(partition),
             // One key per fence, so compaction keeps every fence.
             key: Some(
@@ -635,6 +636,7 @@ impl Restorer {
             chunk.push((
                 self.ownership.topic.clone(),
                 ProduceRecord {
+                    timestamp_ms: None,
                     partition: Some(p),
                     key: Some(key.into_bytes()),
                     headers,

@@ -21,6 +21,9 @@
 //! | `meta`    | `seq\0` pipeline `\0` partition(u32) | the partition's last change number | `state.rs` |
 //! | `meta`    | `restore\0` pipeline `\0` partition(u32) | owner epoch(u64) + changelog offset(u64) | `restore.rs` |
 //! | `meta`    | `schema-registry`                    | the embedded schema registry (JSON) | `registry.rs` |
+//! | `meta`    | `stream-time\0` pipeline `\0` partition(u32) | the partition's stream time (i64 ms) | `timers.rs` |
+//! | `timers`  | pipeline `\0` `w` at partition key name / `e` partition at key name | a pending timer's payload (JSON) | `timers.rs` |
+//! | `timer_names` | pipeline `\0` key-length(u32) key name | where that timer sits in `timers` | `timers.rs` |
 //!
 //! A replay writes the same keyspaces under the name `{pipeline}@replay`
 //! (`rebuild.rs`). fjall is synchronous: call it from blocking threads
@@ -41,6 +44,7 @@ mod registry;
 mod restore;
 mod space;
 mod state;
+mod timers;
 mod writeback;
 
 use std::path::Path;
@@ -57,6 +61,7 @@ pub use rebuild::Swap;
 pub use restore::{RestorePoint, Restored};
 pub use space::LowSpace;
 pub use state::{Change, StoredState};
+pub use timers::{TimeDomain, Timer, TimerOp};
 pub use writeback::Writeback;
 
 /// Store failures.
@@ -121,6 +126,12 @@ pub struct Commit {
     pub outbox: Vec<(u64, OutboxRecord)>,
     /// Where the host now stands in partitions' state changelogs.
     pub restore_points: Vec<(u32, RestorePoint)>,
+    /// Timers set and cancelled by the batch's folds, in order.
+    pub timers: Vec<TimerOp>,
+    /// Timers fired (removed; their records appended in the same write).
+    pub timers_fired: Vec<Timer>,
+    /// Partitions' new stream times.
+    pub stream_times: Vec<(u32, i64)>,
 }
 
 /// Largest memtable of a keyspace before fjall writes it out as a segment.
@@ -155,6 +166,8 @@ pub struct Store {
     parked: Keyspace,
     meta: Keyspace,
     outbox: Keyspace,
+    timers: Keyspace,
+    timer_names: Keyspace,
     persist: PersistMode,
     /// Bumped whenever states change outside a pipeline's own commits (a
     /// replay's swap), so caches of states know to drop what they hold.
@@ -201,6 +214,8 @@ impl Store {
             parked: ks("parked")?,
             meta: ks("meta")?,
             outbox: ks("outbox")?,
+            timers: ks("timers")?,
+            timer_names: ks("timer_names")?,
             persist: match durability {
                 Durability::Process => PersistMode::Buffer,
                 Durability::Power => PersistMode::SyncData,
@@ -283,6 +298,8 @@ impl Store {
         self.write_outbox(&mut b, &c.outbox);
         self.write_offsets(&mut b, p, &c.offsets);
         self.write_restore_points(&mut b, p, &c.restore_points);
+        self.write_timers(&mut b, p, &c.timers, &c.timers_fired)?;
+        self.write_stream_times(&mut b, p, &c.stream_times);
         fj("commit", b.commit())
     }
 
@@ -305,6 +322,7 @@ impl Store {
             ("parked", &self.parked),
             ("meta", &self.meta),
             ("outbox", &self.outbox),
+            ("timers", &self.timers),
         ] {
             entries.insert(name, fj("count entries", ks.len())?);
         }

@@ -2,6 +2,10 @@
 //! `rejected-process` topic (seed 000: `filter(REJECTED)` on the aggregate
 //! stream). Runs on the `async-process` changelog topic, where the host
 //! appends every new aggregate.
+//!
+//! `ROUTE_STATES` (granted in `[plugin.grants.env]`, comma-separated,
+//! default `REJECTED`) routes aggregates in other states too: `REJECTED,ERROR`
+//! also routes the processes the aggregator's timeout marked ERROR.
 
 use eddy_sdk::{Event, Failure, Handler, Output};
 use serde::Deserialize;
@@ -19,6 +23,14 @@ pub struct ProcessView {
     pub state: Option<String>,
 }
 
+/// Whether aggregates in `state` are routed (`ROUTE_STATES`).
+fn routed(state: &str) -> bool {
+    match eddy_sdk::env("ROUTE_STATES") {
+        Some(states) if !states.trim().is_empty() => states.split(',').any(|s| s.trim() == state),
+        _ => state == "REJECTED",
+    }
+}
+
 /// The plugin.
 pub struct RejectedProcessRouter;
 
@@ -28,7 +40,7 @@ impl Handler for RejectedProcessRouter {
     fn handle(event: Event<serde_json::Value>, out: &mut Output) -> Result<(), Failure> {
         let view: ProcessView = serde_json::from_value(event.value.clone())
             .map_err(|e| Failure::Invalid(format!("not an AsyncProcess: {e}")))?;
-        if view.state.as_deref() == Some("REJECTED") {
+        if view.state.as_deref().is_some_and(routed) {
             out.emit(REJECTED_TOPIC, Some(&view.id), &event.value)?;
         }
         Ok(())

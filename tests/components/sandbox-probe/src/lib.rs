@@ -11,12 +11,14 @@
 //! - `retry-forever`: always `retryable`.
 //! - `emit`: emits a record to `probe-out`;
 //! - `emit-bad`: emits a record to a topic whose name is invalid;
-//! - `log`: writes a warning to the host's log, then is applied.
+//! - `log`: writes a warning to the host's log, then is applied;
+//! - `timer-bad`: asks for a timer at an instant no calendar has;
+//! - `timers`: sets `size` wall-clock timers an hour ahead (`t0`, `t1`, ...).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use eddy_sdk::{Aggregator, Event, Failure, Output};
+use eddy_sdk::{Aggregator, Event, Failure, Output, TimerTime};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -83,6 +85,13 @@ impl Aggregator for SandboxProbe {
             "emit" => out.emit("probe-out", Some(&p.id), &p.id)?,
             "emit-bad" => out.emit("not a topic!", Some(&p.id), &p.id)?,
             "log" => eddy_sdk::log::warn(&format!("probe {} says hello", p.id)),
+            "timer-bad" => out.set_timer("t", TimerTime::Wall, 100_000_000_000_000_000, &())?,
+            "timers" => {
+                for i in 0..p.size {
+                    let at = event.timestamp_ms.saturating_add(3_600_000);
+                    out.set_timer(&format!("t{i}"), TimerTime::Wall, at, &p.id)?;
+                }
+            }
             _ => {}
         }
         state.applied.push(p.id);

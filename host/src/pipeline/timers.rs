@@ -1,0 +1,415 @@
+//! Per-key timers.
+//!
+//! An aggregator sets or cancels a timer on the key it folds by emitting a
+//! record to [`TIMER_REQUEST_TOPIC`] (the SDKs wrap it): the value is
+//! `{"op": "set", "name": ..., "at_ms": ..., "time": "wall" | "event",
+//! "payload": ...}` or `{"op": "cancel", "name": ...}`. Such a record is
+//! not produced: the request is stored in the same atomic commit as the
+//! state the fold produced (`store/timers.rs`), so it exists exactly when
+//! that state does.
+//!
+//! A timer falls due when the host's clock (`wall`) or its partition's
+//! stream time less the pipeline's `allowed_lateness_ms` (`event`) reaches
+//! its instant. The worker then fires it: in one atomic write, it removes
+//! the timer and appends a record to the pipeline's timer topic
+//! (`__eddy.timers.{pipeline}`, in the embedded log), which the worker
+//! reads with its input and folds like an event of the key — with the same
+//! retries, isolation and dead letters. So a timer fires once: removed and
+//! appended together, then folded once with the offsets committed with the
+//! state.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::config::{PipelineConfig, TIMER_REQUEST_TOPIC};
+use crate::execute::{Emitted, PluginError};
+use crate::sink::ProduceRecord;
+use crate::store::{StoreError, TimeDomain, Timer, TimerOp};
+
+/// The header naming the timer on a fired timer's record.
+pub const TIMER_HEADER: &str = "eddy-timer";
+
+/// The earliest and latest instants a timer may have: years 0 to 9999.
+const EARLIEST_MS: i64 = -62_167_219_200_000;
+/// See [`EARLIEST_MS`].
+const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// Longest timer name, in bytes.
+const MAX_NAME: usize = 256;
+
+/// What a pipeline allows its aggregator's timers.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Timers one key may have pending.
+    pub per_key: usize,
+    /// Why timers are refused altogether, if they are.
+    pub refused: Option<&'static str>,
+}
+
+impl Rules {
+    /// The rules of `pipeline`.
+    pub fn of(pipeline: &PipelineConfig) -> Self {
+        Rules {
+            per_key: pipeline.max_timers_per_key,
+            refused: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    op: String,
+    name: String,
+    #[serde(default)]
+    at_ms: Option<i64>,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+}
+
+/// A timer request, as a fold emitted it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Set (or replace) the timer `name`.
+    Set {
+        /// Its name.
+        name: String,
+        /// When it falls due.
+        at_ms: i64,
+        /// Which clock.
+        domain: TimeDomain,
+        /// What it carries (JSON text).
+        payload: String,
+    },
+    /// Cancel the timer `name`.
+    Cancel {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl Request {
+    /// Reads a request from an emitted record's value.
+    ///
+    /// # Errors
+    /// What is wrong with it, naming the field and the value.
+    pub fn parse(value: &str) -> Result<Request, String> {
+        let w: Wire = serde_json::from_str(value)
+            .map_err(|e| format!("timer request {value:?} is not valid: {e}"))?;
+        if w.name.is_empty() || w.name.len() > MAX_NAME {
+            return Err(format!(
+                "timer name {:?} must have 1 to {MAX_NAME} bytes",
+                w.name
+            ));
+        }
+        match w.op.as_str() {
+            "cancel" => Ok(Request::Cancel { name: w.name }),
+            "set" => {
+                let at_ms = w
+                    .at_ms
+                    .ok_or_else(|| format!("timer {:?}: \"at_ms\" is missing", w.name))?;
+                if !(EARLIEST_MS..=LATEST_MS).contains(&at_ms) {
+                    return Err(format!(
+                        "timer {:?}: at_ms {at_ms} is not an instant between the years 0 and 9999",
+                        w.name
+                    ));
+                }
+                let domain = match w.time.as_deref() {
+                    None | Some("wall") => TimeDomain::Wall,
+                    Some("event") => TimeDomain::Event,
+                    Some(other) => {
+                        return Err(format!(
+                            "timer {:?}: time {other:?} is neither \"wall\" nor \"event\"",
+                            w.name
+                        ));
+                    }
+                };
+                let payload = w.payload.unwrap_or(serde_json::Value::Null).to_string();
+                Ok(Request::Set {
+                    name: w.name,
+                    at_ms,
+                    domain,
+                    payload,
+                })
+            }
+            other => Err(format!(
+                "timer {:?}: op {other:?} is neither \"set\" nor \"cancel\"",
+                w.name
+            )),
+        }
+    }
+}
+
+/// Whether an emitted record is a timer request.
+pub fn is_request(e: &Emitted) -> bool {
+    e.topic == TIMER_REQUEST_TOPIC
+}
+
+/// Checks a fold's timer requests: each well formed, and no more distinct
+/// timers set than a key may have.
+///
+/// # Errors
+/// [`PluginError::BadTimer`] or [`PluginError::TimerLimit`].
+pub fn check(plugin: &str, rules: Option<&Rules>, emits: &[Emitted]) -> Result<(), PluginError> {
+    let mut set = HashSet::new();
+    for e in emits.iter().filter(|e| is_request(e)) {
+        let bad = |message: String| PluginError::BadTimer {
+            plugin: plugin.to_owned(),
+            message,
+        };
+        let Some(rules) = rules else {
+            return Err(bad(
+                "a handler cannot set timers: only an aggregator holds a key's state".into(),
+            ));
+        };
+        if let Some(why) = rules.refused {
+            return Err(bad(why.into()));
+        }
+        if let Request::Set { name, .. } = Request::parse(&e.value).map_err(bad)? {
+            set.insert(name);
+        }
+    }
+    if set.len() > rules.map_or(0, |r| r.per_key) {
+        return Err(PluginError::TimerLimit {
+            plugin: plugin.to_owned(),
+            message: format!(
+                "one fold set {} timers; a key may have {} pending (max_timers_per_key)",
+                set.len(),
+                rules.map_or(0, |r| r.per_key)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Takes the timer requests out of `emits` (already checked), as changes
+/// of `key`'s timers in `partition`; the other records stay.
+pub fn take_requests(key: &str, partition: u32, emits: &mut Vec<Emitted>) -> Vec<TimerOp> {
+    if !emits.iter().any(is_request) {
+        return Vec::new();
+    }
+    let mut ops = Vec::new();
+    emits.retain(|e| {
+        if !is_request(e) {
+            return true;
+        }
+        match Request::parse(&e.value) {
+            Ok(Request::Set {
+                name,
+                at_ms,
+                domain,
+                payload,
+            }) => ops.push(TimerOp::Set(Timer {
+                key: key.to_owned(),
+                name,
+                partition,
+                domain,
+                at_ms,
+                payload,
+            })),
+            Ok(Request::Cancel { name }) => ops.push(TimerOp::Cancel {
+                key: key.to_owned(),
+                name,
+            }),
+            Err(why) => {
+                tracing::warn!(key, error = %why, "dropping a timer request that was not checked");
+            }
+        }
+        false
+    });
+    ops
+}
+
+/// The timer changes a key's fold asks for (already checked), in order.
+pub fn requested(key: &str, emits: &[(usize, Vec<Emitted>)]) -> Vec<TimerOp> {
+    let mut ops = Vec::new();
+    for (_, emits) in emits {
+        let mut emits: Vec<Emitted> = emits.iter().filter(|e| is_request(e)).cloned().collect();
+        ops.extend(take_requests(key, 0, &mut emits));
+    }
+    ops
+}
+
+/// How many timers `key` has pending once `ops` apply, given the names it
+/// has pending (`pending`).
+pub fn pending_after(pending: &HashSet<String>, ops: &[TimerOp]) -> usize {
+    let mut names: HashSet<&str> = pending.iter().map(String::as_str).collect();
+    for op in ops {
+        match op {
+            TimerOp::Set(t) => names.insert(&t.name),
+            TimerOp::Cancel { name, .. } => names.remove(name.as_str()),
+        };
+    }
+    names.len()
+}
+
+/// The record that carries a fired timer to the fold: keyed by its key,
+/// the value `{"name", "at_ms", "time", "payload"}`.
+pub fn fired_record(t: &Timer) -> ProduceRecord {
+    let payload: serde_json::Value =
+        serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null);
+    let value = serde_json::json!({
+        "name": t.name,
+        "at_ms": t.at_ms,
+        "time": t.domain.as_str(),
+        "payload": payload,
+    });
+    ProduceRecord {
+        timestamp_ms: None,
+        partition: Some(0),
+        key: Some(t.key.as_bytes().to_vec()),
+        headers: vec![(TIMER_HEADER.to_owned(), t.name.as_bytes().to_vec())],
+        value: value.to_string().into_bytes(),
+    }
+}
+
+/// A worker's view of its timers: the partitions' stream times and how
+/// many timers are pending.
+pub struct Clock {
+    /// Per input partition, the highest event time seen (`i64::MIN`: none).
+    pub stream_times: Vec<i64>,
+    /// The pipeline's allowed lateness.
+    pub lateness_ms: i64,
+    /// Timers pending (all keys).
+    pub pending: u64,
+    /// The pipeline's cap on `pending`.
+    pub max: u64,
+}
+
+impl Clock {
+    /// The stream time up to which `partition`'s event-time timers are due.
+    pub fn due_until(&self, partition: u32) -> Option<i64> {
+        let t = *self.stream_times.get(partition as usize)?;
+        (t != i64::MIN).then(|| t.saturating_sub(self.lateness_ms))
+    }
+
+    /// Moves partitions' stream times on to the events of `timestamps`
+    /// (partition, event time); returns the partitions that moved.
+    pub fn advance(&mut self, timestamps: impl Iterator<Item = (u32, i64)>) -> Vec<(u32, i64)> {
+        let mut moved: HashMap<u32, i64> = HashMap::new();
+        for (partition, ms) in timestamps {
+            if let Some(t) = self.stream_times.get_mut(partition as usize)
+                && ms > *t
+            {
+                *t = ms;
+                moved.insert(partition, ms);
+            }
+        }
+        let mut moved: Vec<(u32, i64)> = moved.into_iter().collect();
+        moved.sort_unstable();
+        moved
+    }
+}
+
+/// The names of `key`'s pending timers, read once per batch.
+///
+/// # Errors
+/// On a store failure.
+pub fn pending_names(
+    store: &crate::store::Store,
+    pipeline: &str,
+    key: &str,
+) -> Result<HashSet<String>, StoreError> {
+    Ok(store
+        .key_timers(pipeline, key)?
+        .into_iter()
+        .map(|t| t.name)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_name_the_field_and_value() {
+        assert_eq!(
+            Request::parse(r#"{"op":"set","name":"t","at_ms":5,"time":"event","payload":{"a":1}}"#),
+            Ok(Request::Set {
+                name: "t".into(),
+                at_ms: 5,
+                domain: TimeDomain::Event,
+                payload: r#"{"a":1}"#.into()
+            })
+        );
+        assert_eq!(
+            Request::parse(r#"{"op":"cancel","name":"t"}"#),
+            Ok(Request::Cancel { name: "t".into() })
+        );
+        let err = |v: &str| Request::parse(v).err().unwrap_or_default();
+        assert!(err(r#"{"op":"set","name":"t"}"#).contains("at_ms"));
+        assert!(
+            err(r#"{"op":"set","name":"t","at_ms":999999999999999999}"#)
+                .contains("999999999999999999")
+        );
+        assert!(err(r#"{"op":"set","name":"t","at_ms":1,"time":"cpu"}"#).contains("\"cpu\""));
+        assert!(err(r#"{"op":"pause","name":"t"}"#).contains("\"pause\""));
+        assert!(err(r#"{"op":"set","name":"","at_ms":1}"#).contains("name"));
+        assert!(err("[1]").contains("[1]"));
+    }
+
+    fn emit(value: &str) -> Emitted {
+        Emitted {
+            topic: TIMER_REQUEST_TOPIC.into(),
+            key: None,
+            value: value.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn checks_refuse_handlers_bad_requests_and_too_many_timers() {
+        let rules = Rules {
+            per_key: 2,
+            refused: None,
+        };
+        let set = |n: &str| emit(&format!(r#"{{"op":"set","name":"{n}","at_ms":1}}"#));
+        let class = |r: Result<(), PluginError>| r.err().map(|e| e.class());
+        assert_eq!(
+            class(check("p", Some(&rules), &[set("a"), set("b"), set("a")])),
+            None
+        );
+        assert_eq!(
+            class(check("p", Some(&rules), &[set("a"), set("b"), set("c")])),
+            Some("timer_limit")
+        );
+        assert_eq!(class(check("p", None, &[set("a")])), Some("bad_timer"));
+        assert_eq!(
+            class(check("p", Some(&rules), &[emit("{}")])),
+            Some("bad_timer")
+        );
+        let mut emits = vec![
+            set("a"),
+            Emitted {
+                topic: "out".into(),
+                key: None,
+                value: "1".into(),
+                headers: Vec::new(),
+            },
+            emit(r#"{"op":"cancel","name":"b"}"#),
+        ];
+        let ops = take_requests("k", 3, &mut emits);
+        assert_eq!(emits.len(), 1);
+        assert_eq!(ops.len(), 2);
+        let pending: HashSet<String> = ["b".to_string(), "c".to_string()].into();
+        assert_eq!(pending_after(&pending, &ops), 2);
+    }
+
+    #[test]
+    fn stream_time_moves_forward_only_and_lateness_holds_event_timers_back() {
+        let mut c = Clock {
+            stream_times: vec![i64::MIN, 10],
+            lateness_ms: 5,
+            pending: 0,
+            max: 10,
+        };
+        assert_eq!(c.due_until(0), None);
+        assert_eq!(c.advance([(0, 7), (1, 3), (0, 9)].into_iter()), [(0, 9)]);
+        assert_eq!(c.due_until(0), Some(4));
+        assert_eq!(c.due_until(1), Some(5));
+        assert_eq!(c.due_until(2), None);
+    }
+}

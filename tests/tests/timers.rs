@@ -1,0 +1,446 @@
+//! Per-key timers, end to end, with the AsyncProcess aggregator's timeout
+//! (`ASYNC_PROCESS_TIMEOUT_MS`: a process left in STARTED is marked ERROR
+//! by a wall-clock timer) on the embedded log.
+//!
+//! - a STARTED process with no update becomes ERROR after the timeout, is
+//!   emitted to the timeout topic and routed like a REJECTED one; one that
+//!   finishes in time never does;
+//! - timers set before a `kill -9` (and the host killed again while they
+//!   fire) each fire exactly once after restart;
+//! - timers already past at startup fire in the order of their instants;
+//! - a fired timer and an event of the same key in one micro-batch: the
+//!   timer applies first;
+//! - a key over `max_timers_per_key` has its events dead-lettered with the
+//!   class `timer_limit`.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null, it never panics"
+)]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use eddy_tests::{Host, async_process_config, execution, samples};
+use serde_json::{Value, json};
+
+const TOPIC: &str = "async-process-execution";
+const TIMER_TOPIC: &str = "__eddy.timers.async-process";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The AsyncProcess example with the aggregator's timeout on (and its
+/// timed-out processes emitted to `timed-out`), and the router routing
+/// ERROR processes too.
+fn timed_config(timeout_ms: u64) -> Result<String> {
+    let config = async_process_config()?;
+    let agg = format!(
+        "memory_mb = 64\ngrants = {{ env = {{ ASYNC_PROCESS_TIMEOUT_MS = \"{timeout_ms}\", ASYNC_PROCESS_TIMEOUT_TOPIC = \"timed-out\" }} }}\n"
+    );
+    let topics = "[[source.topics]]\nname = \"rejected-process\"\npartitions = 1\n";
+    ensure!(config.contains(topics), "the example's topics changed");
+    Ok(config
+        .replacen("memory_mb = 64\n", &agg, 1)
+        .replacen(
+            "memory_mb = 32\n",
+            "memory_mb = 32\ngrants = { env = { ROUTE_STATES = \"REJECTED,ERROR\" } }\n",
+            1,
+        )
+        .replacen(
+            topics,
+            &format!("{topics}\n[[source.topics]]\nname = \"timed-out\"\npartitions = 1\n"),
+            1,
+        ))
+}
+
+async fn state(host: &Host, key: &str) -> Result<Value> {
+    let (status, v) = host
+        .get(&format!("/v1/pipelines/async-process/state/{key}"))
+        .await?;
+    ensure!(status == 200, "state of {key}: {status} {v}");
+    Ok(v)
+}
+
+/// Waits until `key`'s state satisfies `done`.
+async fn wait_state(
+    host: &Host,
+    key: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, v) = host
+            .get(&format!("/v1/pipelines/async-process/state/{key}"))
+            .await?;
+        if status == 200 && done(&v) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "state of {key} never got there: {status} {v}\n{}",
+                host.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every record of an embedded topic, in offset order per partition.
+async fn records(host: &Host, topic: &str) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (status, v) = host
+            .get(&format!(
+                "/v1/topics/{topic}/records?partition=0&offset={offset}&limit=1000"
+            ))
+            .await?;
+        ensure!(status == 200, "reading {topic}: {status} {v}");
+        let page = v["records"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return Ok(out);
+        }
+        offset += page.len();
+        out.extend(page);
+    }
+}
+
+async fn produce(host: &Host, events: &[Value]) -> Result<()> {
+    for chunk in events.chunks(500) {
+        let records: Vec<Value> = chunk.iter().map(|e| json!({ "value": e })).collect();
+        host.produce(TOPIC, &json!({ "records": records })).await?;
+    }
+    Ok(())
+}
+
+fn timeouts(state: &Value) -> usize {
+    state["executions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("timeout@"))
+        })
+        .count()
+}
+
+async fn fired_total(host: &Host) -> Result<f64> {
+    let text = host.metrics().await?;
+    Ok(samples(&text, "eddy_timers_fired_total")?
+        .iter()
+        .map(|(_, v)| v)
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_process_with_no_update_becomes_error_after_the_timeout() -> Result<()> {
+    let host = Host::start(&timed_config(1_500)?).await?;
+    let t0 = now_ms();
+    produce(
+        &host,
+        &[
+            execution("a1", "stuck", t0, "STARTED"),
+            execution("b1", "finished", t0, "STARTED"),
+            execution("b2", "finished", t0 + 100, "DONE"),
+        ],
+    )
+    .await?;
+    host.wait_caught_up("async-process", Duration::from_secs(20))
+        .await?;
+    let (status, timers) = host.get("/v1/pipelines/async-process/timers/stuck").await?;
+    ensure!(status == 200, "{status} {timers}");
+    ensure!(
+        timers[0]["name"] == "timeout"
+            && timers[0]["time"] == "wall"
+            && timers[0]["at_ms"] == t0 + 1_500,
+        "pending timers of stuck: {timers}"
+    );
+    let (_, none) = host
+        .get("/v1/pipelines/async-process/timers/finished")
+        .await?;
+    ensure!(
+        none == json!([]),
+        "a finished process keeps no timer: {none}"
+    );
+    ensure!(
+        state(&host, "stuck").await?["state"] == "STARTED",
+        "timed out early"
+    );
+
+    let stuck = wait_state(&host, "stuck", Duration::from_secs(20), |v| {
+        v["state"] == "ERROR"
+    })
+    .await?;
+    let waited = now_ms() - t0;
+    ensure!(
+        waited >= 1_500,
+        "ERROR after {waited} ms, before the timeout"
+    );
+    let last = stuck["executions"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        last["id"] == format!("timeout@{}", t0 + 1_500)
+            && last["state"] == "ERROR"
+            && last["description"] == "no update for 1500 ms in STARTED",
+        "{stuck}"
+    );
+    ensure!(timeouts(&stuck) == 1, "{stuck}");
+    // Emitted to the timeout topic, and routed like a REJECTED process.
+    let emitted = records(&host, "timed-out").await?;
+    ensure!(
+        emitted.len() == 1 && emitted[0]["key"] == "stuck",
+        "{emitted:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let routed = records(&host, "rejected-process").await?;
+        if routed.iter().any(|r| r["key"] == "stuck") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "never routed: {routed:?}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(state(&host, "finished").await?["state"] == "DONE");
+    let (_, after) = host.get("/v1/pipelines/async-process/timers/stuck").await?;
+    ensure!(after == json!([]), "a fired timer is gone: {after}");
+    ensure!(fired_total(&host).await? >= 1.0);
+    let text = host.metrics().await?;
+    ensure!(
+        samples(&text, "eddy_timers_pending")?
+            .iter()
+            .all(|(_, v)| *v == 0.0),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// Keys, each with a timer a few ms after the previous one's.
+const KILLED_KEYS: usize = 3_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_set_before_kill_9_fire_exactly_once_after_restart() -> Result<()> {
+    let timeout = 4_000;
+    let mut host = Host::start(&timed_config(timeout)?).await?;
+    // The deadlines spread over ~3 s, starting 4 s from now.
+    let t0 = now_ms();
+    let events: Vec<Value> = (0..KILLED_KEYS)
+        .map(|i| {
+            execution(
+                &format!("e{i}"),
+                &format!("p{i:05}"),
+                t0 + i as i64,
+                "STARTED",
+            )
+        })
+        .collect();
+    produce(&host, &events).await?;
+    host.wait_caught_up("async-process", Duration::from_secs(60))
+        .await?;
+    host.kill9()?;
+    // Down until a third of the deadlines passed; then up, and killed
+    // again while the rest are firing.
+    let first = t0 + timeout as i64;
+    let until = first + KILLED_KEYS as i64 / 3;
+    tokio::time::sleep(Duration::from_millis((until - now_ms()).max(0) as u64)).await;
+    host.restart().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.kill9()?;
+    host.restart().await?;
+    let last = format!("p{:05}", KILLED_KEYS - 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, v) = host
+            .get(&format!("/v1/pipelines/async-process/state/{last}"))
+            .await?;
+        if status == 200 && v["state"] == "ERROR" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the last timer never fired: {v}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let whatever fired be folded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.wait_caught_up("async-process", Duration::from_secs(30))
+        .await?;
+    for i in 0..KILLED_KEYS {
+        let key = format!("p{i:05}");
+        let v = state(&host, &key).await?;
+        ensure!(
+            v["state"] == "ERROR" && timeouts(&v) == 1,
+            "{key}: not timed out exactly once: {v}"
+        );
+        let at = v["lastUpdate"].as_i64().unwrap_or_default();
+        ensure!(at == t0 + i as i64 + timeout as i64, "{key}: {v}");
+    }
+    // Each timer reached the timer topic once.
+    let fired = records(&host, TIMER_TOPIC).await?;
+    ensure!(
+        fired.len() == KILLED_KEYS,
+        "{} timer records for {KILLED_KEYS} timers",
+        fired.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_past_at_startup_fire_in_order_of_their_instants() -> Result<()> {
+    let timeout = 5_000;
+    let mut host = Host::start(&timed_config(timeout)?).await?;
+    let t0 = now_ms();
+    // Deadlines in an order unlike the keys' and the events'.
+    let keys: Vec<(String, i64)> = (0..200_i64)
+        .map(|i| (format!("k{:03}", (i * 37) % 200), t0 + (i * 53) % 200))
+        .collect();
+    let events: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, (k, at))| execution(&format!("e{n}"), k, *at, "STARTED"))
+        .collect();
+    produce(&host, &events).await?;
+    host.wait_caught_up("async-process", Duration::from_secs(20))
+        .await?;
+    host.terminate()?;
+    let first_due = t0 + timeout as i64;
+    ensure!(
+        now_ms() < first_due,
+        "the host stopped only after the first deadline: a slower machine needs a longer timeout"
+    );
+    let all_due = first_due + 200;
+    tokio::time::sleep(Duration::from_millis(
+        (all_due - now_ms()).max(0) as u64 + 200,
+    ))
+    .await;
+    host.restart().await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fired = loop {
+        let fired = records(&host, TIMER_TOPIC).await?;
+        if fired.len() >= keys.len() {
+            break fired;
+        }
+        ensure!(Instant::now() < deadline, "{} fired", fired.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let instants: Vec<i64> = fired
+        .iter()
+        .map(|r| {
+            let v: Value = match &r["value"] {
+                Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+                v => v.clone(),
+            };
+            v["at_ms"].as_i64().unwrap_or_default()
+        })
+        .collect();
+    let mut sorted = instants.clone();
+    sorted.sort_unstable();
+    ensure!(instants == sorted, "fired out of order: {instants:?}");
+    let mut expected: Vec<i64> = keys.iter().map(|(_, at)| at + timeout as i64).collect();
+    expected.sort_unstable();
+    ensure!(instants == expected, "{instants:?}");
+    host.wait_caught_up("async-process", Duration::from_secs(20))
+        .await?;
+    for (key, _) in &keys {
+        ensure!(timeouts(&state(&host, key).await?) == 1, "{key}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_and_an_event_of_one_key_in_one_batch_apply_timer_first() -> Result<()> {
+    let timeout = 2_000;
+    let host = Host::start(&timed_config(timeout)?).await?;
+    let t0 = now_ms();
+    produce(&host, &[execution("a", "p", t0, "STARTED")]).await?;
+    host.wait_caught_up("async-process", Duration::from_secs(20))
+        .await?;
+    // Paused, the timer still fires (into the timer topic) but nothing is
+    // folded; an event of the same key then waits beside it.
+    host.post("/v1/pipelines/async-process/pause", "").await?;
+    ensure!(
+        now_ms() < t0 + timeout as i64,
+        "paused only after the timeout: a slower machine needs a longer one"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fired_total(&host).await? < 1.0 {
+        ensure!(Instant::now() < deadline, "the timer never fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    produce(&host, &[execution("b", "p", t0 + 5_000, "DONE")]).await?;
+    host.post("/v1/pipelines/async-process/resume", "").await?;
+    let v = wait_state(&host, "p", Duration::from_secs(20), |v| {
+        v["executions"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+    let ids: Vec<&str> = v["executions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    ensure!(
+        ids == ["a", &format!("timeout@{}", t0 + timeout as i64), "b"],
+        "the timer did not apply before the event: {v}"
+    );
+    ensure!(v["state"] == "DONE", "{v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_timers_are_dead_letters_of_their_class() -> Result<()> {
+    // With a cap of 0 timers per key, the STARTED execution's timeout is
+    // one too many; the DONE one sets none.
+    let config = timed_config(60_000)?.replacen(
+        "aggregator = \"async-process-aggregator\"\n",
+        "aggregator = \"async-process-aggregator\"\nmax_timers_per_key = 0\n",
+        1,
+    );
+    let host = Host::start(&config).await?;
+    produce(
+        &host,
+        &[
+            execution("a", "capped", now_ms(), "STARTED"),
+            execution("b", "fine", now_ms(), "DONE"),
+        ],
+    )
+    .await?;
+    host.wait_caught_up("async-process", Duration::from_secs(20))
+        .await?;
+    let (status, letters) = host
+        .get("/v1/pipelines/async-process/dead-letters?error_class=timer_limit")
+        .await?;
+    ensure!(status == 200, "{status} {letters}");
+    let list = letters["dead_letters"]
+        .as_array()
+        .cloned()
+        .context("no dead letter list")?;
+    ensure!(list.len() == 1, "{letters}");
+    let error = list[0]["error"].as_str().unwrap_or_default();
+    ensure!(
+        list[0]["key"] == "capped"
+            && error.contains("max_timers_per_key")
+            && error.contains("async-process-aggregator"),
+        "{}",
+        list[0]
+    );
+    ensure!(
+        state(&host, "fine").await?["state"] == "DONE",
+        "the other key applied"
+    );
+    Ok(())
+}
