@@ -16,6 +16,7 @@
 //! | `eddy_rebalances_total` | counter | pipeline, kind (assign/revoke) |
 //! | `eddy_timers_fired_total` | counter | pipeline, time (wall/event) |
 //! | `eddy_timers_pending` | gauge | pipeline |
+//! | `eddy_schedule_runs_total` | counter | pipeline, schedule, outcome (ok/dead_letter/held/skipped) |
 //! | `eddy_outbox_records` | gauge | |
 //! | `eddy_sse_clients` | gauge | |
 //! | `eddy_http_requests_total` | counter | method, route, status |
@@ -130,6 +131,10 @@ fn describe() {
         "Per-key timers fired (appended to the pipeline's timer topic), by clock."
     );
     describe_gauge!("eddy_timers_pending", "Per-key timers waiting to fire.");
+    describe_counter!(
+        "eddy_schedule_runs_total",
+        "Runs of schedules by outcome (ok, dead_letter, held, skipped)."
+    );
     describe_gauge!(
         "eddy_outbox_records",
         "Records waiting in the outbox for the Kafka producer."
@@ -240,6 +245,12 @@ pub fn partitions(pipeline: &str, owned: usize, restoring: usize) {
 pub fn timers_fired(pipeline: &str, time: &'static str, n: usize) {
     metrics::counter!("eddy_timers_fired_total", "pipeline" => pipeline.to_owned(), "time" => time)
         .increment(n as u64);
+}
+
+/// Records a schedule run's end (or a skip).
+pub fn schedule_run(pipeline: &str, schedule: &str, outcome: &'static str) {
+    metrics::counter!("eddy_schedule_runs_total", "pipeline" => pipeline.to_owned(), "schedule" => schedule.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// Sets how many timers a pipeline has pending.

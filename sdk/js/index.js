@@ -14,7 +14,12 @@
 //
 // Values and state are plain JSON-decoded objects. Throw `Invalid`,
 // `Retryable` or `Fatal` to fail an event. The same definitions run in Node
-// for tests: see `fold`, `foldKeys` and `route`.
+// for tests: see `fold`, `foldKeys`, `fire` and `route`.
+//
+// Timers: `out.setTimer(name, atMs, time = "wall", payload = null)` sets a
+// timer on the key being folded (`"event"`: on the partition's watermark),
+// `out.cancelTimer(name)` cancels it; when it fires, the aggregator's
+// `onTimer(state, timer, out)` gets `{ name, atMs, time, payload }`.
 //
 // The component speaks the contract eddy:plugin@0.2.0 (one call folds many
 // keys; states stay decoded between calls while the host names them by the
@@ -46,6 +51,11 @@ export class Fatal extends Failure {
   }
 }
 
+/** An emit to this topic sets or cancels a timer instead of producing a record. */
+export const TIMER_REQUEST_TOPIC = "__eddy.timers";
+/** A fired timer arrives as an event of a topic that starts with this. */
+export const TIMER_TOPIC_PREFIX = "__eddy.timers.";
+
 /** Records produced while processing events. */
 export class Output {
   constructor() {
@@ -54,6 +64,21 @@ export class Output {
   /** Produce `value` (serialised to JSON) to `topic` with an optional key. */
   emit(topic, key, value, headers = []) {
     this.emits.push({ topic, key: key ?? undefined, value: JSON.stringify(value), headers });
+  }
+  /**
+   * Set (or replace) the timer `name` of the key being folded, due at `atMs`
+   * (ms since the Unix epoch) on the `time` clock: "wall" (the host's) or
+   * "event" (the partition's watermark).
+   */
+  setTimer(name, atMs, time = "wall", payload = null) {
+    if (time !== "wall" && time !== "event") {
+      throw new Fatal(`timer ${JSON.stringify(name)}: time ${JSON.stringify(time)} is neither "wall" nor "event"`);
+    }
+    this.emit(TIMER_REQUEST_TOPIC, undefined, { op: "set", name, at_ms: Math.trunc(Number(atMs)), time, payload });
+  }
+  /** Cancel the key's timer `name` (nothing when it has none). */
+  cancelTimer(name) {
+    this.emit(TIMER_REQUEST_TOPIC, undefined, { op: "cancel", name });
   }
 }
 
@@ -103,7 +128,14 @@ function applyAll(def, key, state, events) {
   if (state === undefined) state = def.init(key);
   const out = new Output();
   for (const e of events) {
-    const next = def.apply(state, toEvent(e), out);
+    let next;
+    if (e.topic.startsWith(TIMER_TOPIC_PREFIX)) {
+      if (def.onTimer === undefined) continue;
+      const t = decode(e);
+      next = def.onTimer(state, { name: t.name, atMs: t.at_ms, time: t.time, payload: t.payload }, out);
+    } else {
+      next = def.apply(state, toEvent(e), out);
+    }
     if (next !== undefined) state = next;
   }
   return [state, out.emits];
@@ -220,7 +252,13 @@ export function defineHandler(def) {
       return events.map((e) => {
         try {
           const out = new Output();
-          def.handle(toEvent(e), out);
+          if (e.topic.startsWith(TIMER_TOPIC_PREFIX)) {
+            // A schedule's run, in a pipeline without an aggregator.
+            const t = decode(e);
+            if (def.onTimer !== undefined) def.onTimer({ name: t.name, atMs: t.at_ms, time: t.time, payload: t.payload }, out);
+          } else {
+            def.handle(toEvent(e), out);
+          }
           return { tag: "ok", val: out.emits.map((m) => ({ ...m, headers: headersOut(m.headers) })) };
         } catch (err) {
           return { tag: "err", val: failureOf(err) };
@@ -239,6 +277,13 @@ function testEvent(topic, offset, key, value) {
 export function fold(exported, key, values, state = undefined) {
   const events = values.map((v, i) => testEvent("test", i, key, v));
   const [json, emits] = foldJson(exported.definition, key, state === undefined ? undefined : JSON.stringify(state), events);
+  return { state: JSON.parse(json), emits: emits.map((m) => ({ topic: m.topic, key: m.key, value: JSON.parse(m.value) })) };
+}
+
+/** Node test helper: fires `key`'s timer `name` on `state`; returns `{ state, emits }`. */
+export function fire(exported, key, state, name, { atMs = 0, time = "wall", payload = null } = {}) {
+  const event = testEvent(TIMER_TOPIC_PREFIX + "test", 0, key, { name, at_ms: atMs, time, payload });
+  const [json, emits] = foldJson(exported.definition, key, JSON.stringify(state), [event]);
   return { state: JSON.parse(json), emits: emits.map((m) => ({ topic: m.topic, key: m.key, value: JSON.parse(m.value) })) };
 }
 

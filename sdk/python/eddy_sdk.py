@@ -21,6 +21,12 @@ Values and state are plain JSON-decoded Python objects. Raise
 :class:`Invalid`, :class:`Retryable` or :class:`Fatal` to fail an event.
 The same classes run natively for tests: see :func:`fold` and :func:`route`.
 
+Timers: ``out.set_timer(name, at_ms, time="wall", payload=None)`` sets a
+timer on the key being folded (``time="event"``: on the partition's
+watermark), ``out.cancel_timer(name)`` cancels it; when it fires, the
+aggregator's ``on_timer(state, timer, out)`` is called with a
+:class:`Timer` (and may return the new state, as ``apply`` does).
+
 The component speaks the contract ``eddy:plugin@0.2.0`` (one call folds
 many keys; states stay decoded between calls while the host names them by
 the version this instance gave them) or, built with ``--contract 0.1.0``,
@@ -77,6 +83,25 @@ class Event:
         return None
 
 
+# An emit to this topic sets or cancels a timer instead of producing a record.
+TIMER_REQUEST_TOPIC = "__eddy.timers"
+# A fired timer arrives as an event of a topic starting with this.
+TIMER_TOPIC_PREFIX = "__eddy.timers."
+
+
+class Timer:
+    """A timer that fired: its ``name``, the instant ``at_ms`` it was set for,
+    its clock ``time`` (``"wall"`` or ``"event"``) and its ``payload``."""
+
+    __slots__ = ("name", "at_ms", "time", "payload")
+
+    def __init__(self, name, at_ms, time, payload):
+        self.name = name
+        self.at_ms = at_ms
+        self.time = time
+        self.payload = payload
+
+
 class Output:
     """Records produced while processing events."""
 
@@ -86,6 +111,19 @@ class Output:
     def emit(self, topic, key, value, headers=None):
         """Produce ``value`` (serialised to JSON) to ``topic`` with an optional key."""
         self.emits.append((topic, key, json.dumps(value, separators=(",", ":")), list(headers or [])))
+
+    def set_timer(self, name, at_ms, time="wall", payload=None):
+        """Set (or replace) the timer ``name`` of the key being folded, due at
+        ``at_ms`` (ms since the Unix epoch) on the ``time`` clock: ``"wall"``
+        (the host's) or ``"event"`` (the partition's watermark)."""
+        if time not in ("wall", "event"):
+            raise Fatal(f"timer {name!r}: time {time!r} is neither 'wall' nor 'event'")
+        self.emit(TIMER_REQUEST_TOPIC, None,
+                  {"op": "set", "name": name, "at_ms": int(at_ms), "time": time, "payload": payload})
+
+    def cancel_timer(self, name):
+        """Cancel the key's timer ``name`` (nothing when it has none)."""
+        self.emit(TIMER_REQUEST_TOPIC, None, {"op": "cancel", "name": name})
 
 
 # Where the plugin is, named in its log lines: (key, offset) of the event
@@ -132,8 +170,16 @@ def _apply_all(impl, key, state, raw_events):
     try:
         for (topic, partition, offset, ts, rkey, headers, schema_id, value) in raw_events:
             _at[1] = offset
-            event = Event(topic, partition, offset, ts, rkey, headers, schema_id, _decode(topic, partition, offset, value))
-            result = impl.apply(state, event, out)
+            decoded = _decode(topic, partition, offset, value)
+            if topic.startswith(TIMER_TOPIC_PREFIX):
+                on_timer = getattr(impl, "on_timer", None)
+                if on_timer is None:
+                    continue
+                timer = Timer(decoded.get("name"), decoded.get("at_ms"), decoded.get("time"), decoded.get("payload"))
+                result = on_timer(state, timer, out)
+            else:
+                event = Event(topic, partition, offset, ts, rkey, headers, schema_id, decoded)
+                result = impl.apply(state, event, out)
             if result is not None:
                 state = result
     finally:
@@ -216,8 +262,15 @@ def _fold_keys(impl, resident, batch):
 
 def _route(impl, raw_event):
     (topic, partition, offset, ts, rkey, headers, schema_id, value) = raw_event
-    event = Event(topic, partition, offset, ts, rkey, headers, schema_id, _decode(topic, partition, offset, value))
+    decoded = _decode(topic, partition, offset, value)
     out = Output()
+    if topic.startswith(TIMER_TOPIC_PREFIX):
+        # A schedule's run, in a pipeline without an aggregator.
+        on_timer = getattr(impl, "on_timer", None)
+        if on_timer is not None:
+            on_timer(Timer(decoded.get("name"), decoded.get("at_ms"), decoded.get("time"), decoded.get("payload")), out)
+        return out.emits
+    event = Event(topic, partition, offset, ts, rkey, headers, schema_id, decoded)
     impl.handle(event, out)
     return out.emits
 
@@ -333,6 +386,15 @@ def fold(component_class, key, values, state=None, topic="test"):
     raw = [(topic, 0, i, 0, key, [], None, json.dumps(v)) for i, v in enumerate(values)]
     state_json = None if state is None else json.dumps(state)
     new_state, emits = _fold(component_class.impl, key, state_json, raw)
+    return json.loads(new_state), [(t, k, json.loads(v)) for (t, k, v, _) in emits]
+
+
+def fire(component_class, key, state, name, at_ms=0, time="wall", payload=None):
+    """Native test helper: fires the timer ``name`` of ``key`` on ``state``
+    through the aggregator's ``on_timer``; returns ``(state, emits)``."""
+    value = {"name": name, "at_ms": at_ms, "time": time, "payload": payload}
+    raw = [(TIMER_TOPIC_PREFIX + "test", 0, 0, 0, key, [], None, json.dumps(value))]
+    new_state, emits = _fold(component_class.impl, key, json.dumps(state), raw)
     return json.loads(new_state), [(t, k, json.loads(v)) for (t, k, v, _) in emits]
 
 

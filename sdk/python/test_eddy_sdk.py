@@ -96,3 +96,35 @@ class FoldKeysTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Reminder:
+    """Sets a wall-clock timer per event; counts the timers that fire."""
+
+    def init(self, key):
+        return {"fired": 0}
+
+    def apply(self, state, event, out):
+        out.set_timer("remind", event.value["at"], payload={"note": event.value["note"]})
+        return state
+
+    def on_timer(self, state, timer, out):
+        state["fired"] += 1
+        out.emit("reminders", None, {"name": timer.name, "at": timer.at_ms, "note": timer.payload["note"]})
+        return state
+
+
+class TimerTest(unittest.TestCase):
+    def test_set_timer_is_a_request_and_on_timer_gets_the_fired_timer(self):
+        component = eddy_sdk.aggregator(Reminder)
+        state, emits = eddy_sdk.fold(component, "k", [{"at": 5, "note": "hi"}])
+        self.assertEqual(emits, [("__eddy.timers", None,
+                                  {"op": "set", "name": "remind", "at_ms": 5, "time": "wall",
+                                   "payload": {"note": "hi"}})])
+        state, emits = eddy_sdk.fire(component, "k", state, "remind", at_ms=5, payload={"note": "hi"})
+        self.assertEqual(state, {"fired": 1})
+        self.assertEqual(emits, [("reminders", None, {"name": "remind", "at": 5, "note": "hi"})])
+
+    def test_a_bad_clock_is_fatal(self):
+        with self.assertRaises(eddy_sdk.Fatal):
+            eddy_sdk.Output().set_timer("t", 1, time="cpu")

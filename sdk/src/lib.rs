@@ -341,6 +341,17 @@ pub trait Handler {
     /// # Errors
     /// A [`Failure`] sends this event (only) to the dead letters.
     fn handle(event: Event<Self::Event>, out: &mut Output) -> Result<(), Failure>;
+
+    /// Called on each run of a schedule (`[[schedule]]`) of a pipeline that
+    /// has no aggregator: the timer is named `schedule:{name}` and carries
+    /// the schedule's payload. Does nothing unless implemented.
+    ///
+    /// # Errors
+    /// A [`Failure`] dead-letters the run.
+    fn on_timer(timer: Timer, out: &mut Output) -> Result<(), Failure> {
+        let _ = (timer, out);
+        Ok(())
+    }
 }
 
 /// Exports a type implementing [`Aggregator`] as the plugin's entry point.

@@ -269,9 +269,13 @@ pub fn handle<H: Handler>(events: Vec<Event<String>>) -> Vec<Result<Vec<Emit>, F
         .map(|event| {
             crate::log::set_key(event.key.as_deref());
             crate::log::set_offset(Some(event.offset));
-            let value = decode::<H::Event>(&event)?;
             let mut out = Output::default();
-            H::handle(event.with_value(value), &mut out)?;
+            if event.topic.starts_with(crate::TIMER_TOPIC_PREFIX) {
+                H::on_timer(decode::<crate::Timer>(&event)?, &mut out)?;
+            } else {
+                let value = decode::<H::Event>(&event)?;
+                H::handle(event.with_value(value), &mut out)?;
+            }
             Ok(out.into_emits())
         })
         .collect()

@@ -151,7 +151,7 @@ fn open_topics(
     for p in &config.pipelines {
         log.ensure_topic(&p.replay_topic(), Some(1))
             .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
-        if p.aggregator.is_some() {
+        if p.aggregator.is_some() || !config.schedules_of(&p.name).is_empty() {
             log.ensure_topic(&p.timer_topic(), Some(1))
                 .with_context(|| format!("pipeline {:?}: timer topic", p.name))?;
         }
@@ -616,7 +616,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         let mut sources: Vec<Box<dyn crate::source::Source>> = Vec::new();
         // Fired timers come first in a batch (a key's timers fold before
         // its events read with them); the input is the source waited on.
-        if p.aggregator.is_some() {
+        if p.aggregator.is_some() || !config.schedules_of(&p.name).is_empty() {
             sources.push(Box::new(EmbeddedSource::open(
                 log.clone(),
                 &p.name,
@@ -646,6 +646,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 ownership: ownership.get(&p.name).cloned(),
                 paused: paused.get(&p.name).cloned().unwrap_or_default(),
                 log: log.clone(),
+                schedules: config.schedules_of(&p.name),
             },
         )?;
         let failed = failed.clone();
@@ -731,6 +732,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
         ),
+        schedules: Arc::new(config.schedules.clone()),
         keepalive: Duration::from_secs(config.http.sse_keepalive_secs.max(1)),
         locks: Arc::new(locks),
         paused: Arc::new(paused),

@@ -7,6 +7,7 @@ mod http;
 mod names;
 mod pipeline;
 mod plugin;
+mod schedule;
 mod source;
 mod store;
 
@@ -23,6 +24,7 @@ pub use pipeline::{
     TIMER_TOPIC_PREFIX, ValueFormat,
 };
 pub use plugin::{DirGrant, Grants, PluginConfig, PluginKind};
+pub use schedule::{Cadence, Missed, ScheduleConfig};
 pub use source::{EmbeddedConfig, KafkaConfig, SourceConfig, TopicConfig};
 pub use store::{Durability, StoreConfig};
 
@@ -55,6 +57,9 @@ pub struct Config {
     /// The pipelines: each binds a topic to an aggregator and/or handlers.
     #[serde(default, rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
+    /// Runs of pipelines on a cron expression or an interval.
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<ScheduleConfig>,
     /// Directory the config file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -328,11 +333,50 @@ impl Config {
                 }
             }
         }
+        self.validate_schedules(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+
+    fn validate_schedules(&self, problems: &mut Vec<String>) {
+        let mut names = HashSet::new();
+        for s in &self.schedules {
+            let at = format!("schedule {:?}", s.name);
+            if !valid_name(&s.name) {
+                problems.push(format!(
+                    "{at}: name may hold only letters, digits, '.', '_' and '-'"
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                problems.push(format!("{at} is declared twice"));
+            }
+            if let Err(e) = s.cadence() {
+                problems.push(e);
+            }
+            if !self.pipelines.iter().any(|p| p.name == s.pipeline) {
+                problems.push(format!("{at}: pipeline {:?} is not declared", s.pipeline));
+            }
+            if s.key().is_empty() {
+                problems.push(format!("{at}: key must not be empty"));
+            }
+            if self.cluster.is_some() {
+                problems.push(format!(
+                    "[cluster]: {at}: schedules run on one host and do not move between hosts yet; run them on a host without [cluster]"
+                ));
+            }
+        }
+    }
+
+    /// The schedules of pipeline `name`.
+    pub fn schedules_of(&self, name: &str) -> Vec<ScheduleConfig> {
+        self.schedules
+            .iter()
+            .filter(|s| s.pipeline == name)
+            .cloned()
+            .collect()
     }
 }
 

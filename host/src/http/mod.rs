@@ -10,6 +10,7 @@ mod produce;
 pub mod reads;
 mod registry;
 mod replay;
+mod schedules;
 mod sse;
 
 use std::collections::HashMap;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// Per pipeline, set while it is paused (shared with its worker).
     pub paused: Arc<HashMap<String, Arc<crate::pipeline::PauseSwitch>>>,
+    /// The schedules (`[[schedule]]`).
+    pub schedules: Arc<Vec<crate::config::ScheduleConfig>>,
 }
 
 pub use cluster::Cluster;
@@ -219,6 +222,8 @@ pub fn app(state: AppState) -> Router {
             post(plugins::shadow).layer(body_limit(state.max_plugin_bytes)),
         )
         .route("/v1/pipelines", get(list_pipelines))
+        .route("/v1/schedules", get(schedules::list))
+        .route("/v1/schedules/{name}/runs", get(schedules::runs))
         .route("/v1/pipelines/{pipeline}", get(pipeline_progress))
         .route("/v1/pipelines/{pipeline}/state/{key}", get(get_state))
         .route("/v1/pipelines/{pipeline}/timers/{key}", get(get_timers))

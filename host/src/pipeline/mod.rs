@@ -15,6 +15,7 @@ pub mod outputs;
 pub mod quarantine;
 pub mod replay;
 pub mod retry;
+pub mod schedules;
 pub mod shadow;
 mod state_cache;
 pub mod timers;
@@ -112,6 +113,8 @@ pub struct Worker {
     log: Arc<crate::source::embedded::EmbeddedLog>,
     /// Stream times and pending timers.
     clock: timers::Clock,
+    /// Its schedules.
+    scheduler: schedules::Scheduler,
 }
 
 /// Serialises a pipeline's batches with the control operations (dead-letter
@@ -177,6 +180,8 @@ pub struct Wiring {
     pub paused: Arc<PauseSwitch>,
     /// The embedded log (its timer topic).
     pub log: Arc<crate::source::embedded::EmbeddedLog>,
+    /// The schedules that trigger it.
+    pub schedules: Vec<crate::config::ScheduleConfig>,
 }
 
 impl Worker {
@@ -201,6 +206,7 @@ impl Worker {
             ownership,
             paused,
             log,
+            schedules,
         } = wiring;
         let seqs = store.last_seqs(&config.name, intake.partitions())?;
         let stamp_us = store.last_stamp(&config.name, intake.partitions())?;
@@ -219,6 +225,16 @@ impl Worker {
             max: config.max_timers,
         };
         crate::telemetry::timers_pending(&config.name, clock.pending);
+        let (scheduler, started) =
+            schedules::Scheduler::open(&store, &config.name, schedules, crate::now_ms())?;
+        if !started.is_empty() {
+            store.commit(&crate::store::Commit {
+                pipeline: config.name.clone(),
+                schedule_marks: started.marks,
+                schedule_runs: started.runs,
+                ..crate::store::Commit::default()
+            })?;
+        }
         Ok(Worker {
             intake,
             changelog_by_partition,
@@ -239,6 +255,7 @@ impl Worker {
             paused,
             log,
             clock,
+            scheduler,
         })
     }
 
@@ -402,7 +419,11 @@ impl Worker {
                 .items
                 .iter()
                 .zip(&events)
-                .filter(|(item, _)| !item.is_timer())
+                .filter(|(item, _)| {
+                    !item.is_timer()
+                        || (self.aggregator.is_none()
+                            && schedules::Scheduler::run_of(item).is_some())
+                })
                 .map(|(item, event)| (item, event.clone()))
                 .unzip();
             for i in 0..self.handlers.len() {
@@ -415,6 +436,23 @@ impl Worker {
         }
         drop(events);
         let timer_ops = std::mem::take(&mut out.timers);
+        let held: Vec<u64> = out
+            .park
+            .iter()
+            .filter(|(_, r)| r.topic.starts_with(crate::config::TIMER_TOPIC_PREFIX))
+            .map(|(_, r)| r.offset)
+            .collect();
+        let runs = if self.scheduler.is_empty() {
+            Vec::new()
+        } else {
+            self.scheduler.finished(
+                &self.store,
+                prepared.items.iter(),
+                &out.dead,
+                &held,
+                crate::now_ms(),
+            )?
+        };
         let dead_count = out.dead.len();
         let epochs = self.ownership.as_ref().map(|o| o.epochs());
         let restore = self
@@ -445,6 +483,7 @@ impl Worker {
         commit.offsets = offsets;
         commit.timers = timer_ops;
         commit.stream_times = stream_times;
+        commit.schedule_runs = runs;
         if let (Some(o), Sink::Kafka(k)) = (&self.ownership, &self.sink) {
             commit.restore_points = o.checkpoints(k);
         }
@@ -513,31 +552,39 @@ impl Worker {
     fn fire_timers(&mut self) -> anyhow::Result<()> {
         /// Timers fired per write at most.
         const FIRE_LIMIT: usize = 10_000;
-        if self.clock.pending == 0 || self.aggregator.is_none() {
+        let now = crate::now_ms();
+        let runs = self.scheduler.due(now);
+        if (self.clock.pending == 0 || self.aggregator.is_none()) && runs.is_empty() {
             return Ok(());
         }
         let name = self.config.name.clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let mut due = self.store.due_wall_timers(&name, now, FIRE_LIMIT)?;
+        let mut due = if self.clock.pending == 0 || self.aggregator.is_none() {
+            Vec::new()
+        } else {
+            self.store.due_wall_timers(&name, now, FIRE_LIMIT)?
+        };
         for partition in 0..self.intake.partitions() {
             let room = FIRE_LIMIT.saturating_sub(due.len());
             if room == 0 {
+                break;
+            }
+            if self.clock.pending == 0 {
                 break;
             }
             if let Some(until) = self.clock.due_until(partition) {
                 due.extend(self.store.due_event_timers(&name, partition, until, room)?);
             }
         }
-        if due.is_empty() {
+        if due.is_empty() && runs.is_empty() {
             return Ok(());
         }
         due.sort_by_key(|t| t.at_ms);
         let topic = self.config.timer_topic();
         let records = due
             .iter()
-            .map(|t| (topic.clone(), timers::fired_record(t)))
+            .map(timers::fired_record)
+            .chain(runs.records)
+            .map(|r| (topic.clone(), r))
             .collect();
         let wall = due
             .iter()
@@ -547,6 +594,8 @@ impl Worker {
         let mut commit = crate::store::Commit {
             pipeline: name.clone(),
             timers_fired: due,
+            schedule_marks: runs.marks,
+            schedule_runs: runs.runs,
             ..crate::store::Commit::default()
         };
         let lock = self.lock.clone();

@@ -24,6 +24,8 @@
 //! | `meta`    | `stream-time\0` pipeline `\0` partition(u32) | the partition's stream time (i64 ms) | `timers.rs` |
 //! | `timers`  | pipeline `\0` `w` at partition key name / `e` partition at key name | a pending timer's payload (JSON) | `timers.rs` |
 //! | `timer_names` | pipeline `\0` key-length(u32) key name | where that timer sits in `timers` | `timers.rs` |
+//! | `schedule_runs` | pipeline `\0` schedule `\0` run(u64) | the run's record (JSON) | `schedules.rs` |
+//! | `meta`    | `schedule\0` pipeline `\0` schedule | interval origin, last instant, last run | `schedules.rs` |
 //!
 //! A replay writes the same keyspaces under the name `{pipeline}@replay`
 //! (`rebuild.rs`). fjall is synchronous: call it from blocking threads
@@ -42,6 +44,7 @@ mod quarantine;
 mod rebuild;
 mod registry;
 mod restore;
+mod schedules;
 mod space;
 mod state;
 mod timers;
@@ -59,6 +62,7 @@ pub use log::{Append, LogRecord};
 pub use outbox::OutboxRecord;
 pub use rebuild::Swap;
 pub use restore::{RestorePoint, Restored};
+pub use schedules::ScheduleMark;
 pub use space::LowSpace;
 pub use state::{Change, StoredState};
 pub use timers::{TimeDomain, Timer, TimerOp};
@@ -132,6 +136,10 @@ pub struct Commit {
     pub timers_fired: Vec<Timer>,
     /// Partitions' new stream times.
     pub stream_times: Vec<(u32, i64)>,
+    /// Schedules' new marks.
+    pub schedule_marks: Vec<(String, ScheduleMark)>,
+    /// Schedule run records written or updated: (schedule, run, JSON).
+    pub schedule_runs: Vec<(String, u64, String)>,
 }
 
 /// Largest memtable of a keyspace before fjall writes it out as a segment.
@@ -168,6 +176,7 @@ pub struct Store {
     outbox: Keyspace,
     timers: Keyspace,
     timer_names: Keyspace,
+    schedule_runs: Keyspace,
     persist: PersistMode,
     /// Bumped whenever states change outside a pipeline's own commits (a
     /// replay's swap), so caches of states know to drop what they hold.
@@ -216,6 +225,7 @@ impl Store {
             outbox: ks("outbox")?,
             timers: ks("timers")?,
             timer_names: ks("timer_names")?,
+            schedule_runs: ks("schedule_runs")?,
             persist: match durability {
                 Durability::Process => PersistMode::Buffer,
                 Durability::Power => PersistMode::SyncData,
@@ -300,6 +310,7 @@ impl Store {
         self.write_restore_points(&mut b, p, &c.restore_points);
         self.write_timers(&mut b, p, &c.timers, &c.timers_fired)?;
         self.write_stream_times(&mut b, p, &c.stream_times);
+        self.write_schedules(&mut b, p, &c.schedule_marks, &c.schedule_runs);
         fj("commit", b.commit())
     }
 

@@ -64,3 +64,27 @@ test("a resident state is used only at its version, and forgotten when its fold 
   assert.equal(failed[0].tag, "err");
   assert.equal(aggregator.resident.states.has("k"), false);
 });
+
+test("setTimer is a request and onTimer gets the fired timer", async () => {
+  const { defineAggregator, fire, Fatal, Output } = await import("../index.js");
+  const reminder = defineAggregator({
+    init: () => ({ fired: 0 }),
+    apply: (state, event, out) => {
+      out.setTimer("remind", event.value.at, "event", { note: event.value.note });
+      return state;
+    },
+    onTimer: (state, timer, out) => {
+      state.fired += 1;
+      out.emit("reminders", undefined, { name: timer.name, at: timer.atMs, time: timer.time, note: timer.payload.note });
+      return state;
+    },
+  });
+  const { state, emits } = fold(reminder, "k", [{ at: 5, note: "hi" }]);
+  assert.deepEqual(emits, [
+    { topic: "__eddy.timers", key: undefined, value: { op: "set", name: "remind", at_ms: 5, time: "event", payload: { note: "hi" } } },
+  ]);
+  const fired = fire(reminder, "k", state, "remind", { atMs: 5, time: "event", payload: { note: "hi" } });
+  assert.deepEqual(fired.state, { fired: 1 });
+  assert.deepEqual(fired.emits, [{ topic: "reminders", key: undefined, value: { name: "remind", at: 5, time: "event", note: "hi" } }]);
+  assert.throws(() => new Output().setTimer("t", 1, "cpu"), Fatal);
+});

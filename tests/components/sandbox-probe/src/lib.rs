@@ -14,11 +14,14 @@
 //! - `log`: writes a warning to the host's log, then is applied;
 //! - `timer-bad`: asks for a timer at an instant no calendar has;
 //! - `timers`: sets `size` wall-clock timers an hour ahead (`t0`, `t1`, ...).
+//!
+//! A fired timer (a schedule's run) is recorded in the state's `ticks` as
+//! `{name}@{at_ms}`; one whose payload has `"fail": true` fails `invalid`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use eddy_sdk::{Aggregator, Event, Failure, Output, TimerTime};
+use eddy_sdk::{Aggregator, Event, Failure, Output, Timer, TimerTime};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -35,6 +38,8 @@ pub struct Applied {
     pub applied: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub padding: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ticks: Vec<String>,
 }
 
 static SEEN: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
@@ -95,6 +100,17 @@ impl Aggregator for SandboxProbe {
             _ => {}
         }
         state.applied.push(p.id);
+        Ok(())
+    }
+
+    fn on_timer(state: &mut Applied, timer: Timer, _out: &mut Output) -> Result<(), Failure> {
+        if timer.payload.get("fail") == Some(&serde_json::Value::Bool(true)) {
+            return Err(Failure::Invalid(format!(
+                "{}@{} fails on purpose",
+                timer.name, timer.at_ms
+            )));
+        }
+        state.ticks.push(format!("{}@{}", timer.name, timer.at_ms));
         Ok(())
     }
 }
