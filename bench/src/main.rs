@@ -25,6 +25,7 @@ mod kafka;
 mod latency;
 mod plugins;
 mod restart;
+mod timers;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -220,6 +221,28 @@ enum Command {
         clients: usize,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/sse.json")]
+        out: PathBuf,
+    },
+    /// Per-key timers: events/s with and without a timer per key, and
+    /// timers fired and folded per second.
+    Timers {
+        /// The eddy binary.
+        #[arg(long, default_value = "target/release/eddy")]
+        eddy: PathBuf,
+        /// The AsyncProcess aggregator component.
+        #[arg(long, default_value = "target/plugins/async-process-aggregator.wasm")]
+        component: PathBuf,
+        /// Events of the cost runs.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Distinct keys of the cost runs.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Timers of the firing run.
+        #[arg(long, default_value_t = 100_000)]
+        timers: u64,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench/timers.json")]
         out: PathBuf,
     },
     /// Time from start to ready with many keys in the store.
@@ -498,6 +521,21 @@ fn main() -> Result<()> {
             eddy,
             component,
             clients,
+            out,
+        }),
+        Command::Timers {
+            eddy,
+            component,
+            events,
+            keys,
+            timers,
+            out,
+        } => timers::run(&timers::Settings {
+            eddy,
+            component,
+            events,
+            keys,
+            timers,
             out,
         }),
         Command::Restart {

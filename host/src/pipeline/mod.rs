@@ -223,6 +223,9 @@ impl Worker {
             lateness_ms: i64::try_from(config.allowed_lateness_ms).unwrap_or(i64::MAX),
             pending: store.timer_count(&config.name)?,
             max: config.max_timers,
+            // Unknown until the first look.
+            wall_from: i64::MIN,
+            event_from: vec![i64::MIN; intake.partitions() as usize],
         };
         crate::telemetry::timers_pending(&config.name, clock.pending);
         let (scheduler, started) =
@@ -481,6 +484,7 @@ impl Worker {
             aggregator: self.aggregator.as_ref().map(|a| &*a.plugin().name),
         })?;
         commit.offsets = offsets;
+        self.clock.expect(&timer_ops);
         commit.timers = timer_ops;
         commit.stream_times = stream_times;
         commit.schedule_runs = runs;
@@ -558,21 +562,31 @@ impl Worker {
             return Ok(());
         }
         let name = self.config.name.clone();
-        let mut due = if self.clock.pending == 0 || self.aggregator.is_none() {
-            Vec::new()
-        } else {
-            self.store.due_wall_timers(&name, now, FIRE_LIMIT)?
-        };
+        let mut due = Vec::new();
+        // Only look where a timer may be due (a lookup walks past the
+        // entries replaced timers left behind).
+        if self.clock.pending > 0 && self.aggregator.is_some() && now >= self.clock.wall_from {
+            let (fired, next) = self.store.due_wall_timers(&name, now, FIRE_LIMIT)?;
+            due = fired;
+            self.clock.wall_from = next.unwrap_or(i64::MAX);
+        }
         for partition in 0..self.intake.partitions() {
             let room = FIRE_LIMIT.saturating_sub(due.len());
-            if room == 0 {
+            if room == 0 || self.clock.pending == 0 {
                 break;
             }
-            if self.clock.pending == 0 {
-                break;
-            }
-            if let Some(until) = self.clock.due_until(partition) {
-                due.extend(self.store.due_event_timers(&name, partition, until, room)?);
+            let from = self
+                .clock
+                .event_from
+                .get(partition as usize)
+                .copied()
+                .unwrap_or(i64::MIN);
+            if let Some(until) = self.clock.due_until(partition).filter(|u| *u >= from) {
+                let (fired, next) = self.store.due_event_timers(&name, partition, until, room)?;
+                due.extend(fired);
+                if let Some(f) = self.clock.event_from.get_mut(partition as usize) {
+                    *f = next.unwrap_or(i64::MAX);
+                }
             }
         }
         if due.is_empty() && runs.is_empty() {
@@ -610,25 +624,29 @@ impl Worker {
         Ok(())
     }
 
-    /// Holds a fold that would leave its key or the pipeline with more
-    /// timers pending than allowed: every event of the key in the batch
-    /// fails with class `timer_limit` instead. Returns how many timers the
-    /// fold adds (or removes) otherwise; `added` is the batch's count so far.
+    /// Takes a fold's timer requests out of its emits into `out`, unless
+    /// they would leave its key or the pipeline with more timers pending
+    /// than allowed: then every event of the key in the batch fails with
+    /// class `timer_limit` instead. Returns how many timers the fold adds
+    /// (or removes); `added` is the batch's count so far.
     fn timer_budget(
         &self,
         key: &str,
+        partition: u32,
         fold: &mut fold::KeyFold,
         events: usize,
-        added: i64,
+        (added, out): (i64, &mut Outputs),
     ) -> anyhow::Result<i64> {
-        let ops = timers::requested(key, &fold.emits);
+        let mut ops = Vec::new();
+        for (_, emits) in &mut fold.emits {
+            ops.extend(timers::take_requests(key, partition, emits));
+        }
         if ops.is_empty() {
             return Ok(0);
         }
         let name = &self.config.name;
-        let pending = timers::pending_names(&self.store, name, key)?;
-        let after = timers::pending_after(&pending, &ops);
-        let change = after as i64 - pending.len() as i64;
+        let (count, change) = timers::change_of(&self.store, name, key, &ops)?;
+        let after = (count as i64).saturating_add(change).max(0) as usize;
         let total = (self.clock.pending as i64).saturating_add(added + change);
         let over = if after > self.config.max_timers_per_key {
             Some(format!(
@@ -644,6 +662,7 @@ impl Worker {
             None
         };
         let Some(message) = over else {
+            out.timers.extend(ops);
             return Ok(change);
         };
         let plugin = self
@@ -746,7 +765,8 @@ impl Worker {
         drop(inputs);
         let mut added = 0;
         for ((key, group, _, current), mut fold) in keys.into_iter().zip(folds) {
-            added += self.timer_budget(key, &mut fold, group.len(), added)?;
+            let partition = group.first().map_or(0, |i| i.partition);
+            added += self.timer_budget(key, partition, &mut fold, group.len(), (added, out))?;
             out.add_fold(&folder, key, &group, fold, current.seq());
         }
         Ok(added)

@@ -223,27 +223,33 @@ pub fn take_requests(key: &str, partition: u32, emits: &mut Vec<Emitted>) -> Vec
     ops
 }
 
-/// The timer changes a key's fold asks for (already checked), in order.
-pub fn requested(key: &str, emits: &[(usize, Vec<Emitted>)]) -> Vec<TimerOp> {
-    let mut ops = Vec::new();
-    for (_, emits) in emits {
-        let mut emits: Vec<Emitted> = emits.iter().filter(|e| is_request(e)).cloned().collect();
-        ops.extend(take_requests(key, 0, &mut emits));
-    }
-    ops
-}
-
-/// How many timers `key` has pending once `ops` apply, given the names it
-/// has pending (`pending`).
-pub fn pending_after(pending: &HashSet<String>, ops: &[TimerOp]) -> usize {
-    let mut names: HashSet<&str> = pending.iter().map(String::as_str).collect();
+/// How many timers `key` has pending now, and how many more (or fewer)
+/// once `ops` apply: one read for the count, one per timer named.
+///
+/// # Errors
+/// On a store failure.
+pub fn change_of(
+    store: &crate::store::Store,
+    pipeline: &str,
+    key: &str,
+    ops: &[TimerOp],
+) -> Result<(u64, i64), StoreError> {
+    let mut last: HashMap<&str, bool> = HashMap::new();
     for op in ops {
         match op {
-            TimerOp::Set(t) => names.insert(&t.name),
-            TimerOp::Cancel { name, .. } => names.remove(name.as_str()),
+            TimerOp::Set(t) => last.insert(&t.name, true),
+            TimerOp::Cancel { name, .. } => last.insert(name, false),
         };
     }
-    names.len()
+    let mut change = 0;
+    for (name, set) in last {
+        match (set, store.has_timer(pipeline, key, name)?) {
+            (true, false) => change += 1,
+            (false, true) => change -= 1,
+            _ => {}
+        }
+    }
+    Ok((store.key_timer_count(pipeline, key)?, change))
 }
 
 /// The record that carries a fired timer to the fold: keyed by its key,
@@ -277,6 +283,10 @@ pub struct Clock {
     pub pending: u64,
     /// The pipeline's cap on `pending`.
     pub max: u64,
+    /// No wall-clock timer is pending before this (`i64::MIN`: look).
+    pub wall_from: i64,
+    /// Per partition, no event-time timer is pending before this.
+    pub event_from: Vec<i64>,
 }
 
 impl Clock {
@@ -284,6 +294,23 @@ impl Clock {
     pub fn due_until(&self, partition: u32) -> Option<i64> {
         let t = *self.stream_times.get(partition as usize)?;
         (t != i64::MIN).then(|| t.saturating_sub(self.lateness_ms))
+    }
+
+    /// Lowers the instants before which nothing is pending to the timers
+    /// `ops` set.
+    pub fn expect(&mut self, ops: &[TimerOp]) {
+        for op in ops {
+            if let TimerOp::Set(t) = op {
+                match t.domain {
+                    TimeDomain::Wall => self.wall_from = self.wall_from.min(t.at_ms),
+                    TimeDomain::Event => {
+                        if let Some(from) = self.event_from.get_mut(t.partition as usize) {
+                            *from = (*from).min(t.at_ms);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Moves partitions' stream times on to the events of `timestamps`
@@ -302,22 +329,6 @@ impl Clock {
         moved.sort_unstable();
         moved
     }
-}
-
-/// The names of `key`'s pending timers, read once per batch.
-///
-/// # Errors
-/// On a store failure.
-pub fn pending_names(
-    store: &crate::store::Store,
-    pipeline: &str,
-    key: &str,
-) -> Result<HashSet<String>, StoreError> {
-    Ok(store
-        .key_timers(pipeline, key)?
-        .into_iter()
-        .map(|t| t.name)
-        .collect())
 }
 
 #[cfg(test)]
@@ -394,8 +405,6 @@ mod tests {
         let ops = take_requests("k", 3, &mut emits);
         assert_eq!(emits.len(), 1);
         assert_eq!(ops.len(), 2);
-        let pending: HashSet<String> = ["b".to_string(), "c".to_string()].into();
-        assert_eq!(pending_after(&pending, &ops), 2);
     }
 
     #[test]
@@ -405,7 +414,21 @@ mod tests {
             lateness_ms: 5,
             pending: 0,
             max: 10,
+            wall_from: i64::MAX,
+            event_from: vec![i64::MAX; 2],
         };
+        c.expect(&[TimerOp::Set(Timer {
+            key: "k".into(),
+            name: "n".into(),
+            partition: 1,
+            domain: TimeDomain::Event,
+            at_ms: 4,
+            payload: "null".into(),
+        })]);
+        assert_eq!(
+            (c.wall_from, c.event_from.clone()),
+            (i64::MAX, vec![i64::MAX, 4])
+        );
         assert_eq!(c.due_until(0), None);
         assert_eq!(c.advance([(0, 7), (1, 3), (0, 9)].into_iter()), [(0, 9)]);
         assert_eq!(c.due_until(0), Some(4));

@@ -1,7 +1,8 @@
 //! The `timers` keyspace (a pipeline's pending timers, in the order they
 //! fall due) and the `timer_names` keyspace (pipeline, key, name → where
 //! that timer sits in `timers`, so setting a name again replaces it and a
-//! cancel finds it), with each partition's stream time in `meta`.
+//! cancel finds it; and, under the empty name, how many timers the key has
+//! pending), with each partition's stream time in `meta`.
 //!
 //! `timers` keys: pipeline `\0` `w` at(i64, order-preserving) partition(u32)
 //! key-length(u32) key name for wall-clock timers (one range, across
@@ -188,6 +189,26 @@ fn decode_entry(domain: TimeDomain, rest: &[u8], payload: &[u8]) -> Result<Timer
     })
 }
 
+/// The timer (without its payload) an index entry places.
+fn place_of(key: &str, name: &str, place: &[u8]) -> Result<Timer> {
+    let mut r = Reader(place);
+    let (Some([tag]), Some(partition), Some(at_ms)) = (
+        r.array::<1>(),
+        r.array().map(u32::from_be_bytes),
+        r.array().map(i64::from_be_bytes),
+    ) else {
+        return Err(corrupt("place"));
+    };
+    Ok(Timer {
+        key: key.to_owned(),
+        name: name.to_owned(),
+        partition,
+        domain: TimeDomain::of_tag(tag).ok_or_else(|| corrupt("domain"))?,
+        at_ms,
+        payload: String::new(),
+    })
+}
+
 fn stream_time_key(pipeline: &str, partition: u32) -> Vec<u8> {
     let mut k = join(&[b"stream-time", pipeline.as_bytes(), b""]);
     k.extend_from_slice(&partition.to_be_bytes());
@@ -195,33 +216,51 @@ fn stream_time_key(pipeline: &str, partition: u32) -> Vec<u8> {
 }
 
 impl Store {
-    /// Up to `limit` wall-clock timers due at `now_ms`, earliest first.
+    /// Up to `limit` wall-clock timers due at `now_ms`, earliest first, and
+    /// the instant of the first one after them (`None`: no more pending).
     ///
     /// # Errors
     /// On an I/O error or a corrupt entry.
-    pub fn due_wall_timers(&self, pipeline: &str, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+    pub fn due_wall_timers(
+        &self,
+        pipeline: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<Timer>, Option<i64>)> {
         let prefix = domain_prefix(pipeline, TimeDomain::Wall);
+        Self::due(
+            &self.timers,
+            &prefix,
+            prefix.len(),
+            TimeDomain::Wall,
+            now_ms,
+            limit,
+        )
+    }
+
+    fn due(
+        timers: &fjall::Keyspace,
+        prefix: &[u8],
+        skip: usize,
+        domain: TimeDomain,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<Timer>, Option<i64>)> {
         let mut out = Vec::new();
-        for item in self.timers.prefix(&prefix) {
-            if out.len() >= limit {
-                break;
-            }
+        for item in timers.prefix(prefix) {
             let (k, v) = fj("read timers", item.into_inner())?;
-            let t = decode_entry(
-                TimeDomain::Wall,
-                k.get(prefix.len()..).unwrap_or_default(),
-                &v,
-            )?;
-            if t.at_ms > now_ms {
-                break;
+            let t = decode_entry(domain, k.get(skip..).unwrap_or_default(), &v)?;
+            if t.at_ms > until_ms || out.len() >= limit {
+                return Ok((out, Some(t.at_ms)));
             }
             out.push(t);
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Up to `limit` event-time timers of `partition` due at stream time
-    /// `until_ms`, earliest first.
+    /// `until_ms`, earliest first, and the instant of the first one after
+    /// them (`None`: no more pending).
     ///
     /// # Errors
     /// On an I/O error or a corrupt entry.
@@ -231,25 +270,16 @@ impl Store {
         partition: u32,
         until_ms: i64,
         limit: usize,
-    ) -> Result<Vec<Timer>> {
-        let prefix = domain_prefix(pipeline, TimeDomain::Event);
-        let mut out = Vec::new();
-        for item in self.timers.prefix(event_prefix(pipeline, partition)) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = fj("read timers", item.into_inner())?;
-            let t = decode_entry(
-                TimeDomain::Event,
-                k.get(prefix.len()..).unwrap_or_default(),
-                &v,
-            )?;
-            if t.at_ms > until_ms {
-                break;
-            }
-            out.push(t);
-        }
-        Ok(out)
+    ) -> Result<(Vec<Timer>, Option<i64>)> {
+        let skip = domain_prefix(pipeline, TimeDomain::Event).len();
+        Self::due(
+            &self.timers,
+            &event_prefix(pipeline, partition),
+            skip,
+            TimeDomain::Event,
+            until_ms,
+            limit,
+        )
     }
 
     /// The pending timers of one key, by name.
@@ -262,6 +292,9 @@ impl Store {
         for item in self.timer_names.prefix(&prefix) {
             let (k, place) = fj("read timer names", item.into_inner())?;
             let name = String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default());
+            if name.is_empty() {
+                continue; // the key's count
+            }
             let Some(t) = self.timer_at(pipeline, key, &name, &place)? else {
                 continue;
             };
@@ -270,17 +303,38 @@ impl Store {
         Ok(out)
     }
 
-    /// How many timers `key` has pending.
+    /// The names of `key`'s pending timers (the index alone).
     ///
     /// # Errors
     /// On an I/O error.
-    pub fn key_timer_count(&self, pipeline: &str, key: &str) -> Result<usize> {
-        let mut n = 0;
-        for item in self.timer_names.prefix(names_prefix(pipeline, key)) {
-            fj("read timer names", item.key())?;
-            n += 1;
+    pub fn key_timer_names(&self, pipeline: &str, key: &str) -> Result<Vec<String>> {
+        let prefix = names_prefix(pipeline, key);
+        let mut out = Vec::new();
+        for item in self.timer_names.prefix(&prefix) {
+            let k = fj("read timer names", item.key())?;
+            let name = k.get(prefix.len()..).unwrap_or_default();
+            if !name.is_empty() {
+                out.push(String::from_utf8_lossy(name).into_owned());
+            }
         }
-        Ok(n)
+        Ok(out)
+    }
+
+    /// How many timers `key` has pending (one read: the key's count).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt count.
+    pub fn key_timer_count(&self, pipeline: &str, key: &str) -> Result<u64> {
+        match fj(
+            "read timer names",
+            self.timer_names.get(names_prefix(pipeline, key)),
+        )? {
+            None => Ok(0),
+            Some(v) => Reader(&v)
+                .array()
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("count")),
+        }
     }
 
     /// Whether `key` has a pending timer named `name`.
@@ -300,10 +354,16 @@ impl Store {
     /// # Errors
     /// On an I/O error.
     pub fn timer_count(&self, pipeline: &str) -> Result<u64> {
+        let prefix = join(&[pipeline.as_bytes(), b""]);
         let mut n = 0;
-        for item in self.timer_names.prefix(join(&[pipeline.as_bytes(), b""])) {
-            fj("read timer names", item.key())?;
-            n += 1;
+        for item in self.timer_names.prefix(&prefix) {
+            let k = fj("read timer names", item.key())?;
+            // Past the prefix: key length, key, name (empty: the count).
+            let mut r = Reader(k.get(prefix.len()..).unwrap_or_default());
+            let key_len = r.array().map(u32::from_be_bytes).unwrap_or(0) as usize;
+            if r.0.len() > key_len {
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -334,23 +394,7 @@ impl Store {
         name: &str,
         place: &[u8],
     ) -> Result<Option<Timer>> {
-        let mut r = Reader(place);
-        let (Some([tag]), Some(partition), Some(at_ms)) = (
-            r.array::<1>(),
-            r.array().map(u32::from_be_bytes),
-            r.array().map(i64::from_be_bytes),
-        ) else {
-            return Err(corrupt("place"));
-        };
-        let domain = TimeDomain::of_tag(tag).ok_or_else(|| corrupt("domain"))?;
-        let probe = Timer {
-            key: key.to_owned(),
-            name: name.to_owned(),
-            partition,
-            domain,
-            at_ms,
-            payload: String::new(),
-        };
+        let probe = place_of(key, name, place)?;
         Ok(
             fj("read timers", self.timers.get(entry_key(pipeline, &probe)))?.map(|payload| Timer {
                 payload: String::from_utf8_lossy(&payload).into_owned(),
@@ -361,7 +405,7 @@ impl Store {
 
     /// Puts a commit's timer changes into `b`: for each (key, name) its
     /// last change wins; a set replaces the pending timer of that name.
-    /// Then removes the timers that fired.
+    /// Then removes the timers that fired, and moves the keys' counts.
     pub(super) fn write_timers(
         &self,
         b: &mut OwnedWriteBatch,
@@ -376,26 +420,49 @@ impl Store {
                 order.push(op.id());
             }
         }
+        let mut counts: HashMap<&str, i64> = HashMap::new();
         for id in order {
             let Some(op) = last.get(&id) else { continue };
             let (key, name) = id;
             let index = names_key(pipeline, key, name);
-            if let Some(place) = fj("read timer names", self.timer_names.get(&index))?
-                && let Some(old) = self.timer_at(pipeline, key, name, &place)?
-            {
-                b.remove(&self.timers, entry_key(pipeline, &old));
+            // A set replaces the pending timer of that name.
+            let existed = fj("read timer names", self.timer_names.get(&index))?;
+            if let Some(place) = &existed {
+                b.remove(
+                    &self.timers,
+                    entry_key(pipeline, &place_of(key, name, place)?),
+                );
             }
             match op {
                 TimerOp::Set(t) => {
                     b.insert(&self.timers, entry_key(pipeline, t), t.payload.as_bytes());
                     b.insert(&self.timer_names, index, encode_place(t));
+                    if existed.is_none() {
+                        *counts.entry(key).or_default() += 1;
+                    }
                 }
-                TimerOp::Cancel { .. } => b.remove(&self.timer_names, index),
+                TimerOp::Cancel { .. } if existed.is_some() => {
+                    b.remove(&self.timer_names, index);
+                    *counts.entry(key).or_default() -= 1;
+                }
+                TimerOp::Cancel { .. } => {}
             }
         }
         for t in fired {
             b.remove(&self.timers, entry_key(pipeline, t));
             b.remove(&self.timer_names, names_key(pipeline, &t.key, &t.name));
+            *counts.entry(&t.key).or_default() -= 1;
+        }
+        for (key, change) in counts {
+            if change == 0 {
+                continue;
+            }
+            let now = self.key_timer_count(pipeline, key)?;
+            let count = names_prefix(pipeline, key);
+            match now.saturating_add_signed(change) {
+                0 => b.remove(&self.timer_names, count),
+                n => b.insert(&self.timer_names, count, n.to_be_bytes().to_vec()),
+            }
         }
         Ok(())
     }
@@ -457,6 +524,7 @@ mod tests {
         })?;
         let due = |now| -> Result<Vec<(String, String, i64)>> {
             Ok(s.due_wall_timers("p", now, 100)?
+                .0
                 .into_iter()
                 .map(|t| (t.key, t.name, t.at_ms))
                 .collect())
@@ -471,17 +539,21 @@ mod tests {
         );
         assert_eq!(s.timer_count("p")?, 6);
         assert_eq!(s.key_timer_count("p", "a")?, 3);
-        assert_eq!(s.due_event_timers("p", 0, 6, 10)?.len(), 0);
-        assert_eq!(s.due_event_timers("p", 0, 7, 10)?.len(), 1);
+        assert_eq!(s.due_event_timers("p", 0, 6, 10)?, (vec![], Some(7)));
+        assert_eq!(s.due_event_timers("p", 0, 7, 10)?.0.len(), 1);
+        assert_eq!(s.due_event_timers("p", 0, 7, 10)?.1, None);
+        assert_eq!(s.due_wall_timers("p", 10, 1)?.1, Some(10));
+        assert_eq!(s.due_wall_timers("p", 10, 2)?.1, Some(20));
         let payloads: Vec<String> = s
             .due_event_timers("p", 1, 7, 10)?
+            .0
             .into_iter()
             .map(|t| t.payload)
             .collect();
         assert_eq!(payloads, ["{\"n\":3}"]);
         assert_eq!(s.stream_times("p", 2)?, [i64::MIN, 99]);
         // Replace a timer in a later commit, cancel another, fire a third.
-        let fired = s.due_wall_timers("p", -5, 10)?;
+        let (fired, _) = s.due_wall_timers("p", -5, 10)?;
         s.commit(&Commit {
             pipeline: "p".into(),
             timers: vec![
@@ -499,6 +571,15 @@ mod tests {
             [("b".into(), "t".into(), 2), ("c\0x".into(), "t".into(), 10)]
         );
         assert_eq!(s.timer_count("p")?, 4);
+        assert_eq!(
+            (
+                s.key_timer_count("p", "a")?,
+                s.key_timer_count("p", "b")?,
+                s.key_timer_count("p", "c\0x")?,
+                s.key_timer_count("p", "d")?
+            ),
+            (1, 2, 1, 0)
+        );
         let names: Vec<String> = s
             .key_timers("p", "a")?
             .into_iter()
