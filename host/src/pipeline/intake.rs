@@ -76,8 +76,8 @@ impl Item {
     }
 }
 
-/// On every event an aggregator receives: its partition's watermark before
-/// the batch — the stream time (the highest event timestamp the pipeline
+/// On every event an aggregator receives, once its pipeline has set an
+/// event-time timer: its partition's watermark before the batch — the stream time (the highest event timestamp the pipeline
 /// has seen in the partition) less the pipeline's `allowed_lateness_ms`, as
 /// decimal milliseconds. Event-time timers at or before it have fired (or
 /// are due), so an event for a window that ended at or before it is late.

@@ -223,6 +223,7 @@ impl Worker {
             lateness_ms: i64::try_from(config.allowed_lateness_ms).unwrap_or(i64::MAX),
             pending: store.timer_count(&config.name)?,
             max: config.max_timers,
+            event_time: store.uses_event_time(&config.name)?,
             // Unknown until the first look.
             wall_from: i64::MIN,
             event_from: vec![i64::MIN; intake.partitions() as usize],
@@ -406,7 +407,8 @@ impl Worker {
             dead: prepared.dead,
             ..Outputs::default()
         };
-        let watermarks: Vec<Option<Vec<u8>>> = if self.aggregator.is_some() {
+        // Only a pipeline that uses event time pays for the header.
+        let watermarks: Vec<Option<Vec<u8>>> = if self.clock.event_time {
             (0..self.intake.partitions())
                 .map(|p| before.get(p as usize).copied().flatten())
                 .map(|w| w.map(|w| w.to_string().into_bytes()))
@@ -485,6 +487,10 @@ impl Worker {
         })?;
         commit.offsets = offsets;
         self.clock.expect(&timer_ops);
+        commit.uses_event_time = !self.clock.event_time
+            && timer_ops.iter().any(
+                |op| matches!(op, crate::store::TimerOp::Set(t) if t.domain == crate::store::TimeDomain::Event),
+            );
         commit.timers = timer_ops;
         commit.stream_times = stream_times;
         commit.schedule_runs = runs;
@@ -500,6 +506,10 @@ impl Worker {
         };
         self.source
             .committed(&std::mem::take(&mut commit.offsets), delivered_after);
+        if commit.uses_event_time {
+            self.clock.event_time = true;
+            tracing::info!(pipeline = %self.config.name, "the pipeline set its first event-time timer: its events carry the partition's watermark (eddy-watermark) from now on");
+        }
         if timers_added != 0 {
             self.clock.pending = self.clock.pending.saturating_add_signed(timers_added);
             crate::telemetry::timers_pending(&self.config.name, self.clock.pending);

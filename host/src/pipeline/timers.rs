@@ -283,6 +283,9 @@ pub struct Clock {
     pub pending: u64,
     /// The pipeline's cap on `pending`.
     pub max: u64,
+    /// Whether the pipeline has set an event-time timer: its events then
+    /// carry the partition's watermark.
+    pub event_time: bool,
     /// No wall-clock timer is pending before this (`i64::MIN`: look).
     pub wall_from: i64,
     /// Per partition, no event-time timer is pending before this.
@@ -414,6 +417,7 @@ mod tests {
             lateness_ms: 5,
             pending: 0,
             max: 10,
+            event_time: false,
             wall_from: i64::MAX,
             event_from: vec![i64::MAX; 2],
         };

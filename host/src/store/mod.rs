@@ -22,6 +22,7 @@
 //! | `meta`    | `restore\0` pipeline `\0` partition(u32) | owner epoch(u64) + changelog offset(u64) | `restore.rs` |
 //! | `meta`    | `schema-registry`                    | the embedded schema registry (JSON) | `registry.rs` |
 //! | `meta`    | `stream-time\0` pipeline `\0` partition(u32) | the partition's stream time (i64 ms) | `timers.rs` |
+//! | `meta`    | `event-time\0` pipeline             | present once it set an event-time timer | `timers.rs` |
 //! | `timers`  | pipeline `\0` `w` at partition key name / `e` partition at key name | a pending timer's payload (JSON) | `timers.rs` |
 //! | `timer_names` | pipeline `\0` key-length(u32) key name | where that timer sits in `timers` | `timers.rs` |
 //! | `schedule_runs` | pipeline `\0` schedule `\0` run(u64) | the run's record (JSON) | `schedules.rs` |
@@ -136,6 +137,8 @@ pub struct Commit {
     pub timers_fired: Vec<Timer>,
     /// Partitions' new stream times.
     pub stream_times: Vec<(u32, i64)>,
+    /// Marks the pipeline as using event time (its first event-time timer).
+    pub uses_event_time: bool,
     /// Schedules' new marks.
     pub schedule_marks: Vec<(String, ScheduleMark)>,
     /// Schedule run records written or updated: (schedule, run, JSON).
@@ -309,7 +312,7 @@ impl Store {
         self.write_offsets(&mut b, p, &c.offsets);
         self.write_restore_points(&mut b, p, &c.restore_points);
         self.write_timers(&mut b, p, &c.timers, &c.timers_fired)?;
-        self.write_stream_times(&mut b, p, &c.stream_times);
+        self.write_stream_times(&mut b, p, &c.stream_times, c.uses_event_time);
         self.write_schedules(&mut b, p, &c.schedule_marks, &c.schedule_runs);
         fj("commit", b.commit())
     }

@@ -467,13 +467,35 @@ impl Store {
         Ok(())
     }
 
-    /// Puts partitions' new stream times into `b`.
+    /// Whether the pipeline has ever set an event-time timer (then its
+    /// events carry the partition's watermark).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn uses_event_time(&self, pipeline: &str) -> Result<bool> {
+        Ok(fj(
+            "read meta",
+            self.meta.get(join(&[b"event-time", pipeline.as_bytes()])),
+        )?
+        .is_some())
+    }
+
+    /// Puts partitions' new stream times into `b` (and, with `event_time`,
+    /// the mark that the pipeline uses event time).
     pub(super) fn write_stream_times(
         &self,
         b: &mut OwnedWriteBatch,
         pipeline: &str,
         times: &[(u32, i64)],
+        event_time: bool,
     ) {
+        if event_time {
+            b.insert(
+                &self.meta,
+                join(&[b"event-time", pipeline.as_bytes()]),
+                [1_u8].to_vec(),
+            );
+        }
         for (partition, ms) in times {
             b.insert(
                 &self.meta,
