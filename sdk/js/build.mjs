@@ -24,7 +24,7 @@ await build({
   format: "esm",
   platform: "neutral",
   outfile: bundled,
-  external: ["eddy:plugin/*"],
+  external: ["eddy:plugin/*", "wasi:*"],
   alias: { "eddy-sdk": join(here, "index.js") },
   logLevel: "warning",
 });

@@ -26,6 +26,18 @@
 // version this instance gave them) or, built with `--contract 0.1.0`, the
 // older one. States cross as JSON in both.
 
+import { getEnvironment } from "wasi:cli/environment@0.2.10";
+
+/**
+ * The value of the environment variable `name` the host grants the plugin
+ * (`[plugin.grants] env` in its config), or undefined: a plugin's settings.
+ * Under Node (tests), the process's own environment.
+ */
+export function env(name) {
+  for (const [k, v] of getEnvironment()) if (k === name) return v;
+  return undefined;
+}
+
 /** Base class of the failures a plugin may throw. */
 export class Failure extends Error {
   get kind() {

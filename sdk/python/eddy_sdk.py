@@ -34,6 +34,13 @@ the older one. States cross as JSON in both.
 """
 
 import json
+import os
+
+
+def env(name):
+    """The value of the environment variable ``name`` the host grants the plugin
+    (``[plugin.grants] env`` in its config), or None: a plugin's settings."""
+    return os.environ.get(name)
 
 
 class Failure(Exception):

@@ -2,6 +2,7 @@
 run with `python3 -m unittest discover -s sdk/python`."""
 
 import importlib.util
+import os
 import pathlib
 import sys
 import unittest
@@ -128,3 +129,30 @@ class TimerTest(unittest.TestCase):
     def test_a_bad_clock_is_fatal(self):
         with self.assertRaises(eddy_sdk.Fatal):
             eddy_sdk.Output().set_timer("t", 1, time="cpu")
+
+
+class AsyncProcessTimeoutTest(unittest.TestCase):
+    def setUp(self):
+        os.environ["ASYNC_PROCESS_TIMEOUT_MS"] = "1000"
+        os.environ["ASYNC_PROCESS_TIMEOUT_TOPIC"] = "timed-out"
+        agg._settings = None
+
+    def tearDown(self):
+        del os.environ["ASYNC_PROCESS_TIMEOUT_MS"]
+        del os.environ["ASYNC_PROCESS_TIMEOUT_TOPIC"]
+        agg._settings = None
+
+    def test_a_started_process_sets_a_timeout_and_times_out_to_error(self):
+        state, emits = eddy_sdk.fold(agg.Aggregator, "p", [execution("a", "p", 10_000, "STARTED")])
+        self.assertEqual(emits, [("__eddy.timers", None, {"op": "set", "name": "timeout", "at_ms": 11_000,
+                                                         "time": "wall", "payload": {"lastUpdate": 10_000}})])
+        state, emits = eddy_sdk.fire(agg.Aggregator, "p", state, "timeout", at_ms=11_000)
+        self.assertEqual((state["state"], state["lastUpdate"]), ("ERROR", 11_000))
+        self.assertEqual(state["executions"][-1]["id"], "timeout@11000")
+        self.assertEqual(state["executions"][-1]["description"], "no update for 1000 ms in STARTED")
+        self.assertEqual([t for (t, _, _) in emits], ["__eddy.timers", "timed-out"])
+
+    def test_a_finished_process_cancels_it(self):
+        state, _ = eddy_sdk.fold(agg.Aggregator, "p", [execution("a", "p", 10, "STARTED")])
+        _, emits = eddy_sdk.fold(agg.Aggregator, "p", [execution("b", "p", 20, "DONE")], state=state)
+        self.assertEqual(emits, [("__eddy.timers", None, {"op": "cancel", "name": "timeout"})])

@@ -6,6 +6,11 @@
 //! state formats; the author workflow (`new`, `build`, `check`, run) works
 //! for each; WASI grants nothing.
 
+#![allow(
+    clippy::indexing_slicing,
+    reason = "indexing serde_json::Value yields Null; a test that indexes past a Vec fails, as it should"
+)]
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -126,6 +131,90 @@ async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript
             "{lang} dead letters differ:\n{:?}\nvs rust\n{:?}",
             other.2,
             rust.2
+        );
+    }
+    Ok(())
+}
+
+/// Timers in every language: the AsyncProcess aggregator's timeout
+/// (`ASYNC_PROCESS_TIMEOUT_MS`, read from the granted environment — Rust
+/// through `eddy_sdk::env`, Python `os.environ`, JavaScript
+/// `wasi:cli/environment`) marks a process left in STARTED as ERROR, and
+/// the timed-out process emitted to `timed-out`, identically. Its
+/// executions' times lie in the past, so each timer is due when set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_identically_in_rust_python_and_javascript() -> Result<()> {
+    let mut results = Vec::new();
+    for (lang, dir) in [("rust", ""), ("python", "python/"), ("js", "js/")] {
+        let config = async_process_config_in(dir)?;
+        let topics = "[[source.topics]]\nname = \"rejected-process\"\npartitions = 1\n";
+        ensure!(config.contains(topics), "the example's topics changed");
+        let config = config
+            .replacen(
+                "memory_mb = 64\n",
+                "memory_mb = 64\ngrants = { env = { ASYNC_PROCESS_TIMEOUT_MS = \"1500\", ASYNC_PROCESS_TIMEOUT_TOPIC = \"timed-out\" } }\n",
+                1,
+            )
+            .replacen(
+                topics,
+                &format!("{topics}\n[[source.topics]]\nname = \"timed-out\"\npartitions = 1\n"),
+                1,
+            );
+        let host = Host::start(&config).await?;
+        let records: Vec<Value> = [
+            ("stuck", "a", 1_000, "STARTED"),
+            ("done", "a", 1_000, "STARTED"),
+            ("done", "b", 1_200, "DONE"),
+            ("retrying", "a", 2_000, "RETRY"),
+        ]
+        .iter()
+        .map(|(key, id, t, st)| json!({ "value": execution(&format!("{key}-{id}"), key, *t, st) }))
+        .collect();
+        host.produce("async-process-execution", &json!({ "records": records }))
+            .await?;
+        let deadline = std::time::Instant::now() + T;
+        let states = loop {
+            let mut states = Vec::new();
+            for key in ["stuck", "done", "retrying"] {
+                let (_, v) = host
+                    .get(&format!("/v1/pipelines/async-process/state/{key}"))
+                    .await?;
+                states.push(v);
+            }
+            if states[0]["state"] == "ERROR" && states[2]["state"] == "ERROR" {
+                break states;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{lang}: no timeout: {states:?}\n{}",
+                host.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        host.wait_caught_up("async-process", T).await?;
+        let (_, emitted) = host.get("/v1/topics/timed-out/records?limit=100").await?;
+        let mut emitted: Vec<Value> = emitted["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| json!({ "key": r["key"], "value": r["value"] }))
+            .collect();
+        emitted.sort_by_key(|r| r["key"].as_str().unwrap_or_default().to_owned());
+        ensure!(
+            states[0]["executions"][1]["id"] == "timeout@2500"
+                && states[0]["executions"][1]["description"] == "no update for 1500 ms in STARTED"
+                && states[1]["state"] == "DONE"
+                && states[2]["executions"][1]["description"] == "no update for 1500 ms in RETRY"
+                && emitted.len() == 2,
+            "{lang}: {states:?} {emitted:?}"
+        );
+        results.push((lang, states, emitted));
+    }
+    let (_, rust_states, rust_emitted) = &results[0];
+    for (lang, states, emitted) in &results[1..] {
+        ensure!(
+            states == rust_states && emitted == rust_emitted,
+            "{lang} differs from rust:\n{states:?}\n{emitted:?}\nvs\n{rust_states:?}\n{rust_emitted:?}"
         );
     }
     Ok(())

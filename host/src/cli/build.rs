@@ -272,8 +272,8 @@ fn build_js(dir: &Path, m: &Manifest, out: &Path, contract: Contract) -> anyhow:
     }
     let tmp = tempdir()?;
     let wit = write_wit(&tmp)?;
+    let world = js_world(&wit, m.kind, contract)?;
     let entry = dir.join("plugin.js");
-    let world = world(m.kind, contract);
     let result = run(
         Command::new("node")
             .arg(sdk.join("build.mjs"))
@@ -285,6 +285,46 @@ fn build_js(dir: &Path, m: &Manifest, out: &Path, contract: Contract) -> anyhow:
     );
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// The version of `wasi:cli` the JavaScript engine (StarlingMonkey, in
+/// componentize-js) imports; the SDK's `env` imports its `environment`
+/// from it.
+const JS_WASI_CLI: &str = "0.2.10";
+
+/// A JavaScript plugin's world: the contract's, plus the WASI environment
+/// the SDK's `env()` reads the plugin's granted variables from (a module
+/// may import only what its world does). Written into `wit`.
+fn js_world(
+    wit: &Path,
+    kind: crate::config::PluginKind,
+    contract: Contract,
+) -> anyhow::Result<String> {
+    let cli = wit.join("deps").join("wasi-cli");
+    let js = wit.join("deps").join("eddy-js");
+    std::fs::create_dir_all(&cli)?;
+    std::fs::create_dir_all(&js)?;
+    std::fs::write(
+        cli.join("environment.wit"),
+        format!(
+            "package wasi:cli@{JS_WASI_CLI};\n\ninterface environment {{\n    \
+             get-environment: func() -> list<tuple<string, string>>;\n    \
+             get-arguments: func() -> list<string>;\n    \
+             initial-cwd: func() -> option<string>;\n}}\n"
+        ),
+    )?;
+    let contract_world = match contract {
+        Contract::V0_2 => format!("eddy:plugin/{kind}-plugin@0.2.0"),
+        Contract::V0_1 => format!("eddy:plugin/{kind}-plugin@0.1.0"),
+    };
+    std::fs::write(
+        js.join("world.wit"),
+        format!(
+            "package eddy:js;\n\nworld {kind}-plugin {{\n    include {contract_world};\n    \
+             import wasi:cli/environment@{JS_WASI_CLI};\n}}\n"
+        ),
+    )?;
+    Ok(format!("eddy:js/{kind}-plugin"))
 }
 
 fn check_contract(name: &str, got: Contract, want: Contract) -> anyhow::Result<()> {
