@@ -292,6 +292,110 @@ export function fold(exported, key, values, state = undefined) {
   return { state: JSON.parse(json), emits: emits.map((m) => ({ topic: m.topic, key: m.key, value: JSON.parse(m.value) })) };
 }
 
+/** The header carrying the partition's watermark (once the pipeline has set an event-time timer). */
+export const WATERMARK_HEADER = "eddy-watermark";
+
+/** The watermark the host sent with `event`, or undefined. */
+export function watermark(event) {
+  const h = (event.headers ?? []).find(([name]) => name === WATERMARK_HEADER);
+  if (h === undefined) return undefined;
+  const text = typeof h[1] === "string" ? h[1] : new TextDecoder().decode(h[1]);
+  const n = Number(text);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+/**
+ * Event-time windows over a key's events, on timers (as the Rust SDK's
+ * `eddy_sdk::windows`): `Windows.tumbling(sizeMs)`, `Windows.hopping(sizeMs,
+ * advanceMs)` or `Windows.session(gapMs)`, each with a grace. A key's open
+ * windows live in its state as an array of `{ start, end, value }`; `add`
+ * folds an event into its windows (by its timestamp) and sets each new
+ * window's event-time timer at its end plus the grace; `close`, in
+ * `onTimer`, returns the window a timer closes. An event whose windows have
+ * all closed throws an `Invalid` starting "late: " (dead-lettered with the
+ * class `late`).
+ */
+export class Windows {
+  constructor(kind, { sizeMs = 0, advanceMs = 0, gapMs = 0, graceMs = 0 } = {}) {
+    Object.assign(this, { kind, size: sizeMs, advance: advanceMs, gap: gapMs, grace: graceMs });
+  }
+  static tumbling(sizeMs, graceMs = 0) {
+    return new Windows("tumbling", { sizeMs: Math.max(1, sizeMs), graceMs });
+  }
+  static hopping(sizeMs, advanceMs, graceMs = 0) {
+    return new Windows("hopping", { sizeMs: Math.max(1, sizeMs), advanceMs: Math.max(1, advanceMs), graceMs });
+  }
+  static session(gapMs, graceMs = 0) {
+    return new Windows("session", { gapMs: Math.max(1, gapMs), graceMs });
+  }
+  spans(ts) {
+    if (this.kind === "tumbling") {
+      const start = Math.floor(ts / this.size) * this.size;
+      return [[start, start + this.size]];
+    }
+    const spans = [];
+    for (let start = Math.floor(ts / this.advance) * this.advance; start > ts - this.size; start -= this.advance) {
+      spans.unshift([start, start + this.size]);
+    }
+    return spans;
+  }
+  late(end, mark) {
+    return mark !== undefined && end + this.grace <= mark;
+  }
+  timer(out, start, end) {
+    out.setTimer(`window@${start}`, end + this.grace, "event", { start, end });
+  }
+  lateFailure(ts, mark) {
+    return new Invalid(`late: an event at ${ts} came after its window closed (watermark ${mark}, grace ${this.grace} ms)`);
+  }
+  /**
+   * Folds `event` into its windows in `windows` (an array kept in the state):
+   * `fold(value) => value`; new windows start from `init()`; sessions merge
+   * with `merge(a, b) => value`.
+   */
+  add(windows, event, out, fold, init = () => 0, merge = undefined) {
+    const ts = event.timestampMs;
+    const mark = watermark(event);
+    if (this.kind === "session") return this.addSession(windows, ts, mark, out, fold, init, merge);
+    let added = false;
+    for (const [start, end] of this.spans(ts)) {
+      if (this.late(end, mark)) continue;
+      let w = windows.find((x) => x.start === start);
+      if (w === undefined) {
+        w = { start, end, value: init() };
+        windows.push(w);
+        windows.sort((a, b) => a.start - b.start);
+        this.timer(out, start, end);
+      }
+      w.value = fold(w.value);
+      added = true;
+    }
+    if (!added) throw this.lateFailure(ts, mark);
+  }
+  addSession(windows, ts, mark, out, fold, init, merge) {
+    let [start, end] = [ts, ts + this.gap];
+    const touching = windows.filter((w) => w.start - this.gap <= ts && ts < w.end);
+    if (touching.length === 0 && this.late(end, mark)) throw this.lateFailure(ts, mark);
+    for (const w of touching) [start, end] = [Math.min(start, w.start), Math.max(end, w.end)];
+    let value = init();
+    for (const w of touching) {
+      windows.splice(windows.indexOf(w), 1);
+      if (w.start !== start) out.cancelTimer(`window@${w.start}`);
+      value = merge ? merge(value, w.value) : w.value;
+    }
+    windows.push({ start, end, value: fold(value) });
+    windows.sort((a, b) => a.start - b.start);
+    this.timer(out, start, end);
+  }
+  /** The window `timer` closes, taken out of `windows`; undefined for another timer. */
+  close(windows, timer) {
+    if (!timer.name.startsWith("window@")) return undefined;
+    const start = Number(timer.name.slice("window@".length));
+    const at = windows.findIndex((w) => w.start === start);
+    return at < 0 ? undefined : windows.splice(at, 1)[0];
+  }
+}
+
 /** Node test helper: fires `key`'s timer `name` on `state`; returns `{ state, emits }`. */
 export function fire(exported, key, state, name, { atMs = 0, time = "wall", payload = null } = {}) {
   const event = testEvent(TIMER_TOPIC_PREFIX + "test", 0, key, { name, at_ms: atMs, time, payload });

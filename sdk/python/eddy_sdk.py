@@ -396,6 +396,120 @@ def fold(component_class, key, values, state=None, topic="test"):
     return json.loads(new_state), [(t, k, json.loads(v)) for (t, k, v, _) in emits]
 
 
+WATERMARK_HEADER = "eddy-watermark"
+
+
+def watermark(event):
+    """The watermark the host sent with ``event`` (``eddy-watermark``, on every
+    event once the pipeline has set an event-time timer), else None."""
+    v = event.header(WATERMARK_HEADER)
+    try:
+        return int(bytes(v).decode()) if v is not None else None
+    except ValueError:
+        return None
+
+
+class Windows:
+    """Event-time windows over a key's events, on timers (as the Rust SDK's
+    ``eddy_sdk::windows``): ``Windows.tumbling(size_ms)``,
+    ``Windows.hopping(size_ms, advance_ms)`` or ``Windows.session(gap_ms)``,
+    each with ``grace_ms``. A key's open windows live in its state, as a list
+    of ``{"start", "end", "value"}``; :meth:`add` folds an event into its
+    windows (by its timestamp) and sets each new window's event-time timer
+    at its end plus the grace; :meth:`close`, in ``on_timer``, returns the
+    window a timer closes. An event whose windows have all closed raises an
+    :class:`Invalid` starting ``late: ``, dead-lettered with the class ``late``."""
+
+    def __init__(self, kind, size_ms=0, advance_ms=0, gap_ms=0, grace_ms=0):
+        self.kind, self.size, self.advance, self.gap, self.grace = kind, size_ms, advance_ms, gap_ms, grace_ms
+
+    @classmethod
+    def tumbling(cls, size_ms, grace_ms=0):
+        return cls("tumbling", size_ms=max(1, size_ms), grace_ms=grace_ms)
+
+    @classmethod
+    def hopping(cls, size_ms, advance_ms, grace_ms=0):
+        return cls("hopping", size_ms=max(1, size_ms), advance_ms=max(1, advance_ms), grace_ms=grace_ms)
+
+    @classmethod
+    def session(cls, gap_ms, grace_ms=0):
+        return cls("session", gap_ms=max(1, gap_ms), grace_ms=grace_ms)
+
+    def _spans(self, ts):
+        if self.kind == "tumbling":
+            start = ts // self.size * self.size
+            return [(start, start + self.size)]
+        start = ts // self.advance * self.advance
+        spans = []
+        while start > ts - self.size:
+            spans.append((start, start + self.size))
+            start -= self.advance
+        return list(reversed(spans))
+
+    def _late(self, end, mark):
+        return mark is not None and end + self.grace <= mark
+
+    def _timer(self, out, start, end):
+        out.set_timer(f"window@{start}", end + self.grace, time="event", payload={"start": start, "end": end})
+
+    def _late_failure(self, ts, mark):
+        return Invalid(f"late: an event at {ts} came after its window closed (watermark {mark}, grace {self.grace} ms)")
+
+    def add(self, windows, event, out, fold, init=lambda: 0, merge=None):
+        """Folds ``event`` into its windows in ``windows`` (a list kept in the
+        state): ``fold(value) -> value``, new windows start from ``init()``;
+        sessions merge with ``merge(a, b) -> value``."""
+        ts, mark = event.timestamp_ms, watermark(event)
+        if self.kind == "session":
+            return self._add_session(windows, ts, mark, out, fold, init, merge)
+        added = False
+        for start, end in self._spans(ts):
+            if self._late(end, mark):
+                continue
+            w = next((w for w in windows if w["start"] == start), None)
+            if w is None:
+                w = {"start": start, "end": end, "value": init()}
+                windows.append(w)
+                windows.sort(key=lambda x: x["start"])
+                self._timer(out, start, end)
+            w["value"] = fold(w["value"])
+            added = True
+        if not added:
+            raise self._late_failure(ts, mark)
+
+    def _add_session(self, windows, ts, mark, out, fold, init, merge):
+        start, end = ts, ts + self.gap
+        touching = [w for w in windows if w["start"] - self.gap <= ts < w["end"]]
+        if not touching and self._late(end, mark):
+            raise self._late_failure(ts, mark)
+        for w in touching:
+            start, end = min(start, w["start"]), max(end, w["end"])
+        value = init()
+        for w in touching:
+            windows.remove(w)
+            if w["start"] != start:
+                out.cancel_timer(f"window@{w['start']}")
+            value = merge(value, w["value"]) if merge else w["value"]
+        windows.append({"start": start, "end": end, "value": fold(value)})
+        windows.sort(key=lambda x: x["start"])
+        self._timer(out, start, end)
+
+    def close(self, windows, timer):
+        """The window ``timer`` closes, taken out of ``windows``; None for a
+        timer that is not one of these windows'."""
+        if not timer.name.startswith("window@"):
+            return None
+        try:
+            start = int(timer.name[len("window@"):])
+        except ValueError:
+            return None
+        for w in windows:
+            if w["start"] == start:
+                windows.remove(w)
+                return w
+        return None
+
+
 def fire(component_class, key, state, name, at_ms=0, time="wall", payload=None):
     """Native test helper: fires the timer ``name`` of ``key`` on ``state``
     through the aggregator's ``on_timer``; returns ``(state, emits)``."""

@@ -156,3 +156,39 @@ class AsyncProcessTimeoutTest(unittest.TestCase):
         state, _ = eddy_sdk.fold(agg.Aggregator, "p", [execution("a", "p", 10, "STARTED")])
         _, emits = eddy_sdk.fold(agg.Aggregator, "p", [execution("b", "p", 20, "DONE")], state=state)
         self.assertEqual(emits, [("__eddy.timers", None, {"op": "cancel", "name": "timeout"})])
+
+
+def ev(ts, mark=None):
+    headers = [] if mark is None else [("eddy-watermark", str(mark).encode())]
+    return eddy_sdk.Event("t", 0, 0, ts, None, headers, None, {})
+
+
+class WindowsTest(unittest.TestCase):
+    def test_tumbling_windows_count_close_and_fail_late_events(self):
+        w = eddy_sdk.Windows.tumbling(10, grace_ms=5)
+        windows, out = [], eddy_sdk.Output()
+        for ts in (3, 12, 7, -1):
+            w.add(windows, ev(ts), out, lambda n: n + 1)
+        self.assertEqual([(x["start"], x["end"], x["value"]) for x in windows], [(-10, 0, 1), (0, 10, 2), (10, 20, 1)])
+        self.assertEqual(len(out.emits), 3)
+        closed = w.close(windows, eddy_sdk.Timer("window@0", 15, "event", None))
+        self.assertEqual(closed["value"], 2)
+        with self.assertRaises(eddy_sdk.Invalid) as late:
+            w.add(windows, ev(9, mark=15), out, lambda n: n + 1)
+        self.assertTrue(str(late.exception).startswith("late: "))
+        w.add(windows, ev(14, mark=15), out, lambda n: n + 1)
+
+    def test_hopping_windows_take_an_event_in_each_window_that_holds_it(self):
+        w = eddy_sdk.Windows.hopping(10, 5)
+        windows, out = [], eddy_sdk.Output()
+        w.add(windows, ev(7), out, lambda n: n + 1)
+        w.add(windows, ev(8, mark=12), out, lambda n: n + 1)
+        self.assertEqual([(x["start"], x["value"]) for x in windows], [(0, 1), (5, 2)])
+
+    def test_sessions_grow_and_merge(self):
+        w = eddy_sdk.Windows.session(20)
+        windows, out = [], eddy_sdk.Output()
+        for ts in (0, 30, 5, 22):
+            w.add(windows, ev(ts), out, lambda n: n + 1, merge=lambda a, b: a + b)
+        self.assertEqual([(x["start"], x["end"], x["value"]) for x in windows], [(0, 50, 4)])
+        self.assertIn(("__eddy.timers", None, '{"op":"cancel","name":"window@30"}'), [e[:3] for e in out.emits])

@@ -88,3 +88,30 @@ test("setTimer is a request and onTimer gets the fired timer", async () => {
   assert.deepEqual(fired.emits, [{ topic: "reminders", key: undefined, value: { name: "remind", at: 5, time: "event", note: "hi" } }]);
   assert.throws(() => new Output().setTimer("t", 1, "cpu"), Fatal);
 });
+
+test("windows: tumbling counts close, late events fail, hopping and sessions", async () => {
+  const { Windows, Output, Invalid } = await import("../index.js");
+  const ev = (ts, mark) => ({ timestampMs: ts, headers: mark === undefined ? [] : [["eddy-watermark", String(mark)]] });
+  const w = Windows.tumbling(10, 5);
+  const windows = [];
+  const out = new Output();
+  for (const ts of [3, 12, 7, -1]) w.add(windows, ev(ts), out, (n) => n + 1);
+  assert.deepEqual(windows.map((x) => [x.start, x.end, x.value]), [[-10, 0, 1], [0, 10, 2], [10, 20, 1]]);
+  assert.equal(out.emits.length, 3);
+  assert.equal(w.close(windows, { name: "window@0" }).value, 2);
+  assert.throws(() => w.add(windows, ev(9, 15), out, (n) => n + 1), (e) => e instanceof Invalid && e.message.startsWith("late: "));
+  w.add(windows, ev(14, 15), out, (n) => n + 1);
+
+  const h = Windows.hopping(10, 5);
+  const hw = [];
+  h.add(hw, ev(7), out, (n) => n + 1);
+  h.add(hw, ev(8, 12), out, (n) => n + 1);
+  assert.deepEqual(hw.map((x) => [x.start, x.value]), [[0, 1], [5, 2]]);
+
+  const s = Windows.session(20);
+  const sw = [];
+  const sout = new Output();
+  for (const ts of [0, 30, 5, 22]) s.add(sw, ev(ts), sout, (n) => n + 1, () => 0, (a, b) => a + b);
+  assert.deepEqual(sw.map((x) => [x.start, x.end, x.value]), [[0, 50, 4]]);
+  assert.ok(sout.emits.some((e) => e.value === JSON.stringify({ op: "cancel", name: "window@30" })));
+});
