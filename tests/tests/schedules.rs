@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, ensure};
-use eddy_tests::{Host, run_until_exit, samples, test_component};
+use eddy_tests::{Host, plugin, run_until_exit, samples, test_component};
 use serde_json::Value;
 
 fn now_ms() -> i64 {
@@ -24,6 +24,7 @@ fn now_ms() -> i64 {
 
 fn config(schedules: &str) -> Result<String> {
     let probe = test_component("sandbox-probe")?;
+    let router = plugin("rejected-process-router")?;
     Ok(format!(
         r#"
 [source]
@@ -42,9 +43,24 @@ name = "ticks"
 topic = "ticks-in"
 key_field = "key"
 aggregator = "probe"
+
+# A pipeline of handlers only: they get its schedules' runs.
+[[source.topics]]
+name = "routed-in"
+partitions = 1
+
+[[plugin]]
+name = "router"
+path = "{router}"
+
+[[pipeline]]
+name = "routed"
+topic = "routed-in"
+handlers = ["router"]
 {schedules}
 "#,
-        probe = probe.display()
+        probe = probe.display(),
+        router = router.display()
     ))
 }
 
@@ -112,6 +128,11 @@ pipeline = "ticks"
 every_ms = 500
 key = "boom"
 payload = { fail = true }
+
+[[schedule]]
+name = "handled"
+pipeline = "routed"
+every_ms = 400
 "#,
     )?)
     .await?;
@@ -196,7 +217,15 @@ payload = { fail = true }
     let (_, list) = host.get("/v1/schedules").await?;
     let now = now_ms();
     let listed = list["schedules"].as_array().cloned().unwrap_or_default();
-    ensure!(listed.len() == 3, "{list}");
+    ensure!(listed.len() == 4, "{list}");
+    // The handler pipeline's runs went through its handlers and commits.
+    let handled = runs(&host, "handled").await?;
+    ensure!(
+        handled
+            .iter()
+            .any(|r| r["outcome"] == "ok" && r["ended_ms"].as_i64().is_some()),
+        "{handled:?}"
+    );
     ensure!(
         listed
             .iter()

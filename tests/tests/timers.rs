@@ -444,3 +444,55 @@ async fn too_many_timers_are_dead_letters_of_their_class() -> Result<()> {
     );
     Ok(())
 }
+
+/// A timer outlives the plugin version that set it: set by the 0.2.0
+/// build, it fires into the contract-0.1.0 build deployed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_survives_a_hot_swap_and_fires_into_the_new_version() -> Result<()> {
+    let token = "timers-admin";
+    let config = timed_config(5_000)?.replacen(
+        "[http]\n",
+        &format!("[http]\nadmin_token = \"{token}\"\n"),
+        1,
+    );
+    // Built first: the deploy must come before the timeout.
+    let older = eddy_tests::plugin_v0_1("async-process-aggregator")?;
+    let host = Host::start(&config).await?;
+    let t0 = now_ms();
+    produce(&host, &[execution("a", "swapped", t0, "STARTED")]).await?;
+    host.wait_caught_up("async-process", Duration::from_secs(20))
+        .await?;
+    let (_, timers) = host
+        .get("/v1/pipelines/async-process/timers/swapped")
+        .await?;
+    ensure!(timers.as_array().map(Vec::len) == Some(1), "{timers}");
+    let r = host
+        .http
+        .put(format!("{}/v1/plugins/async-process-aggregator", host.url))
+        .bearer_auth(token)
+        .body(std::fs::read(&older)?)
+        .send()
+        .await?;
+    let ok = r.status().is_success();
+    let deployed: Value = serde_json::from_str(&r.text().await?).unwrap_or_default();
+    ensure!(ok, "deploy: {deployed}");
+    let version = deployed["version"].clone();
+    ensure!(version.is_string(), "{deployed}");
+    ensure!(
+        now_ms() < t0 + 5_000,
+        "deployed only after the timeout: a slower machine needs a longer one"
+    );
+    wait_state(&host, "swapped", Duration::from_secs(20), |v| {
+        v["state"] == "ERROR"
+    })
+    .await?;
+    let (_, meta) = host
+        .get("/v1/pipelines/async-process/state/swapped?meta=true")
+        .await?;
+    ensure!(
+        meta["plugin_version"] == version && timeouts(&meta["state"]) == 1,
+        "the timer fired into {}, not the deployed {version}: {meta}",
+        meta["plugin_version"]
+    );
+    Ok(())
+}
