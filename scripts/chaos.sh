@@ -5,7 +5,8 @@
 # time, queries running); then the fixed fault scenarios (the broker
 # restarted mid-stream, the store's disk full, what real producers send) and
 # the load scenarios (5,000 stalled SSE clients, hostile plugins beside a
-# healthy pipeline). CI runs the same tests smaller.
+# healthy pipeline), and 100,000 timers firing through ten kills. CI runs
+# the same tests smaller.
 #
 #   scripts/chaos.sh                      # a new seed per scenario
 #   EDDY_CHAOS_SEED=123 scripts/chaos.sh  # the same kill schedule again
@@ -34,6 +35,10 @@ env -u EDDY_CHAOS_EVENTS EDDY_SSE_STALLED="${EDDY_SSE_STALLED:-5000}" EDDY_SSE_E
   cargo test --release --locked -p eddy-tests --test sse_flood -- --nocapture
 env -u EDDY_CHAOS_EVENTS EDDY_NEIGHBOUR_EVENTS="${EDDY_NEIGHBOUR_EVENTS:-1000000}" \
   cargo test --release --locked -p eddy-tests --test neighbours -- --nocapture
+# 100,000 timers set, the host killed while they are due and ten times
+# while they fire: each fires exactly once.
+env -u EDDY_CHAOS_EVENTS EDDY_TIMER_KEYS="${EDDY_TIMER_KEYS:-100000}" EDDY_TIMER_KILLS="${EDDY_TIMER_KILLS:-10}" \
+  cargo test --release --locked -p eddy-tests --test timers -- --nocapture kill_9
 python3 - "$EDDY_CHAOS_REPORT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
