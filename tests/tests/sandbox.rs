@@ -176,6 +176,77 @@ async fn bad_timer_requests_and_the_pipeline_timer_cap_are_dead_letters() -> Res
     Ok(())
 }
 
+/// A timer of a quarantined key that fires is held with the key's later
+/// events, and comes back after its replayed dead letter — still a timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_of_a_quarantined_key_waits_and_fires_after_its_replayed_dead_letter() -> Result<()>
+{
+    let host = Host::start(&config()?).await?;
+    host.produce(
+        "probe-q",
+        &json!({ "records": [ev("q", "q1", "timer-soon"), ev("q", "q2", "fail")] }),
+    )
+    .await?;
+    host.wait_caught_up("quarantined", T).await?;
+    // The timer fires and is held behind the dead letter.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, timers) = host.get("/v1/pipelines/quarantined/timers/q").await?;
+        if timers == json!([]) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "never fired: {timers}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, state) = host.get("/v1/pipelines/quarantined/state/q").await?;
+    ensure!(
+        state["applied"] == json!(["q1"]) && state.get("ticks").is_none(),
+        "held: {state}"
+    );
+    let dls = dead_letters(&host, "quarantined", "").await?;
+    ensure!(dls.len() == 1, "{dls:?}");
+    let id = dls
+        .first()
+        .and_then(|d| d["id"].as_u64())
+        .unwrap_or_default();
+    let (status, v) = host
+        .post(
+            &format!("/v1/pipelines/quarantined/dead-letters/{id}/replay"),
+            json!({ "value": { "key": "q", "id": "q2", "action": "ok" } }).to_string(),
+        )
+        .await?;
+    ensure!(status == 200 && v["replayed"] == 1, "{status} {v}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, state) = host.get("/v1/pipelines/quarantined/state/q").await?;
+        if state["ticks"].as_array().map(Vec::len) == Some(1) {
+            ensure!(
+                state["applied"] == json!(["q1", "q2"])
+                    && state["ticks"][0]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("soon@")),
+                "{state}"
+            );
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the held timer never folded: {state}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        dead_letters(&host, "quarantined", "").await?.is_empty(),
+        "resolved, and the timer was no event"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_are_contained_and_dead_lettered() -> Result<()> {
     let host = Host::start(&config()?).await?;

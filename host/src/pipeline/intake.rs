@@ -26,6 +26,9 @@ pub struct Intake {
     misrouted: MisroutedKeys,
     /// The topic its fired timers come back on.
     timer_topic: Arc<str>,
+    /// Its replay topic (a fired timer held behind a quarantined key comes
+    /// back on it, after the key's replayed dead letter).
+    replay_topic: Arc<str>,
 }
 
 /// One decoded, keyed input event. The plugins see it as an [`Event`]
@@ -45,14 +48,15 @@ pub struct Item {
     schema_id: Option<u32>,
     /// The record key as text, when it is not UTF-8 (made once, lossily).
     key_text: Option<String>,
+    /// For a fired timer, the timer topic: the topic the plugin sees (also
+    /// when it comes back through the replay topic after a quarantine).
+    timer: Option<Arc<str>>,
 }
 
 impl Item {
     /// Whether it is a fired timer (see [`super::timers`]), not an event.
     pub fn is_timer(&self) -> bool {
-        self.record
-            .topic
-            .starts_with(crate::config::TIMER_TOPIC_PREFIX)
+        self.timer.is_some()
     }
 
     /// The value as the plugins receive it: JSON text.
@@ -129,7 +133,7 @@ impl<'a> Views<'a> {
             .iter()
             .zip(&self.headers)
             .map(|(i, headers)| Event {
-                topic: &i.record.topic,
+                topic: i.timer.as_deref().unwrap_or(&i.record.topic),
                 partition: i32::try_from(i.record.partition).unwrap_or(i32::MAX),
                 offset: i64::try_from(i.record.offset).unwrap_or(i64::MAX),
                 timestamp_ms: i.record.timestamp_ms,
@@ -158,6 +162,8 @@ struct Keyed {
     schema_id: Option<u32>,
     key: String,
     partition: u32,
+    /// Whether it is a fired timer.
+    timer: bool,
 }
 
 /// Why a record did not become an event.
@@ -186,6 +192,7 @@ impl Intake {
             partitions: partitions.max(1),
             misrouted,
             timer_topic: Arc::from(pipeline.timer_topic().as_str()),
+            replay_topic: Arc::from(pipeline.replay_topic().as_str()),
         }
     }
 
@@ -206,7 +213,7 @@ impl Intake {
     }
 
     /// The item of a record that decoded and keyed.
-    fn item(record: SourceRecord, keyed: Keyed) -> Item {
+    fn item(&self, record: SourceRecord, keyed: Keyed) -> Item {
         let key_text = record
             .key
             .as_deref()
@@ -219,7 +226,22 @@ impl Intake {
             decoded: keyed.decoded,
             schema_id: keyed.schema_id,
             key_text,
+            timer: keyed.timer.then(|| self.timer_topic.clone()),
         }
+    }
+
+    /// Whether a record of the replay topic is a fired timer released from
+    /// a quarantine: its first `eddy-source` names the timer topic.
+    fn released_timer(&self, record: &SourceRecord) -> bool {
+        *record.topic == *self.replay_topic
+            && record
+                .headers
+                .iter()
+                .find(|(n, _)| n == super::SOURCE_HEADER)
+                .is_some_and(|(_, v)| {
+                    v.strip_prefix(self.timer_topic.as_bytes())
+                        .is_some_and(|rest| rest.starts_with(b"/"))
+                })
     }
 
     /// Decodes and keys one record: its decoded value (when decoding made
@@ -228,7 +250,7 @@ impl Intake {
     /// # Errors
     /// [`Unprepared`]: wait for the registry, or a dead letter saying why.
     fn keyed(&self, record: &SourceRecord) -> Result<Keyed, Unprepared> {
-        if *record.topic == *self.timer_topic {
+        if *record.topic == *self.timer_topic || self.released_timer(record) {
             return self.timer(record);
         }
         let decoded = if record.tombstone {
@@ -291,6 +313,7 @@ impl Intake {
             schema_id,
             key,
             partition,
+            timer: false,
         })
     }
 
@@ -319,6 +342,7 @@ impl Intake {
             schema_id: None,
             key: key.to_owned(),
             partition: self.partition_of(key),
+            timer: true,
         })
     }
 
@@ -339,7 +363,7 @@ impl Intake {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.keyed(&record) {
-                    Ok(keyed) => out.items.push(Self::item(record, keyed)),
+                    Ok(keyed) => out.items.push(self.item(record, keyed)),
                     Err(Unprepared::Wait(e)) => {
                         tracing::warn!(
                             pipeline = %self.pipeline, topic = %record.topic,

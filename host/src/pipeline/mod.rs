@@ -441,11 +441,10 @@ impl Worker {
         }
         drop(events);
         let timer_ops = std::mem::take(&mut out.timers);
-        let held: Vec<u64> = out
+        let held: Vec<(&str, u64)> = out
             .park
             .iter()
-            .filter(|(_, r)| r.topic.starts_with(crate::config::TIMER_TOPIC_PREFIX))
-            .map(|(_, r)| r.offset)
+            .map(|(_, r)| (&*r.topic, r.offset))
             .collect();
         let runs = if self.scheduler.is_empty() {
             Vec::new()

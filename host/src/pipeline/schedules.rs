@@ -244,7 +244,7 @@ impl Scheduler {
         store: &Store,
         items: impl Iterator<Item = &'a Item>,
         dead: &[DeadLetter],
-        held: &[u64],
+        held: &[(&str, u64)],
         now_ms: i64,
     ) -> Result<Vec<(String, u64, String)>, StoreError> {
         let mut out = Vec::new();
@@ -256,7 +256,7 @@ impl Scheduler {
             let letter = dead.iter().find(|d| {
                 *d.topic == *r.topic && d.partition == r.partition && d.offset == r.offset
             });
-            let outcome = match (letter, held.contains(&r.offset)) {
+            let outcome = match (letter, held.contains(&(&*r.topic, r.offset))) {
                 (Some(_), _) => "dead_letter",
                 (None, true) => "held",
                 (None, false) => "ok",

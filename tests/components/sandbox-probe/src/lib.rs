@@ -13,7 +13,8 @@
 //! - `emit-bad`: emits a record to a topic whose name is invalid;
 //! - `log`: writes a warning to the host's log, then is applied;
 //! - `timer-bad`: asks for a timer at an instant no calendar has;
-//! - `timers`: sets `size` wall-clock timers an hour ahead (`t0`, `t1`, ...).
+//! - `timers`: sets `size` wall-clock timers an hour ahead (`t0`, `t1`, ...);
+//! - `timer-soon`: sets the wall-clock timer `soon` 300 ms after the event.
 //!
 //! A fired timer (a schedule's run) is recorded in the state's `ticks` as
 //! `{name}@{at_ms}`; one whose payload has `"fail": true` fails `invalid`.
@@ -91,6 +92,12 @@ impl Aggregator for SandboxProbe {
             "emit-bad" => out.emit("not a topic!", Some(&p.id), &p.id)?,
             "log" => eddy_sdk::log::warn(&format!("probe {} says hello", p.id)),
             "timer-bad" => out.set_timer("t", TimerTime::Wall, 100_000_000_000_000_000, &())?,
+            "timer-soon" => out.set_timer(
+                "soon",
+                TimerTime::Wall,
+                event.timestamp_ms.saturating_add(300),
+                &p.id,
+            )?,
             "timers" => {
                 for i in 0..p.size {
                     let at = event.timestamp_ms.saturating_add(3_600_000);
