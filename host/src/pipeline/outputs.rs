@@ -60,8 +60,9 @@ pub struct Outputs {
     pub quarantine: Vec<(String, u64)>,
     /// Events held back behind a quarantined key.
     pub park: Vec<(String, SourceRecord)>,
-    /// Timers the folds set and cancelled, in order (the live worker
-    /// commits them; a replay's rebuild sets none).
+    /// Timers the folds set and cancelled, in order: the live worker takes
+    /// them out of the folds' emits (`Worker::timer_budget`) and commits
+    /// them; a replay's rebuild, which produces no records, sets none.
     pub timers: Vec<crate::store::TimerOp>,
 }
 
@@ -81,10 +82,7 @@ impl Outputs {
             plugin,
             quarantine,
         } = *by;
-        let partition = group.first().map_or(0, |i| i.partition);
-        for (index, mut emits) in fold.emits {
-            self.timers
-                .extend(super::timers::take_requests(key, partition, &mut emits));
+        for (index, emits) in fold.emits {
             if let Some(item) = group.get(index) {
                 self.add_emits(&item.record, emits);
             }

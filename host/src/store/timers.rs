@@ -303,23 +303,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The names of `key`'s pending timers (the index alone).
-    ///
-    /// # Errors
-    /// On an I/O error.
-    pub fn key_timer_names(&self, pipeline: &str, key: &str) -> Result<Vec<String>> {
-        let prefix = names_prefix(pipeline, key);
-        let mut out = Vec::new();
-        for item in self.timer_names.prefix(&prefix) {
-            let k = fj("read timer names", item.key())?;
-            let name = k.get(prefix.len()..).unwrap_or_default();
-            if !name.is_empty() {
-                out.push(String::from_utf8_lossy(name).into_owned());
-            }
-        }
-        Ok(out)
-    }
-
     /// How many timers `key` has pending (one read: the key's count).
     ///
     /// # Errors
