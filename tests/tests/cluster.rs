@@ -1347,3 +1347,242 @@ async fn hosts_killed_at_random_under_a_stream_and_queries_lose_nothing() -> Res
     }))?;
     Ok(())
 }
+
+/// Timers move with their partition. The AsyncProcess aggregator's
+/// timeout (a process left in STARTED becomes ERROR by a wall-clock timer)
+/// on two hosts: the timers are set on both, one host is killed before
+/// they fall due, the other restores its partitions — timers included —
+/// and fires them; the killed host comes back while they fire (the eager
+/// assignor then moves every partition, and fired timers not folded yet
+/// fire again under the new owner epoch, once). Every process times out
+/// exactly once, at its instant, whichever host holds it; the timer
+/// records are gone from every host and the state changelog.
+///
+/// A schedule (every 500 ms, `missed = "run-once"`) runs meanwhile on the
+/// owner of its key's partition, through the kill and the rejoin: its run
+/// numbers follow each other with no gap, every run is folded once (the
+/// probe's state holds each run's instant once), and its runs answer
+/// from any host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_once_wherever_their_partition_moves() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const KEYS: usize = 600;
+    const TIMEOUT_MS: i64 = 20_000;
+    const SPREAD_MS: i64 = 8_000;
+    let broker = Broker::start()?;
+    let probe = eddy_tests::test_component("sandbox-probe")?;
+    let timed = |id: &str| -> Result<String> {
+        let c = config(&broker, id, EAGER)?;
+        ensure!(
+            c.contains("memory_mb = 64\n"),
+            "the example's plugins changed"
+        );
+        Ok(c.replacen(
+            "memory_mb = 64\n",
+            &format!(
+                "memory_mb = 64\ngrants = {{ env = {{ ASYNC_PROCESS_TIMEOUT_MS = \"{TIMEOUT_MS}\" }} }}\n"
+            ),
+            1,
+        ) + &format!(
+            r#"
+[[plugin]]
+name = "probe"
+path = {probe:?}
+timeout_ms = 1000
+
+[[pipeline]]
+name = "ticks"
+topic = "ticks-in"
+key_field = "key"
+aggregator = "probe"
+
+[[schedule]]
+name = "tick"
+pipeline = "ticks"
+key = "clock"
+every_ms = 500
+missed = "run-once"
+"#,
+            probe = probe.display().to_string()
+        ))
+    };
+    let mut a = Host::start(&timed("a")?).await?;
+    let mut b = Host::start(&timed("b")?).await?;
+    settle(&broker, &[&a, &b]).await?;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let t0 = now();
+    let at = |i: usize| t0 + i as i64 * SPREAD_MS / KEYS as i64;
+    let events: Vec<Value> = (0..KEYS)
+        .map(|i| eddy_tests::execution(&format!("e{i}"), &format!("p{i:05}"), at(i), "STARTED"))
+        .collect();
+    for chunk in events.chunks(200) {
+        let records: Vec<Value> = chunk.iter().map(|e| json!({ "value": e })).collect();
+        a.produce(INPUT, &json!({ "records": records })).await?;
+    }
+    settle(&broker, &[&a, &b]).await?;
+    // The host killed below (`a`) is the one the schedule runs on.
+    let (_, v) = b.get("/v1/schedules").await?;
+    ensure!(v["schedules"][0]["name"] == "tick", "{v}");
+    if v["schedules"][0]["here"] == true {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let (_, v) = a.get("/v1/schedules").await?;
+    ensure!(
+        v["schedules"][0]["here"] == true,
+        "tick runs on neither host: {v}"
+    );
+    // Both hosts hold timers; none is due yet.
+    let sum = |text: &str, name: &str| -> Result<usize> {
+        Ok(eddy_tests::samples(text, name)?
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>() as usize)
+    };
+    let mut pending = 0;
+    let mut on_b = 0;
+    for h in [&a, &b] {
+        let text = h.metrics().await?;
+        let n = sum(&text, "eddy_timers_pending")?;
+        ensure!(n > 0, "{} holds no timer:\n{text}", h.url);
+        pending += n;
+        on_b = n;
+    }
+    ensure!(
+        pending == KEYS,
+        "{pending} timers pending for {KEYS} processes"
+    );
+    ensure!(
+        now() < t0 + TIMEOUT_MS,
+        "the timers fell due before the test could kill a host"
+    );
+    a.kill9()?;
+    // b takes a's partitions after the group's session timeout, restores
+    // them from the state changelog and fires what falls due; a comes
+    // back while they fire.
+    let back_at = t0 + TIMEOUT_MS + SPREAD_MS / 2;
+    tokio::time::sleep(Duration::from_millis((back_at - now()).max(0) as u64)).await;
+    a.restart().await?;
+    let deadline = Instant::now() + T;
+    for i in 0..KEYS {
+        let key = format!("p{i:05}");
+        let h = if i % 2 == 0 { &a } else { &b };
+        loop {
+            let (status, v) = h
+                .get(&format!("/v1/pipelines/async-process/state/{key}"))
+                .await?;
+            if status == 200 && v["state"] == "ERROR" {
+                let timeouts = v["executions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| {
+                        e["id"]
+                            .as_str()
+                            .is_some_and(|id| id.starts_with("timeout@"))
+                    })
+                    .count();
+                ensure!(timeouts == 1, "{key}: {timeouts} timeouts: {v}");
+                ensure!(
+                    v["lastUpdate"].as_i64() == Some(at(i) + TIMEOUT_MS),
+                    "{key}: timed out at another instant: {v}"
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{key} never timed out: {status} {v}\n--- a ---\n{}\n--- b ---\n{}",
+                plain(&a.log()),
+                plain(&b.log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    settle(&broker, &[&a, &b]).await?;
+    // b fired timers that were set on a (it never restarted: its counter
+    // holds all it fired).
+    let fired_on_b = sum(&b.metrics().await?, "eddy_timers_fired_total")?;
+    ensure!(
+        fired_on_b > on_b,
+        "b fired {fired_on_b} timers, no more than the {on_b} set on it"
+    );
+    // Nothing is pending anywhere, and a key's timers answer from any host.
+    for h in [&a, &b] {
+        let text = h.metrics().await?;
+        let n = sum(&text, "eddy_timers_pending")?;
+        ensure!(n == 0, "{}: {n} timers still pending", h.url);
+        let (status, v) = h.get("/v1/pipelines/async-process/timers/p00001").await?;
+        ensure!(status == 200 && v == json!([]), "{}: {status} {v}", h.url);
+        ensure!(!h.log().contains("panicked"), "{} panicked", h.url);
+    }
+    // The state changelog's last word on every timer is its removal.
+    let mut last: HashMap<String, bool> = HashMap::new();
+    for r in broker.dump(STATE_CHANGELOG)? {
+        let key = r["key"].as_str().unwrap_or_default();
+        if key.starts_with("\u{0}eddy-timer/") {
+            let removed = r["headers"]["eddy-tombstone"].is_string();
+            last.insert(key.to_owned(), removed);
+        }
+    }
+    ensure!(
+        last.len() == KEYS,
+        "{} timers in the state changelog",
+        last.len()
+    );
+    let left: Vec<&String> = last.iter().filter(|(_, r)| !**r).map(|(k, _)| k).collect();
+    ensure!(
+        left.is_empty(),
+        "timers left set in the changelog: {left:?}"
+    );
+
+    // The schedule: runs 1..n, each folded once, asked of either host.
+    for h in [&a, &b] {
+        let (status, v) = h.get("/v1/schedules/tick/runs?limit=1000").await?;
+        ensure!(status == 200, "{}: runs {status} {v}", h.url);
+        let runs = v["runs"].as_array().cloned().unwrap_or_default();
+        let numbers: Vec<u64> = runs
+            .iter()
+            .rev()
+            .filter_map(|r| r["run"].as_u64())
+            .collect();
+        ensure!(
+            numbers.len() > 20 && numbers == (1..=numbers.len() as u64).collect::<Vec<_>>(),
+            "{}: run numbers {numbers:?}",
+            h.url
+        );
+        let mut instants: Vec<i64> = Vec::new();
+        for r in &runs {
+            match r["outcome"].as_str() {
+                Some("ok") => instants.push(r["scheduled_ms"].as_i64().unwrap_or_default()),
+                // The last one may be folding as we ask.
+                Some("running") if r == &runs[0] => {}
+                _ => bail!("{}: a run that did not end well: {r}", h.url),
+            }
+        }
+        instants.sort_unstable();
+        let (status, state) = h.get("/v1/pipelines/ticks/state/clock").await?;
+        ensure!(status == 200, "{}: clock {status} {state}", h.url);
+        let mut ticks: Vec<i64> = state["ticks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str()?.strip_prefix("schedule:tick@")?.parse().ok())
+            .collect();
+        ticks.sort_unstable();
+        let mut once = ticks.clone();
+        once.dedup();
+        ensure!(once == ticks, "{}: a run folded twice: {ticks:?}", h.url);
+        ensure!(
+            instants.iter().all(|i| ticks.contains(i)),
+            "{}: runs {instants:?} not all in the state's ticks {ticks:?}",
+            h.url
+        );
+    }
+    println!(
+        "{KEYS} timers across a kill and a rejoin: each fired once ({fired_on_b} fired on b, {on_b} set there)"
+    );
+    Ok(())
+}

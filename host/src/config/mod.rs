@@ -356,16 +356,18 @@ impl Config {
             if let Err(e) = s.cadence() {
                 problems.push(e);
             }
-            if !self.pipelines.iter().any(|p| p.name == s.pipeline) {
-                problems.push(format!("{at}: pipeline {:?} is not declared", s.pipeline));
+            match self.pipelines.iter().find(|p| p.name == s.pipeline) {
+                None => problems.push(format!("{at}: pipeline {:?} is not declared", s.pipeline)),
+                Some(p) if self.cluster.is_some() && p.aggregator.is_none() => {
+                    problems.push(format!(
+                        "[cluster]: {at}: pipeline {:?} has no aggregator, so no state changelog to carry the schedule between hosts; schedule a pipeline with an aggregator, or run this one on a host without [cluster]",
+                        s.pipeline
+                    ));
+                }
+                Some(_) => {}
             }
             if s.key().is_empty() {
                 problems.push(format!("{at}: key must not be empty"));
-            }
-            if self.cluster.is_some() {
-                problems.push(format!(
-                    "[cluster]: {at}: schedules run on one host and do not move between hosts yet; run them on a host without [cluster]"
-                ));
             }
         }
     }

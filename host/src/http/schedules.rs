@@ -1,9 +1,15 @@
 //! `GET /v1/schedules` and `GET /v1/schedules/{name}/runs`: each schedule
 //! with its next instant and last run, and a schedule's runs (start, end,
 //! outcome), newest first.
+//!
+//! In cluster mode a schedule runs on the host that owns its key's
+//! partition: its runs are asked of that host (any host forwards), and the
+//! list says which schedules run here (`here`), with the next instant and
+//! last run of those only.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::{ApiResult, AppError, AppState, read};
@@ -28,11 +34,28 @@ fn describe(s: &ScheduleConfig) -> serde_json::Value {
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let schedules = s.schedules.clone();
     let store = s.store.clone();
+    // Cluster mode: which schedules run here (their key's partition).
+    let mut here = Vec::with_capacity(schedules.len());
+    for sc in schedules.iter() {
+        here.push(match s.owned(&sc.pipeline) {
+            None => None,
+            Some(o) => Some(o.owns(s.intake(&sc.pipeline)?.partition_of(sc.key()))),
+        });
+    }
     read(&s, move || {
         let now = crate::now_ms();
         let mut out = Vec::new();
-        for sc in schedules.iter() {
+        for (sc, here) in schedules.iter().zip(here) {
             let mut v = describe(sc);
+            if let Some(here) = here {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("here".into(), here.into());
+                }
+                if !here {
+                    out.push(v);
+                    continue;
+                }
+            }
             let mark = store
                 .schedule_mark(&sc.pipeline, &sc.name)
                 .map_err(AppError::internal)?;
@@ -68,7 +91,8 @@ pub async fn runs(
     State(s): State<AppState>,
     Path(name): Path<String>,
     q: Query<RunsQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+    asked: super::cluster::Asked,
+) -> ApiResult<axum::response::Response> {
     let sc = s
         .schedules
         .iter()
@@ -76,6 +100,10 @@ pub async fn runs(
         .cloned()
         .ok_or_else(|| AppError::not_found(format!("no schedule named {name:?}")))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    let partition = s.intake(&sc.pipeline)?.partition_of(sc.key());
+    if let super::cluster::Answer::There(r) = s.route(&sc.pipeline, partition, &asked).await? {
+        return Ok(r);
+    }
     let store = s.store.clone();
     read(&s, move || {
         let runs: Vec<serde_json::Value> = store
@@ -84,9 +112,7 @@ pub async fn runs(
             .into_iter()
             .filter_map(|(_, r)| serde_json::from_str(&r).ok())
             .collect();
-        Ok(Json(
-            serde_json::json!({ "schedule": describe(&sc), "runs": runs }),
-        ))
+        Ok(Json(serde_json::json!({ "schedule": describe(&sc), "runs": runs })).into_response())
     })
     .await
 }

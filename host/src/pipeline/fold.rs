@@ -33,14 +33,6 @@ impl Policy {
         }
     }
 
-    /// Refuses timer requests, saying why (a fold that asks fails with
-    /// class `bad_timer`).
-    #[must_use]
-    pub fn refusing_timers(mut self, why: &'static str) -> Self {
-        self.timers.refused = Some(why);
-        self
-    }
-
     /// Whether a key's later events wait once one of its events failed.
     pub fn quarantines(&self) -> bool {
         self.quarantine

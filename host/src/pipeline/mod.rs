@@ -218,19 +218,19 @@ impl Worker {
             &config.name,
             ownership.as_ref().map(|_| intake.partitions()),
         )?;
-        let clock = timers::Clock {
-            stream_times: store.stream_times(&config.name, intake.partitions())?,
-            lateness_ms: i64::try_from(config.allowed_lateness_ms).unwrap_or(i64::MAX),
-            pending: store.timer_count(&config.name)?,
-            max: config.max_timers,
-            event_time: store.uses_event_time(&config.name)?,
-            // Unknown until the first look.
-            wall_from: i64::MIN,
-            event_from: vec![i64::MIN; intake.partitions() as usize],
-        };
+        let clock = timers::Clock::load(
+            &store,
+            &config,
+            intake.partitions(),
+            ownership.as_ref().map(|o| o.epochs()),
+        )?;
         crate::telemetry::timers_pending(&config.name, clock.pending);
-        let (scheduler, started) =
-            schedules::Scheduler::open(&store, &config.name, schedules, crate::now_ms())?;
+        let (scheduler, started) = schedules::Scheduler::open(
+            &store,
+            &config.name,
+            schedules,
+            (crate::now_ms(), ownership.is_some()),
+        )?;
         if !started.is_empty() {
             store.commit(&crate::store::Commit {
                 pipeline: config.name.clone(),
@@ -380,6 +380,7 @@ impl Worker {
         self.between_batches()?;
         let mut offsets = next_offsets(&records);
         offsets.extend(passed);
+        let records = self.without_stale_timers(records);
         let input = self.config.topic.as_str();
         let before: Vec<Option<i64>> = (0..self.intake.partitions())
             .map(|p| self.clock.due_until(p))
@@ -407,6 +408,9 @@ impl Worker {
             dead: prepared.dead,
             ..Outputs::default()
         };
+        if self.ownership.is_some() {
+            out.landed = prepared.items.iter().filter_map(timers::landed).collect();
+        }
         // Only a pipeline that uses event time pays for the header.
         let watermarks: Vec<Option<Vec<u8>>> = if self.clock.event_time {
             (0..self.intake.partitions())
@@ -440,7 +444,14 @@ impl Worker {
             timers_added = self.run_aggregator(&prepared.items, &events, &mut out)?;
         }
         drop(events);
-        let timer_ops = std::mem::take(&mut out.timers);
+        self.clock.expect(&out.timers);
+        let uses_event_time = !self.clock.event_time
+            && out.timers.iter().any(
+                |op| matches!(op, crate::store::TimerOp::Set(t) if t.domain == crate::store::TimeDomain::Event),
+            );
+        if self.ownership.is_some() && (self.clock.event_time || uses_event_time) {
+            out.stream_times.clone_from(&stream_times);
+        }
         let held: Vec<(&str, u64)> = out
             .park
             .iter()
@@ -457,6 +468,19 @@ impl Worker {
                 crate::now_ms(),
             )?
         };
+        if self.ownership.is_some() && !runs.is_empty() {
+            out.runs = self
+                .scheduler
+                .changes(&runs)
+                .into_iter()
+                .map(|c| (self.intake.partition_of(&c.key), c))
+                .collect();
+        }
+        let schedule_marks: Vec<(String, crate::store::ScheduleMark)> = out
+            .runs
+            .iter()
+            .map(|(_, c)| (c.name.clone(), c.mark))
+            .collect();
         let dead_count = out.dead.len();
         let epochs = self.ownership.as_ref().map(|o| o.epochs());
         let restore = self
@@ -485,14 +509,10 @@ impl Worker {
             aggregator: self.aggregator.as_ref().map(|a| &*a.plugin().name),
         })?;
         commit.offsets = offsets;
-        self.clock.expect(&timer_ops);
-        commit.uses_event_time = !self.clock.event_time
-            && timer_ops.iter().any(
-                |op| matches!(op, crate::store::TimerOp::Set(t) if t.domain == crate::store::TimeDomain::Event),
-            );
-        commit.timers = timer_ops;
+        commit.uses_event_time = uses_event_time;
         commit.stream_times = stream_times;
         commit.schedule_runs = runs;
+        commit.schedule_marks = schedule_marks;
         if let (Some(o), Sink::Kafka(k)) = (&self.ownership, &self.sink) {
             commit.restore_points = o.checkpoints(k);
         }
@@ -537,6 +557,7 @@ impl Worker {
         for instance in self.aggregator.iter_mut().chain(self.handlers.iter_mut()) {
             instance.refresh();
         }
+        self.refresh_clock()?;
         let epoch = self.store.state_epoch();
         if epoch != self.cache.epoch {
             self.cache.clear();
@@ -565,8 +586,16 @@ impl Worker {
     fn fire_timers(&mut self) -> anyhow::Result<()> {
         /// Timers fired per write at most.
         const FIRE_LIMIT: usize = 10_000;
+        self.refresh_clock()?;
         let now = crate::now_ms();
         let runs = self.scheduler.due(now);
+        // Cluster mode: only the partitions this host owns (and restored).
+        let epochs = self.ownership.as_ref().map(|o| o.epochs());
+        let owned = |p: u32| {
+            epochs
+                .as_ref()
+                .is_none_or(|e| e.get(p as usize).copied().flatten().is_some())
+        };
         if (self.clock.pending == 0 || self.aggregator.is_none()) && runs.is_empty() {
             return Ok(());
         }
@@ -575,7 +604,9 @@ impl Worker {
         // Only look where a timer may be due (a lookup walks past the
         // entries replaced timers left behind).
         if self.clock.pending > 0 && self.aggregator.is_some() && now >= self.clock.wall_from {
-            let (fired, next) = self.store.due_wall_timers(&name, now, FIRE_LIMIT)?;
+            let (fired, next) = self
+                .store
+                .due_wall_timers_of(&name, now, FIRE_LIMIT, owned)?;
             due = fired;
             self.clock.wall_from = next.unwrap_or(i64::MAX);
         }
@@ -583,6 +614,9 @@ impl Worker {
             let room = FIRE_LIMIT.saturating_sub(due.len());
             if room == 0 || self.clock.pending == 0 {
                 break;
+            }
+            if !owned(partition) {
+                continue;
             }
             let from = self
                 .clock
@@ -603,10 +637,32 @@ impl Worker {
         }
         due.sort_by_key(|t| t.at_ms);
         let topic = self.config.timer_topic();
+        let epoch_of = |t: &crate::store::Timer| {
+            epochs
+                .as_ref()
+                .and_then(|e| e.get(t.partition as usize).copied().flatten())
+        };
+        let run_records = runs.records.into_iter().map(|mut r| {
+            // Cluster mode: a run carries its partition's epoch like a timer.
+            let partition = r
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(|k| self.intake.partition_of(k));
+            if let Some(epoch) = epochs
+                .as_ref()
+                .zip(partition)
+                .and_then(|(e, p)| e.get(p as usize).copied().flatten())
+            {
+                r.headers
+                    .push((EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes()));
+            }
+            r
+        });
         let records = due
             .iter()
-            .map(timers::fired_record)
-            .chain(runs.records)
+            .map(|t| timers::fired_record(t, epoch_of(t)))
+            .chain(run_records)
             .map(|r| (topic.clone(), r))
             .collect();
         let wall = due
@@ -617,6 +673,7 @@ impl Worker {
         let mut commit = crate::store::Commit {
             pipeline: name.clone(),
             timers_fired: due,
+            timers_in_flight: self.ownership.is_some(),
             schedule_marks: runs.marks,
             schedule_runs: runs.runs,
             ..crate::store::Commit::default()
@@ -631,6 +688,77 @@ impl Worker {
         crate::telemetry::timers_pending(&name, self.clock.pending);
         tracing::debug!(pipeline = %name, fired, "timers fired");
         Ok(())
+    }
+
+    /// Reads the store's timers again when a restore (or a replay's
+    /// switch-over) changed them, or partitions moved.
+    fn refresh_clock(&mut self) -> anyhow::Result<()> {
+        let owned = self.ownership.as_ref().map(|o| o.epochs());
+        if self.store.state_epoch() == self.clock.epoch && owned == self.clock.owned {
+            return Ok(());
+        }
+        if let Some(epochs) = &owned
+            && !self.scheduler.is_empty()
+        {
+            let started = self
+                .scheduler
+                .reconcile(&self.store, crate::now_ms(), |key| {
+                    epochs
+                        .get(self.intake.partition_of(key) as usize)
+                        .copied()
+                        .flatten()
+                })?;
+            if !started.is_empty() {
+                self.store.commit(&crate::store::Commit {
+                    pipeline: self.config.name.clone(),
+                    schedule_marks: started.marks,
+                    schedule_runs: started.runs,
+                    ..crate::store::Commit::default()
+                })?;
+            }
+        }
+        self.clock =
+            timers::Clock::load(&self.store, &self.config, self.intake.partitions(), owned)?;
+        crate::telemetry::timers_pending(&self.config.name, self.clock.pending);
+        Ok(())
+    }
+
+    /// Cluster mode: drops the fired timers of a partition this host does
+    /// not own, or fired under an earlier epoch of it (the partition moved
+    /// since: its new owner fires them, or, when it came back here, they
+    /// were put back and fire anew). Their offsets are committed all the same.
+    fn without_stale_timers(&self, records: Vec<SourceRecord>) -> Vec<SourceRecord> {
+        let Some(ownership) = &self.ownership else {
+            return records;
+        };
+        let topic = self.config.timer_topic();
+        if !records.iter().any(|r| *r.topic == *topic) {
+            return records;
+        }
+        let epochs = ownership.epochs();
+        records
+            .into_iter()
+            .filter(|r| {
+                if *r.topic != *topic {
+                    return true;
+                }
+                let partition = r
+                    .key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .map(|k| self.intake.partition_of(k));
+                let now = partition.and_then(|p| epochs.get(p as usize).copied().flatten());
+                let fired = timers::fired_epoch(r);
+                let keep = now.is_some() && now == fired;
+                if !keep {
+                    tracing::debug!(
+                        pipeline = %self.config.name, partition, fired_under = fired, epoch = now,
+                        offset = r.offset, "a timer fired under another owner epoch is not folded"
+                    );
+                }
+                keep
+            })
+            .collect()
     }
 
     /// Takes a fold's timer requests out of its emits into `out`, unless
@@ -654,7 +782,7 @@ impl Worker {
             return Ok(0);
         }
         let name = &self.config.name;
-        let (count, change) = timers::change_of(&self.store, name, key, &ops)?;
+        let (count, change) = timers::change_of(&self.store, name, key, &mut ops)?;
         let after = (count as i64).saturating_add(change).max(0) as usize;
         let total = (self.clock.pending as i64).saturating_add(added + change);
         let over = if after > self.config.max_timers_per_key {
@@ -729,13 +857,7 @@ impl Worker {
             return Ok(0);
         };
         let plugin = agg.plugin().clone();
-        let mut policy = Policy::of(agg, &self.config);
-        if self.ownership.is_some() {
-            policy = policy.refusing_timers(
-                "timers do not move with their partition between hosts yet, so a pipeline in \
-                 cluster mode ([cluster]) cannot set them",
-            );
-        }
+        let policy = Policy::of(agg, &self.config);
         let folder = Folder {
             pipeline: &pipeline,
             plugin: &plugin,

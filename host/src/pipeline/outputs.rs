@@ -64,6 +64,15 @@ pub struct Outputs {
     /// them out of the folds' emits (`Worker::timer_budget`) and commits
     /// them; a replay's rebuild, which produces no records, sets none.
     pub timers: Vec<crate::store::TimerOp>,
+    /// Cluster mode: fired timers the batch folded (partition, key, name):
+    /// their in-flight entries go, and tombstones to the state changelog.
+    pub landed: Vec<(u32, String, String)>,
+    /// Cluster mode, a pipeline that uses event time: the partitions' new
+    /// stream times, for the state changelog.
+    pub stream_times: Vec<(u32, i64)>,
+    /// Cluster mode: schedule runs the batch finished, by partition, for
+    /// the state changelog.
+    pub runs: Vec<(u32, super::schedules::RunChange)>,
 }
 
 impl Outputs {
@@ -221,7 +230,10 @@ impl Outputs {
             dead,
             quarantine,
             park,
-            timers: _,
+            timers,
+            landed,
+            stream_times,
+            runs,
         } = self;
         let mut commit = Commit {
             pipeline: target.name.to_owned(),
@@ -410,6 +422,71 @@ impl Outputs {
             commit.dead_letters.push((id, json));
         }
         target.dead_ids.record(&mut commit, &dead_touched);
+        // Cluster mode: timers move with their partition too. A fired
+        // timer's fold removes it from the changelog first; a set or
+        // cancel of the batch comes after, so the last one wins.
+        if let Some((topic, epochs)) = target.restore {
+            let place = |partition: u32| {
+                let epoch = epochs.get(partition as usize).copied().flatten()?;
+                Some(super::timers::ChangelogPlace {
+                    partition,
+                    epoch,
+                    seq: target.seqs.get(partition as usize).copied().unwrap_or(0),
+                    source_offset: target
+                        .source_offsets
+                        .get(partition as usize)
+                        .copied()
+                        .unwrap_or(0),
+                })
+            };
+            let changes = landed
+                .iter()
+                .map(|(p, key, name)| (*p, key.as_str(), name.as_str(), None))
+                .chain(timers.iter().map(|op| match op {
+                    crate::store::TimerOp::Set(t) => {
+                        (t.partition, t.key.as_str(), t.name.as_str(), Some(t))
+                    }
+                    crate::store::TimerOp::Cancel {
+                        key,
+                        name,
+                        partition,
+                    } => (*partition, key.as_str(), name.as_str(), None),
+                }));
+            for (n, (partition, key, name, set)) in changes.enumerate() {
+                let Some(place) = place(partition) else {
+                    tracing::warn!(
+                        pipeline = %target.pipeline, partition, key, timer = name,
+                        "a timer of a partition this host does not own; it is not in the state changelog"
+                    );
+                    continue;
+                };
+                mark_end(true, partition, emits.len());
+                emits.push((
+                    topic.to_owned(),
+                    super::timers::changelog_record(target.pipeline, place, (key, name), set, n),
+                ));
+            }
+            for (partition, run) in &runs {
+                let Some(place) = place(*partition) else {
+                    continue;
+                };
+                for r in super::schedules::changelog_records(target.pipeline, place, run) {
+                    mark_end(true, *partition, emits.len());
+                    emits.push((topic.to_owned(), r));
+                }
+            }
+            for (partition, ms) in &stream_times {
+                if let Some(place) = place(*partition) {
+                    mark_end(true, *partition, emits.len());
+                    emits.push((
+                        topic.to_owned(),
+                        super::timers::stream_time_record(target.pipeline, place, *ms),
+                    ));
+                }
+            }
+        }
+        commit.timers = timers;
+        commit.timers_landed = landed;
         for (_, _, at) in batch_end {
             if let Some((_, r)) = emits.get_mut(at) {
                 r.headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));

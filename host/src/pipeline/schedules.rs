@@ -36,10 +36,114 @@ struct Scheduled {
     config: ScheduleConfig,
     cadence: Cadence,
     mark: ScheduleMark,
-    /// The next instant to run, `None` when the cron expression has none.
+    /// The next instant to run, `None` when the cron expression has none
+    /// (or the schedule is not this host's).
     next_ms: Option<i64>,
     /// Instants skipped before `next_ms` that its run makes up for.
     made_up: usize,
+    /// Cluster mode: the owner epoch of the key's partition it was started
+    /// under (`None`: not this host's). Without a cluster, `Some(0)`.
+    epoch: Option<u64>,
+}
+
+/// A run a batch finished, for the state changelog (cluster mode): the
+/// schedule's mark as of that run, and the run's record.
+#[derive(Debug, Clone)]
+pub struct RunChange {
+    /// The schedule.
+    pub name: String,
+    /// Its key (whose partition carries it).
+    pub key: String,
+    /// The run number.
+    pub run: u64,
+    /// The run's record (JSON).
+    pub record: String,
+    /// The schedule's mark once this run is folded.
+    pub mark: ScheduleMark,
+}
+
+/// On a state changelog record (cluster mode): the schedule whose mark it is.
+pub const MARK_CHANGELOG_HEADER: &str = "eddy-schedule-mark";
+/// On a state changelog record (cluster mode): the schedule whose run
+/// record it is (the run number in [`RUN_HEADER`]).
+pub const RUN_CHANGELOG_HEADER: &str = "eddy-schedule-run";
+
+/// A run's records in its partition's state changelog: the schedule's
+/// mark (key `\0eddy-schedule/{name}`), the run's record (key
+/// `\0eddy-schedule/{name}/{run}`) and the removal of the run that falls
+/// out of the last [`crate::store::RUNS_KEPT`].
+pub fn changelog_records(
+    pipeline: &str,
+    place: super::timers::ChangelogPlace,
+    c: &RunChange,
+) -> Vec<ProduceRecord> {
+    let name = &c.name;
+    let record = |key: String, headers: Vec<(String, Vec<u8>)>, value: Vec<u8>| {
+        let mut all = place.headers(format!(
+            "{pipeline}/{}/schedules/{name}/{}/{key}",
+            place.partition, c.run
+        ));
+        all.extend(headers);
+        ProduceRecord {
+            timestamp_ms: None,
+            partition: Some(place.partition),
+            key: Some(key.into_bytes()),
+            headers: all,
+            value,
+        }
+    };
+    let mark = serde_json::json!({
+        "origin_ms": c.mark.origin_ms,
+        "last_ms": c.mark.last_ms,
+        "last_run": c.mark.last_run,
+    });
+    let run_headers = |run: u64| {
+        vec![
+            (RUN_CHANGELOG_HEADER.to_owned(), name.as_bytes().to_vec()),
+            (RUN_HEADER.to_owned(), run.to_string().into_bytes()),
+        ]
+    };
+    let mut out = vec![
+        record(
+            format!("\u{0}eddy-schedule/{name}/{}", c.run),
+            run_headers(c.run),
+            c.record.as_bytes().to_vec(),
+        ),
+        record(
+            format!("\u{0}eddy-schedule/{name}"),
+            vec![(MARK_CHANGELOG_HEADER.to_owned(), name.as_bytes().to_vec())],
+            mark.to_string().into_bytes(),
+        ),
+    ];
+    if let Some(old) = c.run.checked_sub(crate::store::RUNS_KEPT) {
+        let mut headers = run_headers(old);
+        headers.push((super::TOMBSTONE_HEADER.to_owned(), b"1".to_vec()));
+        out.push(record(
+            format!("\u{0}eddy-schedule/{name}/{old}"),
+            headers,
+            Vec::new(),
+        ));
+    }
+    out
+}
+
+/// A schedule's mark as its changelog record carries it.
+///
+/// # Errors
+/// A value that is not the JSON [`changelog_records`] writes.
+pub fn mark_from_changelog(value: &[u8]) -> Result<ScheduleMark, String> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        origin_ms: i64,
+        last_ms: i64,
+        last_run: u64,
+    }
+    let w: Wire = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    Ok(ScheduleMark {
+        origin_ms: w.origin_ms,
+        last_ms: w.last_ms,
+        last_run: w.last_run,
+    })
 }
 
 /// What a round of the scheduler writes: run records appended to the timer
@@ -65,6 +169,9 @@ impl Due {
 pub struct Scheduler {
     pipeline: String,
     schedules: Vec<Scheduled>,
+    /// Cluster mode: a schedule's stored mark moves when a run is folded
+    /// (with the state changelog), not when it starts.
+    cluster: bool,
 }
 
 fn record(fields: serde_json::Value) -> String {
@@ -78,9 +185,71 @@ fn set(v: &mut serde_json::Value, field: &str, value: serde_json::Value) {
     }
 }
 
+impl Scheduled {
+    /// Starts from the stored mark at `now_ms`: a first mark, or the
+    /// instants missed since the mark, per the `missed` policy.
+    fn start(
+        &mut self,
+        store: &Store,
+        pipeline: &str,
+        now_ms: i64,
+        due: &mut Due,
+    ) -> Result<(), StoreError> {
+        let name = self.config.name.clone();
+        let cadence = &self.cadence;
+        let (mark, next_ms, made_up) = match store.schedule_mark(pipeline, &name)? {
+            None => {
+                let mark = ScheduleMark {
+                    origin_ms: now_ms,
+                    last_ms: now_ms,
+                    last_run: 0,
+                };
+                due.marks.push((name.clone(), mark));
+                (mark, cadence.next_after(now_ms, now_ms), 0)
+            }
+            Some(mut mark) => {
+                let (missed, first, last) =
+                    cadence.between(mark.last_ms, now_ms, mark.origin_ms, MISSED_CAP);
+                match (missed, last, self.config.missed) {
+                    (0, _, _) | (_, None, _) => {
+                        (mark, cadence.next_after(now_ms, mark.origin_ms), 0)
+                    }
+                    (_, Some(last), Missed::RunOnce) => (mark, Some(last), missed - 1),
+                    (_, Some(last), Missed::Skip) => {
+                        mark.last_run += 1;
+                        mark.last_ms = last;
+                        due.runs.push((
+                            name.clone(),
+                            mark.last_run,
+                            record(serde_json::json!({
+                                "run": mark.last_run,
+                                "outcome": "skipped",
+                                "missed": missed,
+                                "first_missed_ms": first,
+                                "last_missed_ms": last,
+                                "recorded_ms": now_ms,
+                            })),
+                        ));
+                        due.marks.push((name.clone(), mark));
+                        crate::telemetry::schedule_run(pipeline, &name, "skipped");
+                        tracing::warn!(pipeline, schedule = %name, missed, "runs missed while the host was down were skipped (missed = \"skip\")");
+                        (mark, cadence.next_after(now_ms, mark.origin_ms), 0)
+                    }
+                }
+            }
+        };
+        self.mark = mark;
+        self.next_ms = next_ms;
+        self.made_up = made_up;
+        Ok(())
+    }
+}
+
 impl Scheduler {
     /// The schedules of `pipeline` as the store left them at `now_ms`, and
-    /// what starting them writes (first marks, skipped runs).
+    /// what starting them writes (first marks, skipped runs). In cluster
+    /// mode (`cluster`) none is started yet: [`Scheduler::reconcile`]
+    /// starts each on the host that owns its key's partition.
     ///
     /// # Errors
     /// A store failure, or a schedule whose cadence does not parse.
@@ -88,69 +257,75 @@ impl Scheduler {
         store: &Store,
         pipeline: &str,
         configs: Vec<ScheduleConfig>,
-        now_ms: i64,
+        (now_ms, cluster): (i64, bool),
     ) -> anyhow::Result<(Self, Due)> {
         let mut due = Due::default();
         let mut schedules = Vec::new();
         for config in configs {
             let cadence = config.cadence().map_err(|e| anyhow::anyhow!(e))?;
-            let name = config.name.clone();
-            let (mark, next_ms, made_up) = match store.schedule_mark(pipeline, &name)? {
-                None => {
-                    let mark = ScheduleMark {
-                        origin_ms: now_ms,
-                        last_ms: now_ms,
-                        last_run: 0,
-                    };
-                    due.marks.push((name.clone(), mark));
-                    (mark, cadence.next_after(now_ms, now_ms), 0)
-                }
-                Some(mut mark) => {
-                    let (missed, first, last) =
-                        cadence.between(mark.last_ms, now_ms, mark.origin_ms, MISSED_CAP);
-                    match (missed, last, config.missed) {
-                        (0, _, _) | (_, None, _) => {
-                            (mark, cadence.next_after(now_ms, mark.origin_ms), 0)
-                        }
-                        (_, Some(last), Missed::RunOnce) => (mark, Some(last), missed - 1),
-                        (_, Some(last), Missed::Skip) => {
-                            mark.last_run += 1;
-                            mark.last_ms = last;
-                            due.runs.push((
-                                name.clone(),
-                                mark.last_run,
-                                record(serde_json::json!({
-                                    "run": mark.last_run,
-                                    "outcome": "skipped",
-                                    "missed": missed,
-                                    "first_missed_ms": first,
-                                    "last_missed_ms": last,
-                                    "recorded_ms": now_ms,
-                                })),
-                            ));
-                            due.marks.push((name.clone(), mark));
-                            crate::telemetry::schedule_run(pipeline, &name, "skipped");
-                            tracing::warn!(pipeline, schedule = %name, missed, "runs missed while the host was down were skipped (missed = \"skip\")");
-                            (mark, cadence.next_after(now_ms, mark.origin_ms), 0)
-                        }
-                    }
-                }
-            };
-            schedules.push(Scheduled {
+            let mut s = Scheduled {
                 config,
                 cadence,
-                mark,
-                next_ms,
-                made_up,
-            });
+                mark: ScheduleMark {
+                    origin_ms: now_ms,
+                    last_ms: now_ms,
+                    last_run: 0,
+                },
+                next_ms: None,
+                made_up: 0,
+                epoch: None,
+            };
+            if !cluster {
+                s.start(store, pipeline, now_ms, &mut due)?;
+                s.epoch = Some(0);
+            }
+            schedules.push(s);
         }
         Ok((
             Scheduler {
                 pipeline: pipeline.to_owned(),
                 schedules,
+                cluster,
             },
             due,
         ))
+    }
+
+    /// Cluster mode: starts the schedules whose key's partition this host
+    /// now owns (under another epoch than they were started under) from
+    /// the mark of their last run folded, by whichever host — the instants
+    /// since then follow the `missed` policy, a run another owner started
+    /// but did not fold included — and stops the others. Returns what
+    /// starting writes.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn reconcile(
+        &mut self,
+        store: &Store,
+        now_ms: i64,
+        epoch_of: impl Fn(&str) -> Option<u64>,
+    ) -> Result<Due, StoreError> {
+        let mut due = Due::default();
+        for s in &mut self.schedules {
+            let epoch = epoch_of(s.config.key());
+            if epoch == s.epoch {
+                continue;
+            }
+            s.epoch = epoch;
+            s.next_ms = None;
+            s.made_up = 0;
+            if epoch.is_some() {
+                s.start(store, &self.pipeline, now_ms, &mut due)?;
+                // Runs recorded here past the mark never finished here.
+                store.drop_schedule_runs_after(&self.pipeline, &s.config.name, s.mark.last_run)?;
+                tracing::info!(
+                    pipeline = %self.pipeline, schedule = %s.config.name, last_run = s.mark.last_run,
+                    next_ms = s.next_ms, "schedule started on this host (it owns the key's partition)"
+                );
+            }
+        }
+        Ok(due)
     }
 
     /// Whether there are no schedules.
@@ -158,11 +333,39 @@ impl Scheduler {
         self.schedules.is_empty()
     }
 
+    /// The runs `runs` (finished by a batch) as changes for the state
+    /// changelog: each with its schedule's key and mark as of that run.
+    pub fn changes(&self, runs: &[(String, u64, String)]) -> Vec<RunChange> {
+        runs.iter()
+            .filter_map(|(name, run, record)| {
+                let s = self.schedules.iter().find(|s| s.config.name == *name)?;
+                let at = serde_json::from_str::<serde_json::Value>(record)
+                    .ok()
+                    .and_then(|v| v.get("scheduled_ms").and_then(serde_json::Value::as_i64))
+                    .unwrap_or(s.mark.last_ms);
+                Some(RunChange {
+                    name: name.clone(),
+                    key: s.config.key().to_owned(),
+                    run: *run,
+                    record: record.clone(),
+                    mark: ScheduleMark {
+                        origin_ms: s.mark.origin_ms,
+                        last_ms: at,
+                        last_run: *run,
+                    },
+                })
+            })
+            .collect()
+    }
+
     /// The runs due at `now_ms`: one per schedule whose next instant came
     /// (for the latest instant due, counting the ones it skipped).
     pub fn due(&mut self, now_ms: i64) -> Due {
         let mut due = Due::default();
         for s in &mut self.schedules {
+            if s.epoch.is_none() {
+                continue;
+            }
             let Some(next) = s.next_ms.filter(|n| *n <= now_ms) else {
                 continue;
             };
@@ -209,7 +412,9 @@ impl Scheduler {
                 set(&mut fields, "skipped", skipped.into());
             }
             due.runs.push((name.clone(), run, record(fields)));
-            due.marks.push((name.clone(), s.mark));
+            if !self.cluster {
+                due.marks.push((name.clone(), s.mark));
+            }
             s.next_ms = s.cadence.next_after(now_ms.max(at), s.mark.origin_ms);
         }
         due
@@ -318,7 +523,7 @@ mod tests {
             every("skip", 100, Missed::Skip),
             every("once", 100, Missed::RunOnce),
         ];
-        let (mut s, started) = Scheduler::open(&store, "p", configs.clone(), 1_000)?;
+        let (mut s, started) = Scheduler::open(&store, "p", configs.clone(), (1_000, false))?;
         assert_eq!(started.marks.len(), 2);
         commit(&store, &started)?;
         assert!(s.due(1_099).is_empty());
@@ -338,7 +543,7 @@ mod tests {
         );
         commit(&store, &due)?;
         // Down from 1420 to 2050: 6 instants missed.
-        let (mut s, started) = Scheduler::open(&store, "p", configs, 2_050)?;
+        let (mut s, started) = Scheduler::open(&store, "p", configs, (2_050, false))?;
         let skipped: serde_json::Value = serde_json::from_str(&started.runs[0].2)?;
         assert_eq!(
             started.runs.len(),
@@ -359,6 +564,57 @@ mod tests {
         assert_eq!(run["skipped"], 5);
         // Both go on at the next instant.
         assert_eq!(s.due(2_100).records.len(), 2);
+        Ok(())
+    }
+
+    /// Cluster mode: a schedule runs only under an owner epoch of its key's
+    /// partition; its stored mark moves when a run is folded, so a new
+    /// owner (or a new epoch) starts from the last run folded, and a run
+    /// started but not folded runs again, under its number.
+    #[test]
+    fn in_a_cluster_the_owner_runs_it_from_the_last_run_folded() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), Durability::Process)?;
+        let configs = vec![every("c", 100, Missed::RunOnce)];
+        let (mut s, started) = Scheduler::open(&store, "p", configs, (1_000, true))?;
+        assert!(started.is_empty());
+        assert!(s.due(5_000).records.is_empty(), "not this host's yet");
+        let started = s.reconcile(&store, 1_000, |_| Some(7))?;
+        assert_eq!(started.marks.len(), 1, "a first mark");
+        commit(&store, &started)?;
+        let due = s.due(1_100);
+        assert_eq!(due.records.len(), 1);
+        assert!(due.marks.is_empty(), "the stored mark waits for the fold");
+        commit(&store, &due)?;
+        // The fold of run 1 moves the mark on.
+        let changes = s.changes(&due.runs);
+        assert_eq!(changes[0].mark.last_run, 1);
+        assert_eq!(changes[0].mark.last_ms, 1_100);
+        let folded = Due {
+            marks: vec![("c".into(), changes[0].mark)],
+            ..Due::default()
+        };
+        commit(&store, &folded)?;
+        // Run 2 starts; the partition moves before it is folded.
+        let due = s.due(1_200);
+        commit(&store, &due)?;
+        assert_eq!(store.schedule_runs("p", "c", 10)?.len(), 2);
+        assert!(s.reconcile(&store, 1_250, |_| None)?.is_empty());
+        assert!(s.due(9_000).records.is_empty(), "stopped");
+        // Back under a new epoch: run 2 again, for its instant.
+        let started = s.reconcile(&store, 1_250, |_| Some(9))?;
+        assert!(started.is_empty());
+        assert_eq!(
+            store.schedule_runs("p", "c", 10)?.len(),
+            1,
+            "the run not folded here is dropped"
+        );
+        let due = s.due(1_250);
+        let value: serde_json::Value = serde_json::from_slice(&due.records[0].value)?;
+        assert_eq!(
+            (value["run"].clone(), value["at_ms"].clone()),
+            (2.into(), 1_200.into())
+        );
         Ok(())
     }
 }

@@ -30,6 +30,14 @@ use crate::store::{StoreError, TimeDomain, Timer, TimerOp};
 /// The header naming the timer on a fired timer's record.
 pub const TIMER_HEADER: &str = "eddy-timer";
 
+/// On a state changelog record of a timer (cluster mode): the key the
+/// timer belongs to (the record's own key is the timer's changelog key).
+pub const TIMER_KEY_HEADER: &str = "eddy-timer-key";
+
+/// On a state changelog record (cluster mode): the partition's stream time
+/// after the batch, for a pipeline that uses event time.
+pub const STREAM_TIME_HEADER: &str = "eddy-stream-time";
+
 /// The earliest and latest instants a timer may have: years 0 to 9999.
 const EARLIEST_MS: i64 = -62_167_219_200_000;
 /// See [`EARLIEST_MS`].
@@ -43,8 +51,6 @@ const MAX_NAME: usize = 256;
 pub struct Rules {
     /// Timers one key may have pending.
     pub per_key: usize,
-    /// Why timers are refused altogether, if they are.
-    pub refused: Option<&'static str>,
 }
 
 impl Rules {
@@ -52,7 +58,6 @@ impl Rules {
     pub fn of(pipeline: &PipelineConfig) -> Self {
         Rules {
             per_key: pipeline.max_timers_per_key,
-            refused: None,
         }
     }
 }
@@ -160,13 +165,10 @@ pub fn check(plugin: &str, rules: Option<&Rules>, emits: &[Emitted]) -> Result<(
             plugin: plugin.to_owned(),
             message,
         };
-        let Some(rules) = rules else {
+        if rules.is_none() {
             return Err(bad(
                 "a handler cannot set timers: only an aggregator holds a key's state".into(),
             ));
-        };
-        if let Some(why) = rules.refused {
-            return Err(bad(why.into()));
         }
         if let Request::Set { name, .. } = Request::parse(&e.value).map_err(bad)? {
             set.insert(name);
@@ -213,6 +215,7 @@ pub fn take_requests(key: &str, partition: u32, emits: &mut Vec<Emitted>) -> Vec
             Ok(Request::Cancel { name }) => ops.push(TimerOp::Cancel {
                 key: key.to_owned(),
                 name,
+                partition,
             }),
             Err(why) => {
                 tracing::warn!(key, error = %why, "dropping a timer request that was not checked");
@@ -224,7 +227,9 @@ pub fn take_requests(key: &str, partition: u32, emits: &mut Vec<Emitted>) -> Vec
 }
 
 /// How many timers `key` has pending now, and how many more (or fewer)
-/// once `ops` apply: one read for the count, one per timer named.
+/// once `ops` apply: one read for the count, one per timer named. Drops
+/// the ops of a name that end in a cancel of a timer not pending (nothing
+/// to write, nor to send to a state changelog).
 ///
 /// # Errors
 /// On a store failure.
@@ -232,29 +237,40 @@ pub fn change_of(
     store: &crate::store::Store,
     pipeline: &str,
     key: &str,
-    ops: &[TimerOp],
+    ops: &mut Vec<TimerOp>,
 ) -> Result<(u64, i64), StoreError> {
-    let mut last: HashMap<&str, bool> = HashMap::new();
-    for op in ops {
+    let mut last: HashMap<String, bool> = HashMap::new();
+    for op in ops.iter() {
         match op {
-            TimerOp::Set(t) => last.insert(&t.name, true),
-            TimerOp::Cancel { name, .. } => last.insert(name, false),
+            TimerOp::Set(t) => last.insert(t.name.clone(), true),
+            TimerOp::Cancel { name, .. } => last.insert(name.clone(), false),
         };
     }
     let mut change = 0;
+    let mut nothing = HashSet::new();
     for (name, set) in last {
-        match (set, store.has_timer(pipeline, key, name)?) {
+        match (set, store.has_timer(pipeline, key, &name)?) {
             (true, false) => change += 1,
             (false, true) => change -= 1,
-            _ => {}
+            (false, false) => {
+                nothing.insert(name);
+            }
+            (true, true) => {}
         }
+    }
+    if !nothing.is_empty() {
+        ops.retain(|op| match op {
+            TimerOp::Set(t) => !nothing.contains(&t.name),
+            TimerOp::Cancel { name, .. } => !nothing.contains(name),
+        });
     }
     Ok((store.key_timer_count(pipeline, key)?, change))
 }
 
 /// The record that carries a fired timer to the fold: keyed by its key,
-/// the value `{"name", "at_ms", "time", "payload"}`.
-pub fn fired_record(t: &Timer) -> ProduceRecord {
+/// the value `{"name", "at_ms", "time", "payload"}`; in cluster mode with
+/// the owner epoch of its partition it fired under.
+pub fn fired_record(t: &Timer, epoch: Option<u64>) -> ProduceRecord {
     let payload: serde_json::Value =
         serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null);
     let value = serde_json::json!({
@@ -267,9 +283,162 @@ pub fn fired_record(t: &Timer) -> ProduceRecord {
         timestamp_ms: None,
         partition: Some(0),
         key: Some(t.key.as_bytes().to_vec()),
-        headers: vec![(TIMER_HEADER.to_owned(), t.name.as_bytes().to_vec())],
+        headers: std::iter::once((TIMER_HEADER.to_owned(), t.name.as_bytes().to_vec()))
+            .chain(epoch.map(|e| (super::EPOCH_HEADER.to_owned(), e.to_string().into_bytes())))
+            .collect(),
         value: value.to_string().into_bytes(),
     }
+}
+
+/// The owner epoch a fired timer's record was fired under (cluster mode).
+pub fn fired_epoch(r: &crate::source::SourceRecord) -> Option<u64> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == super::EPOCH_HEADER)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
+/// A fired timer the batch folds, as (partition, key, name): not a
+/// schedule's run, which is no stored timer.
+pub fn landed(item: &super::Item) -> Option<(u32, String, String)> {
+    if !item.is_timer() || super::schedules::Scheduler::run_of(item).is_some() {
+        return None;
+    }
+    let name = item
+        .record
+        .headers
+        .iter()
+        .find(|(n, _)| n == TIMER_HEADER)?;
+    Some((
+        item.partition,
+        item.key.clone(),
+        String::from_utf8_lossy(&name.1).into_owned(),
+    ))
+}
+
+/// Where a changelog record of a partition stands: the owner's epoch, the
+/// partition's change number and the input offset it reflects, as a
+/// state's record carries them.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangelogPlace {
+    /// The input (and changelog) partition.
+    pub partition: u32,
+    /// The owner's epoch.
+    pub epoch: u64,
+    /// The partition's change number.
+    pub seq: u64,
+    /// The next input offset the partition's state reflects.
+    pub source_offset: u64,
+}
+
+impl ChangelogPlace {
+    pub(super) fn headers(&self, id: String) -> Vec<(String, Vec<u8>)> {
+        vec![
+            (super::ID_HEADER.to_owned(), id.into_bytes()),
+            (
+                super::SEQ_HEADER.to_owned(),
+                self.seq.to_string().into_bytes(),
+            ),
+            (
+                super::SOURCE_OFFSET_HEADER.to_owned(),
+                self.source_offset.to_string().into_bytes(),
+            ),
+            (
+                super::EPOCH_HEADER.to_owned(),
+                self.epoch.to_string().into_bytes(),
+            ),
+        ]
+    }
+}
+
+/// A timer's record in its partition's state changelog (cluster mode): key
+/// `\0eddy-timer/{key length}/{key}{name}` (a set replaces the timer of that
+/// name, as in the store), value `{"time", "at_ms", "payload"}`; a cancel,
+/// or a fired timer's fold, is a tombstone (`set` is `None`). `n` tells the
+/// batch's timer records apart in their `eddy-id`.
+pub fn changelog_record(
+    pipeline: &str,
+    place: ChangelogPlace,
+    (key, name): (&str, &str),
+    set: Option<&Timer>,
+    n: usize,
+) -> ProduceRecord {
+    let mut headers = place.headers(format!(
+        "{pipeline}/{}/timers/{}/{n}",
+        place.partition, place.seq
+    ));
+    headers.push((TIMER_HEADER.to_owned(), name.as_bytes().to_vec()));
+    headers.push((TIMER_KEY_HEADER.to_owned(), key.as_bytes().to_vec()));
+    let value = match set {
+        Some(t) => {
+            let payload: serde_json::Value =
+                serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "time": t.domain.as_str(), "at_ms": t.at_ms, "payload": payload })
+                .to_string()
+                .into_bytes()
+        }
+        None => {
+            headers.push((super::TOMBSTONE_HEADER.to_owned(), b"1".to_vec()));
+            Vec::new()
+        }
+    };
+    ProduceRecord {
+        timestamp_ms: None,
+        partition: Some(place.partition),
+        key: Some(format!("\u{0}eddy-timer/{}/{key}{name}", key.len()).into_bytes()),
+        headers,
+        value,
+    }
+}
+
+/// A partition's stream time in its state changelog (cluster mode, a
+/// pipeline that uses event time): one compacted key per partition.
+pub fn stream_time_record(pipeline: &str, place: ChangelogPlace, ms: i64) -> ProduceRecord {
+    let mut headers = place.headers(format!(
+        "{pipeline}/{}/stream-time/{}",
+        place.partition, place.seq
+    ));
+    headers.push((STREAM_TIME_HEADER.to_owned(), ms.to_string().into_bytes()));
+    ProduceRecord {
+        timestamp_ms: None,
+        partition: Some(place.partition),
+        key: Some(b"\0eddy-stream-time".to_vec()),
+        headers,
+        value: ms.to_string().into_bytes(),
+    }
+}
+
+/// Reads a timer back from its state changelog record: `None` for a
+/// tombstone (cancelled or fired); an error names what is wrong.
+///
+/// # Errors
+/// A value that is not the JSON [`changelog_record`] writes.
+pub fn from_changelog(
+    (key, name): (&str, &str),
+    partition: u32,
+    value: &[u8],
+) -> Result<Timer, String> {
+    #[derive(Deserialize)]
+    struct Stored {
+        time: String,
+        at_ms: i64,
+        #[serde(default)]
+        payload: serde_json::Value,
+    }
+    let v: Stored = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    let domain = match v.time.as_str() {
+        "wall" => TimeDomain::Wall,
+        "event" => TimeDomain::Event,
+        other => return Err(format!("unknown clock {other:?}")),
+    };
+    Ok(Timer {
+        key: key.to_owned(),
+        name: name.to_owned(),
+        partition,
+        domain,
+        at_ms: v.at_ms,
+        payload: v.payload.to_string(),
+    })
 }
 
 /// A worker's view of its timers: the partitions' stream times and how
@@ -290,9 +459,52 @@ pub struct Clock {
     pub wall_from: i64,
     /// Per partition, no event-time timer is pending before this.
     pub event_from: Vec<i64>,
+    /// The store's state epoch it was read at: a restore, or a replay's
+    /// switch-over, changes what is pending and the stream times.
+    pub epoch: u64,
+    /// Cluster mode: the partitions' owner epochs it was read at. Only the
+    /// owned partitions' timers count as pending here (a partition that
+    /// moved keeps its timers in this store, in case it comes back).
+    pub owned: Option<Vec<Option<u64>>>,
 }
 
 impl Clock {
+    /// What the store holds of `pipeline`'s timers (its input has
+    /// `partitions`).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn load(
+        store: &crate::store::Store,
+        pipeline: &PipelineConfig,
+        partitions: u32,
+        owned: Option<Vec<Option<u64>>>,
+    ) -> Result<Self, StoreError> {
+        let epoch = store.state_epoch();
+        let keep = |p: u32| {
+            owned
+                .as_ref()
+                .is_some_and(|o| o.get(p as usize).copied().flatten().is_some())
+        };
+        let pending = if owned.is_some() {
+            store.timer_count_of(&pipeline.name, Some(&keep))?
+        } else {
+            store.timer_count(&pipeline.name)?
+        };
+        Ok(Clock {
+            stream_times: store.stream_times(&pipeline.name, partitions)?,
+            lateness_ms: i64::try_from(pipeline.allowed_lateness_ms).unwrap_or(i64::MAX),
+            pending,
+            max: pipeline.max_timers,
+            event_time: store.uses_event_time(&pipeline.name)?,
+            // Unknown until the first look.
+            wall_from: i64::MIN,
+            event_from: vec![i64::MIN; partitions as usize],
+            epoch,
+            owned,
+        })
+    }
+
     /// The stream time up to which `partition`'s event-time timers are due.
     pub fn due_until(&self, partition: u32) -> Option<i64> {
         let t = *self.stream_times.get(partition as usize)?;
@@ -376,10 +588,7 @@ mod tests {
 
     #[test]
     fn checks_refuse_handlers_bad_requests_and_too_many_timers() {
-        let rules = Rules {
-            per_key: 2,
-            refused: None,
-        };
+        let rules = Rules { per_key: 2 };
         let set = |n: &str| emit(&format!(r#"{{"op":"set","name":"{n}","at_ms":1}}"#));
         let class = |r: Result<(), PluginError>| r.err().map(|e| e.class());
         assert_eq!(
@@ -420,6 +629,8 @@ mod tests {
             event_time: false,
             wall_from: i64::MAX,
             event_from: vec![i64::MAX; 2],
+            epoch: 0,
+            owned: None,
         };
         c.expect(&[TimerOp::Set(Timer {
             key: "k".into(),

@@ -32,13 +32,15 @@ use super::rewind::Rewind;
 use super::{Limit, SourceError, SourceRecord};
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::notify::Hub;
+use crate::pipeline::schedules::{MARK_CHANGELOG_HEADER, RUN_CHANGELOG_HEADER, RUN_HEADER};
+use crate::pipeline::timers::{STREAM_TIME_HEADER, TIMER_HEADER, TIMER_KEY_HEADER};
 use crate::pipeline::{
     BATCH_END_HEADER, DEAD_LETTER_HEADER, EPOCH_HEADER, FENCE_HEADER, SEQ_HEADER,
     SOURCE_OFFSET_HEADER, STAMP_HEADER, STATE_FORMAT_HEADER, TOMBSTONE_HEADER, VERSION_HEADER,
 };
 use crate::sink::ProduceRecord;
 use crate::sink::kafka::KafkaSink;
-use crate::store::{RestorePoint, Restored, State, StateFormat, Store, StoredState};
+use crate::store::{RestorePoint, Restored, State, StateFormat, Store, StoredState, TimerOp};
 
 /// Changelog records read per poll, and states published per write.
 const APPLY_BATCH: usize = 5_000;
@@ -175,6 +177,29 @@ impl Ownership {
     }
 }
 
+/// Schedules' marks and run records read from a changelog.
+#[derive(Default)]
+struct ScheduleChanges {
+    marks: Vec<(String, crate::store::ScheduleMark)>,
+    runs: Vec<(String, u64, String)>,
+}
+
+impl ScheduleChanges {
+    fn len(&self) -> usize {
+        self.marks.len() + self.runs.len()
+    }
+
+    fn append(&mut self, other: &mut ScheduleChanges) {
+        self.marks.append(&mut other.marks);
+        self.runs.append(&mut other.runs);
+    }
+
+    fn clear(&mut self) {
+        self.marks.clear();
+        self.runs.clear();
+    }
+}
+
 /// What a restore needs besides the store: the changelog's reader and the
 /// sink that writes fences.
 pub struct Restorer {
@@ -240,6 +265,18 @@ struct Job {
     dead_ready: Vec<(u64, Option<String>)>,
     /// The highest dead-letter number read.
     dead_counter: u64,
+    /// Timers set, cancelled or fired and folded (cancels), of the batch
+    /// being read and of whole batches not yet written.
+    timer_batch: Vec<TimerOp>,
+    timer_ready: Vec<TimerOp>,
+    /// The partition's stream time: in the batch being read, and the
+    /// latest of whole batches.
+    stream_time_batch: Option<i64>,
+    stream_time: Option<i64>,
+    /// Schedules' marks and run records, of the batch being read and of
+    /// whole batches not yet written.
+    schedule_batch: ScheduleChanges,
+    schedule_ready: ScheduleChanges,
     last_seq: u64,
     source_offset: Option<u64>,
     next: u64,
@@ -260,6 +297,14 @@ struct Headers<'a> {
     dead: Option<u64>,
     tombstone: bool,
     format: StateFormat,
+    /// A timer's record: its name and key.
+    timer: Option<(&'a [u8], &'a [u8])>,
+    timer_name: Option<&'a [u8]>,
+    stream_time: Option<i64>,
+    /// A schedule's mark: its name.
+    schedule_mark: Option<&'a str>,
+    /// A schedule's run record: its name and run number.
+    schedule_run: Option<(&'a str, u64)>,
 }
 
 fn headers(r: &SourceRecord) -> Headers<'_> {
@@ -274,7 +319,14 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
         dead: None,
         tombstone: false,
         format: StateFormat::Json,
+        timer: None,
+        timer_name: None,
+        stream_time: None,
+        schedule_mark: None,
+        schedule_run: None,
     };
+    let mut timer_key = None;
+    let (mut run_of, mut run) = (None, None);
     let num = |v: &[u8]| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
     for (name, value) in &r.headers {
         match name.as_str() {
@@ -290,9 +342,19 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
             STATE_FORMAT_HEADER => {
                 h.format = StateFormat::parse(value).unwrap_or(StateFormat::Json)
             }
+            TIMER_HEADER => h.timer_name = Some(value),
+            TIMER_KEY_HEADER => timer_key = Some(value.as_slice()),
+            MARK_CHANGELOG_HEADER => h.schedule_mark = std::str::from_utf8(value).ok(),
+            RUN_CHANGELOG_HEADER => run_of = std::str::from_utf8(value).ok(),
+            RUN_HEADER => run = num(value),
+            STREAM_TIME_HEADER => {
+                h.stream_time = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
+            }
             _ => {}
         }
     }
+    h.timer = h.timer_name.zip(timer_key);
+    h.schedule_run = run_of.zip(run);
     h
 }
 
@@ -488,6 +550,12 @@ impl Restorer {
             dead_batch: Vec::new(),
             dead_ready: Vec::new(),
             dead_counter: 0,
+            timer_batch: Vec::new(),
+            timer_ready: Vec::new(),
+            stream_time_batch: None,
+            stream_time: None,
+            schedule_batch: ScheduleChanges::default(),
+            schedule_ready: ScheduleChanges::default(),
             last_seq: 0,
             source_offset: None,
             next: low,
@@ -504,13 +572,14 @@ impl Restorer {
                 job.last_seq = have_seq;
                 job.epoch_now = pt.epoch;
                 job.next = pt.next_offset;
+                self.requeue_in_flight(p)?;
             }
             None if have_seq > 0 && high <= low => {
                 // States from before cluster mode, and nothing in the
                 // changelog: this store is the partition's history.
+                job.have_seq = have_seq;
                 self.publish_local(&mut job)?;
                 job.gap = true;
-                job.have_seq = have_seq;
                 job.last_seq = have_seq;
                 job.next = fence;
             }
@@ -592,13 +661,36 @@ impl Restorer {
         job.dead_batch.clear();
         job.dead_ready.clear();
         job.dead_counter = 0;
+        job.timer_batch.clear();
+        job.timer_ready.clear();
+        job.stream_time_batch = None;
+        job.stream_time = None;
+        job.schedule_batch.clear();
+        job.schedule_ready.clear();
         job.source_offset = None;
         job.next = job.low;
         Ok(())
     }
 
-    /// Publishes the store's states of a partition to its empty changelog,
-    /// under the job's epoch.
+    /// This store was the partition's last owner: the timers it fired but
+    /// did not fold are pending again (their records carry the old epoch
+    /// and are not folded).
+    fn requeue_in_flight(&self, partition: u32) -> Result<(), SourceError> {
+        let n = self
+            .store
+            .requeue_in_flight(&self.ownership.pipeline, partition)
+            .map_err(|e| self.store_error(e))?;
+        if n > 0 {
+            tracing::info!(
+                pipeline = %self.ownership.pipeline, partition, timers = n,
+                "timers fired before the partition was revoked, and not folded, fire again"
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes the store's states (and timers) of a partition to its
+    /// empty changelog, under the job's epoch.
     fn publish_local(&self, job: &mut Job) -> Result<(), SourceError> {
         let pipeline = &self.ownership.pipeline;
         let p = job.partition;
@@ -606,10 +698,14 @@ impl Restorer {
             .store
             .partition_states(pipeline, p)
             .map_err(|e| self.store_error(e))?;
+        let timers = self
+            .store
+            .partition_timers(pipeline, p)
+            .map_err(|e| self.store_error(e))?;
         let source_offset = job.local_offset.unwrap_or(0);
         let count = states.len();
-        let mut chunk = Vec::with_capacity(APPLY_BATCH.min(count));
-        for (i, (key, s)) in states.into_iter().enumerate() {
+        let mut records = Vec::with_capacity(count + timers.len());
+        for (key, s) in states {
             let mut headers = vec![
                 (
                     crate::pipeline::ID_HEADER.to_owned(),
@@ -630,33 +726,50 @@ impl Restorer {
                     s.state.format().as_str().as_bytes().to_vec(),
                 ));
             }
-            if i + 1 == count {
-                headers.push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
-            }
-            chunk.push((
-                self.ownership.topic.clone(),
-                ProduceRecord {
-                    timestamp_ms: None,
-                    partition: Some(p),
-                    key: Some(key.into_bytes()),
-                    headers,
-                    value: s.state.bytes().to_vec(),
-                },
+            records.push(ProduceRecord {
+                timestamp_ms: None,
+                partition: Some(p),
+                key: Some(key.into_bytes()),
+                headers,
+                value: s.state.bytes().to_vec(),
+            });
+        }
+        let place = crate::pipeline::timers::ChangelogPlace {
+            partition: p,
+            epoch: job.fence,
+            seq: job.have_seq,
+            source_offset,
+        };
+        let published_timers = timers.len();
+        for (n, t) in timers.iter().enumerate() {
+            records.push(crate::pipeline::timers::changelog_record(
+                pipeline,
+                place,
+                (&t.key, &t.name),
+                Some(t),
+                n,
             ));
-            if chunk.len() >= APPLY_BATCH || i + 1 == count {
-                self.sink
-                    .commit(
-                        &mut crate::store::Commit::default(),
-                        std::mem::take(&mut chunk),
-                    )
-                    .map_err(|e| SourceError::Broker {
-                        topic: self.ownership.topic.clone(),
-                        error: format!("publishing partition {p}'s states: {e}"),
-                    })?;
-            }
+        }
+        if let Some(last) = records.last_mut() {
+            last.headers
+                .push((BATCH_END_HEADER.to_owned(), b"1".to_vec()));
+        }
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<(String, ProduceRecord)> = records
+                .by_ref()
+                .take(APPLY_BATCH)
+                .map(|r| (self.ownership.topic.clone(), r))
+                .collect();
+            self.sink
+                .commit(&mut crate::store::Commit::default(), chunk)
+                .map_err(|e| SourceError::Broker {
+                    topic: self.ownership.topic.clone(),
+                    error: format!("publishing partition {p}'s states: {e}"),
+                })?;
         }
         tracing::info!(
-            pipeline = %pipeline, partition = p, states = count,
+            pipeline = %pipeline, partition = p, states = count, timers = published_timers,
             "the state changelog was empty: this store's states of the partition are published to it"
         );
         Ok(())
@@ -729,7 +842,46 @@ impl Restorer {
                 job.zombies += 1;
                 continue;
             }
-            if let Some(id) = h.dead {
+            if let Some((name, key)) = h.timer {
+                // A timer of the partition: set, or cancelled or folded.
+                let (key, name) = (String::from_utf8_lossy(key), String::from_utf8_lossy(name));
+                if h.tombstone {
+                    job.timer_batch.push(TimerOp::Cancel {
+                        key: key.into_owned(),
+                        name: name.into_owned(),
+                        partition: p,
+                    });
+                } else {
+                    match crate::pipeline::timers::from_changelog((&key, &name), p, &r.value) {
+                        Ok(t) => job.timer_batch.push(TimerOp::Set(t)),
+                        Err(e) => tracing::warn!(
+                            topic = %self.ownership.topic, partition = p, offset = r.offset,
+                            key = %key, timer = %name, error = %e,
+                            "a timer record in a state changelog that cannot be read; skipped"
+                        ),
+                    }
+                }
+            } else if let Some(name) = h.schedule_mark {
+                match crate::pipeline::schedules::mark_from_changelog(&r.value) {
+                    Ok(mark) => job.schedule_batch.marks.push((name.to_owned(), mark)),
+                    Err(e) => tracing::warn!(
+                        topic = %self.ownership.topic, partition = p, offset = r.offset,
+                        schedule = name, error = %e,
+                        "a schedule's mark in a state changelog that cannot be read; skipped"
+                    ),
+                }
+            } else if let Some((name, run)) = h.schedule_run {
+                // A removed run (out of the kept ones) is pruned here too.
+                if !h.tombstone {
+                    job.schedule_batch.runs.push((
+                        name.to_owned(),
+                        run,
+                        String::from_utf8_lossy(&r.value).into_owned(),
+                    ));
+                }
+            } else if let Some(ms) = h.stream_time {
+                job.stream_time_batch = Some(job.stream_time_batch.map_or(ms, |t| t.max(ms)));
+            } else if let Some(id) = h.dead {
                 // A dead letter of the partition, or its resolution.
                 let letter = (!h.tombstone).then(|| String::from_utf8_lossy(&r.value).into_owned());
                 job.dead_batch.push((id, letter));
@@ -768,13 +920,21 @@ impl Restorer {
                     }
                 }
                 job.dead_ready.append(&mut job.dead_batch);
+                job.timer_ready.append(&mut job.timer_batch);
+                job.schedule_ready.append(&mut job.schedule_batch);
+                if let Some(ms) = job.stream_time_batch.take() {
+                    job.stream_time = Some(job.stream_time.map_or(ms, |t| t.max(ms)));
+                }
                 job.last_seq = job.last_seq.max(seq);
                 if let Some(o) = h.source_offset {
                     job.source_offset = Some(job.source_offset.map_or(o, |s| s.max(o)));
                 }
             }
         }
-        if job.ready.len() + job.dead_ready.len() >= HOLD_STATES || job.ready_bytes >= HOLD_BYTES {
+        if job.ready.len() + job.dead_ready.len() + job.timer_ready.len() + job.schedule_ready.len()
+            >= HOLD_STATES
+            || job.ready_bytes >= HOLD_BYTES
+        {
             self.write(&mut job, None)?;
         }
         if job.next >= job.fence {
@@ -798,6 +958,10 @@ impl Restorer {
                 point,
                 dead: std::mem::take(&mut job.dead_ready),
                 dead_counter: job.dead_counter,
+                timers: std::mem::take(&mut job.timer_ready),
+                stream_time: job.stream_time,
+                schedule_marks: std::mem::take(&mut job.schedule_ready.marks),
+                schedule_runs: std::mem::take(&mut job.schedule_ready.runs),
             })
             .map_err(|e| self.store_error(e))?;
         job.ready_bytes = 0;
@@ -806,7 +970,7 @@ impl Restorer {
     }
 
     fn finish(&mut self, mut job: Job) -> Result<Done, SourceError> {
-        if !job.batch.is_empty() || !job.dead_batch.is_empty() {
+        if !job.batch.is_empty() || !job.dead_batch.is_empty() || !job.timer_batch.is_empty() {
             tracing::warn!(
                 pipeline = %self.ownership.pipeline, partition = job.partition,
                 records = job.batch.len(),

@@ -24,6 +24,7 @@
 //! | `meta`    | `stream-time\0` pipeline `\0` partition(u32) | the partition's stream time (i64 ms) | `timers.rs` |
 //! | `meta`    | `event-time\0` pipeline             | present once it set an event-time timer | `timers.rs` |
 //! | `timers`  | pipeline `\0` `w` at partition key name / `e` partition at key name | a pending timer's payload (JSON) | `timers.rs` |
+//! | `timers`  | pipeline `\0` `f` partition key name | cluster mode: a fired timer not folded yet (domain, instant, payload) | `timers.rs` |
 //! | `timer_names` | pipeline `\0` key-length(u32) key name | where that timer sits in `timers` | `timers.rs` |
 //! | `schedule_runs` | pipeline `\0` schedule `\0` run(u64) | the run's record (JSON) | `schedules.rs` |
 //! | `meta`    | `schedule\0` pipeline `\0` schedule | interval origin, last instant, last run | `schedules.rs` |
@@ -63,7 +64,7 @@ pub use log::{Append, LogRecord};
 pub use outbox::OutboxRecord;
 pub use rebuild::Swap;
 pub use restore::{RestorePoint, Restored};
-pub use schedules::ScheduleMark;
+pub use schedules::{RUNS_KEPT, ScheduleMark};
 pub use space::LowSpace;
 pub use state::{Change, StoredState};
 pub use timers::{TimeDomain, Timer, TimerOp};
@@ -135,6 +136,11 @@ pub struct Commit {
     pub timers: Vec<TimerOp>,
     /// Timers fired (removed; their records appended in the same write).
     pub timers_fired: Vec<Timer>,
+    /// Cluster mode: `timers_fired` stay in flight until folded.
+    pub timers_in_flight: bool,
+    /// Cluster mode: fired timers folded by this batch, whose in-flight
+    /// entries go: (partition, key, name).
+    pub timers_landed: Vec<(u32, String, String)>,
     /// Partitions' new stream times.
     pub stream_times: Vec<(u32, i64)>,
     /// Marks the pipeline as using event time (its first event-time timer).
@@ -311,7 +317,8 @@ impl Store {
         self.write_outbox(&mut b, &c.outbox);
         self.write_offsets(&mut b, p, &c.offsets);
         self.write_restore_points(&mut b, p, &c.restore_points);
-        self.write_timers(&mut b, p, &c.timers, &c.timers_fired)?;
+        self.write_timers_landed(&mut b, p, &c.timers_landed);
+        self.write_timers(&mut b, p, &c.timers, (&c.timers_fired, c.timers_in_flight))?;
         self.write_stream_times(&mut b, p, &c.stream_times, c.uses_event_time);
         self.write_schedules(&mut b, p, &c.schedule_marks, &c.schedule_runs);
         fj("commit", b.commit())

@@ -51,6 +51,15 @@ pub struct Restored {
     /// The store holds no state of the partition: none is looked up to be
     /// replaced (its index entry removed).
     pub fresh: bool,
+    /// The partition's timers set and cancelled (fired and folded ones as
+    /// cancels), in changelog order.
+    pub timers: Vec<crate::store::TimerOp>,
+    /// The partition's stream time, when the changelog carried one.
+    pub stream_time: Option<i64>,
+    /// Marks of the partition's schedules, in changelog order.
+    pub schedule_marks: Vec<(String, super::ScheduleMark)>,
+    /// Run records of the partition's schedules: (schedule, run, record).
+    pub schedule_runs: Vec<(String, u64, String)>,
 }
 
 fn restore_key(pipeline: &str, partition: u32) -> Vec<u8> {
@@ -109,7 +118,8 @@ impl Store {
 
     /// Drops everything the store holds of a partition of a pipeline: its
     /// states, their index, its change number, its input offset, its
-    /// restore point and its dead letters (the input has `partitions`).
+    /// restore point, its dead letters (the input has `partitions`) and its
+    /// timers.
     /// Returns how many states it dropped.
     ///
     /// # Errors
@@ -136,6 +146,7 @@ impl Store {
         b.remove(&self.meta, restore_key(pipeline, partition));
         b.remove(&self.offsets, offsets_key(pipeline, topic, partition));
         self.drop_dead_letters(&mut b, pipeline, partition, partitions)?;
+        self.drop_partition_timers(&mut b, pipeline, partition)?;
         fj("drop partition", b.commit())?;
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(dropped)
@@ -202,6 +213,21 @@ impl Store {
                 None => b.remove(&self.dead, seq_key(p, *id)),
             }
         }
+        self.write_timers(&mut b, p, &r.timers, (&[], false))?;
+        let event_time = r.timers.iter().any(
+            |op| matches!(op, crate::store::TimerOp::Set(t) if t.domain == super::TimeDomain::Event),
+        );
+        if let Some(ms) = r.stream_time {
+            let now = self
+                .stream_times(p, r.partition.saturating_add(1))?
+                .get(r.partition as usize)
+                .copied()
+                .unwrap_or(i64::MIN);
+            self.write_stream_times(&mut b, p, &[(r.partition, now.max(ms))], event_time);
+        } else if event_time {
+            self.write_stream_times(&mut b, p, &[], true);
+        }
+        self.write_schedules(&mut b, p, &r.schedule_marks, &r.schedule_runs);
         let counter = self.dead_counter_of(p, r.partition)?.max(r.dead_counter);
         if counter > 0 {
             self.write_dead_counters(&mut b, p, &[(r.partition, counter)]);
@@ -291,6 +317,10 @@ mod tests {
             ],
             dead_counter: 3,
             fresh: false,
+            timers: Vec::new(),
+            stream_time: None,
+            schedule_marks: Vec::new(),
+            schedule_runs: Vec::new(),
         })?;
         // A dead letter of partition 1, recorded here.
         s.commit(&Commit {

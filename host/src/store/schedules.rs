@@ -97,6 +97,30 @@ impl Store {
         .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Removes a schedule's run records numbered above `run` (cluster mode:
+    /// runs this host started that another owner numbers again).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn drop_schedule_runs_after(&self, pipeline: &str, name: &str, run: u64) -> Result<()> {
+        let mut b = self.batch();
+        let mut any = false;
+        let from = run_key(pipeline, name, run.saturating_add(1));
+        let prefix = runs_prefix(pipeline, name);
+        for item in self.schedule_runs.range(from..) {
+            let k = fj("read schedule runs", item.key())?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            b.remove(&self.schedule_runs, k.to_vec());
+            any = true;
+        }
+        if any {
+            fj("drop schedule runs", b.commit())?;
+        }
+        Ok(())
+    }
+
     /// Puts schedules' new marks and run records into `b`, dropping the
     /// runs that fall out of the last [`RUNS_KEPT`].
     pub(super) fn write_schedules(

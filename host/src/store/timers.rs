@@ -9,6 +9,12 @@
 //! partitions, up to the clock), and pipeline `\0` `e` partition(u32) at
 //! key-length key name for event-time timers (a range per partition, up to
 //! its stream time). The value is the timer's payload (JSON text).
+//!
+//! In cluster mode a fired timer is also kept *in flight* until the batch
+//! that folds it commits: pipeline `\0` `f` partition(u32) key-length(u32)
+//! key name → domain tag, instant, payload. A partition assigned to this
+//! host again puts its in-flight timers back (their records, fired under
+//! the old epoch, are not folded), and the fold of one removes it.
 
 use std::collections::HashMap;
 
@@ -80,6 +86,8 @@ pub enum TimerOp {
         key: String,
         /// The timer's name.
         name: String,
+        /// The key's input partition.
+        partition: u32,
     },
 }
 
@@ -87,7 +95,7 @@ impl TimerOp {
     fn id(&self) -> (&str, &str) {
         match self {
             TimerOp::Set(t) => (&t.key, &t.name),
-            TimerOp::Cancel { key, name } => (key, name),
+            TimerOp::Cancel { key, name, .. } => (key, name),
         }
     }
 }
@@ -209,6 +217,28 @@ fn place_of(key: &str, name: &str, place: &[u8]) -> Result<Timer> {
     })
 }
 
+fn in_flight_prefix(pipeline: &str, partition: u32) -> Vec<u8> {
+    let mut k = domain_prefix(pipeline, TimeDomain::Wall);
+    if let Some(tag) = k.last_mut() {
+        *tag = b'f';
+    }
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn in_flight_key(pipeline: &str, partition: u32, key: &str, name: &str) -> Vec<u8> {
+    let mut k = in_flight_prefix(pipeline, partition);
+    key_and_name(&mut k, key, name);
+    k
+}
+
+fn in_flight_value(t: &Timer) -> Vec<u8> {
+    let mut v = vec![t.domain.tag()];
+    v.extend_from_slice(&t.at_ms.to_be_bytes());
+    v.extend_from_slice(t.payload.as_bytes());
+    v
+}
+
 fn stream_time_key(pipeline: &str, partition: u32) -> Vec<u8> {
     let mut k = join(&[b"stream-time", pipeline.as_bytes(), b""]);
     k.extend_from_slice(&partition.to_be_bytes());
@@ -227,15 +257,39 @@ impl Store {
         now_ms: i64,
         limit: usize,
     ) -> Result<(Vec<Timer>, Option<i64>)> {
+        self.due_wall_timers_of(pipeline, now_ms, limit, |_| true)
+    }
+
+    /// As [`Store::due_wall_timers`], of the partitions `keep` takes only
+    /// (cluster mode: those this host owns); the others are passed over.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn due_wall_timers_of(
+        &self,
+        pipeline: &str,
+        now_ms: i64,
+        limit: usize,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<(Vec<Timer>, Option<i64>)> {
         let prefix = domain_prefix(pipeline, TimeDomain::Wall);
-        Self::due(
-            &self.timers,
-            &prefix,
-            prefix.len(),
-            TimeDomain::Wall,
-            now_ms,
-            limit,
-        )
+        let mut out = Vec::new();
+        for item in self.timers.prefix(&prefix) {
+            let (k, v) = fj("read timers", item.into_inner())?;
+            let t = decode_entry(
+                TimeDomain::Wall,
+                k.get(prefix.len()..).unwrap_or_default(),
+                &v,
+            )?;
+            if !keep(t.partition) {
+                continue;
+            }
+            if t.at_ms > now_ms || out.len() >= limit {
+                return Ok((out, Some(t.at_ms)));
+            }
+            out.push(t);
+        }
+        Ok((out, None))
     }
 
     fn due(
@@ -337,16 +391,39 @@ impl Store {
     /// # Errors
     /// On an I/O error.
     pub fn timer_count(&self, pipeline: &str) -> Result<u64> {
+        self.timer_count_of(pipeline, None)
+    }
+
+    /// How many timers a pipeline has pending in the partitions `keep`
+    /// takes (`None`: all).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn timer_count_of(
+        &self,
+        pipeline: &str,
+        keep: Option<&dyn Fn(u32) -> bool>,
+    ) -> Result<u64> {
         let prefix = join(&[pipeline.as_bytes(), b""]);
         let mut n = 0;
         for item in self.timer_names.prefix(&prefix) {
-            let k = fj("read timer names", item.key())?;
+            let (k, place) = fj("read timer names", item.into_inner())?;
             // Past the prefix: key length, key, name (empty: the count).
             let mut r = Reader(k.get(prefix.len()..).unwrap_or_default());
             let key_len = r.array().map(u32::from_be_bytes).unwrap_or(0) as usize;
-            if r.0.len() > key_len {
-                n += 1;
+            if r.0.len() <= key_len {
+                continue;
             }
+            if let Some(keep) = keep {
+                let partition = Reader(place.get(1..).unwrap_or_default())
+                    .array()
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| corrupt("place"))?;
+                if !keep(partition) {
+                    continue;
+                }
+            }
+            n += 1;
         }
         Ok(n)
     }
@@ -388,13 +465,14 @@ impl Store {
 
     /// Puts a commit's timer changes into `b`: for each (key, name) its
     /// last change wins; a set replaces the pending timer of that name.
-    /// Then removes the timers that fired, and moves the keys' counts.
+    /// Then removes the timers that fired (cluster mode: keeping them in
+    /// flight, `keep_in_flight`), and moves the keys' counts.
     pub(super) fn write_timers(
         &self,
         b: &mut OwnedWriteBatch,
         pipeline: &str,
         ops: &[TimerOp],
-        fired: &[Timer],
+        (fired, keep_in_flight): (&[Timer], bool),
     ) -> Result<()> {
         let mut last: HashMap<(&str, &str), &TimerOp> = HashMap::new();
         let mut order = Vec::new();
@@ -435,6 +513,13 @@ impl Store {
             b.remove(&self.timers, entry_key(pipeline, t));
             b.remove(&self.timer_names, names_key(pipeline, &t.key, &t.name));
             *counts.entry(&t.key).or_default() -= 1;
+            if keep_in_flight {
+                b.insert(
+                    &self.timers,
+                    in_flight_key(pipeline, t.partition, &t.key, &t.name),
+                    in_flight_value(t),
+                );
+            }
         }
         for (key, change) in counts {
             if change == 0 {
@@ -447,6 +532,129 @@ impl Store {
                 n => b.insert(&self.timer_names, count, n.to_be_bytes().to_vec()),
             }
         }
+        Ok(())
+    }
+
+    /// Puts the removal of fired timers' in-flight entries into `b`: their
+    /// fold commits (cluster mode). Each is (partition, key, name).
+    pub(super) fn write_timers_landed(
+        &self,
+        b: &mut OwnedWriteBatch,
+        pipeline: &str,
+        landed: &[(u32, String, String)],
+    ) {
+        for (partition, key, name) in landed {
+            b.remove(&self.timers, in_flight_key(pipeline, *partition, key, name));
+        }
+    }
+
+    /// Cluster mode, a partition assigned to this host again: its timers
+    /// that fired but were not folded are pending again (they fire anew,
+    /// under the new epoch), unless a timer of the same name is pending.
+    /// Returns how many.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry; nothing is changed then.
+    pub fn requeue_in_flight(&self, pipeline: &str, partition: u32) -> Result<usize> {
+        let prefix = in_flight_prefix(pipeline, partition);
+        let mut again = Vec::new();
+        let mut b = self.batch();
+        for item in self.timers.prefix(&prefix) {
+            let (k, v) = fj("read timers", item.into_inner())?;
+            b.remove(&self.timers, k.to_vec());
+            let mut r = Reader(k.get(prefix.len()..).unwrap_or_default());
+            let key = r.bytes().ok_or_else(|| corrupt("in-flight key"))?;
+            let (key, name) = (
+                String::from_utf8_lossy(key).into_owned(),
+                String::from_utf8_lossy(r.0).into_owned(),
+            );
+            let mut v = Reader(&v);
+            let (Some([tag]), Some(at)) = (v.array::<1>(), v.array().map(i64::from_be_bytes))
+            else {
+                return Err(corrupt("in-flight value"));
+            };
+            if self.has_timer(pipeline, &key, &name)? {
+                continue;
+            }
+            again.push(TimerOp::Set(Timer {
+                key,
+                name,
+                partition,
+                domain: TimeDomain::of_tag(tag).ok_or_else(|| corrupt("domain"))?,
+                at_ms: at,
+                payload: String::from_utf8_lossy(v.0).into_owned(),
+            }));
+        }
+        self.write_timers(&mut b, pipeline, &again, (&[], false))?;
+        fj("requeue in-flight timers", b.commit())?;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(again.len())
+    }
+
+    /// Every pending timer of a partition (what a host publishes to a state
+    /// changelog that does not hold them yet).
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn partition_timers(&self, pipeline: &str, partition: u32) -> Result<Vec<Timer>> {
+        let mut out = Vec::new();
+        self.each_partition_timer(pipeline, partition, |t| out.push(t))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each pending timer of a partition (payloads empty):
+    /// the names index, which spans partitions, is walked.
+    fn each_partition_timer(
+        &self,
+        pipeline: &str,
+        partition: u32,
+        mut f: impl FnMut(Timer),
+    ) -> Result<()> {
+        let prefix = join(&[pipeline.as_bytes(), b""]);
+        for item in self.timer_names.prefix(&prefix) {
+            let (k, place) = fj("read timer names", item.into_inner())?;
+            let mut r = Reader(k.get(prefix.len()..).unwrap_or_default());
+            let key = r.bytes().ok_or_else(|| corrupt("name key"))?;
+            if r.0.is_empty() {
+                continue; // the key's count
+            }
+            let (key, name) = (String::from_utf8_lossy(key), String::from_utf8_lossy(r.0));
+            let probe = place_of(&key, &name, &place)?;
+            if probe.partition != partition {
+                continue;
+            }
+            if let Some(t) = self.timer_at(pipeline, &key, &name, &place)? {
+                f(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the removal of everything a partition holds of timers into
+    /// `b`: pending timers, their names and counts, in-flight ones, its
+    /// stream time.
+    pub(super) fn drop_partition_timers(
+        &self,
+        b: &mut OwnedWriteBatch,
+        pipeline: &str,
+        partition: u32,
+    ) -> Result<()> {
+        let mut keys = std::collections::HashSet::new();
+        let mut gone = Vec::new();
+        self.each_partition_timer(pipeline, partition, |t| gone.push(t))?;
+        for t in gone {
+            b.remove(&self.timers, entry_key(pipeline, &t));
+            b.remove(&self.timer_names, names_key(pipeline, &t.key, &t.name));
+            keys.insert(t.key);
+        }
+        // A key's timers all live in its partition: its count goes too.
+        for key in keys {
+            b.remove(&self.timer_names, names_prefix(pipeline, &key));
+        }
+        for item in self.timers.prefix(in_flight_prefix(pipeline, partition)) {
+            b.remove(&self.timers, fj("read timers", item.key())?.to_vec());
+        }
+        b.remove(&self.meta, stream_time_key(pipeline, partition));
         Ok(())
     }
 
@@ -566,6 +774,7 @@ mod tests {
                 TimerOp::Cancel {
                     key: "a".into(),
                     name: "u".into(),
+                    partition: 0,
                 },
             ],
             timers_fired: fired,
@@ -592,6 +801,99 @@ mod tests {
             .collect();
         assert_eq!(names, ["e"]);
         assert!(s.has_timer("p", "b", "t")? && !s.has_timer("p", "a", "u")?);
+        Ok(())
+    }
+
+    /// Cluster mode: fired timers stay in flight until folded; a partition
+    /// assigned again puts them back; restored timers replace and cancel by
+    /// name; dropping a partition drops its timers alone.
+    #[test]
+    fn in_flight_timers_come_back_and_a_partition_moves_whole()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let s = Store::open(dir.path(), Durability::Process)?;
+        let set = |t: Timer| TimerOp::Set(t);
+        s.commit(&Commit {
+            pipeline: "p".into(),
+            timers: vec![
+                set(timer("a", "t", TimeDomain::Wall, 0, 10)),
+                set(timer("a", "u", TimeDomain::Wall, 0, 20)),
+                set(timer("b", "t", TimeDomain::Event, 1, 5)),
+                set(timer("c", "t", TimeDomain::Wall, 1, 15)),
+            ],
+            stream_times: vec![(0, 50), (1, 60)],
+            ..Commit::default()
+        })?;
+        let only = |p: u32| move |q: u32| q == p;
+        assert_eq!(s.timer_count_of("p", Some(&only(0)))?, 2);
+        assert_eq!(s.timer_count_of("p", Some(&only(1)))?, 2);
+        // Partition 1's wall timers are passed over.
+        let (due, _) = s.due_wall_timers_of("p", 100, 10, only(0))?;
+        assert_eq!(due.len(), 2);
+        // Fired in flight; a's first lands (folded), its second does not.
+        s.commit(&Commit {
+            pipeline: "p".into(),
+            timers_fired: due,
+            timers_in_flight: true,
+            ..Commit::default()
+        })?;
+        assert_eq!(s.timer_count("p")?, 2);
+        s.commit(&Commit {
+            pipeline: "p".into(),
+            timers_landed: vec![(0, "a".into(), "t".into())],
+            ..Commit::default()
+        })?;
+        assert_eq!(s.requeue_in_flight("p", 0)?, 1);
+        assert_eq!(s.requeue_in_flight("p", 0)?, 0, "moved back once");
+        let names: Vec<String> = s
+            .key_timers("p", "a")?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["u"]);
+        assert_eq!(s.key_timer_count("p", "a")?, 1);
+        // Partition 1 restored from a changelog: b's timer replaced, c's
+        // cancelled, a new one for d, and the stream time.
+        assert_eq!(s.drop_partition("p", "t", (1, 2))?, 0);
+        assert_eq!(s.timer_count("p")?, 1, "partition 1's timers went");
+        assert_eq!(s.key_timer_count("p", "c")?, 0);
+        assert_eq!(s.stream_times("p", 2)?, [50, i64::MIN]);
+        s.apply_restored(&crate::store::Restored {
+            pipeline: "p".into(),
+            topic: "t".into(),
+            partition: 1,
+            timers: vec![
+                set(timer("b", "t", TimeDomain::Event, 1, 5)),
+                set(timer("c", "t", TimeDomain::Wall, 1, 15)),
+                set(timer("b", "t", TimeDomain::Event, 1, 7)),
+                TimerOp::Cancel {
+                    key: "c".into(),
+                    name: "t".into(),
+                    partition: 1,
+                },
+                set(timer("d", "t", TimeDomain::Wall, 1, 30)),
+            ],
+            stream_time: Some(61),
+            ..crate::store::Restored::default()
+        })?;
+        assert_eq!(s.timer_count_of("p", Some(&only(1)))?, 2);
+        let event: Vec<i64> = s
+            .due_event_timers("p", 1, 100, 10)?
+            .0
+            .iter()
+            .map(|t| t.at_ms)
+            .collect();
+        assert_eq!(event, [7]);
+        assert_eq!(s.key_timer_count("p", "c")?, 0);
+        assert_eq!(s.stream_times("p", 2)?, [50, 61]);
+        assert!(s.uses_event_time("p")?);
+        let published: Vec<String> = s
+            .partition_timers("p", 1)?
+            .into_iter()
+            .map(|t| format!("{}/{}@{}", t.key, t.name, t.at_ms))
+            .collect();
+        assert_eq!(published.len(), 2);
+        assert!(published.contains(&"d/t@30".to_owned()), "{published:?}");
         Ok(())
     }
 }
