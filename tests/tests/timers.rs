@@ -509,3 +509,109 @@ async fn a_timer_survives_a_hot_swap_and_fires_into_the_new_version() -> Result<
     );
     Ok(())
 }
+
+/// A replay rebuilds timers too. Processes whose timeout passed long ago
+/// (their timers fired in the live pipeline) and processes whose timeout
+/// is still ahead are rebuilt from the input: the rebuild sets their
+/// timers again, fires the past ones into the rebuilt states (each ERROR
+/// once, at its instant), and its pending timers replace the live ones at
+/// the switch-over — each of those fires once afterwards, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_rebuilds_timers_and_replaces_the_pending_ones() -> Result<()> {
+    const TOKEN: &str = "replay-admin";
+    const TIMEOUT: i64 = 6_000;
+    let config = timed_config(TIMEOUT as u64)?;
+    ensure!(config.contains("[http]\n"), "the example has no [http]");
+    let host =
+        Host::start(&config.replacen("[http]\n", &format!("[http]\nadmin_token = {TOKEN:?}\n"), 1))
+            .await?;
+    let t0 = now_ms();
+    let past: Vec<Value> = (0..20)
+        .map(|i| {
+            execution(
+                &format!("o{i}"),
+                &format!("old{i:02}"),
+                t0 - 60_000 + i,
+                "STARTED",
+            )
+        })
+        .collect();
+    let ahead: Vec<Value> = (0..20)
+        .map(|i| execution(&format!("n{i}"), &format!("new{i:02}"), t0 + i, "STARTED"))
+        .collect();
+    produce(&host, &past).await?;
+    produce(&host, &ahead).await?;
+    host.wait_caught_up("async-process", Duration::from_secs(30))
+        .await?;
+    wait_state(&host, "old19", Duration::from_secs(20), |v| {
+        v["state"] == "ERROR"
+    })
+    .await?;
+    let r = host
+        .http
+        .post(format!("{}/v1/pipelines/async-process/replay", host.url))
+        .bearer_auth(TOKEN)
+        .body(json!({ "from": "beginning" }).to_string())
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 202, "replay: {}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, p) = host.get("/v1/pipelines/async-process/replay").await?;
+        if p["phase"] == "done" {
+            break;
+        }
+        ensure!(p["phase"] != "failed", "{p}");
+        ensure!(Instant::now() < deadline, "replay did not finish: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        now_ms() < t0 + TIMEOUT,
+        "the replay ended after the pending timers fell due: the test proves nothing"
+    );
+    for i in 0..20 {
+        let key = format!("old{i:02}");
+        let v = state(&host, &key).await?;
+        ensure!(
+            v["state"] == "ERROR"
+                && timeouts(&v) == 1
+                && v["lastUpdate"] == t0 - 60_000 + i + TIMEOUT,
+            "{key}: rebuilt without its timer: {v}"
+        );
+        let key = format!("new{i:02}");
+        let (_, pending) = host
+            .get(&format!("/v1/pipelines/async-process/timers/{key}"))
+            .await?;
+        ensure!(
+            pending.as_array().map(Vec::len) == Some(1) && pending[0]["at_ms"] == t0 + i + TIMEOUT,
+            "{key}: pending after the replay: {pending}"
+        );
+    }
+    let text = host.metrics().await?;
+    let pending: f64 = samples(&text, "eddy_timers_pending")?
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    ensure!(
+        pending == 20.0,
+        "{pending} timers pending after the switch-over"
+    );
+    for i in 0..20 {
+        let key = format!("new{i:02}");
+        let v = wait_state(&host, &key, Duration::from_secs(30), |v| {
+            v["state"] == "ERROR"
+        })
+        .await?;
+        ensure!(timeouts(&v) == 1, "{key}: {v}");
+    }
+    // Let anything fired twice be folded, then look again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.wait_caught_up("async-process", Duration::from_secs(30))
+        .await?;
+    for i in 0..20 {
+        let key = format!("new{i:02}");
+        let v = state(&host, &key).await?;
+        ensure!(timeouts(&v) == 1, "{key} timed out twice: {v}");
+    }
+    Ok(())
+}

@@ -661,7 +661,7 @@ impl Worker {
         });
         let records = due
             .iter()
-            .map(|t| timers::fired_record(t, epoch_of(t)))
+            .map(|t| timers::fired_record(t, epoch_of(t), self.clock.generation))
             .chain(run_records)
             .map(|r| (topic.clone(), r))
             .collect();
@@ -723,25 +723,40 @@ impl Worker {
         Ok(())
     }
 
-    /// Cluster mode: drops the fired timers of a partition this host does
-    /// not own, or fired under an earlier epoch of it (the partition moved
-    /// since: its new owner fires them, or, when it came back here, they
-    /// were put back and fire anew). Their offsets are committed all the same.
+    /// Drops the fired timers that are not this host's to fold any more:
+    /// fired before a replay's switch-over (the rebuilt timers replace
+    /// them), or, in cluster mode, of a partition this host does not own,
+    /// or fired under an earlier epoch of it (the partition moved since:
+    /// its new owner fires them, or, when it came back here, they were put
+    /// back and fire anew). Their offsets are committed all the same.
     fn without_stale_timers(&self, records: Vec<SourceRecord>) -> Vec<SourceRecord> {
-        let Some(ownership) = &self.ownership else {
-            return records;
-        };
         let topic = self.config.timer_topic();
-        if !records.iter().any(|r| *r.topic == *topic) {
+        // The timer topic is the chain's first source: a batch without a
+        // fired timer at its front holds none.
+        if records.first().is_none_or(|r| *r.topic != *topic) {
             return records;
         }
-        let epochs = ownership.epochs();
+        let epochs = self.ownership.as_ref().map(|o| o.epochs());
         records
             .into_iter()
             .filter(|r| {
                 if *r.topic != *topic {
                     return true;
                 }
+                let run = r
+                    .headers
+                    .iter()
+                    .any(|(n, _)| n == schedules::SCHEDULE_HEADER);
+                if !run && timers::fired_generation(r) != self.clock.generation {
+                    tracing::debug!(
+                        pipeline = %self.config.name, offset = r.offset,
+                        "a timer fired before a replay's switch-over is not folded"
+                    );
+                    return false;
+                }
+                let Some(epochs) = &epochs else {
+                    return true;
+                };
                 let partition = r
                     .key
                     .as_deref()

@@ -23,6 +23,13 @@
 //! rebuild's, so every event of the range is either in the state or in the
 //! dead letters. Emitted records and changelog records are not produced
 //! again: a replay rebuilds state, it does not repeat side effects.
+//!
+//! Timers are rebuilt too: the folds' timer requests go to the namespace,
+//! the rebuild fires what falls due (wall-clock timers up to now,
+//! event-time ones up to its own watermarks) and folds them after each
+//! batch, and the switch-over replaces the live timers with the rebuilt
+//! ones (and moves the timer generation on, so the live worker does not
+//! fold a timer it fired before).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -131,6 +138,14 @@ struct Rebuild {
     seqs: Vec<u64>,
     stamp_us: u64,
     dead_ids: DeadIds,
+    /// The rebuild's stream times (from the events it folds) and whether
+    /// its folds set an event-time timer.
+    clock: super::timers::Clock,
+    /// The live pipeline's timer topic: the rebuild's fired timers are
+    /// folded as records of it (never appended to it).
+    timer_topic: Arc<str>,
+    /// Positions given to those records.
+    fired: u64,
 }
 
 impl Rebuild {
@@ -184,9 +199,86 @@ impl Rebuild {
         }
     }
 
-    /// Folds one batch into the namespace, as the live worker would.
+    /// Folds one batch of input into the namespace, as the live worker
+    /// would, then the rebuild's timers that fell due.
     fn fold(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
-        let n = records.len() as u64;
+        self.fold_batch(records, Vec::new())?;
+        self.fire_timers()
+    }
+
+    /// Fires the rebuild's timers that are due — wall-clock ones up to now,
+    /// event-time ones up to the rebuild's watermarks — and folds them, as
+    /// the live worker would between batches: a few rounds (timers their
+    /// folds set due at once wait for the next batch, or for the live
+    /// worker after the switch-over).
+    fn fire_timers(&mut self) -> anyhow::Result<()> {
+        const ROUNDS: usize = 10;
+        const LIMIT: usize = 10_000;
+        for _ in 0..ROUNDS {
+            let now = now_ms();
+            let (mut due, _) = self.store.due_wall_timers(&self.ns, now, LIMIT)?;
+            for partition in 0..self.intake.partitions() {
+                let room = LIMIT.saturating_sub(due.len());
+                if room == 0 {
+                    break;
+                }
+                if let Some(until) = self.clock.due_until(partition) {
+                    due.extend(
+                        self.store
+                            .due_event_timers(&self.ns, partition, until, room)?
+                            .0,
+                    );
+                }
+            }
+            if due.is_empty() {
+                return Ok(());
+            }
+            due.sort_by_key(|t| t.at_ms);
+            let records = due
+                .iter()
+                .map(|t| {
+                    let r = super::timers::fired_record(t, None, 0);
+                    self.fired += 1;
+                    SourceRecord {
+                        topic: self.timer_topic.clone(),
+                        partition: 0,
+                        offset: self.fired,
+                        timestamp_ms: now,
+                        key: r.key,
+                        headers: r.headers,
+                        value: r.value,
+                        tombstone: false,
+                    }
+                })
+                .collect();
+            self.fold_batch(records, due)?;
+        }
+        Ok(())
+    }
+
+    /// Folds one batch into the namespace; `fired` are the timers whose
+    /// records it holds (removed in the same commit).
+    fn fold_batch(
+        &mut self,
+        records: Vec<SourceRecord>,
+        fired: Vec<crate::store::Timer>,
+    ) -> anyhow::Result<()> {
+        let input = self.config.topic.as_str();
+        // Progress counts the input's events (not the rebuild's timers).
+        let n = records.iter().filter(|r| *r.topic == *input).count() as u64;
+        let before: Vec<Option<Vec<u8>>> = if self.clock.event_time {
+            (0..self.intake.partitions())
+                .map(|p| self.clock.due_until(p).map(|w| w.to_string().into_bytes()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let stream_times = self.clock.advance(
+            records
+                .iter()
+                .filter(|r| *r.topic == *input)
+                .map(|r| (r.partition, r.timestamp_ms)),
+        );
         let waiting_since = Instant::now();
         let prepared = self
             .intake
@@ -202,7 +294,7 @@ impl Rebuild {
             ..Outputs::default()
         };
         let items: &[Item] = &prepared.items;
-        let views = Views::new(items);
+        let views = Views::with_watermarks(items, &before);
         let events = views.events();
         let by_key = ByKey::new(items.iter().map(|i| i.key.as_str()), &events);
         let plugin = self.aggregator.plugin().clone();
@@ -236,15 +328,25 @@ impl Rebuild {
             .collect();
         let folds = fold::aggregate_all(&self.policy, &mut self.aggregator, &inputs);
         drop(inputs);
-        for ((key, group, _, previous), fold) in keys.into_iter().zip(folds) {
+        for ((key, group, _, previous), mut fold) in keys.into_iter().zip(folds) {
             if previous.is_none() && fold.state.is_some() {
                 new_keys += 1;
             }
+            // Timers the folds set are the rebuild's (no other record is
+            // produced: a rebuild repeats no side effects).
+            let partition = group.first().map_or(0, |i| i.partition);
+            for (_, emits) in &mut fold.emits {
+                out.timers
+                    .extend(super::timers::take_requests(key, partition, emits));
+            }
             out.add_fold(&folder, key, &group, fold, previous.map(|p| p.seq));
         }
+        let event_time = out.timers.iter().any(|op| {
+            matches!(op, crate::store::TimerOp::Set(t) if t.domain == crate::store::TimeDomain::Event)
+        });
         let failed = out.dead.len() as u64;
         // The records a rebuild would emit are dropped: no side effects twice.
-        let (commit, _records) = out.into_commit(Target {
+        let (mut commit, _records) = out.into_commit(Target {
             pipeline: &self.config.name,
             input: &self.config.topic,
             name: &self.ns,
@@ -260,6 +362,12 @@ impl Rebuild {
             plugin_version: plugin.version.clone(),
             aggregator: Some(&plugin.name),
         })?;
+        commit.timers_fired = fired;
+        commit.stream_times = stream_times;
+        if event_time && !self.clock.event_time {
+            commit.uses_event_time = true;
+            self.clock.event_time = true;
+        }
         self.store.commit(&commit)?;
         self.update(|p| {
             p.processed += n;
@@ -346,8 +454,12 @@ impl Rebuild {
         for (id, json) in all_dead_letters(&self.store, pipeline)? {
             let dl = DeadLetter::from_json(&json)
                 .map_err(|e| anyhow::anyhow!("dead letter {id} of {pipeline:?}: {e}"))?;
-            // Handlers do not run in a rebuild: their dead letters stay.
-            if dl.stage != Stage::Handle && in_range(&dl.origin()) {
+            // Handlers do not run in a rebuild: their dead letters stay. A
+            // fired timer's failure goes with the live timers: the
+            // rebuild's timers replace them.
+            if dl.stage != Stage::Handle
+                && (in_range(&dl.origin()) || *dl.origin().topic == *self.timer_topic)
+            {
                 swap.remove_dead.push(id);
             } else if dl.stage == Stage::Aggregate
                 && let Some(key) = dl.key
@@ -578,6 +690,21 @@ pub fn start(
                     seqs: vec![0; intake.partitions() as usize],
                     stamp_us: 0,
                     dead_ids: DeadIds::Sequential(0),
+                    clock: super::timers::Clock {
+                        stream_times: vec![i64::MIN; intake.partitions() as usize],
+                        lateness_ms: i64::try_from(config.allowed_lateness_ms)
+                            .unwrap_or(i64::MAX),
+                        pending: 0,
+                        max: config.max_timers,
+                        event_time: false,
+                        wall_from: i64::MIN,
+                        event_from: vec![i64::MIN; intake.partitions() as usize],
+                        epoch: 0,
+                        owned: None,
+                        generation: 0,
+                    },
+                    timer_topic: config.timer_topic().into(),
+                    fired: 0,
                     config: config.clone(),
                 }
                 .run(&lock)

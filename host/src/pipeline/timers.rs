@@ -30,6 +30,11 @@ use crate::store::{StoreError, TimeDomain, Timer, TimerOp};
 /// The header naming the timer on a fired timer's record.
 pub const TIMER_HEADER: &str = "eddy-timer";
 
+/// On a fired timer's record: the pipeline's timer generation it fired in
+/// (a replay's switch-over moves it on; a record of an earlier one is not
+/// folded).
+pub const GENERATION_HEADER: &str = "eddy-timer-gen";
+
 /// On a state changelog record of a timer (cluster mode): the key the
 /// timer belongs to (the record's own key is the timer's changelog key).
 pub const TIMER_KEY_HEADER: &str = "eddy-timer-key";
@@ -270,7 +275,7 @@ pub fn change_of(
 /// The record that carries a fired timer to the fold: keyed by its key,
 /// the value `{"name", "at_ms", "time", "payload"}`; in cluster mode with
 /// the owner epoch of its partition it fired under.
-pub fn fired_record(t: &Timer, epoch: Option<u64>) -> ProduceRecord {
+pub fn fired_record(t: &Timer, epoch: Option<u64>, generation: u64) -> ProduceRecord {
     let payload: serde_json::Value =
         serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null);
     let value = serde_json::json!({
@@ -283,18 +288,34 @@ pub fn fired_record(t: &Timer, epoch: Option<u64>) -> ProduceRecord {
         timestamp_ms: None,
         partition: Some(0),
         key: Some(t.key.as_bytes().to_vec()),
-        headers: std::iter::once((TIMER_HEADER.to_owned(), t.name.as_bytes().to_vec()))
-            .chain(epoch.map(|e| (super::EPOCH_HEADER.to_owned(), e.to_string().into_bytes())))
-            .collect(),
+        headers: [
+            (TIMER_HEADER.to_owned(), t.name.as_bytes().to_vec()),
+            (
+                GENERATION_HEADER.to_owned(),
+                generation.to_string().into_bytes(),
+            ),
+        ]
+        .into_iter()
+        .chain(epoch.map(|e| (super::EPOCH_HEADER.to_owned(), e.to_string().into_bytes())))
+        .collect(),
         value: value.to_string().into_bytes(),
     }
 }
 
 /// The owner epoch a fired timer's record was fired under (cluster mode).
 pub fn fired_epoch(r: &crate::source::SourceRecord) -> Option<u64> {
+    number_header(r, super::EPOCH_HEADER)
+}
+
+/// The timer generation a fired timer's record was fired in (0 without).
+pub fn fired_generation(r: &crate::source::SourceRecord) -> u64 {
+    number_header(r, GENERATION_HEADER).unwrap_or(0)
+}
+
+fn number_header(r: &crate::source::SourceRecord, name: &str) -> Option<u64> {
     r.headers
         .iter()
-        .find(|(n, _)| n == super::EPOCH_HEADER)
+        .find(|(n, _)| n == name)
         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
 }
 
@@ -466,6 +487,8 @@ pub struct Clock {
     /// owned partitions' timers count as pending here (a partition that
     /// moved keeps its timers in this store, in case it comes back).
     pub owned: Option<Vec<Option<u64>>>,
+    /// The pipeline's timer generation (see [`GENERATION_HEADER`]).
+    pub generation: u64,
 }
 
 impl Clock {
@@ -502,6 +525,7 @@ impl Clock {
             event_from: vec![i64::MIN; partitions as usize],
             epoch,
             owned,
+            generation: store.timer_generation(&pipeline.name)?,
         })
     }
 
@@ -631,6 +655,7 @@ mod tests {
             event_from: vec![i64::MAX; 2],
             epoch: 0,
             owned: None,
+            generation: 0,
         };
         c.expect(&[TimerOp::Set(Timer {
             key: "k".into(),

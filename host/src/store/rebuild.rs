@@ -1,6 +1,6 @@
 //! Side namespaces: a replay rebuilds a pipeline's states, dead letters,
-//! quarantine and parked events under `{pipeline}@replay` (the same
-//! keyspaces, another name), then swaps them in with one atomic write.
+//! quarantine, parked events and timers under `{pipeline}@replay` (the
+//! same keyspaces, another name), then swaps them in with one atomic write.
 
 use super::codec::join;
 use super::state::{decode_latest, latest_key, latest_value, seq_meta_key, state_key, state_value};
@@ -55,6 +55,7 @@ impl Store {
             }
         }
         self.clear_numbers(&mut b, ns)?;
+        self.clear_timers(&mut b, ns)?;
         fj("clear", b.commit())
     }
 
@@ -148,6 +149,7 @@ impl Store {
             &swap.remove_parked,
         );
         self.write_quarantine(&mut b, pipeline, &swap.quarantine);
+        self.swap_timers(&mut b, pipeline, ns)?;
         // The namespace, emptied (its latest entries are removed above).
         for ks in [&self.state, &self.dead, &self.quarantine, &self.parked] {
             for item in ks.prefix(&rebuilt) {

@@ -239,6 +239,10 @@ fn in_flight_value(t: &Timer) -> Vec<u8> {
     v
 }
 
+fn generation_key(pipeline: &str) -> Vec<u8> {
+    join(&[b"timer-gen", pipeline.as_bytes()])
+}
+
 fn stream_time_key(pipeline: &str, partition: u32) -> Vec<u8> {
     let mut k = join(&[b"stream-time", pipeline.as_bytes(), b""]);
     k.extend_from_slice(&partition.to_be_bytes());
@@ -658,6 +662,112 @@ impl Store {
         Ok(())
     }
 
+    /// The pipeline's timer generation: moved on by a replay's switch-over,
+    /// so timers fired before it (and not folded yet) are not folded into
+    /// the rebuilt states, whose own timers replace them.
+    ///
+    /// # Errors
+    /// On an I/O error or a corrupt entry.
+    pub fn timer_generation(&self, pipeline: &str) -> Result<u64> {
+        match fj("read meta", self.meta.get(generation_key(pipeline)))? {
+            None => Ok(0),
+            Some(v) => Reader(&v)
+                .array()
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("generation")),
+        }
+    }
+
+    /// Puts the removal of a namespace's timers (pending, in flight, their
+    /// names and counts), stream times and event-time mark into `b`.
+    pub(super) fn clear_timers(&self, b: &mut OwnedWriteBatch, ns: &str) -> Result<()> {
+        let prefix = join(&[ns.as_bytes(), b""]);
+        for ks in [&self.timers, &self.timer_names] {
+            for item in ks.prefix(&prefix) {
+                b.remove(ks, fj("clear timers", item.key())?.to_vec());
+            }
+        }
+        for item in self
+            .meta
+            .prefix(join(&[b"stream-time", ns.as_bytes(), b""]))
+        {
+            b.remove(&self.meta, fj("clear timers", item.key())?.to_vec());
+        }
+        b.remove(&self.meta, join(&[b"event-time", ns.as_bytes()]));
+        Ok(())
+    }
+
+    /// A replay's switch-over: puts into `b` the replacement of the
+    /// pipeline's timers, stream times and event-time mark by those
+    /// rebuilt under `ns` (emptied), and moves the timer generation on.
+    pub(super) fn swap_timers(
+        &self,
+        b: &mut OwnedWriteBatch,
+        pipeline: &str,
+        ns: &str,
+    ) -> Result<()> {
+        let (live, rebuilt) = (
+            join(&[pipeline.as_bytes(), b""]),
+            join(&[ns.as_bytes(), b""]),
+        );
+        let moved = |k: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {
+            let mut out = to.to_vec();
+            out.extend_from_slice(k.get(from.len()..).unwrap_or_default());
+            out
+        };
+        // A key is written once per batch: live entries the rebuild also
+        // has are overwritten, not removed.
+        for ks in [&self.timers, &self.timer_names] {
+            let mut kept = std::collections::HashSet::new();
+            for item in ks.prefix(&rebuilt) {
+                let (k, v) = fj("swap timers", item.into_inner())?;
+                let to = moved(&k, &rebuilt, &live);
+                b.remove(ks, k.to_vec());
+                b.insert(ks, to.clone(), v.to_vec());
+                kept.insert(to);
+            }
+            for item in ks.prefix(&live) {
+                let k = fj("swap timers", item.key())?;
+                if !kept.contains(k.as_ref()) {
+                    b.remove(ks, k.to_vec());
+                }
+            }
+        }
+        let (live_times, rebuilt_times) = (
+            join(&[b"stream-time", pipeline.as_bytes(), b""]),
+            join(&[b"stream-time", ns.as_bytes(), b""]),
+        );
+        let mut kept = std::collections::HashSet::new();
+        for item in self.meta.prefix(&rebuilt_times) {
+            let (k, v) = fj("swap timers", item.into_inner())?;
+            let to = moved(&k, &rebuilt_times, &live_times);
+            b.remove(&self.meta, k.to_vec());
+            b.insert(&self.meta, to.clone(), v.to_vec());
+            kept.insert(to);
+        }
+        for item in self.meta.prefix(&live_times) {
+            let k = fj("swap timers", item.key())?;
+            if !kept.contains(k.as_ref()) {
+                b.remove(&self.meta, k.to_vec());
+            }
+        }
+        if self.uses_event_time(ns)? {
+            b.remove(&self.meta, join(&[b"event-time", ns.as_bytes()]));
+            b.insert(
+                &self.meta,
+                join(&[b"event-time", pipeline.as_bytes()]),
+                [1_u8].to_vec(),
+            );
+        }
+        let next = self.timer_generation(pipeline)?.saturating_add(1);
+        b.insert(
+            &self.meta,
+            generation_key(pipeline),
+            next.to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
+
     /// Whether the pipeline has ever set an event-time timer (then its
     /// events carry the partition's watermark).
     ///
@@ -894,6 +1004,58 @@ mod tests {
             .collect();
         assert_eq!(published.len(), 2);
         assert!(published.contains(&"d/t@30".to_owned()), "{published:?}");
+        Ok(())
+    }
+
+    /// A replay's switch-over replaces the live timers and stream times
+    /// with the rebuilt ones, empties the namespace and moves the
+    /// generation on.
+    #[test]
+    fn a_switch_over_replaces_the_live_timers_with_the_rebuilt()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let s = Store::open(dir.path(), Durability::Process)?;
+        let set = |t: Timer| TimerOp::Set(t);
+        s.commit(&Commit {
+            pipeline: "p".into(),
+            timers: vec![
+                set(timer("a", "t", TimeDomain::Wall, 0, 10)),
+                set(timer("b", "t", TimeDomain::Wall, 0, 20)),
+            ],
+            stream_times: vec![(0, 5), (1, 6)],
+            ..Commit::default()
+        })?;
+        s.commit(&Commit {
+            pipeline: "p@replay".into(),
+            timers: vec![
+                set(timer("a", "t", TimeDomain::Wall, 0, 11)),
+                set(timer("c", "t", TimeDomain::Event, 1, 30)),
+            ],
+            stream_times: vec![(1, 40)],
+            uses_event_time: true,
+            ..Commit::default()
+        })?;
+        assert_eq!(s.timer_generation("p")?, 0);
+        s.swap_rebuilt(&crate::store::Swap {
+            pipeline: "p".into(),
+            ns: "p@replay".into(),
+            ..crate::store::Swap::default()
+        })?;
+        let due: Vec<(String, i64)> = s
+            .due_wall_timers("p", 100, 10)?
+            .0
+            .into_iter()
+            .map(|t| (t.key, t.at_ms))
+            .collect();
+        assert_eq!(due, [("a".to_owned(), 11)]);
+        assert_eq!(s.key_timer_count("p", "b")?, 0);
+        assert_eq!(s.key_timer_count("p", "c")?, 1);
+        assert_eq!(s.timer_count("p")?, 2);
+        assert_eq!(s.stream_times("p", 2)?, [i64::MIN, 40]);
+        assert!(s.uses_event_time("p")?);
+        assert_eq!(s.timer_generation("p")?, 1);
+        assert_eq!(s.timer_count("p@replay")?, 0);
+        assert_eq!(s.stream_times("p@replay", 2)?, [i64::MIN, i64::MIN]);
         Ok(())
     }
 }
