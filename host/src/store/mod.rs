@@ -23,6 +23,7 @@
 //! | `meta`    | `schema-registry`                    | the embedded schema registry (JSON) | `registry.rs` |
 //! | `meta`    | `stream-time\0` pipeline `\0` partition(u32) | the partition's stream time (i64 ms) | `timers.rs` |
 //! | `meta`    | `event-time\0` pipeline             | present once it set an event-time timer | `timers.rs` |
+//! | `meta`    | `timer-gen\0` pipeline              | the timer generation: moved on by a replay's switch-over (u64) | `timers.rs` |
 //! | `timers`  | pipeline `\0` `w` at partition key name / `e` partition at key name | a pending timer's payload (JSON) | `timers.rs` |
 //! | `timers`  | pipeline `\0` `f` partition key name | cluster mode: a fired timer not folded yet (domain, instant, payload) | `timers.rs` |
 //! | `timer_names` | pipeline `\0` key-length(u32) key name | where that timer sits in `timers` | `timers.rs` |
