@@ -603,6 +603,22 @@ pub fn changes_in(id: &str) -> Result<u64> {
     Ok(position(id)?.iter().sum())
 }
 
+/// How many timeout executions (`timeout@{instant}`, added by the
+/// AsyncProcess aggregator's timer) an AsyncProcess state holds.
+pub fn timeouts(state: &Value) -> usize {
+    state
+        .get("executions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.starts_with("timeout@"))
+        })
+        .count()
+}
+
 /// One AsyncProcess execution event as JSON.
 pub fn execution(id: &str, process: &str, time: i64, state: &str) -> Value {
     serde_json::json!({

@@ -1475,16 +1475,7 @@ missed = "run-once"
                 .get(&format!("/v1/pipelines/async-process/state/{key}"))
                 .await?;
             if status == 200 && v["state"] == "ERROR" {
-                let timeouts = v["executions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| {
-                        e["id"]
-                            .as_str()
-                            .is_some_and(|id| id.starts_with("timeout@"))
-                    })
-                    .count();
+                let timeouts = eddy_tests::timeouts(&v);
                 ensure!(timeouts == 1, "{key}: {timeouts} timeouts: {v}");
                 ensure!(
                     v["lastUpdate"].as_i64() == Some(at(i) + TIMEOUT_MS),

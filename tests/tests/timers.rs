@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use eddy_tests::{Host, async_process_config, execution, samples};
+use eddy_tests::{Host, async_process_config, execution, samples, timeouts};
 use serde_json::{Value, json};
 
 const TOPIC: &str = "async-process-execution";
@@ -115,19 +115,6 @@ async fn produce(host: &Host, events: &[Value]) -> Result<()> {
         host.produce(TOPIC, &json!({ "records": records })).await?;
     }
     Ok(())
-}
-
-fn timeouts(state: &Value) -> usize {
-    state["executions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            e["id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("timeout@"))
-        })
-        .count()
 }
 
 async fn fired_total(host: &Host) -> Result<f64> {

@@ -483,13 +483,13 @@ fn resolve_shared(
         }
         let seq = store.last_seq(&p.name, partition)?;
         let offset = store.offset(&p.name, &p.topic, partition)?;
-        let mut tombstone = super::outputs::dead_letter_record(
-            &p.name,
-            (partition, epoch),
-            (seq, offset),
-            id,
-            None,
-        );
+        let place = super::outputs::ChangelogPlace {
+            partition,
+            epoch,
+            seq,
+            source_offset: offset,
+        };
+        let mut tombstone = super::outputs::dead_letter_record(&p.name, place, id, None);
         tombstone
             .headers
             .push((super::BATCH_END_HEADER.to_owned(), b"1".to_vec()));

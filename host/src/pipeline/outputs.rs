@@ -350,6 +350,19 @@ impl Outputs {
             .collect();
         // A rebuild's failures are counted in its progress, not as the live pipeline's.
         let live = target.name == target.pipeline;
+        // Cluster mode: the state changelog, and where a partition's records
+        // stand in it (`None`: a partition this host does not own).
+        let changelog = target.restore.map(|(topic, _)| topic);
+        let place = |partition: u32| {
+            let (_, epochs) = target.restore?;
+            let at = partition as usize;
+            Some(ChangelogPlace {
+                partition,
+                epoch: epochs.get(at).copied().flatten()?,
+                seq: target.seqs.get(at).copied().unwrap_or(0),
+                source_offset: target.source_offsets.get(at).copied().unwrap_or(0),
+            })
+        };
         let mut dead_touched: Vec<u32> = Vec::new();
         for dl in dead {
             // The input partition it belongs to: the one it was read from
@@ -392,25 +405,13 @@ impl Outputs {
             }
             // Cluster mode: the letter goes to its partition's state
             // changelog too, so it moves with the partition.
-            if let Some((topic, epochs)) = target.restore {
-                match epochs.get(partition as usize).copied().flatten() {
-                    Some(epoch) => {
-                        let source_offset = target
-                            .source_offsets
-                            .get(partition as usize)
-                            .copied()
-                            .unwrap_or(0);
-                        let seq = target.seqs.get(partition as usize).copied().unwrap_or(0);
+            if let Some(topic) = changelog {
+                match place(partition) {
+                    Some(place) => {
                         mark_end(true, partition, emits.len());
                         emits.push((
                             topic.to_owned(),
-                            dead_letter_record(
-                                target.pipeline,
-                                (partition, epoch),
-                                (seq, source_offset),
-                                id,
-                                Some(&json),
-                            ),
+                            dead_letter_record(target.pipeline, place, id, Some(&json)),
                         ));
                     }
                     None => tracing::warn!(
@@ -425,20 +426,7 @@ impl Outputs {
         // Cluster mode: timers move with their partition too. A fired
         // timer's fold removes it from the changelog first; a set or
         // cancel of the batch comes after, so the last one wins.
-        if let Some((topic, epochs)) = target.restore {
-            let place = |partition: u32| {
-                let epoch = epochs.get(partition as usize).copied().flatten()?;
-                Some(super::timers::ChangelogPlace {
-                    partition,
-                    epoch,
-                    seq: target.seqs.get(partition as usize).copied().unwrap_or(0),
-                    source_offset: target
-                        .source_offsets
-                        .get(partition as usize)
-                        .copied()
-                        .unwrap_or(0),
-                })
-            };
+        if let Some(topic) = changelog {
             let changes = landed
                 .iter()
                 .map(|(p, key, name)| (*p, key.as_str(), name.as_str(), None))
@@ -521,6 +509,36 @@ impl Outputs {
     }
 }
 
+/// Where a changelog record of a partition stands: the owner's epoch, the
+/// partition's change number and the input offset it reflects, as a
+/// state's record carries them.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangelogPlace {
+    /// The input (and changelog) partition.
+    pub partition: u32,
+    /// The owner's epoch.
+    pub epoch: u64,
+    /// The partition's change number.
+    pub seq: u64,
+    /// The next input offset the partition's state reflects.
+    pub source_offset: u64,
+}
+
+impl ChangelogPlace {
+    /// The headers every record of the place carries, with its `eddy-id`.
+    pub fn headers(&self, id: String) -> Vec<(String, Vec<u8>)> {
+        vec![
+            (ID_HEADER.to_owned(), id.into_bytes()),
+            (SEQ_HEADER.to_owned(), self.seq.to_string().into_bytes()),
+            (
+                SOURCE_OFFSET_HEADER.to_owned(),
+                self.source_offset.to_string().into_bytes(),
+            ),
+            (EPOCH_HEADER.to_owned(), self.epoch.to_string().into_bytes()),
+        ]
+    }
+}
+
 /// A dead letter's record in its partition's state changelog (`letter`:
 /// `None` for its resolution, a tombstone): key `\0eddy-dead/{id}`, with the
 /// owner's epoch, the partition's change number and input offset as a
@@ -528,28 +546,16 @@ impl Outputs {
 /// under the same rules.
 pub fn dead_letter_record(
     pipeline: &str,
-    (partition, epoch): (u32, u64),
-    (seq, source_offset): (u64, u64),
+    place: ChangelogPlace,
     id: u64,
     letter: Option<&str>,
 ) -> ProduceRecord {
-    let mut headers = vec![
-        (
-            ID_HEADER.to_owned(),
-            format!(
-                "{pipeline}/{partition}/dead/{id}/{}",
-                if letter.is_some() { "open" } else { "resolved" }
-            )
-            .into_bytes(),
-        ),
-        (SEQ_HEADER.to_owned(), seq.to_string().into_bytes()),
-        (
-            SOURCE_OFFSET_HEADER.to_owned(),
-            source_offset.to_string().into_bytes(),
-        ),
-        (EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes()),
-        (DEAD_LETTER_HEADER.to_owned(), id.to_string().into_bytes()),
-    ];
+    let partition = place.partition;
+    let mut headers = place.headers(format!(
+        "{pipeline}/{partition}/dead/{id}/{}",
+        if letter.is_some() { "open" } else { "resolved" }
+    ));
+    headers.push((DEAD_LETTER_HEADER.to_owned(), id.to_string().into_bytes()));
     if letter.is_none() {
         headers.push((TOMBSTONE_HEADER.to_owned(), b"1".to_vec()));
     }
@@ -691,7 +697,13 @@ mod tests {
             Some(5)
         );
         // Its resolution is a tombstone under the same key.
-        let t = dead_letter_record("p", (2, 7), (4, 11), 5, None);
+        let place = ChangelogPlace {
+            partition: 2,
+            epoch: 7,
+            seq: 4,
+            source_offset: 11,
+        };
+        let t = dead_letter_record("p", place, 5, None);
         assert_eq!(t.key, r.key);
         assert!(t.value.is_empty());
         assert_eq!(header(&t, TOMBSTONE_HEADER), Some("1"));

@@ -74,7 +74,7 @@ pub const RUN_CHANGELOG_HEADER: &str = "eddy-schedule-run";
 /// out of the last [`crate::store::RUNS_KEPT`].
 pub fn changelog_records(
     pipeline: &str,
-    place: super::timers::ChangelogPlace,
+    place: super::outputs::ChangelogPlace,
     c: &RunChange,
 ) -> Vec<ProduceRecord> {
     let name = &c.name;

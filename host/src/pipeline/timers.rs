@@ -244,22 +244,20 @@ pub fn change_of(
     key: &str,
     ops: &mut Vec<TimerOp>,
 ) -> Result<(u64, i64), StoreError> {
-    let mut last: HashMap<String, bool> = HashMap::new();
+    let mut last: HashMap<&str, bool> = HashMap::new();
     for op in ops.iter() {
         match op {
-            TimerOp::Set(t) => last.insert(t.name.clone(), true),
-            TimerOp::Cancel { name, .. } => last.insert(name.clone(), false),
+            TimerOp::Set(t) => last.insert(&t.name, true),
+            TimerOp::Cancel { name, .. } => last.insert(name, false),
         };
     }
     let mut change = 0;
-    let mut nothing = HashSet::new();
+    let mut nothing: Vec<String> = Vec::new();
     for (name, set) in last {
-        match (set, store.has_timer(pipeline, key, &name)?) {
+        match (set, store.has_timer(pipeline, key, name)?) {
             (true, false) => change += 1,
             (false, true) => change -= 1,
-            (false, false) => {
-                nothing.insert(name);
-            }
+            (false, false) => nothing.push(name.to_owned()),
             (true, true) => {}
         }
     }
@@ -337,41 +335,6 @@ pub fn landed(item: &super::Item) -> Option<(u32, String, String)> {
     ))
 }
 
-/// Where a changelog record of a partition stands: the owner's epoch, the
-/// partition's change number and the input offset it reflects, as a
-/// state's record carries them.
-#[derive(Debug, Clone, Copy)]
-pub struct ChangelogPlace {
-    /// The input (and changelog) partition.
-    pub partition: u32,
-    /// The owner's epoch.
-    pub epoch: u64,
-    /// The partition's change number.
-    pub seq: u64,
-    /// The next input offset the partition's state reflects.
-    pub source_offset: u64,
-}
-
-impl ChangelogPlace {
-    pub(super) fn headers(&self, id: String) -> Vec<(String, Vec<u8>)> {
-        vec![
-            (super::ID_HEADER.to_owned(), id.into_bytes()),
-            (
-                super::SEQ_HEADER.to_owned(),
-                self.seq.to_string().into_bytes(),
-            ),
-            (
-                super::SOURCE_OFFSET_HEADER.to_owned(),
-                self.source_offset.to_string().into_bytes(),
-            ),
-            (
-                super::EPOCH_HEADER.to_owned(),
-                self.epoch.to_string().into_bytes(),
-            ),
-        ]
-    }
-}
-
 /// A timer's record in its partition's state changelog (cluster mode): key
 /// `\0eddy-timer/{key length}/{key}{name}` (a set replaces the timer of that
 /// name, as in the store), value `{"time", "at_ms", "payload"}`; a cancel,
@@ -379,7 +342,7 @@ impl ChangelogPlace {
 /// batch's timer records apart in their `eddy-id`.
 pub fn changelog_record(
     pipeline: &str,
-    place: ChangelogPlace,
+    place: super::outputs::ChangelogPlace,
     (key, name): (&str, &str),
     set: Option<&Timer>,
     n: usize,
@@ -414,7 +377,11 @@ pub fn changelog_record(
 
 /// A partition's stream time in its state changelog (cluster mode, a
 /// pipeline that uses event time): one compacted key per partition.
-pub fn stream_time_record(pipeline: &str, place: ChangelogPlace, ms: i64) -> ProduceRecord {
+pub fn stream_time_record(
+    pipeline: &str,
+    place: super::outputs::ChangelogPlace,
+    ms: i64,
+) -> ProduceRecord {
     let mut headers = place.headers(format!(
         "{pipeline}/{}/stream-time/{}",
         place.partition, place.seq
@@ -503,6 +470,7 @@ impl Clock {
         partitions: u32,
         owned: Option<Vec<Option<u64>>>,
     ) -> Result<Self, StoreError> {
+        // Read first: a change after it is seen at the next look.
         let epoch = store.state_epoch();
         let keep = |p: u32| {
             owned
@@ -516,17 +484,31 @@ impl Clock {
         };
         Ok(Clock {
             stream_times: store.stream_times(&pipeline.name, partitions)?,
-            lateness_ms: i64::try_from(pipeline.allowed_lateness_ms).unwrap_or(i64::MAX),
             pending,
-            max: pipeline.max_timers,
             event_time: store.uses_event_time(&pipeline.name)?,
-            // Unknown until the first look.
-            wall_from: i64::MIN,
-            event_from: vec![i64::MIN; partitions as usize],
             epoch,
             owned,
             generation: store.timer_generation(&pipeline.name)?,
+            ..Clock::new(pipeline, partitions)
         })
+    }
+
+    /// A clock with nothing pending and no event seen yet (a replay's
+    /// rebuild starts from it).
+    pub fn new(pipeline: &PipelineConfig, partitions: u32) -> Self {
+        Clock {
+            stream_times: vec![i64::MIN; partitions as usize],
+            lateness_ms: i64::try_from(pipeline.allowed_lateness_ms).unwrap_or(i64::MAX),
+            pending: 0,
+            max: pipeline.max_timers,
+            event_time: false,
+            // Unknown until the first look.
+            wall_from: i64::MIN,
+            event_from: vec![i64::MIN; partitions as usize],
+            epoch: 0,
+            owned: None,
+            generation: 0,
+        }
     }
 
     /// The stream time up to which `partition`'s event-time timers are due.

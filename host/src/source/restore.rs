@@ -299,7 +299,6 @@ struct Headers<'a> {
     format: StateFormat,
     /// A timer's record: its name and key.
     timer: Option<(&'a [u8], &'a [u8])>,
-    timer_name: Option<&'a [u8]>,
     stream_time: Option<i64>,
     /// A schedule's mark: its name.
     schedule_mark: Option<&'a str>,
@@ -320,12 +319,11 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
         tombstone: false,
         format: StateFormat::Json,
         timer: None,
-        timer_name: None,
         stream_time: None,
         schedule_mark: None,
         schedule_run: None,
     };
-    let mut timer_key = None;
+    let (mut timer_name, mut timer_key) = (None, None);
     let (mut run_of, mut run) = (None, None);
     let num = |v: &[u8]| std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
     for (name, value) in &r.headers {
@@ -342,7 +340,7 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
             STATE_FORMAT_HEADER => {
                 h.format = StateFormat::parse(value).unwrap_or(StateFormat::Json)
             }
-            TIMER_HEADER => h.timer_name = Some(value),
+            TIMER_HEADER => timer_name = Some(value.as_slice()),
             TIMER_KEY_HEADER => timer_key = Some(value.as_slice()),
             MARK_CHANGELOG_HEADER => h.schedule_mark = std::str::from_utf8(value).ok(),
             RUN_CHANGELOG_HEADER => run_of = std::str::from_utf8(value).ok(),
@@ -353,7 +351,7 @@ fn headers(r: &SourceRecord) -> Headers<'_> {
             _ => {}
         }
     }
-    h.timer = h.timer_name.zip(timer_key);
+    h.timer = timer_name.zip(timer_key);
     h.schedule_run = run_of.zip(run);
     h
 }
@@ -734,7 +732,7 @@ impl Restorer {
                 value: s.state.bytes().to_vec(),
             });
         }
-        let place = crate::pipeline::timers::ChangelogPlace {
+        let place = crate::pipeline::outputs::ChangelogPlace {
             partition: p,
             epoch: job.fence,
             seq: job.have_seq,

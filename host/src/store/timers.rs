@@ -114,10 +114,15 @@ fn key_and_name(out: &mut Vec<u8>, key: &str, name: &str) {
     out.extend_from_slice(name.as_bytes());
 }
 
-fn domain_prefix(pipeline: &str, domain: TimeDomain) -> Vec<u8> {
+/// pipeline `\0` tag: `w`/`e` (pending, by clock) or `f` (in flight).
+fn tagged_prefix(pipeline: &str, tag: u8) -> Vec<u8> {
     let mut k = join(&[pipeline.as_bytes(), b""]);
-    k.push(domain.tag());
+    k.push(tag);
     k
+}
+
+fn domain_prefix(pipeline: &str, domain: TimeDomain) -> Vec<u8> {
+    tagged_prefix(pipeline, domain.tag())
 }
 
 fn event_prefix(pipeline: &str, partition: u32) -> Vec<u8> {
@@ -218,10 +223,7 @@ fn place_of(key: &str, name: &str, place: &[u8]) -> Result<Timer> {
 }
 
 fn in_flight_prefix(pipeline: &str, partition: u32) -> Vec<u8> {
-    let mut k = domain_prefix(pipeline, TimeDomain::Wall);
-    if let Some(tag) = k.last_mut() {
-        *tag = b'f';
-    }
+    let mut k = tagged_prefix(pipeline, b'f');
     k.extend_from_slice(&partition.to_be_bytes());
     k
 }
@@ -277,37 +279,32 @@ impl Store {
         keep: impl Fn(u32) -> bool,
     ) -> Result<(Vec<Timer>, Option<i64>)> {
         let prefix = domain_prefix(pipeline, TimeDomain::Wall);
-        let mut out = Vec::new();
-        for item in self.timers.prefix(&prefix) {
-            let (k, v) = fj("read timers", item.into_inner())?;
-            let t = decode_entry(
-                TimeDomain::Wall,
-                k.get(prefix.len()..).unwrap_or_default(),
-                &v,
-            )?;
-            if !keep(t.partition) {
-                continue;
-            }
-            if t.at_ms > now_ms || out.len() >= limit {
-                return Ok((out, Some(t.at_ms)));
-            }
-            out.push(t);
-        }
-        Ok((out, None))
+        Self::due(
+            &self.timers,
+            (&prefix, prefix.len()),
+            TimeDomain::Wall,
+            (now_ms, limit),
+            keep,
+        )
     }
 
+    /// Up to `limit` timers under `prefix` (their keys read past `skip`
+    /// bytes) due by `until_ms`, earliest first, of the partitions `keep`
+    /// takes, and the instant of the first one after them.
     fn due(
         timers: &fjall::Keyspace,
-        prefix: &[u8],
-        skip: usize,
+        (prefix, skip): (&[u8], usize),
         domain: TimeDomain,
-        until_ms: i64,
-        limit: usize,
+        (until_ms, limit): (i64, usize),
+        keep: impl Fn(u32) -> bool,
     ) -> Result<(Vec<Timer>, Option<i64>)> {
         let mut out = Vec::new();
         for item in timers.prefix(prefix) {
             let (k, v) = fj("read timers", item.into_inner())?;
             let t = decode_entry(domain, k.get(skip..).unwrap_or_default(), &v)?;
+            if !keep(t.partition) {
+                continue;
+            }
             if t.at_ms > until_ms || out.len() >= limit {
                 return Ok((out, Some(t.at_ms)));
             }
@@ -332,11 +329,10 @@ impl Store {
         let skip = domain_prefix(pipeline, TimeDomain::Event).len();
         Self::due(
             &self.timers,
-            &event_prefix(pipeline, partition),
-            skip,
+            (&event_prefix(pipeline, partition), skip),
             TimeDomain::Event,
-            until_ms,
-            limit,
+            (until_ms, limit),
+            |_| true,
         )
     }
 
@@ -669,13 +665,7 @@ impl Store {
     /// # Errors
     /// On an I/O error or a corrupt entry.
     pub fn timer_generation(&self, pipeline: &str) -> Result<u64> {
-        match fj("read meta", self.meta.get(generation_key(pipeline)))? {
-            None => Ok(0),
-            Some(v) => Reader(&v)
-                .array()
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt("generation")),
-        }
+        self.meta_u64("timer-gen", pipeline)
     }
 
     /// Puts the removal of a namespace's timers (pending, in flight, their
