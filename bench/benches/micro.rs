@@ -27,8 +27,19 @@ fn root() -> PathBuf {
 struct Fixed(String);
 
 impl SchemaSource for Fixed {
-    fn schema_text(&self, _id: u32) -> Result<Option<String>, eddy::schema::Unreachable> {
-        Ok(Some(self.0.clone()))
+    fn schema_text(
+        &self,
+        _id: u32,
+    ) -> Result<Option<eddy::schema::SchemaText>, eddy::schema::Unreachable> {
+        Ok(Some(eddy::schema::SchemaText::avro(self.0.clone())))
+    }
+
+    fn subject_version(
+        &self,
+        _: &str,
+        _: u32,
+    ) -> Result<Option<eddy::schema::SchemaText>, eddy::schema::Unreachable> {
+        Ok(None)
     }
 }
 

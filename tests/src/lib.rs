@@ -188,9 +188,16 @@ pub fn async_process_config_with(agg: &Path, router: &Path) -> Result<String> {
 /// Turns the pipeline keyed by `asyncProcessId` of a config into an Avro
 /// pipeline reading with `reader` (a path under `examples/async-process/schemas/`).
 pub fn with_avro(config: &str, reader: &str) -> String {
+    with_schema(config, "avro", reader, "")
+}
+
+/// Turns the pipeline keyed by `asyncProcessId` of a config into one reading
+/// `format` (`avro`, `protobuf`, `json_schema`) with `reader` (a path under
+/// `examples/async-process/schemas/`) and any `extra` settings lines.
+pub fn with_schema(config: &str, format: &str, reader: &str, extra: &str) -> String {
     let path = root().join("examples/async-process/schemas").join(reader);
     let avro = format!(
-        "key_field = \"asyncProcessId\"\nvalue_format = \"avro\"\nreader_schema = {:?}\n",
+        "key_field = \"asyncProcessId\"\nvalue_format = {format:?}\nreader_schema = {:?}\n{extra}",
         path.display().to_string()
     );
     let plain = config.replace(
@@ -372,6 +379,23 @@ impl Host {
     /// GET a JSON document; returns (status, body).
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         let r = self.http.get(format!("{}{path}", self.url)).send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// PUT a body; returns (status, body).
+    pub async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
         let status = r.status().as_u16();
         let text = r.text().await?;
         Ok((
@@ -625,4 +649,49 @@ pub fn execution(id: &str, process: &str, time: i64, state: &str) -> Value {
         "id": id, "asyncProcessId": process, "time": time, "state": state,
         "description": format!("{state} step"), "log": "", "params": "{}",
     })
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (as the API's `value_base64`).
+pub fn b64encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional).
+///
+/// # Errors
+/// A character outside the alphabet.
+pub fn b64decode(s: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = B64
+            .iter()
+            .position(|x| *x == c)
+            .with_context(|| format!("{:?} is not base64", char::from(c)))?;
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use eddy_tests::kafka::{Broker, kafka_config};
-use eddy_tests::{Host, async_process_config, root, with_avro};
+use eddy_tests::{Host, async_process_config, b64decode, b64encode, root, with_avro};
 use serde_json::{Value, json};
 
 const SUBJECT: &str = "async-process-execution-value";
@@ -125,7 +125,10 @@ async fn confluent_clients_use_the_embedded_registry_and_mixed_versions_fold() -
         "{status} {body}"
     );
     let (status, body) = host.get("/registry/schemas/types").await?;
-    ensure!(status == 200 && body == json!(["AVRO"]), "{body}");
+    ensure!(
+        status == 200 && body == json!(["AVRO", "PROTOBUF", "JSON"]),
+        "{body}"
+    );
     let (status, body) = host
         .post(
             &format!("/registry/compatibility/subjects/{SUBJECT}/versions/latest?verbose=true"),
@@ -347,41 +350,6 @@ async fn avro_over_kafka_with_confluent_serializer_and_an_external_registry() ->
     let (status, _) = b.get("/registry/subjects").await?;
     ensure!(status == 404, "b serves no registry of its own");
     Ok(())
-}
-
-fn b64encode(bytes: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = match Command::new("python3")
-        .args([
-            "-c",
-            "import base64,sys; print(base64.b64encode(sys.stdin.buffer.read()).decode())",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(_) => return String::new(),
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(bytes);
-    }
-    child
-        .wait_with_output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn b64decode(s: &str) -> Result<Vec<u8>> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))",
-            s,
-        ])
-        .output()?;
-    ensure!(out.status.success(), "bad base64");
-    Ok(out.stdout)
 }
 
 /// Produces a JSON event through `host` (which encodes it in Avro with the

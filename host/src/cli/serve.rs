@@ -343,13 +343,16 @@ type Schemas = (
 );
 
 /// Opens the schema registry (embedded, unless `[registry] url` names an
-/// external one) and builds each pipeline's decoder: Avro pipelines decode
-/// with the registry's writers and their reader schema, after checking
-/// that it can read every writer schema of its subject.
+/// external one) and builds each pipeline's decoder: pipelines reading the
+/// wire format decode with the registry's writers and their reader schema,
+/// after checking that it can read every writer schema of its subject.
 fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
+    use crate::config::ValueFormat;
     use crate::decode::Decoder;
     use crate::decode::avro::AvroDecoder;
-    use crate::schema::{Reader, Registry, SchemaSource, external::Remote};
+    use crate::decode::json_schema::JsonSchemaDecoder;
+    use crate::decode::protobuf::{ProtoReader, ProtobufDecoder};
+    use crate::schema::{Parsed, Reader, Registry, SchemaSource, external::Remote};
     let embedded = match &config.registry.url {
         None => Some(Registry::open(store.clone()).context("cannot open the schema registry")?),
         Some(_) => None,
@@ -362,37 +365,60 @@ fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
     let mut readers = Vec::new();
     let mut intakes = HashMap::new();
     for p in &config.pipelines {
-        if p.value_format != crate::config::ValueFormat::Avro {
+        if !p.value_format.uses_registry() {
             intakes.insert(p.name.clone(), Decoder::Json);
             continue;
         }
-        let reader = match &p.reader_schema {
+        let reader: Option<Parsed> = match &p.reader_schema {
             None => None,
             Some(path) => {
                 let path = config.resolve(path);
-                let text = std::fs::read_to_string(&path).with_context(|| {
-                    format!(
-                        "pipeline {:?}: cannot read reader_schema {}",
-                        p.name,
-                        path.display()
-                    )
-                })?;
-                Some(crate::schema::parse(&text).map_err(|e| {
+                let failed = |e: String| {
                     anyhow::anyhow!(
                         "pipeline {:?}: reader_schema {}: {e}",
                         p.name,
                         path.display()
                     )
-                })?)
+                };
+                let text = || {
+                    std::fs::read_to_string(&path).with_context(|| {
+                        format!(
+                            "pipeline {:?}: cannot read reader_schema {}",
+                            p.name,
+                            path.display()
+                        )
+                    })
+                };
+                Some(match p.value_format {
+                    ValueFormat::Protobuf => Parsed::Protobuf(Arc::new(
+                        crate::schema::protobuf::Proto::from_file(&path).map_err(failed)?,
+                    )),
+                    ValueFormat::JsonSchema => Parsed::Json(Arc::new(
+                        crate::schema::json_schema::JsonSchema::parse(&text()?, &[])
+                            .map_err(failed)?,
+                    )),
+                    _ => Parsed::Avro(Arc::new(
+                        crate::schema::parse(&text()?).map_err(|e| failed(e.to_string()))?,
+                    )),
+                })
             }
         };
+        if let (Some(name), Some(Parsed::Protobuf(r))) = (&p.message_type, &reader)
+            && r.message_named(name).is_none()
+        {
+            anyhow::bail!(
+                "pipeline {:?}: message_type {name:?} is not a message of its reader_schema",
+                p.name
+            );
+        }
         let subject = format!("{}-value", p.topic);
         if let (Some(r), Some(reader)) = (&embedded, &reader) {
             for (version, id, writer) in r.writers(&subject) {
-                if let Err(e) = crate::schema::compat::can_read(&writer, reader) {
+                if let Err(e) = Parsed::can_read(&writer, reader) {
                     anyhow::bail!(
-                        "pipeline {:?} refused: its reader schema cannot read version {version} (schema id {id}) of subject {subject:?}: {e}",
-                        p.name
+                        "pipeline {:?} refused: its reader schema cannot read version {version} (schema id {id}) of subject {subject:?}: {}",
+                        p.name,
+                        e.join("; ")
                     );
                 }
             }
@@ -402,7 +428,36 @@ fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
                 schema: reader.clone(),
             });
         }
-        let decoder = Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), reader)));
+        let decoder = match reader {
+            Some(Parsed::Protobuf(schema)) => Decoder::Protobuf(Arc::new(ProtobufDecoder::new(
+                source.clone(),
+                ProtoReader {
+                    schema: Some(schema),
+                    message: p.message_type.clone(),
+                },
+            ))),
+            None if p.value_format == ValueFormat::Protobuf => {
+                Decoder::Protobuf(Arc::new(ProtobufDecoder::new(
+                    source.clone(),
+                    ProtoReader {
+                        schema: None,
+                        message: p.message_type.clone(),
+                    },
+                )))
+            }
+            Some(Parsed::Json(schema)) => Decoder::JsonSchema(Arc::new(JsonSchemaDecoder::new(
+                source.clone(),
+                Some(schema),
+            ))),
+            None if p.value_format == ValueFormat::JsonSchema => {
+                Decoder::JsonSchema(Arc::new(JsonSchemaDecoder::new(source.clone(), None)))
+            }
+            Some(Parsed::Avro(schema)) => Decoder::Avro(Arc::new(AvroDecoder::new(
+                source.clone(),
+                Some(schema.as_ref().clone()),
+            ))),
+            None => Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), None))),
+        };
         intakes.insert(p.name.clone(), decoder);
     }
     if let Some(r) = &embedded {

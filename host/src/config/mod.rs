@@ -238,10 +238,10 @@ impl Config {
                 && let Some(p) = self
                     .pipelines
                     .iter()
-                    .find(|p| p.value_format == ValueFormat::Avro)
+                    .find(|p| p.value_format.uses_registry())
             {
                 problems.push(format!(
-                    "[cluster]: pipeline {:?} reads Avro, and the embedded schema registry lives on one host: set [registry] url to a registry every host shares",
+                    "[cluster]: pipeline {:?} reads values with registry schemas, and the embedded schema registry lives on one host: set [registry] url to a registry every host shares",
                     p.name
                 ));
             }
@@ -257,6 +257,16 @@ impl Config {
             }
             if !names.insert(p.name.as_str()) {
                 problems.push(format!("{at} is declared twice"));
+            }
+            if p.message_type.is_some() && p.value_format != ValueFormat::Protobuf {
+                problems.push(format!(
+                    "{at}: message_type is for value_format = \"protobuf\""
+                ));
+            }
+            if p.reader_schema.is_some() && !p.value_format.uses_registry() {
+                problems.push(format!(
+                    "{at}: reader_schema is for value_format = \"avro\", \"protobuf\" or \"json_schema\""
+                ));
             }
             if let Err(e) = validate_topic_name(&p.topic) {
                 problems.push(format!("{at}: {e}"));
@@ -437,7 +447,10 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("needs [source] kind = \"kafka\""), "{err}");
-        assert!(err.contains("pipeline \"p\" reads Avro"), "{err}");
+        assert!(
+            err.contains("pipeline \"p\" reads values with registry schemas"),
+            "{err}"
+        );
         let err = parse(
             r#"
             [cluster]

@@ -14,6 +14,18 @@ pub enum ValueFormat {
     Json,
     /// Avro in Confluent's wire format.
     Avro,
+    /// Protobuf in Confluent's wire format (with its message-index list).
+    Protobuf,
+    /// JSON in Confluent's wire format, validated with its JSON Schema.
+    #[serde(rename = "json_schema")]
+    JsonSchema,
+}
+
+impl ValueFormat {
+    /// Whether values carry a registry schema id (Confluent's wire format).
+    pub fn uses_registry(self) -> bool {
+        !matches!(self, ValueFormat::Json)
+    }
 }
 
 /// A pipeline: a topic, how to key it, and what runs on it.
@@ -24,16 +36,25 @@ pub struct PipelineConfig {
     pub name: String,
     /// Input topic.
     pub topic: String,
-    /// How values are encoded: `json`, or `avro` (Confluent's wire format,
-    /// writer schema from the registry by id).
+    /// How values are encoded: `json`, or Confluent's wire format with the
+    /// writer schema from the registry by id: `avro`, `protobuf` or
+    /// `json_schema`.
     #[serde(default)]
     pub value_format: ValueFormat,
-    /// For `avro`: the reader schema (`.avsc`, relative to the config file)
-    /// every event is resolved to; without it, events are read with their
-    /// writer schema. At start, every writer schema registered for
-    /// `{topic}-value` must be readable with it, or the host refuses to start.
+    /// The reader schema (relative to the config file): an `.avsc` every
+    /// Avro event is resolved to, a `.proto` Protobuf events are read with
+    /// (fields by number: old events get defaults, unknown fields are
+    /// dropped), or a JSON Schema every event must also pass. Without it,
+    /// events are read with their writer schema. At start, every writer
+    /// schema registered for `{topic}-value` must be readable with it, or the
+    /// host refuses to start; later registrations it cannot read are refused.
     #[serde(default)]
     pub reader_schema: Option<PathBuf>,
+    /// For `protobuf`: the message type the pipeline reads (`pkg.Message`);
+    /// an event of another type is a dead letter of class `message_type`.
+    /// Without it, each event is read as the type its message index names.
+    #[serde(default)]
+    pub message_type: Option<String>,
     /// Dot-separated path of the field in the value that holds the key
     /// (`asyncProcessId`, `customer.id`). Without it the record key is used.
     #[serde(default)]

@@ -6,7 +6,7 @@
 //! expected type when it does not fit.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
@@ -14,14 +14,14 @@ use apache_avro::schema::{Name, ResolvedSchema};
 use apache_avro::types::Value as Avro;
 use serde_json::Value as Json;
 
-use super::DecodeError;
-use crate::schema::SchemaSource;
+pub use super::split_wire;
+use super::{DecodeError, Writers};
+use crate::schema::{Parsed, SchemaSource, SchemaType};
 
 /// Decodes wire-format values with a pipeline's reader schema.
 pub struct AvroDecoder {
-    source: Arc<dyn SchemaSource>,
+    writers: Writers,
     reader: Option<Schema>,
-    writers: Mutex<HashMap<u32, Arc<Schema>>>,
 }
 
 impl AvroDecoder {
@@ -29,30 +29,20 @@ impl AvroDecoder {
     /// `reader` (the writer schema itself when `None`).
     pub fn new(source: Arc<dyn SchemaSource>, reader: Option<Schema>) -> Self {
         AvroDecoder {
-            source,
+            writers: Writers::new(source),
             reader,
-            writers: Mutex::default(),
         }
     }
 
     fn writer(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
-        if let Some(s) = crate::lock(&self.writers).get(&id) {
-            return Ok(s.clone());
+        match self.writers.get(id, SchemaType::Avro)? {
+            Parsed::Avro(s) => Ok(s),
+            other => Err(DecodeError::WrongType {
+                id,
+                kind: other.kind(),
+                expected: SchemaType::Avro,
+            }),
         }
-        let text = self
-            .source
-            .schema_text(id)
-            .map_err(|source| DecodeError::RegistryUnavailable { id, source })?
-            .ok_or(DecodeError::UnknownSchema { id })?;
-        let schema =
-            Arc::new(
-                Schema::parse_str(&text).map_err(|e| DecodeError::BadWriterSchema {
-                    id,
-                    error: e.to_string(),
-                })?,
-            );
-        crate::lock(&self.writers).insert(id, schema.clone());
-        Ok(schema)
     }
 
     /// Decodes one value to JSON text; returns it with the writer schema id.
@@ -83,23 +73,6 @@ impl AvroDecoder {
         let json = Json::try_from(value).map_err(|e| corrupt(e.to_string()))?;
         Ok((json.to_string(), id))
     }
-}
-
-/// Splits a wire-format value into its schema id and datum.
-///
-/// # Errors
-/// [`DecodeError::NotWireFormat`] or [`DecodeError::BadMagic`].
-pub fn split_wire(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
-    let (magic, rest) = bytes
-        .split_first()
-        .ok_or(DecodeError::NotWireFormat { len: bytes.len() })?;
-    if *magic != 0 {
-        return Err(DecodeError::BadMagic { byte: *magic });
-    }
-    let (id, datum) = rest
-        .split_first_chunk::<4>()
-        .ok_or(DecodeError::NotWireFormat { len: bytes.len() })?;
-    Ok((u32::from_be_bytes(*id), datum))
 }
 
 /// A JSON value that does not fit a schema.
@@ -296,9 +269,7 @@ pub fn encode(schema: &Schema, id: u32, value: &Json) -> Result<Vec<u8>, EncodeE
         .build()
         .and_then(|w| w.write_value_to_vec(avro))
         .map_err(|e| internal(e.to_string()))?;
-    let mut out = Vec::with_capacity(5 + datum.len());
-    out.push(0);
-    out.extend_from_slice(&id.to_be_bytes());
+    let mut out = super::wire_header(id);
     out.extend_from_slice(&datum);
     Ok(out)
 }
@@ -310,8 +281,18 @@ mod tests {
 
     struct One(String);
     impl SchemaSource for One {
-        fn schema_text(&self, id: u32) -> Result<Option<String>, crate::schema::Unreachable> {
-            Ok((id == 7).then(|| self.0.clone()))
+        fn schema_text(
+            &self,
+            id: u32,
+        ) -> Result<Option<crate::schema::SchemaText>, crate::schema::Unreachable> {
+            Ok((id == 7).then(|| crate::schema::SchemaText::avro(self.0.clone())))
+        }
+        fn subject_version(
+            &self,
+            _: &str,
+            _: u32,
+        ) -> Result<Option<crate::schema::SchemaText>, crate::schema::Unreachable> {
+            Ok(None)
         }
     }
 

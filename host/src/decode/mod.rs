@@ -1,13 +1,22 @@
 //! Stage 2, decode: turn a record's value bytes into the JSON text plugins
-//! receive. A pipeline's values are JSON, or Avro in Confluent's wire format
-//! decoded with the registry's writer schema and the pipeline's reader
-//! schema ([`avro`]). Bad data goes to the dead letters; an unreachable
+//! receive. A pipeline's values are JSON, or Confluent's wire format (magic
+//! byte 0, the writer schema's id, the datum) decoded with the registry's
+//! writer schema and the pipeline's reader schema: Avro ([`avro`]),
+//! Protobuf ([`protobuf`]) or JSON validated with its JSON Schema
+//! ([`json_schema`]). Bad data goes to the dead letters; an unreachable
 //! registry is retried, never dead-lettered.
 
 pub mod avro;
+#[cfg(test)]
+mod fuzz;
+pub mod json_schema;
+pub mod protobuf;
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::schema::{LoadError, Parsed, SchemaSource, SchemaType};
 
 /// Why a value could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -29,16 +38,18 @@ pub enum DecodeError {
     /// Not JSON.
     #[error("value is not valid JSON: {0}")]
     NotJson(String),
-    /// Too short for the Avro wire format.
+    /// Too short for the wire format.
     #[error(
-        "value is {len} bytes: too short for the Avro wire format (magic byte 0, 4-byte schema id, datum)"
+        "value is {len} bytes: too short for the schema registry's wire format (magic byte 0, 4-byte schema id, datum)"
     )]
     NotWireFormat {
         /// Length of the value.
         len: usize,
     },
     /// Not the wire format's magic byte.
-    #[error("value starts with byte {byte:#04x}, not the Avro wire format's magic byte 0x00")]
+    #[error(
+        "value starts with byte {byte:#04x}, not the schema registry wire format's magic byte 0x00"
+    )]
     BadMagic {
         /// The first byte.
         byte: u8,
@@ -65,6 +76,52 @@ pub enum DecodeError {
         /// Why.
         error: String,
     },
+    /// The writer schema is of another type than the pipeline reads.
+    #[error("schema id {id} is a {kind} schema; this pipeline reads {expected}")]
+    WrongType {
+        /// The id.
+        id: u32,
+        /// Its type.
+        kind: SchemaType,
+        /// The pipeline's.
+        expected: SchemaType,
+    },
+    /// Protobuf: the message-index list is malformed or names no message.
+    #[error("schema id {id}: {error}")]
+    MessageIndex {
+        /// The writer schema id.
+        id: u32,
+        /// Why.
+        error: String,
+    },
+    /// Protobuf: the event's message type is not the one the pipeline reads.
+    #[error("schema id {id}: the value is a {got} message; this pipeline reads {want}")]
+    MessageType {
+        /// The writer schema id.
+        id: u32,
+        /// The record's message type.
+        got: String,
+        /// The pipeline's `message_type`.
+        want: String,
+    },
+    /// Protobuf: the bytes do not parse as the message.
+    #[error("value does not parse as Protobuf message {message} (schema id {id}): {error}")]
+    Protobuf {
+        /// The writer schema id.
+        id: u32,
+        /// The message type.
+        message: String,
+        /// Why.
+        error: String,
+    },
+    /// JSON Schema: the value is not valid under the schema.
+    #[error("value does not match JSON Schema {id}: {error}")]
+    Invalid {
+        /// The schema id (or `reader` schema).
+        id: u32,
+        /// The field and why.
+        error: String,
+    },
     /// The schema registry cannot be reached: retry, do not dead-letter.
     #[error("schema {id}: the registry cannot be reached: {source}")]
     RegistryUnavailable {
@@ -83,15 +140,97 @@ impl DecodeError {
     }
 
     /// The dead letter's error class: `tombstone` for a null value,
-    /// `empty` for a value with no bytes, `decode` for every other value
-    /// that does not decode.
+    /// `empty` for a value with no bytes, `schema_type` for a writer schema
+    /// of another type, `message_index` and `message_type` for a Protobuf
+    /// value naming no message or another one than the pipeline reads,
+    /// `validation` for a value its JSON Schema refuses, `decode` for every
+    /// other value that does not decode.
     pub fn class(&self) -> &'static str {
         match self {
             DecodeError::Tombstone => "tombstone",
             DecodeError::Empty => "empty",
+            DecodeError::WrongType { .. } => "schema_type",
+            DecodeError::MessageIndex { .. } => "message_index",
+            DecodeError::MessageType { .. } => "message_type",
+            DecodeError::Invalid { .. } => "validation",
             _ => "decode",
         }
     }
+}
+
+/// Writer schemas by id, fetched from a [`SchemaSource`] once each (an id
+/// never changes meaning).
+pub struct Writers {
+    source: Arc<dyn SchemaSource>,
+    cache: Mutex<HashMap<u32, Parsed>>,
+}
+
+impl Writers {
+    /// Writers from `source`.
+    pub fn new(source: Arc<dyn SchemaSource>) -> Self {
+        Writers {
+            source,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The writer schema under `id`, which must be of type `kind`.
+    ///
+    /// # Errors
+    /// Unknown, unparsable or of another type; or the registry is unreachable.
+    pub fn get(&self, id: u32, kind: SchemaType) -> Result<Parsed, DecodeError> {
+        let cached = crate::lock(&self.cache).get(&id).cloned();
+        let parsed = match cached {
+            Some(p) => p,
+            None => {
+                let p = crate::schema::load(self.source.as_ref(), id).map_err(|e| match e {
+                    LoadError::Unreachable(source) => {
+                        DecodeError::RegistryUnavailable { id, source }
+                    }
+                    LoadError::Unknown(_) => DecodeError::UnknownSchema { id },
+                    other => DecodeError::BadWriterSchema {
+                        id,
+                        error: other.to_string(),
+                    },
+                })?;
+                crate::lock(&self.cache).insert(id, p.clone());
+                p
+            }
+        };
+        if parsed.kind() != kind {
+            return Err(DecodeError::WrongType {
+                id,
+                kind: parsed.kind(),
+                expected: kind,
+            });
+        }
+        Ok(parsed)
+    }
+}
+
+/// Splits a wire-format value into its schema id and datum.
+///
+/// # Errors
+/// [`DecodeError::NotWireFormat`] or [`DecodeError::BadMagic`].
+pub fn split_wire(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    let (magic, rest) = bytes
+        .split_first()
+        .ok_or(DecodeError::NotWireFormat { len: bytes.len() })?;
+    if *magic != 0 {
+        return Err(DecodeError::BadMagic { byte: *magic });
+    }
+    let (id, datum) = rest
+        .split_first_chunk::<4>()
+        .ok_or(DecodeError::NotWireFormat { len: bytes.len() })?;
+    Ok((u32::from_be_bytes(*id), datum))
+}
+
+/// The wire format's header: magic byte 0 and the schema id.
+pub fn wire_header(id: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out
 }
 
 /// How a pipeline decodes its values.
@@ -102,6 +241,10 @@ pub enum Decoder {
     Json,
     /// Avro in the wire format.
     Avro(Arc<avro::AvroDecoder>),
+    /// Protobuf in the wire format.
+    Protobuf(Arc<protobuf::ProtobufDecoder>),
+    /// JSON Schema in the wire format.
+    JsonSchema(Arc<json_schema::JsonSchemaDecoder>),
 }
 
 impl std::fmt::Debug for Decoder {
@@ -109,14 +252,16 @@ impl std::fmt::Debug for Decoder {
         f.write_str(match self {
             Decoder::Json => "Decoder::Json",
             Decoder::Avro(_) => "Decoder::Avro",
+            Decoder::Protobuf(_) => "Decoder::Protobuf",
+            Decoder::JsonSchema(_) => "Decoder::JsonSchema",
         })
     }
 }
 
 impl Decoder {
     /// Decodes one value to JSON text — the value's own bytes when they
-    /// are JSON (no copy), decoded text for Avro — with the writer schema
-    /// id for Avro.
+    /// are JSON (borrowed: no copy), owned text otherwise — with the writer schema
+    /// id for the wire format.
     ///
     /// # Errors
     /// [`DecodeError`] saying what is wrong with the value.
@@ -127,6 +272,12 @@ impl Decoder {
         match self {
             Decoder::Json => json_value(bytes).map(|j| (Cow::Borrowed(j), None)),
             Decoder::Avro(a) => a.decode(bytes).map(|(j, id)| (Cow::Owned(j), Some(id))),
+            Decoder::Protobuf(p) => p.decode(bytes).map(|(j, id)| (Cow::Owned(j), Some(id))),
+            // Borrowed means "the record's own bytes": the text after the
+            // wire header is a copy.
+            Decoder::JsonSchema(j) => j
+                .decode(bytes)
+                .map(|(text, id)| (Cow::Owned(text.to_owned()), Some(id))),
         }
     }
 }

@@ -22,17 +22,21 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
     })
 }
 
-/// Encodes a record's value in Avro when `{topic}-value` is a subject of the
-/// embedded registry (its latest version, or `version`): the value is checked
-/// against the schema and a mismatch names the field and the expected type.
-/// Returns `None` for a topic without a subject (the value stays JSON).
-fn avro_value(
+/// Encodes a record's value with `{topic}-value`'s schema when the topic
+/// has that subject in the embedded registry (its latest version, or
+/// `version`): Avro, Protobuf (as `message`, or the file's first message) or
+/// JSON Schema. The value is checked against the schema and a mismatch names
+/// the field. Returns `None` for a topic without a subject (the value stays
+/// JSON).
+fn schema_value(
     s: &AppState,
     topic: &str,
     i: usize,
     value: &Value,
     version: Option<u32>,
+    message: Option<&str>,
 ) -> ApiResult<Option<Vec<u8>>> {
+    use crate::schema::Parsed;
     let subject = format!("{topic}-value");
     let Some(registry) = s.schemas.as_ref() else {
         return Ok(None);
@@ -51,14 +55,27 @@ fn avro_value(
     let schema = registry
         .schema(registered.id)
         .ok_or_else(|| AppError::internal(format!("schema {} does not parse", registered.id)))?;
-    crate::decode::avro::encode(&schema, registered.id, value)
-        .map(Some)
-        .map_err(|e| {
-            AppError::unprocessable(format!(
-                "record {i}: value does not match subject {subject:?} version {} (schema id {}): {e}",
-                registered.version, registered.id
-            ))
-        })
+    let encoded = match &schema {
+        Parsed::Avro(a) => {
+            crate::decode::avro::encode(a, registered.id, value).map_err(|e| e.to_string())
+        }
+        Parsed::Protobuf(p) => crate::decode::protobuf::encode(p, registered.id, message, value),
+        Parsed::Json(j) => crate::decode::json_schema::encode(j, registered.id, value),
+    };
+    if message.is_some() && !matches!(schema, Parsed::Protobuf(_)) {
+        return Err(AppError::bad_request(format!(
+            "record {i}: \"message_type\" is for Protobuf subjects; {subject:?} is {}",
+            schema.kind()
+        )));
+    }
+    encoded.map(Some).map_err(|e| {
+        AppError::unprocessable(format!(
+            "record {i}: value does not match subject {subject:?} version {} ({} schema id {}): {e}",
+            registered.version,
+            schema.kind(),
+            registered.id
+        ))
+    })
 }
 
 /// Turns one JSON record (`{key?, value, headers?, partition?,
@@ -125,6 +142,11 @@ fn record_of(
         ),
         Some(_) => return Err(at("\"schema_version\" must be a positive integer".into())),
     };
+    let message = match o.remove("message_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m),
+        Some(_) => return Err(at("\"message_type\" must be a string (pkg.Message)".into())),
+    };
     let timestamp_ms = match o.remove("timestamp_ms") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.as_i64().filter(|t| *t > 0).ok_or_else(|| {
@@ -138,14 +160,14 @@ fn record_of(
     };
     if let Some(unknown) = o.keys().next() {
         return Err(at(format!(
-            "unknown field {unknown:?} (expected key, value or value_base64, headers, partition, schema_version, timestamp_ms)"
+            "unknown field {unknown:?} (expected key, value or value_base64, headers, partition, schema_version, message_type, timestamp_ms)"
         )));
     }
     let is_raw = raw.is_some();
     let bytes = match raw {
         Some(raw) => raw,
-        None => match avro_value(s, topic, i, &value, version)? {
-            Some(avro) => avro,
+        None => match schema_value(s, topic, i, &value, version, message.as_deref())? {
+            Some(encoded) => encoded,
             None => serde_json::to_vec(&value).map_err(AppError::internal)?,
         },
     };
@@ -424,8 +446,8 @@ pub async fn create(s: AppState, pipeline: String, body: Bytes) -> ApiResult<Jso
     }
     target.insert((*last).to_owned(), Value::String(id.clone()));
     let value = Value::Object(event);
-    let bytes = match avro_value(&s, &p.topic, 0, &value, None)? {
-        Some(avro) => avro,
+    let bytes = match schema_value(&s, &p.topic, 0, &value, None, None)? {
+        Some(encoded) => encoded,
         None => serde_json::to_vec(&value).map_err(AppError::internal)?,
     };
     let record = ProduceRecord {

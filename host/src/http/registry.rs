@@ -17,7 +17,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::schema::{Mode, Registry, RegistryError, VersionSpec};
+use crate::schema::{
+    Mode, Parsed, Reference, Registered, Registry, RegistryError, SchemaText, SchemaType,
+    VersionSpec,
+};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -86,32 +89,78 @@ async fn run(
     }
 }
 
-/// The `schema` (and `schemaType`) of a request body.
-fn schema_of(body: &Bytes) -> Result<String, Answer> {
+/// The `schema`, `schemaType` and `references` of a request body.
+fn schema_of(body: &Bytes) -> Result<SchemaText, Answer> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| error(42201, format!("Invalid schema: the body is not JSON: {e}")))?;
-    match v.get("schemaType").and_then(Value::as_str) {
-        None | Some("AVRO") => {}
+    let kind = match v.get("schemaType") {
+        None | Some(Value::Null) => SchemaType::Avro,
+        Some(Value::String(t)) => SchemaType::parse(t).ok_or_else(|| {
+            error(
+                42201,
+                format!("Invalid schema: unknown schema type {t:?} (AVRO, PROTOBUF or JSON)"),
+            )
+        })?,
         Some(other) => {
             return Err(error(
                 42201,
-                format!("Invalid schema: schema type {other} is not supported (AVRO only)"),
+                format!("Invalid schema: \"schemaType\" must be a string, not {other}"),
             ));
         }
-    }
-    if v.get("references")
-        .and_then(Value::as_array)
-        .is_some_and(|r| !r.is_empty())
-    {
-        return Err(error(
-            42201,
-            "Invalid schema: schema references are not supported",
-        ));
-    }
-    v.get("schema")
+    };
+    let references: Vec<Reference> = match v.get("references") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(r) => serde_json::from_value(r.clone()).map_err(|e| {
+            error(
+                42201,
+                format!(
+                    "Invalid schema: \"references\" must be a list of {{name, subject, version}}: {e}"
+                ),
+            )
+        })?,
+    };
+    let schema = v
+        .get("schema")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| error(42201, "Invalid schema: the body has no \"schema\" string"))
+        .ok_or_else(|| error(42201, "Invalid schema: the body has no \"schema\" string"))?;
+    Ok(SchemaText {
+        kind,
+        schema,
+        references,
+    })
+}
+
+/// A schema as the API shows it: `schemaType` left out for Avro,
+/// `references` when empty (as Confluent does). With `format=serialized`, a
+/// Protobuf schema is its base64 `FileDescriptorProto`.
+fn schema_fields(
+    out: &mut serde_json::Map<String, Value>,
+    text: &SchemaText,
+    parsed: Option<Parsed>,
+    serialized: bool,
+) {
+    let schema = match (serialized, parsed) {
+        (true, Some(Parsed::Protobuf(p))) => p.serialized(),
+        _ => text.schema.clone(),
+    };
+    out.insert("schema".into(), Value::String(schema));
+    if text.kind != SchemaType::Avro {
+        out.insert("schemaType".into(), json!(text.kind.as_str()));
+    }
+    if !text.references.is_empty() {
+        out.insert("references".into(), json!(text.references));
+    }
+}
+
+fn registered(r: &Registry, v: &Registered, serialized: bool) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("subject".into(), json!(v.subject));
+    out.insert("version".into(), json!(v.version));
+    out.insert("id".into(), json!(v.id));
+    let parsed = serialized.then(|| r.schema(v.id)).flatten();
+    schema_fields(&mut out, &v.schema, parsed, serialized);
+    Value::Object(out)
 }
 
 fn version(v: &str) -> Result<VersionSpec, Answer> {
@@ -126,6 +175,7 @@ struct RawFlags {
     verbose: Option<String>,
     #[serde(rename = "defaultToGlobal")]
     default_to_global: Option<String>,
+    format: Option<String>,
 }
 
 struct Flags {
@@ -133,6 +183,8 @@ struct Flags {
     permanent: bool,
     verbose: bool,
     default_to_global: bool,
+    /// `format=serialized`: Protobuf schemas as base64 descriptors.
+    serialized: bool,
 }
 
 fn truthy(v: Option<&String>) -> bool {
@@ -148,6 +200,7 @@ fn flags(
         permanent: truthy(f.permanent.as_ref()),
         verbose: truthy(f.verbose.as_ref()),
         default_to_global: truthy(f.default_to_global.as_ref()),
+        serialized: f.format.as_deref() == Some("serialized"),
     })
 }
 
@@ -166,11 +219,16 @@ async fn register(State(s): State<AppState>, Path(subject): Path<String>, body: 
     .await
 }
 
-async fn lookup(State(s): State<AppState>, Path(subject): Path<String>, body: Bytes) -> Reply {
-    let text = schema_of(&body)?;
+async fn lookup(
+    State(s): State<AppState>,
+    Path(subject): Path<String>,
+    q: Q,
+    body: Bytes,
+) -> Reply {
+    let (f, text) = (flags(q)?, schema_of(&body)?);
     run(&s, move |r| {
         let v = r.lookup(&subject, &text)?;
-        Ok(json!({ "subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema }))
+        Ok(registered(r, &v, f.serialized))
     })
     .await
 }
@@ -188,7 +246,7 @@ async fn get_version(
     let (f, spec) = (flags(q)?, version(&v)?);
     run(&s, move |r| {
         let v = r.version(&subject, spec, f.deleted)?;
-        Ok(json!({ "subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema }))
+        Ok(registered(r, &v, f.serialized))
     })
     .await
 }
@@ -201,7 +259,10 @@ async fn get_version_schema(
     let (f, spec) = (flags(q)?, version(&v)?);
     run(&s, move |r| {
         let v = r.version(&subject, spec, f.deleted)?;
-        Ok(serde_json::from_str(&v.schema).unwrap_or(Value::String(v.schema)))
+        Ok(match v.schema.kind {
+            SchemaType::Protobuf => Value::String(v.schema.schema),
+            _ => serde_json::from_str(&v.schema.schema).unwrap_or(Value::String(v.schema.schema)),
+        })
     })
     .await
 }
@@ -226,9 +287,17 @@ async fn delete_version(
     .await
 }
 
-async fn schema_by_id(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
+async fn schema_by_id(State(s): State<AppState>, Path(id): Path<String>, q: Q) -> Reply {
+    let f = flags(q)?;
     let id: u32 = id.parse().map_err(|_| error(40403, "Schema not found"))?;
-    run(&s, move |r| Ok(json!({ "schema": r.schema_by_id(id)? }))).await
+    run(&s, move |r| {
+        let text = r.schema_by_id(id)?;
+        let mut out = serde_json::Map::new();
+        let parsed = f.serialized.then(|| r.schema(id)).flatten();
+        schema_fields(&mut out, &text, parsed, f.serialized);
+        Ok(Value::Object(out))
+    })
+    .await
 }
 
 async fn id_versions(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
@@ -245,7 +314,12 @@ async fn id_versions(State(s): State<AppState>, Path(id): Path<String>) -> Reply
 }
 
 async fn types() -> Reply {
-    Ok(ok(json!(["AVRO"])))
+    Ok(ok(json!(
+        SchemaType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+    )))
 }
 
 async fn compatibility(

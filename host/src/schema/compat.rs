@@ -1,7 +1,10 @@
 //! Schema compatibility: the seven modes of a Confluent-compatible registry,
-//! on top of the Avro specification's resolution rules (records, defaults,
-//! unions, enums with defaults, arrays, maps, fixed, numeric promotions,
-//! aliases), as implemented by `apache_avro::schema_compatibility`.
+//! applied with each schema type's reader/writer rule
+//! ([`Parsed::can_read`]). For Avro that is the specification's resolution
+//! rules (records, defaults, unions, enums with defaults, arrays, maps,
+//! fixed, numeric promotions, aliases), as implemented by
+//! `apache_avro::schema_compatibility`; Protobuf's and JSON Schema's are in
+//! [`super::protobuf`] and [`super::json_schema`].
 //!
 //! A reader can read a writer only when resolution can never fail: a
 //! "partial" match (an enum missing symbols without a default, a writer
@@ -10,6 +13,8 @@
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use serde::{Deserialize, Serialize};
+
+use super::types::Parsed;
 
 /// A subject's compatibility level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,7 +95,7 @@ pub fn can_read(writer: &Schema, reader: &Schema) -> Result<(), String> {
 /// Checks `new` against a subject's earlier schemas (`previous`, newest
 /// first, with their version numbers) under `mode`. Returns one message per
 /// violation; empty means compatible.
-pub fn check(mode: Mode, new: &Schema, previous: &[(u32, &Schema)]) -> Vec<String> {
+pub fn check(mode: Mode, new: &Parsed, previous: &[(u32, Parsed)]) -> Vec<String> {
     let against = if mode.transitive() {
         previous
     } else {
@@ -99,19 +104,21 @@ pub fn check(mode: Mode, new: &Schema, previous: &[(u32, &Schema)]) -> Vec<Strin
     let mut messages = Vec::new();
     for (version, old) in against {
         if mode.backward()
-            && let Err(e) = can_read(old, new)
+            && let Err(e) = Parsed::can_read(old, new)
         {
             messages.push(format!(
-                "the new schema cannot read data written with version {version} ({}): {e}",
-                mode.as_str()
+                "the new schema cannot read data written with version {version} ({}): {}",
+                mode.as_str(),
+                e.join("; ")
             ));
         }
         if mode.forward()
-            && let Err(e) = can_read(new, old)
+            && let Err(e) = Parsed::can_read(new, old)
         {
             messages.push(format!(
-                "version {version} cannot read data written with the new schema ({}): {e}",
-                mode.as_str()
+                "version {version} cannot read data written with the new schema ({}): {}",
+                mode.as_str(),
+                e.join("; ")
             ));
         }
     }
@@ -135,10 +142,24 @@ mod tests {
     /// One case: the mode, the earlier versions (oldest first), the new
     /// schema, and the verdict the Avro specification's resolution rules give.
     fn case(mode: Mode, history: &[&str], new: &str, compatible: bool) -> Result<(), String> {
-        let parse = |s: &str| Schema::parse_str(s).map_err(|e| format!("{s}: {e}"));
-        let old: Vec<Schema> = history.iter().map(|s| parse(s)).collect::<Result<_, _>>()?;
-        let previous: Vec<(u32, &Schema)> = old
-            .iter()
+        let parse = |s: &str| {
+            Schema::parse_str(s)
+                .map(|s| Parsed::Avro(std::sync::Arc::new(s)))
+                .map_err(|e| format!("{s}: {e}"))
+        };
+        case_of(&parse, mode, history, new, compatible)
+    }
+
+    fn case_of(
+        parse: &dyn Fn(&str) -> Result<Parsed, String>,
+        mode: Mode,
+        history: &[&str],
+        new: &str,
+        compatible: bool,
+    ) -> Result<(), String> {
+        let old: Vec<Parsed> = history.iter().map(|s| parse(s)).collect::<Result<_, _>>()?;
+        let previous: Vec<(u32, Parsed)> = old
+            .into_iter()
             .enumerate()
             .rev()
             .map(|(i, s)| (u32::try_from(i + 1).unwrap_or(0), s))
@@ -276,6 +297,182 @@ mod tests {
             failures.len(),
             failures.join("\n")
         );
+    }
+
+    fn run_matrix(
+        parse: &dyn Fn(&str) -> Result<Parsed, String>,
+        cases: Vec<(Mode, Vec<&str>, &str, bool)>,
+    ) {
+        let failures: Vec<String> = cases
+            .into_iter()
+            .filter_map(|(m, h, n, c)| case_of(parse, m, &h, n, c).err())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} cases differ:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    /// Confluent's documented Protobuf rules: fields match by number, types
+    /// change only within a wire group, messages and `required` fields and
+    /// `oneof` members may not go, the package may not change.
+    #[test]
+    fn protobuf_matrix_follows_confluents_rules() {
+        use Mode::*;
+        let parse = |s: &str| {
+            super::super::protobuf::Proto::parse(s, &[])
+                .map(|p| Parsed::Protobuf(std::sync::Arc::new(p)))
+                .map_err(|e| format!("{s}: {e}"))
+        };
+        let m = |body: &str| format!("syntax = \"proto3\"; package p; message M {{ {body} }}");
+        let m2 = |body: &str| format!("syntax = \"proto2\"; package p; message M {{ {body} }}");
+        let base = m("string a = 1; int32 b = 2;");
+        let added = m("string a = 1; int32 b = 2; string c = 3;");
+        let removed = m("string a = 1;");
+        let renamed = m("string a = 1; int32 bee = 2;");
+        let b_int64 = m("string a = 1; int64 b = 2;");
+        let b_bool = m("string a = 1; bool b = 2;");
+        let b_sint = m("string a = 1; sint32 b = 2;");
+        let b_string = m("string a = 1; string b = 2;");
+        let a_bytes = m("bytes a = 1; int32 b = 2;");
+        let b_fixed = m("string a = 1; fixed32 b = 2;");
+        let b_repeated = m("string a = 1; repeated int32 b = 2;");
+        let a_repeated = m("repeated string a = 1; int32 b = 2;");
+        let other_package = base.replace("package p;", "package q;");
+        let two_messages = format!("{base} message N {{ string x = 1; }}");
+        let nested = m("string a = 1; N n = 2; message N { string x = 1; }");
+        let nested_other =
+            m("string a = 1; O n = 2; message N { string x = 1; } message O { string x = 1; }");
+        let oneof = m("oneof o { string a = 1; int32 b = 2; }");
+        let oneof_one = m("oneof o { string a = 1; } int32 b = 2;");
+        let oneof_into = m("oneof o { string a = 1; int32 b = 2; } string c = 3;");
+        let oneof_c = m("oneof o { string a = 1; string c = 3; } int32 b = 2;");
+        let req = m2("required string a = 1; optional int32 b = 2;");
+        let req_b = m2("required string a = 1; required int32 b = 2;");
+        let opt = m2("optional string a = 1; optional int32 b = 2;");
+        let enum_b = "syntax = \"proto3\"; package p; enum E { Z = 0; } message M { string a = 1; E b = 2; }".to_owned();
+        let cases: Vec<(Mode, Vec<&str>, &str, bool)> = vec![
+            (Backward, vec![&base], &added, true),
+            (Backward, vec![&base], &removed, true),
+            (Backward, vec![&base], &renamed, true),
+            (Backward, vec![&base], &b_int64, true),
+            (Backward, vec![&base], &b_bool, true),
+            (Backward, vec![&base], &enum_b, true),
+            (Backward, vec![&base], &b_sint, false),
+            (Backward, vec![&base], &b_string, false),
+            (Backward, vec![&base], &b_fixed, false),
+            (Backward, vec![&base], &a_bytes, true),
+            (Backward, vec![&base], &b_repeated, false),
+            (Backward, vec![&base], &a_repeated, true),
+            (Backward, vec![&base], &other_package, false),
+            (Backward, vec![&two_messages], &base, false),
+            (Backward, vec![&base], &two_messages, true),
+            (Forward, vec![&base], &two_messages, false),
+            (Backward, vec![&nested], &nested_other, false),
+            (Backward, vec![&oneof], &oneof_one, false),
+            (Backward, vec![&base], &oneof, false),
+            (Backward, vec![&oneof_one], &oneof_into, false),
+            (Backward, vec![&oneof_one], &oneof_c, true),
+            (Backward, vec![&req], &opt, true),
+            (Backward, vec![&opt], &req, false),
+            (Backward, vec![&req], &req_b, false),
+            (Forward, vec![&base], &added, true),
+            (Forward, vec![&base], &removed, true),
+            (Full, vec![&base], &added, true),
+            (Full, vec![&base], &b_sint, false),
+            (BackwardTransitive, vec![&b_string, &base], &b_int64, false),
+            (Backward, vec![&b_string, &base], &b_int64, true),
+            (None, vec![&base], &b_string, true),
+        ];
+        run_matrix(&parse, cases);
+    }
+
+    /// Confluent's documented JSON Schema rules: a reader accepts every
+    /// value the writer accepts.
+    #[test]
+    fn json_schema_matrix_follows_confluents_rules() {
+        use Mode::*;
+        let parse = |s: &str| {
+            super::super::json_schema::JsonSchema::parse(s, &[])
+                .map(|j| Parsed::Json(std::sync::Arc::new(j)))
+                .map_err(|e| format!("{s}: {e}"))
+        };
+        let obj = |props: &str, extra: &str| {
+            format!(r#"{{"type":"object","properties":{{{props}}}{extra}}}"#)
+        };
+        let a = obj(r#""a":{"type":"string"}"#, "");
+        let a_closed = obj(
+            r#""a":{"type":"string"}"#,
+            r#","additionalProperties":false"#,
+        );
+        let ab = obj(r#""a":{"type":"string"},"b":{"type":"integer"}"#, "");
+        let ab_closed = obj(
+            r#""a":{"type":"string"},"b":{"type":"integer"}"#,
+            r#","additionalProperties":false"#,
+        );
+        let ab_partial = obj(
+            r#""a":{"type":"string"}"#,
+            r#","additionalProperties":{"type":"integer"}"#,
+        );
+        let ab_required = obj(
+            r#""a":{"type":"string"},"b":{"type":"integer"}"#,
+            r#","required":["b"]"#,
+        );
+        let a_int = obj(r#""a":{"type":"integer"}"#, "");
+        let a_num = obj(r#""a":{"type":"number"}"#, "");
+        let a_str_null = obj(r#""a":{"type":["string","null"]}"#, "");
+        let a_max5 = obj(r#""a":{"type":"string","maxLength":5}"#, "");
+        let a_max9 = obj(r#""a":{"type":"string","maxLength":9}"#, "");
+        let a_enum2 = obj(r#""a":{"enum":["x","y"]}"#, "");
+        let a_enum3 = obj(r#""a":{"enum":["x","y","z"]}"#, "");
+        let a_pattern = obj(r#""a":{"type":"string","pattern":"^x"}"#, "");
+        let items_int = r#"{"type":"array","items":{"type":"integer"}}"#.to_owned();
+        let items_num = r#"{"type":"array","items":{"type":"number"}}"#.to_owned();
+        let any_of = r#"{"anyOf":[{"type":"string"},{"type":"integer"}]}"#.to_owned();
+        let string = r#"{"type":"string"}"#.to_owned();
+        let cases: Vec<(Mode, Vec<&str>, &str, bool)> = vec![
+            (Backward, vec![&a], &a_closed, false),
+            (Backward, vec![&a_closed], &a, true),
+            (Backward, vec![&a_closed], &ab_closed, true),
+            (Backward, vec![&a], &ab, false),
+            (Backward, vec![&a], &ab_partial, false),
+            (Backward, vec![&ab], &a, true),
+            (Backward, vec![&ab_closed], &a_closed, false),
+            (Backward, vec![&ab_closed], &ab_partial, true),
+            (Backward, vec![&a_closed], &ab_required, false),
+            (Backward, vec![&ab_required], &ab, true),
+            (Backward, vec![&ab], &ab_required, false),
+            (Backward, vec![&a_int], &a_num, true),
+            (Backward, vec![&a_num], &a_int, false),
+            (Backward, vec![&a], &a_int, false),
+            (Backward, vec![&a], &a_str_null, true),
+            (Backward, vec![&a_str_null], &a, false),
+            (Backward, vec![&a_max9], &a_max5, false),
+            (Backward, vec![&a_max5], &a_max9, true),
+            (Backward, vec![&a], &a_max9, false),
+            (Backward, vec![&a_enum2], &a_enum3, true),
+            (Backward, vec![&a_enum3], &a_enum2, false),
+            (Backward, vec![&a], &a_pattern, false),
+            (Backward, vec![&a_pattern], &a, true),
+            (Backward, vec![&items_int], &items_num, true),
+            (Backward, vec![&items_num], &items_int, false),
+            (Backward, vec![&string], &any_of, true),
+            (Backward, vec![&any_of], &string, false),
+            (Forward, vec![&a_closed], &ab_closed, false),
+            (Forward, vec![&ab], &a, false),
+            (Full, vec![&a_closed], &a_closed, true),
+            (Full, vec![&a_int], &a_num, false),
+            (
+                FullTransitive,
+                vec![&a_closed, &ab_closed],
+                &ab_closed,
+                false,
+            ),
+            (None, vec![&a], &a_int, true),
+        ];
+        run_matrix(&parse, cases);
     }
 
     #[test]

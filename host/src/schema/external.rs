@@ -1,18 +1,19 @@
 //! A client of an external Confluent-compatible schema registry
-//! (`[registry] url = ...`): writer schemas by id, cached for good (a
-//! schema id never changes meaning).
+//! (`[registry] url = ...`): writer schemas by id and referenced versions by
+//! subject, cached for good (a schema id, and a subject's version, never
+//! changes meaning).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{SchemaSource, Unreachable};
+use super::{SchemaSource, SchemaText, Unreachable};
 
 /// An external registry.
 pub struct Remote {
     url: String,
     agent: ureq::Agent,
-    cache: Mutex<HashMap<u32, String>>,
+    cache: Mutex<HashMap<String, SchemaText>>,
 }
 
 impl Remote {
@@ -30,12 +31,13 @@ impl Remote {
     }
 }
 
-impl SchemaSource for Remote {
-    fn schema_text(&self, id: u32) -> Result<Option<String>, Unreachable> {
-        if let Some(s) = crate::lock(&self.cache).get(&id) {
+impl Remote {
+    /// GETs `path` (cached): the schema it answers, `None` on a 404.
+    fn fetch(&self, path: &str) -> Result<Option<SchemaText>, Unreachable> {
+        if let Some(s) = crate::lock(&self.cache).get(path) {
             return Ok(Some(s.clone()));
         }
-        let url = format!("{}/schemas/ids/{id}", self.url);
+        let url = format!("{}{path}", self.url);
         let failed = |reason: String| Unreachable {
             url: url.clone(),
             reason,
@@ -53,18 +55,38 @@ impl SchemaSource for Remote {
             .map_err(|e| failed(e.to_string()))?;
         match status {
             200 => {
-                let v: serde_json::Value =
+                // `schemaType` is left out for Avro; `references` when empty.
+                let text: SchemaText =
                     serde_json::from_str(&body).map_err(|e| failed(format!("bad answer: {e}")))?;
-                let text = v
-                    .get("schema")
-                    .and_then(serde_json::Value::as_str)
-                    .ok_or_else(|| failed("the answer has no \"schema\"".into()))?
-                    .to_owned();
-                crate::lock(&self.cache).insert(id, text.clone());
+                crate::lock(&self.cache).insert(path.to_owned(), text.clone());
                 Ok(Some(text))
             }
             404 => Ok(None),
             s => Err(failed(format!("answered {s}: {body}"))),
         }
+    }
+}
+
+impl SchemaSource for Remote {
+    fn schema_text(&self, id: u32) -> Result<Option<SchemaText>, Unreachable> {
+        self.fetch(&format!("/schemas/ids/{id}"))
+    }
+
+    fn subject_version(
+        &self,
+        subject: &str,
+        version: u32,
+    ) -> Result<Option<SchemaText>, Unreachable> {
+        let subject: String = subject
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        self.fetch(&format!("/subjects/{subject}/versions/{version}"))
     }
 }

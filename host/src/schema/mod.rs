@@ -6,15 +6,18 @@
 
 pub mod compat;
 pub mod external;
+pub mod json_schema;
+pub mod protobuf;
+pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
 pub use compat::Mode;
+pub use types::{Parsed, Reference, Resolved, SchemaText, SchemaType};
 
 /// Registry failures, each with Confluent's error code.
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +116,98 @@ type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// Where a decoder gets writer schemas by id.
 pub trait SchemaSource: Send + Sync {
-    /// The schema text registered under `id`; `Ok(None)` when there is none.
+    /// The schema registered under `id`; `Ok(None)` when there is none.
     ///
     /// # Errors
     /// The registry cannot be reached right now (retry later).
-    fn schema_text(&self, id: u32) -> Result<Option<String>, Unreachable>;
+    fn schema_text(&self, id: u32) -> Result<Option<SchemaText>, Unreachable>;
+
+    /// A subject's version (a reference's target); `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    /// The registry cannot be reached right now (retry later).
+    fn subject_version(
+        &self,
+        subject: &str,
+        version: u32,
+    ) -> Result<Option<SchemaText>, Unreachable>;
+}
+
+/// Why a writer schema could not be loaded from a [`SchemaSource`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The registry cannot be reached: retry.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+    /// No schema under the id.
+    #[error("schema id {0} is not registered")]
+    Unknown(u32),
+    /// A reference names a version that is not there.
+    #[error("reference {name:?} (subject {subject:?} version {version}) is not registered")]
+    MissingReference {
+        /// Import name.
+        name: String,
+        /// Subject.
+        subject: String,
+        /// Version.
+        version: u32,
+    },
+    /// The schema does not parse.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Looks a subject's version up (a reference's target).
+pub type VersionLookup<'a> = dyn FnMut(&str, u32) -> Result<Option<SchemaText>, LoadError> + 'a;
+
+/// Every schema `refs` reach, each once, dependencies first.
+///
+/// # Errors
+/// A missing reference, or the source's failure.
+pub fn resolve_references(
+    refs: &[Reference],
+    get: &mut VersionLookup<'_>,
+) -> Result<Vec<Resolved>, LoadError> {
+    fn walk(
+        refs: &[Reference],
+        get: &mut VersionLookup<'_>,
+        out: &mut Vec<Resolved>,
+        depth: usize,
+    ) -> Result<(), LoadError> {
+        if depth > 32 {
+            return Err(LoadError::Invalid("references nest deeper than 32".into()));
+        }
+        for r in refs {
+            if out.iter().any(|(n, _)| *n == r.name) {
+                continue;
+            }
+            let text = get(&r.subject, r.version)?.ok_or_else(|| LoadError::MissingReference {
+                name: r.name.clone(),
+                subject: r.subject.clone(),
+                version: r.version,
+            })?;
+            walk(&text.references, get, out, depth + 1)?;
+            if !out.iter().any(|(n, _)| *n == r.name) {
+                out.push((r.name.clone(), text));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(refs, get, &mut out, 0)?;
+    Ok(out)
+}
+
+/// Loads and parses the schema under `id`, with its references.
+///
+/// # Errors
+/// [`LoadError`].
+pub fn load(source: &dyn SchemaSource, id: u32) -> Result<Parsed, LoadError> {
+    let text = source.schema_text(id)?.ok_or(LoadError::Unknown(id))?;
+    let refs = resolve_references(&text.references, &mut |s, v| {
+        Ok(source.subject_version(s, v)?)
+    })?;
+    Parsed::parse(&text, &refs).map_err(LoadError::Invalid)
 }
 
 /// A registry that cannot answer right now: the caller retries later.
@@ -138,12 +228,38 @@ struct Version {
     deleted: bool,
 }
 
+/// A stored schema: a registration, or (written before the registry knew
+/// other types) an Avro schema's bare text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Typed(SchemaText),
+    Avro(String),
+}
+
+fn stored_schemas<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<u32, SchemaText>, D::Error> {
+    let raw = BTreeMap::<u32, Stored>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(id, s)| {
+            let text = match s {
+                Stored::Typed(t) => t,
+                Stored::Avro(a) => SchemaText::avro(a),
+            };
+            (id, text)
+        })
+        .collect())
+}
+
 /// The persisted registry.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Doc {
     next_id: u32,
-    /// id -> schema text (the parsed schema written back as JSON).
-    schemas: BTreeMap<u32, String>,
+    /// id -> schema (Avro: the parsed schema written back as JSON).
+    #[serde(deserialize_with = "stored_schemas")]
+    schemas: BTreeMap<u32, SchemaText>,
     subjects: BTreeMap<String, Vec<Version>>,
     compatibility: Option<Mode>,
     subject_compatibility: BTreeMap<String, Mode>,
@@ -159,14 +275,22 @@ impl Doc {
             .unwrap_or_default()
     }
 
-    /// These versions' schemas, parsed, with their version numbers.
-    fn parsed<'a>(&self, versions: impl Iterator<Item = &'a Version>) -> Vec<(u32, Schema)> {
-        versions
-            .filter_map(|v| {
-                let text = self.schemas.get(&v.id)?;
-                Some((v.version, Schema::parse_str(text).ok()?))
-            })
-            .collect()
+    /// A subject's version, deleted or not.
+    fn subject_version(&self, subject: &str, version: u32) -> Option<&SchemaText> {
+        let v = self
+            .subjects
+            .get(subject)?
+            .iter()
+            .find(|v| v.version == version)?;
+        self.schemas.get(&v.id)
+    }
+
+    /// The schemas `text` references, resolved in this document.
+    fn references(&self, text: &SchemaText) -> Result<Vec<Resolved>> {
+        resolve_references(&text.references, &mut |s, v| {
+            Ok(self.subject_version(s, v).cloned())
+        })
+        .map_err(|e| RegistryError::InvalidSchema(e.to_string()))
     }
 }
 
@@ -179,8 +303,8 @@ pub struct Registered {
     pub version: u32,
     /// Global schema id.
     pub id: u32,
-    /// Schema text.
-    pub schema: String,
+    /// The schema.
+    pub schema: SchemaText,
 }
 
 /// Which version a request names.
@@ -217,19 +341,29 @@ pub struct Reader {
     /// Subject (`{topic}-value`).
     pub subject: String,
     /// The reader schema.
-    pub schema: Schema,
+    pub schema: Parsed,
 }
 
-/// Parses a schema as the registry accepts it.
+/// Parses an Avro schema as the registry accepts it.
 ///
 /// # Errors
 /// 42201 naming what is wrong.
-pub fn parse(text: &str) -> Result<Schema> {
-    Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(e.to_string()))
+pub fn parse(text: &str) -> Result<apache_avro::Schema> {
+    apache_avro::Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(e.to_string()))
 }
 
-fn normalized(schema: &Schema) -> Result<String> {
-    serde_json::to_string(schema).map_err(|e| RegistryError::InvalidSchema(e.to_string()))
+/// A schema as stored: Avro written back from its parsed form, JSON Schema
+/// compact with sorted keys, Protobuf as registered.
+fn normalized(parsed: &Parsed, text: &SchemaText) -> SchemaText {
+    let schema = match parsed {
+        Parsed::Avro(_) | Parsed::Json(_) => parsed.canonical(),
+        Parsed::Protobuf(_) => text.schema.trim().to_owned(),
+    };
+    SchemaText {
+        kind: text.kind,
+        schema,
+        references: text.references.clone(),
+    }
 }
 
 /// The embedded schema registry.
@@ -237,7 +371,7 @@ pub struct Registry {
     store: Store,
     doc: Mutex<Doc>,
     /// Parsed schemas by id.
-    parsed: Mutex<HashMap<u32, Arc<Schema>>>,
+    parsed: Mutex<HashMap<u32, Parsed>>,
     readers: Mutex<Vec<Reader>>,
 }
 
@@ -286,15 +420,56 @@ impl Registry {
     }
 
     /// The parsed schema of `id`.
-    pub fn schema(&self, id: u32) -> Option<Arc<Schema>> {
-        let mut parsed = crate::lock(&self.parsed);
-        if let Some(s) = parsed.get(&id) {
+    pub fn schema(&self, id: u32) -> Option<Parsed> {
+        let doc = self.lock();
+        self.parsed_in(&doc, id)
+    }
+
+    /// The parsed schema of `id` in `doc` (cached: an id never changes meaning).
+    fn parsed_in(&self, doc: &Doc, id: u32) -> Option<Parsed> {
+        if let Some(s) = crate::lock(&self.parsed).get(&id) {
             return Some(s.clone());
         }
-        let text = self.lock().schemas.get(&id).cloned()?;
-        let schema = Arc::new(Schema::parse_str(&text).ok()?);
-        parsed.insert(id, schema.clone());
+        let text = doc.schemas.get(&id)?;
+        let refs = doc.references(text).ok()?;
+        let schema = Parsed::parse(text, &refs).ok()?;
+        crate::lock(&self.parsed).insert(id, schema.clone());
         Some(schema)
+    }
+
+    /// These versions' schemas, parsed, with their version numbers.
+    fn parsed_versions<'a>(
+        &self,
+        doc: &Doc,
+        versions: impl Iterator<Item = &'a Version>,
+    ) -> Vec<(u32, Parsed)> {
+        versions
+            .filter_map(|v| Some((v.version, self.parsed_in(doc, v.id)?)))
+            .collect()
+    }
+
+    /// Parses a schema to register or look up, with its references.
+    fn parse_new(&self, doc: &Doc, text: &SchemaText) -> Result<(Parsed, SchemaText)> {
+        let refs = doc.references(text)?;
+        let parsed = Parsed::parse(text, &refs).map_err(RegistryError::InvalidSchema)?;
+        let norm = normalized(&parsed, text);
+        Ok((parsed, norm))
+    }
+
+    /// Whether the schema under `id` is `parsed` (same type, references and
+    /// canonical form).
+    fn same(&self, doc: &Doc, id: u32, parsed: &Parsed, text: &SchemaText) -> bool {
+        let Some(stored) = doc.schemas.get(&id) else {
+            return false;
+        };
+        if stored.kind != text.kind || stored.references != text.references {
+            return false;
+        }
+        if stored.schema == text.schema {
+            return true;
+        }
+        self.parsed_in(doc, id)
+            .is_some_and(|p| p.canonical() == parsed.canonical())
     }
 
     /// Subjects with a live version (or any version, with `deleted`).
@@ -311,29 +486,28 @@ impl Registry {
     ///
     /// # Errors
     /// 42201 invalid schema, 409 incompatible (with the reasons), 50001.
-    pub fn register(&self, subject: &str, text: &str) -> Result<u32> {
-        let schema = parse(text)?;
-        let norm = normalized(&schema)?;
+    pub fn register(&self, subject: &str, text: &SchemaText) -> Result<u32> {
         let mut doc = self.lock();
+        let (schema, norm) = self.parse_new(&doc, text)?;
         let live: Vec<Version> = doc
             .subjects
             .get(subject)
             .map(|v| v.iter().filter(|v| !v.deleted).cloned().collect())
             .unwrap_or_default();
-        if let Some(v) = live.iter().find(|v| doc.schemas.get(&v.id) == Some(&norm)) {
+        if let Some(v) = live.iter().find(|v| self.same(&doc, v.id, &schema, &norm)) {
             return Ok(v.id);
         }
-        let previous = doc.parsed(live.iter().rev());
-        let refs: Vec<(u32, &Schema)> = previous.iter().map(|(v, s)| (*v, s)).collect();
-        let mut messages = compat::check(doc.mode(subject), &schema, &refs);
+        let previous = self.parsed_versions(&doc, live.iter().rev());
+        let mut messages = compat::check(doc.mode(subject), &schema, &previous);
         for r in crate::lock(&self.readers)
             .iter()
             .filter(|r| r.subject == subject)
         {
-            if let Err(e) = compat::can_read(&schema, &r.schema) {
+            if let Err(e) = Parsed::can_read(&schema, &r.schema) {
                 messages.push(format!(
-                    "pipeline {:?} reads this subject and its reader schema cannot read the new schema: {e}",
-                    r.pipeline
+                    "pipeline {:?} reads this subject and its reader schema cannot read the new schema: {}",
+                    r.pipeline,
+                    e.join("; ")
                 ));
             }
         }
@@ -343,12 +517,18 @@ impl Registry {
                 messages,
             });
         }
-        let id = match doc.schemas.iter().find(|(_, t)| **t == norm) {
-            Some((id, _)) => *id,
+        let existing = doc
+            .schemas
+            .keys()
+            .copied()
+            .find(|id| self.same(&doc, *id, &schema, &norm));
+        let id = match existing {
+            Some(id) => id,
             None => {
                 let id = doc.next_id.max(1);
                 doc.next_id = id + 1;
                 doc.schemas.insert(id, norm);
+                crate::lock(&self.parsed).insert(id, schema);
                 id
             }
         };
@@ -367,18 +547,18 @@ impl Registry {
     ///
     /// # Errors
     /// 40401 no such subject, 40403 not registered there, 42201.
-    pub fn lookup(&self, subject: &str, text: &str) -> Result<Registered> {
-        let norm = normalized(&parse(text)?)?;
+    pub fn lookup(&self, subject: &str, text: &SchemaText) -> Result<Registered> {
         let doc = self.lock();
         let versions = live_versions(&doc, subject, false)?;
+        let (parsed, norm) = self.parse_new(&doc, text)?;
         versions
             .iter()
-            .find(|v| doc.schemas.get(&v.id) == Some(&norm))
+            .find(|v| self.same(&doc, v.id, &parsed, &norm))
             .map(|v| Registered {
                 subject: subject.to_owned(),
                 version: v.version,
                 id: v.id,
-                schema: norm.clone(),
+                schema: doc.schemas.get(&v.id).cloned().unwrap_or(norm.clone()),
             })
             .ok_or(RegistryError::SchemaNotFound)
     }
@@ -417,7 +597,11 @@ impl Registry {
             subject: subject.to_owned(),
             version: v.version,
             id: v.id,
-            schema: doc.schemas.get(&v.id).cloned().unwrap_or_default(),
+            schema: doc
+                .schemas
+                .get(&v.id)
+                .cloned()
+                .unwrap_or_else(|| SchemaText::avro("")),
         })
     }
 
@@ -503,7 +687,7 @@ impl Registry {
     ///
     /// # Errors
     /// 40403.
-    pub fn schema_by_id(&self, id: u32) -> Result<String> {
+    pub fn schema_by_id(&self, id: u32) -> Result<SchemaText> {
         self.lock()
             .schemas
             .get(&id)
@@ -536,9 +720,9 @@ impl Registry {
     ///
     /// # Errors
     /// 40401, 40402, 42201.
-    pub fn test(&self, subject: &str, spec: VersionSpec, text: &str) -> Result<Vec<String>> {
-        let schema = parse(text)?;
+    pub fn test(&self, subject: &str, spec: VersionSpec, text: &SchemaText) -> Result<Vec<String>> {
         let doc = self.lock();
+        let (schema, _) = self.parse_new(&doc, text)?;
         let versions = live_versions(&doc, subject, false)?;
         let chosen: Vec<&Version> = match spec {
             VersionSpec::Latest => versions.iter().rev().copied().collect(),
@@ -551,9 +735,8 @@ impl Registry {
                 })?]
             }
         };
-        let previous = doc.parsed(chosen.into_iter());
-        let refs: Vec<(u32, &Schema)> = previous.iter().map(|(v, s)| (*v, s)).collect();
-        Ok(compat::check(doc.mode(subject), &schema, &refs))
+        let previous = self.parsed_versions(&doc, chosen.into_iter());
+        Ok(compat::check(doc.mode(subject), &schema, &previous))
     }
 
     /// The global compatibility level.
@@ -591,17 +774,14 @@ impl Registry {
     }
 
     /// Every live writer schema of a subject, oldest first, with versions.
-    pub fn writers(&self, subject: &str) -> Vec<(u32, u32, Schema)> {
+    pub fn writers(&self, subject: &str) -> Vec<(u32, u32, Parsed)> {
         let doc = self.lock();
         doc.subjects
             .get(subject)
             .into_iter()
             .flatten()
             .filter(|v| !v.deleted)
-            .filter_map(|v| {
-                let text = doc.schemas.get(&v.id)?;
-                Some((v.version, v.id, Schema::parse_str(text).ok()?))
-            })
+            .filter_map(|v| Some((v.version, v.id, self.parsed_in(&doc, v.id)?)))
             .collect()
     }
 }
@@ -621,7 +801,15 @@ fn live_versions<'a>(doc: &'a Doc, subject: &str, deleted: bool) -> Result<Vec<&
 }
 
 impl SchemaSource for Registry {
-    fn schema_text(&self, id: u32) -> Result<Option<String>, Unreachable> {
+    fn schema_text(&self, id: u32) -> Result<Option<SchemaText>, Unreachable> {
         Ok(self.lock().schemas.get(&id).cloned())
+    }
+
+    fn subject_version(
+        &self,
+        subject: &str,
+        version: u32,
+    ) -> Result<Option<SchemaText>, Unreachable> {
+        Ok(self.lock().subject_version(subject, version).cloned())
     }
 }
