@@ -1,7 +1,8 @@
 //! Protobuf and JSON Schema beside Avro: Confluent's Python serializers and
 //! deserializers against the embedded registry (schema references, v1 and
 //! v2 producers on one topic read with one reader schema into one state),
-//! over the embedded log and through a real Kafka broker; Eddy encoding JSON
+//! over the embedded log and through a real Kafka broker (and a host reading
+//! the schemas from another's registry as an external one); Eddy encoding JSON
 //! values with either type; poison values dead-lettered with their classes;
 //! malformed schemas refused naming the place.
 #![allow(
@@ -387,7 +388,24 @@ async fn protobuf_over_kafka_with_confluents_serializer() -> Result<()> {
     );
     let host = Host::start(&config).await?;
     let events = tokio::task::block_in_place(|| confluent("protobuf", &host, Some(&broker.addr)))?;
-    check_folds(&host, &events).await?;
-    ensure!(dead_letters(&host).await?.is_empty(), "no dead letters");
+    // A second host, in its own group, reads the writer schemas and their
+    // references from the first one's registry as from any external one.
+    let registry = format!("{}/registry", host.url);
+    let b_config = with_schema(
+        &kafka_config(&broker.addr, "protobuf-b", 3)?,
+        "protobuf",
+        "execution-v2.proto",
+        MESSAGE,
+    )
+    .replacen(
+        "[store]",
+        &format!("[registry]\nurl = {registry:?}\n\n[store]"),
+        1,
+    );
+    let b = Host::start(&b_config).await?;
+    for h in [&host, &b] {
+        check_folds(h, &events).await?;
+        ensure!(dead_letters(h).await?.is_empty(), "no dead letters");
+    }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use super::{DecodeError, Writers, json_value, split_wire};
+use super::{DecodeError, Writers, split_wire};
 use crate::schema::json_schema::JsonSchema;
 use crate::schema::{Parsed, SchemaSource, SchemaType};
 
@@ -44,7 +44,10 @@ impl JsonSchemaDecoder {
         if payload.is_empty() {
             return Err(DecodeError::Empty);
         }
-        let text = json_value(payload)?;
+        // One parse: the value is needed whole for validation anyway.
+        let text = std::str::from_utf8(payload).map_err(|e| DecodeError::NotUtf8 {
+            at: e.valid_up_to(),
+        })?;
         let value: Json =
             serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
         writer
