@@ -184,6 +184,28 @@ async fn protobuf_with_confluents_clients_references_and_two_versions_into_one_s
         status == 200 && same["version"] == 2 && same["id"] == latest["id"],
         "the .proto text is the registered v2: {status} {same}"
     );
+    // A referenced version cannot be deleted while schemas import it.
+    let (status, by) = host
+        .get("/registry/subjects/state.proto/versions/1/referencedby")
+        .await?;
+    ensure!(
+        status == 200 && by.as_array().map(Vec::len) == Some(2),
+        "v1 and v2 import state.proto: {by}"
+    );
+    let r = host
+        .http
+        .delete(format!(
+            "{}/registry/subjects/state.proto/versions/1",
+            host.url
+        ))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await?;
+    ensure!(
+        status == 422 && body["error_code"] == 42206,
+        "{status} {body}"
+    );
     // Malformed schemas and unknown references are refused, naming the place.
     let (status, bad) = host
         .post(

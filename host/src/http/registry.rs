@@ -287,6 +287,14 @@ async fn delete_version(
     .await
 }
 
+async fn referenced_by(
+    State(s): State<AppState>,
+    Path((subject, v)): Path<(String, String)>,
+) -> Reply {
+    let spec = version(&v)?;
+    run(&s, move |r| Ok(json!(r.referenced_by(&subject, spec)?))).await
+}
+
 async fn schema_by_id(State(s): State<AppState>, Path(id): Path<String>, q: Q) -> Reply {
     let f = flags(q)?;
     let id: u32 = id.parse().map_err(|_| error(40403, "Schema not found"))?;
@@ -417,6 +425,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/subjects/{subject}/versions/{version}/schema",
             get(get_version_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
         )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/schemas/ids/{id}/versions", get(id_versions))

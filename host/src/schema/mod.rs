@@ -76,6 +76,18 @@ pub enum RegistryError {
     /// 42201.
     #[error("Invalid schema: {0}")]
     InvalidSchema(String),
+    /// 42206.
+    #[error(
+        "One or more references exist to the schema {{subject={subject}, version={version}}}: schema ids {ids:?} import it"
+    )]
+    ReferenceExists {
+        /// Subject.
+        subject: String,
+        /// Version.
+        version: u32,
+        /// The schemas that reference it.
+        ids: Vec<u32>,
+    },
     /// 42202.
     #[error(
         "The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
@@ -105,6 +117,7 @@ impl RegistryError {
             RegistryError::NoSubjectConfig(_) => 40408,
             RegistryError::Incompatible { .. } => 409,
             RegistryError::InvalidSchema(_) => 42201,
+            RegistryError::ReferenceExists { .. } => 42206,
             RegistryError::InvalidVersion(_) => 42202,
             RegistryError::InvalidCompatibility(_) => 42203,
             RegistryError::Store(_) => 50001,
@@ -283,6 +296,36 @@ impl Doc {
             .iter()
             .find(|v| v.version == version)?;
         self.schemas.get(&v.id)
+    }
+
+    /// The ids of the registered schemas (any version still held, soft
+    /// deleted or not) that reference `subject`'s `version`.
+    fn referenced_by(&self, subject: &str, version: u32) -> Vec<u32> {
+        let held: std::collections::BTreeSet<u32> =
+            self.subjects.values().flatten().map(|v| v.id).collect();
+        held.into_iter()
+            .filter(|id| {
+                self.schemas.get(id).is_some_and(|t| {
+                    t.references
+                        .iter()
+                        .any(|r| r.subject == subject && r.version == version)
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses to delete a version other schemas import.
+    fn check_unreferenced(&self, subject: &str, version: u32) -> Result<()> {
+        let ids = self.referenced_by(subject, version);
+        if ids.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError::ReferenceExists {
+                subject: subject.to_owned(),
+                version,
+                ids,
+            })
+        }
     }
 
     /// The schemas `text` references, resolved in this document.
@@ -608,9 +651,12 @@ impl Registry {
     /// Deletes a subject: soft (versions hidden) or, after that, permanently.
     ///
     /// # Errors
-    /// 40401, 40404, 40405.
+    /// 40401, 40404, 40405, 42206 (another schema imports one of its versions).
     pub fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<u32>> {
         let mut doc = self.lock();
+        for v in doc.subjects.get(subject).into_iter().flatten() {
+            doc.check_unreferenced(subject, v.version)?;
+        }
         let versions = doc
             .subjects
             .get_mut(subject)
@@ -638,9 +684,16 @@ impl Registry {
     /// Deletes one version: soft, or (after that) permanently.
     ///
     /// # Errors
-    /// 40401, 40402, 40406, 40407.
+    /// 40401, 40402, 40406, 40407, 42206 (another schema imports it).
     pub fn delete_version(&self, subject: &str, spec: VersionSpec, permanent: bool) -> Result<u32> {
         let mut doc = self.lock();
+        let target = doc.subjects.get(subject).and_then(|vs| match spec {
+            VersionSpec::Latest => vs.iter().rfind(|v| !v.deleted),
+            VersionSpec::Number(n) => vs.iter().find(|v| v.version == n),
+        });
+        if let Some(v) = target {
+            doc.check_unreferenced(subject, v.version)?;
+        }
         let versions = doc
             .subjects
             .get_mut(subject)
@@ -681,6 +734,27 @@ impl Registry {
         }
         self.save(&doc)?;
         Ok(number)
+    }
+
+    /// The ids of the schemas that import `subject`'s version.
+    ///
+    /// # Errors
+    /// 40401, 40402.
+    pub fn referenced_by(&self, subject: &str, spec: VersionSpec) -> Result<Vec<u32>> {
+        let doc = self.lock();
+        let versions = live_versions(&doc, subject, true)?;
+        let v = match spec {
+            VersionSpec::Latest => versions.iter().rfind(|v| !v.deleted),
+            VersionSpec::Number(n) => versions.iter().find(|v| v.version == n),
+        }
+        .ok_or_else(|| RegistryError::VersionNotFound {
+            subject: subject.to_owned(),
+            version: match spec {
+                VersionSpec::Latest => "latest".into(),
+                VersionSpec::Number(n) => n.to_string(),
+            },
+        })?;
+        Ok(doc.referenced_by(subject, v.version))
     }
 
     /// The schema text of an id.
