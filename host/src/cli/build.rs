@@ -186,6 +186,61 @@ fn stamp_version(component: &mut Vec<u8>, version: &str) {
     .append_to_component(component);
 }
 
+/// Records `schema` (its type from the extension: `.avsc`, `.proto`,
+/// `.json`) in `file`'s [`crate::execute::READER_SCHEMA_SECTION`], writing
+/// the component to `out`. The last such section is the one that counts.
+///
+/// # Errors
+/// Unreadable files, an unknown extension, a malformed reference, or a
+/// schema that does not parse (on its own, or with a `.proto`'s references
+/// left to the registry).
+pub(super) fn stamp_contract(
+    file: &Path,
+    schema: &Path,
+    references: &[String],
+    out: &Path,
+) -> anyhow::Result<()> {
+    use crate::schema::{Reference, SchemaText, SchemaType};
+    use wasm_encoder::ComponentSection;
+    let name = schema.display().to_string();
+    let kind = match schema.extension().and_then(|e| e.to_str()) {
+        Some("avsc") => SchemaType::Avro,
+        Some("proto") => SchemaType::Protobuf,
+        Some("json") => SchemaType::Json,
+        _ => anyhow::bail!("{name}: the reader schema must be an .avsc, .proto or .json file"),
+    };
+    let text = std::fs::read_to_string(schema).with_context(|| format!("cannot read {name}"))?;
+    let references = references
+        .iter()
+        .map(|r| {
+            let (import, at) = r.split_once('=')?;
+            let (subject, version) = at.rsplit_once(':')?;
+            Some(Reference {
+                name: import.to_owned(),
+                subject: subject.to_owned(),
+                version: version.parse().ok()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .context("a --reference is IMPORT=SUBJECT:VERSION (such as state.proto=state.proto:1)")?;
+    let contract = SchemaText {
+        kind,
+        schema: text,
+        references,
+    };
+    if contract.references.is_empty() {
+        crate::schema::Parsed::parse(&contract, &[]).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    }
+    let mut component =
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    wasm_encoder::CustomSection {
+        name: crate::execute::READER_SCHEMA_SECTION.into(),
+        data: serde_json::to_vec(&contract)?.into(),
+    }
+    .append_to_component(&mut component);
+    std::fs::write(out, &component).with_context(|| format!("cannot write {}", out.display()))
+}
+
 /// Where the project's SDKs live: `$EDDY_HOME`, or the checkout the binary
 /// was built in (`<root>/target/<profile>/eddy`).
 pub(super) fn eddy_home() -> anyhow::Result<PathBuf> {

@@ -123,6 +123,13 @@ enum PluginCommand {
         /// predate it.
         #[arg(long, default_value = "0.2.0", value_parser = parse_contract)]
         contract: Contract,
+        /// The reader schema the plugin expects its events in (its schema
+        /// contract, see `eddy plugin contract`).
+        #[arg(long)]
+        reader_schema: Option<PathBuf>,
+        /// References of a `.proto` reader schema: `IMPORT=SUBJECT:VERSION`.
+        #[arg(long = "reference")]
+        references: Vec<String>,
     },
     /// Deploys a component to a running host, replacing the plugin's
     /// running version between micro-batches.
@@ -162,6 +169,24 @@ enum PluginCommand {
         /// Admin bearer token.
         #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+    },
+    /// Records in a built component the reader schema the plugin expects
+    /// its events in (`.avsc`, `.proto` or a JSON Schema `.json`). A host
+    /// refuses to load, deploy or roll back to it when the schema cannot read
+    /// every version registered for its pipelines' topics, and its registry
+    /// refuses (or warns about) a new version the plugin cannot read.
+    Contract {
+        /// The component file (rewritten in place unless `--out`).
+        file: PathBuf,
+        /// The reader schema file.
+        #[arg(long)]
+        reader_schema: PathBuf,
+        /// References of a `.proto` schema's imports: `IMPORT=SUBJECT:VERSION`.
+        #[arg(long = "reference")]
+        references: Vec<String>,
+        /// Where to write the stamped component.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
     },
     /// Checks that a component is a valid Eddy plugin and says what it implements.
     Check {
@@ -236,9 +261,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&stats)?);
             Ok(())
         }
-        Command::Plugin(PluginCommand::Build { dir, out, contract }) => {
+        Command::Plugin(PluginCommand::Build {
+            dir,
+            out,
+            contract,
+            reader_schema,
+            references,
+        }) => {
             let path = build::build(&dir, out.as_deref(), contract)?;
+            if let Some(schema) = reader_schema {
+                build::stamp_contract(&path, &schema, &references, &path)?;
+            }
             println!("{}", path.display());
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Contract {
+            file,
+            reader_schema,
+            references,
+            out,
+        }) => {
+            let out = out.unwrap_or_else(|| file.clone());
+            build::stamp_contract(&file, &reader_schema, &references, &out)?;
+            println!("{}", out.display());
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => check::check(&file),

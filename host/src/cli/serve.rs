@@ -65,7 +65,11 @@ fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedW
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
+        // Reads of a component (such as a tool stamping a copy of it) are
+        // not changes.
+        if let Ok(ev) = ev
+            && !ev.kind.is_access()
+        {
             for p in ev.paths {
                 let _ = tx.send(p);
             }
@@ -106,15 +110,12 @@ fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedW
                     .collect();
                 for p in ready {
                     pending.remove(&p);
-                    let Some(slot) = registry.slot_for_path(&p) else { continue };
+                    let Some(slot) = registry.slot_for_path(&p) else {
+                        continue;
+                    };
                     let name = slot.status().name;
-                    match std::fs::read(&p) {
-                        Ok(bytes) => {
-                            if let Err(e) = registry.deploy(&name, bytes, "watch", false) {
-                                tracing::warn!(plugin = %name, error = %e, "changed component refused");
-                            }
-                        }
-                        Err(e) => tracing::warn!(plugin = %name, error = %e, "cannot read changed component"),
+                    if let Err(e) = registry.deploy_file(&name, "watch") {
+                        tracing::warn!(plugin = %name, error = %e, "changed component refused");
                     }
                 }
             }
@@ -466,6 +467,91 @@ fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
     Ok((embedded, intakes))
 }
 
+/// Wires plugins' schema contracts (the reader schema a plugin declares) to
+/// the embedded registry both ways — a deploy, rollback or hot reload whose
+/// contract cannot read every version of its pipelines' subjects is refused;
+/// a registration that breaks a running plugin's contract is refused or
+/// logged (`[registry] contract_breaks`) — and checks the loaded plugins.
+///
+/// # Errors
+/// Every loaded plugin whose contract is broken, each named.
+fn check_contracts(
+    config: &Config,
+    schemas: Option<&Arc<crate::schema::Registry>>,
+    plugins: &Arc<Registry>,
+) -> anyhow::Result<()> {
+    let Some(schemas) = schemas else {
+        if !plugins.contracts().is_empty() {
+            tracing::warn!(
+                "plugins declare reader schemas, but this host reads an external registry: their contracts are not checked"
+            );
+        }
+        return Ok(());
+    };
+    // plugin -> the (pipeline, subject) pairs it reads.
+    let mut uses: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for p in config
+        .pipelines
+        .iter()
+        .filter(|p| p.value_format.uses_registry())
+    {
+        let subject = format!("{}-value", p.topic);
+        for name in p.aggregator.iter().chain(&p.handlers) {
+            uses.entry(name.clone())
+                .or_default()
+                .push((p.name.clone(), subject.clone()));
+        }
+    }
+    let uses = Arc::new(uses);
+    let (check_schemas, check_uses) = (schemas.clone(), uses.clone());
+    plugins.set_contract_check(Box::new(move |plugin, text| {
+        let mut problems = Vec::new();
+        for (pipeline, subject) in check_uses.get(plugin).into_iter().flatten() {
+            match check_schemas.check_reader(subject, text) {
+                Ok(found) => problems.extend(
+                    found
+                        .into_iter()
+                        .map(|m| format!("pipeline {pipeline:?}: {m}")),
+                ),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }));
+    let running = Arc::downgrade(plugins);
+    schemas.set_contracts(
+        Box::new(move || {
+            let Some(plugins) = running.upgrade() else {
+                return Vec::new();
+            };
+            plugins
+                .contracts()
+                .into_iter()
+                .flat_map(|(plugin, schema)| {
+                    uses.get(&plugin)
+                        .into_iter()
+                        .flatten()
+                        .map(|(pipeline, subject)| crate::schema::Contract {
+                            plugin: plugin.clone(),
+                            pipeline: pipeline.clone(),
+                            subject: subject.clone(),
+                            schema: schema.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        }),
+        config.registry.contract_breaks == crate::config::ContractBreaks::Refuse,
+    );
+    plugins
+        .check_contracts()
+        .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))
+}
+
 /// Command-line settings that override the config file.
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -521,6 +607,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
     let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
+    check_contracts(&config, schemas.as_ref(), &registry)?;
     let _watcher = if config.http.watch_plugins {
         Some(watch_plugins(registry.clone())?)
     } else {

@@ -99,6 +99,22 @@ pub struct RegistryConfig {
     /// Without it, Eddy's embedded registry (served at `/registry`) is used.
     #[serde(default)]
     pub url: Option<String>,
+    /// What the embedded registry does with a new schema a running plugin's
+    /// declared reader schema (its contract) cannot read: `refuse` it (409,
+    /// naming the plugin) or `warn` (register it and log a warning).
+    #[serde(default)]
+    pub contract_breaks: ContractBreaks,
+}
+
+/// See [`RegistryConfig::contract_breaks`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractBreaks {
+    /// Refuse the registration.
+    #[default]
+    Refuse,
+    /// Register it and log a warning.
+    Warn,
 }
 
 impl Config {

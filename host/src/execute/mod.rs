@@ -182,6 +182,15 @@ pub enum LoadError {
         /// What is missing or mismatched.
         message: String,
     },
+    /// The reader schema the component declares does not parse, or cannot
+    /// read what its pipelines' topics carry.
+    #[error("plugin {plugin}: its reader schema contract is broken: {message}")]
+    Contract {
+        /// Plugin name.
+        plugin: String,
+        /// Why, naming the subject, the version and the fields.
+        message: String,
+    },
 }
 
 /// Per-store host state: limits, WASI (nothing granted) and log context.
@@ -427,6 +436,12 @@ impl Runtime {
             kind,
             version: content_hash(bytes),
             declared_version: declared_version(bytes),
+            reader_schema: declared_reader_schema(bytes).map_err(|message| {
+                LoadError::Contract {
+                    plugin: config.name.clone(),
+                    message,
+                }
+            })?,
             config: config.clone(),
             engine: self.engine.clone(),
             pre,
@@ -450,6 +465,35 @@ pub fn declared_version(bytes: &[u8]) -> Option<String> {
             }
             _ => None,
         })
+}
+
+/// The custom section in which a plugin declares the reader schema it
+/// expects its events in (`eddy plugin contract`, or `eddy plugin build
+/// --reader-schema`): `{"schemaType", "schema", "references"?}` as JSON.
+pub const READER_SCHEMA_SECTION: &str = "eddy:reader-schema";
+
+/// The reader schema a component declares in its [`READER_SCHEMA_SECTION`].
+///
+/// # Errors
+/// A section that is not the expected JSON.
+pub fn declared_reader_schema(bytes: &[u8]) -> Result<Option<crate::schema::SchemaText>, String> {
+    // The last section counts: `eddy plugin contract` appends a new one.
+    let section = wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .filter_map(Result::ok)
+        .filter_map(|payload| match payload {
+            wasmparser::Payload::CustomSection(c) if c.name() == READER_SCHEMA_SECTION => {
+                Some(c.data().to_vec())
+            }
+            _ => None,
+        })
+        .last();
+    match section {
+        None => Ok(None),
+        Some(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+            format!("its {READER_SCHEMA_SECTION} section is not {{\"schemaType\", \"schema\"}} JSON: {e}")
+        }),
+    }
 }
 
 /// A short content hash identifying a component's bytes (FNV-1a, 64 bits).
@@ -499,6 +543,8 @@ pub struct Plugin {
     pub version: String,
     /// The semantic version the plugin declares, if it declares one.
     pub declared_version: Option<String>,
+    /// The reader schema the plugin declares (its schema contract), if any.
+    pub reader_schema: Option<crate::schema::SchemaText>,
     config: PluginConfig,
     engine: Engine,
     pre: InstancePre<PluginCtx>,

@@ -24,6 +24,8 @@ pub struct Status {
     pub version: String,
     /// The semantic version it declares, if any.
     pub declared_version: Option<String>,
+    /// The type of the reader schema it declares (its schema contract), if any.
+    pub reader_schema: Option<crate::schema::SchemaType>,
     /// When it was loaded (ms since the Unix epoch).
     pub loaded_at_ms: i64,
     /// Where it came from: `config`, `upload`, `watch`, `rollback`.
@@ -104,6 +106,7 @@ impl Slot {
             kind: self.kind.to_string(),
             version: self.current().version.clone(),
             declared_version: self.current().declared_version.clone(),
+            reader_schema: self.current().reader_schema.as_ref().map(|s| s.kind),
             loaded_at_ms: m.loaded_at_ms,
             source: m.source.clone(),
             status: if m.last_error.is_some() {
@@ -129,6 +132,17 @@ pub enum DeployError {
     /// Nothing to roll back to.
     #[error("plugin {0:?} has no previous version to roll back to")]
     NoPrevious(String),
+    /// The plugin's file could not be read.
+    #[error("plugin {name:?}: cannot read {path}: {source}")]
+    Read {
+        /// Plugin.
+        name: String,
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The component could not be saved.
     #[error("plugin {name:?}: cannot save {path}: {source}")]
     Save {
@@ -142,10 +156,17 @@ pub enum DeployError {
     },
 }
 
+/// Checks a plugin's declared reader schema against what the topics of its
+/// pipelines carry: `Err` names the subject, the version and the fields.
+pub type ContractCheck =
+    dyn Fn(&str, &crate::schema::SchemaText) -> Result<(), String> + Send + Sync;
+
 /// All plugin slots.
 pub struct Registry {
     runtime: Runtime,
     slots: HashMap<String, Arc<Slot>>,
+    /// Set once the schema registry is open (`serve.rs`).
+    contracts: std::sync::OnceLock<Box<ContractCheck>>,
 }
 
 impl Registry {
@@ -191,7 +212,63 @@ impl Registry {
                 }),
             );
         }
-        Ok(Registry { runtime, slots })
+        Ok(Registry {
+            runtime,
+            slots,
+            contracts: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Installs the schema-contract check run on every deploy and rollback
+    /// (and by [`Registry::check_contracts`]).
+    pub fn set_contract_check(&self, check: Box<ContractCheck>) {
+        if self.contracts.set(check).is_err() {
+            tracing::warn!("the plugin schema-contract check was already set");
+        }
+    }
+
+    /// Checks `plugin`'s declared reader schema, if it has one.
+    ///
+    /// # Errors
+    /// [`LoadError::Contract`] naming the plugin and what it cannot read.
+    fn check_contract(&self, plugin: &Plugin) -> Result<(), LoadError> {
+        match (self.contracts.get(), &plugin.reader_schema) {
+            (Some(check), Some(schema)) => {
+                check(&plugin.name, schema).map_err(|message| LoadError::Contract {
+                    plugin: plugin.name.to_string(),
+                    message,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks every running plugin's schema contract (at start).
+    ///
+    /// # Errors
+    /// One message per broken contract.
+    pub fn check_contracts(&self) -> Result<(), Vec<String>> {
+        let mut names: Vec<&String> = self.slots.keys().collect();
+        names.sort();
+        let errors: Vec<String> = names
+            .into_iter()
+            .filter_map(|n| self.slots.get(n))
+            .filter_map(|s| self.check_contract(&s.current()).err())
+            .map(|e| e.to_string())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every running plugin's declared reader schema, by plugin name.
+    pub fn contracts(&self) -> Vec<(String, crate::schema::SchemaText)> {
+        self.slots
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.current().reader_schema.clone()?)))
+            .collect()
     }
 
     /// A slot by name.
@@ -230,6 +307,36 @@ impl Registry {
             .slot(name)
             .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
         let _one_at_a_time = crate::lock(&slot.deploying);
+        self.deploy_locked(&slot, bytes, source, save)
+    }
+
+    /// Deploys what the plugin's file holds now (a watched file changed).
+    /// The file is read under the slot's deploy lock, so a deploy that saved
+    /// the file meanwhile is never undone by older bytes read before it.
+    ///
+    /// # Errors
+    /// [`DeployError`] naming the plugin and the reason.
+    pub fn deploy_file(&self, name: &str, source: &str) -> Result<String, DeployError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
+        let _one_at_a_time = crate::lock(&slot.deploying);
+        let bytes = std::fs::read(&slot.path).map_err(|source| DeployError::Read {
+            name: name.to_owned(),
+            path: slot.path.display().to_string(),
+            source,
+        })?;
+        self.deploy_locked(&slot, bytes, source, false)
+    }
+
+    fn deploy_locked(
+        &self,
+        slot: &Slot,
+        bytes: Vec<u8>,
+        source: &str,
+        save: bool,
+    ) -> Result<String, DeployError> {
+        let name = slot.config.name.as_str();
         if super::content_hash(&bytes) == slot.current().version {
             return Ok(slot.current().version.clone());
         }
@@ -240,7 +347,7 @@ impl Registry {
             &bytes,
             Some(slot.kind),
         );
-        let plugin = match loaded {
+        let plugin = match loaded.and_then(|p| self.check_contract(&p).map(|()| p)) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(plugin = name, source, error = %e, "deploy refused; the running version stays");
@@ -290,6 +397,11 @@ impl Registry {
             .previous
             .take()
             .ok_or_else(|| DeployError::NoPrevious(name.to_owned()))?;
+        if let Err(e) = self.check_contract(&previous) {
+            tracing::warn!(plugin = name, error = %e, "rollback refused; the running version stays");
+            slot.meta().previous = Some((previous, bytes));
+            return Err(e.into());
+        }
         save_atomically(&slot.path, &bytes).map_err(|source| DeployError::Save {
             name: name.to_owned(),
             path: slot.path.display().to_string(),

@@ -34,7 +34,7 @@ fn deploy_error(e: DeployError) -> AppError {
         DeployError::Unknown(n) => AppError::not_found(format!("plugin {n:?} is not configured")),
         e @ DeployError::Invalid(_) => AppError::unprocessable(e.to_string()),
         e @ DeployError::NoPrevious(_) => AppError::new(StatusCode::CONFLICT, e.to_string()),
-        e @ DeployError::Save { .. } => AppError::internal(e),
+        e @ (DeployError::Save { .. } | DeployError::Read { .. }) => AppError::internal(e),
     }
 }
 

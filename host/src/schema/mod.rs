@@ -387,6 +387,24 @@ pub struct Reader {
     pub schema: Parsed,
 }
 
+/// A plugin's schema contract on a subject: the reader schema it declares,
+/// as registered text (parsed by the registry with its references).
+#[derive(Debug, Clone)]
+pub struct Contract {
+    /// The plugin.
+    pub plugin: String,
+    /// A pipeline it runs in.
+    pub pipeline: String,
+    /// That pipeline's subject (`{topic}-value`).
+    pub subject: String,
+    /// The declared reader schema.
+    pub schema: SchemaText,
+}
+
+/// The running plugins' contracts, asked for at each registration (plugins
+/// are deployed and rolled back while the registry runs).
+pub type ContractSource = dyn Fn() -> Vec<Contract> + Send + Sync;
+
 /// Parses an Avro schema as the registry accepts it.
 ///
 /// # Errors
@@ -416,6 +434,9 @@ pub struct Registry {
     /// Parsed schemas by id.
     parsed: Mutex<HashMap<u32, Parsed>>,
     readers: Mutex<Vec<Reader>>,
+    /// The plugins' contracts, and whether a registration that breaks one
+    /// is refused (else logged).
+    contracts: std::sync::OnceLock<(Box<ContractSource>, bool)>,
 }
 
 impl Registry {
@@ -440,6 +461,7 @@ impl Registry {
             doc: Mutex::new(doc),
             parsed: Mutex::default(),
             readers: Mutex::default(),
+            contracts: std::sync::OnceLock::new(),
         }))
     }
 
@@ -460,6 +482,42 @@ impl Registry {
     /// cannot read is refused.
     pub fn set_readers(&self, readers: Vec<Reader>) {
         *crate::lock(&self.readers) = readers;
+    }
+
+    /// Installs the plugins' contracts: a new schema one of them cannot
+    /// read is refused (`refuse`) or logged as a warning.
+    pub fn set_contracts(&self, source: Box<ContractSource>, refuse: bool) {
+        if self.contracts.set((source, refuse)).is_err() {
+            tracing::warn!("the schema registry's plugin contracts were already set");
+        }
+    }
+
+    /// Checks a reader schema (a plugin's contract) against every live
+    /// version of `subject`: one message per version it cannot read.
+    ///
+    /// # Errors
+    /// The contract does not parse (or its references are not registered).
+    pub fn check_reader(&self, subject: &str, text: &SchemaText) -> Result<Vec<String>> {
+        let doc = self.lock();
+        let (reader, _) = self.parse_new(&doc, text)?;
+        let live: Vec<Version> = doc
+            .subjects
+            .get(subject)
+            .map(|v| v.iter().filter(|v| !v.deleted).cloned().collect())
+            .unwrap_or_default();
+        Ok(live
+            .iter()
+            .filter_map(|v| {
+                let writer = self.parsed_in(&doc, v.id)?;
+                let e = Parsed::can_read(&writer, &reader).err()?;
+                Some(format!(
+                    "cannot read version {} (schema id {}) of subject {subject:?}: {}",
+                    v.version,
+                    v.id,
+                    e.join("; ")
+                ))
+            })
+            .collect())
     }
 
     /// The parsed schema of `id`.
@@ -552,6 +610,27 @@ impl Registry {
                     r.pipeline,
                     e.join("; ")
                 ));
+            }
+        }
+        if let Some((source, refuse)) = self.contracts.get() {
+            for c in source().into_iter().filter(|c| c.subject == subject) {
+                let verdict = match self.parse_new(&doc, &c.schema) {
+                    Ok((reader, _)) => Parsed::can_read(&schema, &reader),
+                    Err(e) => Err(vec![e.to_string()]),
+                };
+                if let Err(e) = verdict {
+                    let message = format!(
+                        "plugin {:?} (pipeline {:?}) declares a reader schema that cannot read the new schema: {}",
+                        c.plugin,
+                        c.pipeline,
+                        e.join("; ")
+                    );
+                    if *refuse {
+                        messages.push(message);
+                    } else {
+                        tracing::warn!(subject, plugin = %c.plugin, pipeline = %c.pipeline, reason = %message, "registered a schema that breaks a plugin's contract");
+                    }
+                }
             }
         }
         if !messages.is_empty() {
