@@ -1,7 +1,7 @@
 //! Schema contracts: a plugin declares the reader schema it expects
 //! (`eddy plugin contract`); the host checks it against every version of its
-//! pipeline's subject on deploy and at start, refusing with the fields
-//! named, and the registry refuses (or, with `contract_breaks = "warn"`,
+//! pipeline's subject on deploy, hot reload and at start, refusing with the
+//! fields named, and the registry refuses (or, with `contract_breaks = "warn"`,
 //! logs) a version registered later by Confluent's client that a running
 //! plugin cannot read.
 #![allow(
@@ -165,9 +165,28 @@ async fn a_plugin_contract_is_checked_on_deploy_at_start_and_on_registration() -
         .await?;
     ensure!(versions == json!([1, 2]), "{versions}");
 
+    // Hot reload: a broken contract written over the watched file is
+    // refused, and the running version stays.
+    std::fs::copy(&bad, &agg)?;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, listed) = host.get("/v1/plugins/async-process-aggregator").await?;
+        if listed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("priority"))
+        {
+            ensure!(listed["reader_schema"] == "AVRO", "{listed}");
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the watched file's broken contract was not refused: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // At start: the configured component's contract is checked too.
     ensure!(host.terminate()?.success());
-    std::fs::copy(&bad, &agg)?;
     let (status, log) = host.restart_expecting_exit(T)?;
     ensure!(!status.success(), "started with a broken contract:\n{log}");
     ensure!(
