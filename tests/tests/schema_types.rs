@@ -334,6 +334,36 @@ async fn json_schema_with_confluents_clients_and_two_versions_into_one_state() -
                 .is_some_and(|m| m.contains("async-process") && m.contains("time")),
         "{status} {refused}"
     );
+    // The level's versions, without a version in the path.
+    let (status, verdict) = host
+        .post(
+            &format!("/registry/compatibility/subjects/{SUBJECT}/versions?verbose=true"),
+            json!({"schemaType": "JSON", "schema": v3.to_string()}).to_string(),
+        )
+        .await?;
+    ensure!(
+        status == 200 && verdict["is_compatible"] == true,
+        "under NONE v3 is compatible with the subject (only the reader refuses it): {status} {verdict}"
+    );
+    let (status, _) = host
+        .put(
+            &format!("/registry/config/{SUBJECT}"),
+            json!({"compatibility": "BACKWARD"}).to_string(),
+        )
+        .await?;
+    ensure!(status == 200);
+    let (status, verdict) = host
+        .post(
+            &format!("/registry/compatibility/subjects/{SUBJECT}/versions?verbose=true"),
+            json!({"schemaType": "JSON", "schema": v3.to_string()}).to_string(),
+        )
+        .await?;
+    ensure!(
+        status == 200
+            && verdict["is_compatible"] == false
+            && verdict["messages"].to_string().contains("time"),
+        "under BACKWARD v3 is not: {status} {verdict}"
+    );
     // Eddy refuses a JSON value its schema refuses, naming the field.
     let (status, refused) = host
         .post(

@@ -348,6 +348,17 @@ async fn compatibility(
     .await
 }
 
+/// `POST /compatibility/subjects/{s}/versions`: against the versions the
+/// subject's level names (the latest, or every one for a transitive level).
+async fn compatibility_by_level(
+    state: State<AppState>,
+    Path(subject): Path<String>,
+    q: Q,
+    body: Bytes,
+) -> Reply {
+    compatibility(state, Path((subject, "latest".to_owned())), q, body).await
+}
+
 fn mode_of(body: &Bytes) -> Result<Mode, Answer> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| error(42203, format!("the body is not JSON: {e}")))?;
@@ -436,6 +447,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/compatibility/subjects/{subject}/versions/{version}",
             post(compatibility),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(compatibility_by_level),
         )
         .route("/config", get(get_config).put(put_config))
         .route(
