@@ -276,12 +276,17 @@ missed = "run-once"
         "skip ran a missed instant: {skip:?} (down {stopped}..{restarted})"
     );
     let made_up: Vec<i64> = once.iter().filter(down).copied().collect();
-    let last_missed = once
+    // Instants while it was down; the host runs on its own a little before
+    // the test sees it ready, so an instant within one period of
+    // `restarted` may be a regular run, not a make-up one.
+    let in_downtime: Vec<i64> = once
         .iter()
         .filter(|t| **t > stopped && **t < restarted)
-        .count();
+        .copied()
+        .collect();
+    let surely_missed = in_downtime.iter().filter(|t| **t < restarted - 400).count();
     ensure!(
-        made_up.len() <= 1 && last_missed == 1,
+        made_up.len() <= 1 && !in_downtime.is_empty() && surely_missed <= 1,
         "run-once must run one missed instant: {once:?} (down {stopped}..{restarted})"
     );
     ensure!(once.windows(2).all(|w| w[1] > w[0]), "{once:?}");
