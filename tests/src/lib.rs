@@ -389,26 +389,24 @@ impl Host {
 
     /// PUT a body; returns (status, body).
     pub async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
-        let r = self
-            .http
-            .put(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        let text = r.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        self.send(reqwest::Method::PUT, path, body).await
     }
 
     /// POST a body; returns (status, body).
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    /// Sends a JSON body with `method`; returns (status, body).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(u16, Value)> {
         let r = self
             .http
-            .post(format!("{}{path}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .header("content-type", "application/json")
             .body(body)
             .send()

@@ -375,6 +375,28 @@ impl VersionSpec {
     }
 }
 
+impl VersionSpec {
+    /// The version this names among a subject's `versions` (`Latest`: the
+    /// newest not deleted).
+    ///
+    /// # Errors
+    /// 40402.
+    fn pick<'a>(self, subject: &str, versions: &[&'a Version]) -> Result<&'a Version> {
+        match self {
+            VersionSpec::Latest => versions.iter().rfind(|v| !v.deleted),
+            VersionSpec::Number(n) => versions.iter().find(|v| v.version == n),
+        }
+        .copied()
+        .ok_or_else(|| RegistryError::VersionNotFound {
+            subject: subject.to_owned(),
+            version: match self {
+                VersionSpec::Latest => "latest".into(),
+                VersionSpec::Number(n) => n.to_string(),
+            },
+        })
+    }
+}
+
 /// A pipeline's reader schema, which every writer schema of its subject
 /// must stay readable by.
 #[derive(Debug, Clone)]
@@ -704,17 +726,7 @@ impl Registry {
     pub fn version(&self, subject: &str, spec: VersionSpec, deleted: bool) -> Result<Registered> {
         let doc = self.lock();
         let versions = live_versions(&doc, subject, deleted)?;
-        let v = match spec {
-            VersionSpec::Latest => versions.iter().rfind(|v| !v.deleted),
-            VersionSpec::Number(n) => versions.iter().find(|v| v.version == n),
-        }
-        .ok_or_else(|| RegistryError::VersionNotFound {
-            subject: subject.to_owned(),
-            version: match spec {
-                VersionSpec::Latest => "latest".into(),
-                VersionSpec::Number(n) => n.to_string(),
-            },
-        })?;
+        let v = spec.pick(subject, &versions)?;
         Ok(Registered {
             subject: subject.to_owned(),
             version: v.version,
@@ -822,17 +834,7 @@ impl Registry {
     pub fn referenced_by(&self, subject: &str, spec: VersionSpec) -> Result<Vec<u32>> {
         let doc = self.lock();
         let versions = live_versions(&doc, subject, true)?;
-        let v = match spec {
-            VersionSpec::Latest => versions.iter().rfind(|v| !v.deleted),
-            VersionSpec::Number(n) => versions.iter().find(|v| v.version == n),
-        }
-        .ok_or_else(|| RegistryError::VersionNotFound {
-            subject: subject.to_owned(),
-            version: match spec {
-                VersionSpec::Latest => "latest".into(),
-                VersionSpec::Number(n) => n.to_string(),
-            },
-        })?;
+        let v = spec.pick(subject, &versions)?;
         Ok(doc.referenced_by(subject, v.version))
     }
 
