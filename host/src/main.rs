@@ -13,7 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logging(cli.log_format);
+    cli::init_logging(&cli);
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

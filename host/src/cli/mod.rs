@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod fixture;
 mod new;
 mod remote;
 mod serve;
@@ -188,6 +189,48 @@ enum PluginCommand {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// Runs a plugin over its fixtures (input events and the states,
+    /// emitted records and dead letters they should leave) through the
+    /// host's pipeline, with no server and no broker, and shows where a
+    /// case differs. With `--record URL`, writes a fixture from a running
+    /// host's topic instead.
+    Test {
+        /// The plugin's directory (built first) or a component file.
+        target: PathBuf,
+        /// Fixture files or directories (default: the plugin directory's
+        /// `fixtures/`).
+        #[arg(long = "fixtures")]
+        fixtures: Vec<PathBuf>,
+        /// Where to build a plugin directory's component (as `build --out`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Record a fixture from this running host (its base URL).
+        #[arg(long, requires = "topic")]
+        record: Option<String>,
+        /// `--record`: the topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// `--record`: only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// `--record`: the first offset.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// `--record`: most records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// `--record`: the pipeline whose settings (key field, value
+        /// format) the fixture takes (default: the first reading the topic).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// `--record`: the read token, when the host protects reads.
+        #[arg(long, env = "EDDY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// `--record`: the fixture file to write (default:
+        /// `fixtures/recorded-{topic}-{offset}.json` in the plugin's directory).
+        #[arg(short = 'o', long = "fixture-out")]
+        fixture_out: Option<PathBuf>,
+    },
     /// Checks that a component is a valid Eddy plugin and says what it implements.
     Check {
         /// The component file.
@@ -216,11 +259,20 @@ pub enum Lang {
     Js,
 }
 
-/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
-    });
+/// Installs the tracing subscriber (`RUST_LOG` filters; default `info`,
+/// for `plugin test` warnings and plugin log lines).
+pub fn init_logging(cli: &Cli) {
+    // `plugin test` prints its own report: only warnings and the plugin's
+    // own log lines go with it.
+    let default = match cli.command {
+        Command::Plugin(PluginCommand::Test { .. }) => {
+            "warn,eddy::execute=info,eddy::pipeline::outputs=error"
+        }
+        _ => "info,wasmtime=warn,cranelift=warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let format = cli.log_format;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -287,6 +339,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Check { file }) => check::check(&file),
+        Command::Plugin(PluginCommand::Test {
+            target,
+            fixtures,
+            out,
+            record,
+            topic,
+            partition,
+            offset,
+            limit,
+            pipeline,
+            token,
+            fixture_out,
+        }) => fixture::test(&fixture::Options {
+            target,
+            fixtures,
+            out,
+            record: record.map(|url| fixture::Recording {
+                url,
+                topic: topic.unwrap_or_default(),
+                partition,
+                offset,
+                limit,
+                pipeline,
+                token,
+                out: fixture_out,
+            }),
+        }),
         Command::Plugin(PluginCommand::Shadow {
             file,
             to,

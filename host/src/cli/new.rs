@@ -36,5 +36,9 @@ pub fn new(lang: Lang, kind: crate::config::PluginKind, dir: &Path) -> anyhow::R
     }
     println!("created {kind} plugin {name} in {}", dir.display());
     println!("build it with: eddy plugin build {}", dir.display());
+    println!(
+        "test it with:  eddy plugin test {} (its cases are in fixtures/)",
+        dir.display()
+    );
     Ok(())
 }

@@ -45,7 +45,7 @@ fn component(file: &Path, name: Option<&str>) -> anyhow::Result<(String, Vec<u8>
     Ok((name, bytes))
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(300)))
@@ -53,7 +53,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn error_of(body: &str) -> String {
+pub(super) fn error_of(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))

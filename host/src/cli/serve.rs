@@ -24,7 +24,9 @@ use crate::source::{Chain, Source};
 use crate::store::{Store, Writeback};
 
 /// Resolves every plugin of the config with the role the pipelines give it.
-fn plugin_roles(config: &Config) -> anyhow::Result<Vec<(PluginConfig, PathBuf, PluginKind)>> {
+pub(super) fn plugin_roles(
+    config: &Config,
+) -> anyhow::Result<Vec<(PluginConfig, PathBuf, PluginKind)>> {
     let mut roles: HashMap<&str, PluginKind> = HashMap::new();
     for p in &config.pipelines {
         if let Some(a) = &p.aggregator {
@@ -126,7 +128,7 @@ fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedW
 /// What [`open_topics`] opened: the embedded log, the sink, each
 /// pipeline's input partition count, and the pipelines whose changelog has
 /// as many partitions as their input.
-type Topics = (
+pub(super) type Topics = (
     Arc<EmbeddedLog>,
     Sink,
     HashMap<String, u32>,
@@ -139,7 +141,7 @@ type Topics = (
 /// as many partitions as its pipeline's input, each state change goes to
 /// the partition numbered as its input's; otherwise (a topic made by an
 /// earlier version, or by its users) to the partition its key hashes to.
-fn open_topics(
+pub(super) fn open_topics(
     config: &Config,
     store: &Store,
     rt: &tokio::runtime::Runtime,
@@ -338,7 +340,7 @@ fn open_state_changelogs(
 
 /// The schema registry that [`open_schemas`] opened (`None`: an external
 /// one) and each pipeline's decoder, by pipeline name.
-type Schemas = (
+pub(super) type Schemas = (
     Option<Arc<crate::schema::Registry>>,
     HashMap<String, crate::decode::Decoder>,
 );
@@ -347,7 +349,7 @@ type Schemas = (
 /// external one) and builds each pipeline's decoder: pipelines reading the
 /// wire format decode with the registry's writers and their reader schema,
 /// after checking that it can read every writer schema of its subject.
-fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
+pub(super) fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
     use crate::config::ValueFormat;
     use crate::decode::Decoder;
     use crate::decode::avro::AvroDecoder;
@@ -552,6 +554,33 @@ fn check_contracts(
         .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))
 }
 
+/// A pipeline's source: its fired timers (first in a batch: a key's timers
+/// fold before its events read with them), its input (the source waited
+/// on) and its replay topic.
+///
+/// # Errors
+/// A topic of the embedded log that cannot be opened.
+pub(super) fn chain(
+    config: &Config,
+    p: &crate::config::PipelineConfig,
+    log: &Arc<EmbeddedLog>,
+    input: Box<dyn Source>,
+) -> anyhow::Result<Chain> {
+    let replay = EmbeddedSource::open(log.clone(), &p.name, &p.replay_topic())?;
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if p.aggregator.is_some() || !config.schedules_of(&p.name).is_empty() {
+        sources.push(Box::new(EmbeddedSource::open(
+            log.clone(),
+            &p.name,
+            &p.timer_topic(),
+        )?));
+    }
+    let waited = sources.len();
+    sources.push(input);
+    sources.push(Box::new(replay));
+    Ok(Chain::new(sources).waiting_on(waited))
+}
+
 /// Command-line settings that override the config file.
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -754,21 +783,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 )
             }
         };
-        let replay = EmbeddedSource::open(log.clone(), &p.name, &p.replay_topic())?;
-        let mut sources: Vec<Box<dyn crate::source::Source>> = Vec::new();
-        // Fired timers come first in a batch (a key's timers fold before
-        // its events read with them); the input is the source waited on.
-        if p.aggregator.is_some() || !config.schedules_of(&p.name).is_empty() {
-            sources.push(Box::new(EmbeddedSource::open(
-                log.clone(),
-                &p.name,
-                &p.timer_topic(),
-            )?));
-        }
-        let waited = sources.len();
-        sources.push(input);
-        sources.push(Box::new(replay));
-        let source = Chain::new(sources).waiting_on(waited);
+        let source = chain(&config, p, &log, input)?;
         let lock = locks.get(&p.name).cloned().unwrap_or_default();
         let worker = Worker::new(
             p.clone(),

@@ -6,6 +6,56 @@ use crate::config::PluginKind;
 
 /// Files of a new plugin: (relative path, contents).
 pub fn files(lang: super::Lang, kind: PluginKind, name: &str, sdk: &str) -> Vec<(String, String)> {
+    let mut files = code(lang, kind, name, sdk);
+    files.push(("fixtures/example.toml".into(), fixture(kind, name)));
+    files
+}
+
+/// The plugin's first fixture (`eddy plugin test`), the same in every
+/// language: it passes as generated.
+fn fixture(kind: PluginKind, name: &str) -> String {
+    let head = "# A case for `eddy plugin test`: input events, and what they should leave.\n\
+                # Add cases beside it (TOML or JSON); see the plugin guide's \"Testing a plugin\".\n";
+    match kind {
+        PluginKind::Aggregator => format!(
+            r#"{head}description = "counts each key's events and keeps the last value"
+
+[[event]]
+key = "k"
+value = {{ n = 1 }}
+expect.state = {{ count = 1, last = {{ n = 1 }} }}
+
+[[event]]
+key = "k"
+value = {{ n = 2 }}
+
+[[event]]
+key = "other"
+value = {{ n = 3 }}
+
+[expect]
+states = {{ k = {{ count = 2, last = {{ n = 2 }} }}, other = {{ count = 1, last = {{ n = 3 }} }} }}
+"#
+        ),
+        PluginKind::Handler => format!(
+            r#"{head}description = "forwards the events that carry \"forward\": true to {name}-out"
+
+[[event]]
+key = "k"
+value = {{ forward = true, n = 1 }}
+expect.emits = [{{ topic = "{name}-out", key = "k", value = {{ forward = true, n = 1 }} }}]
+
+[[event]]
+key = "k"
+value = {{ forward = false, n = 2 }}
+expect.emits = []
+"#
+        ),
+    }
+}
+
+/// The plugin's code and build files.
+fn code(lang: super::Lang, kind: PluginKind, name: &str, sdk: &str) -> Vec<(String, String)> {
     use super::Lang;
     let out_topic = format!("{name}-out");
     match (lang, kind) {

@@ -18,6 +18,83 @@ use std::sync::{Arc, Mutex};
 
 use crate::schema::{LoadError, Parsed, SchemaSource, SchemaType};
 
+/// Why a JSON value could not be encoded with a subject's schema.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The subject or the version is not registered.
+    #[error(transparent)]
+    Registry(#[from] crate::schema::RegistryError),
+    /// A message type was named for a schema that is not Protobuf.
+    #[error("\"message_type\" is for Protobuf subjects; {subject:?} is {kind}")]
+    NotProtobuf {
+        /// The subject.
+        subject: String,
+        /// Its schema's type.
+        kind: SchemaType,
+    },
+    /// A registered schema that no longer parses.
+    #[error("schema {0} does not parse")]
+    Unparsed(u32),
+    /// The value does not fit the schema.
+    #[error(
+        "value does not match subject {subject:?} version {version} ({kind} schema id {id}): {message}"
+    )]
+    Mismatch {
+        /// The subject.
+        subject: String,
+        /// Its version used.
+        version: u32,
+        /// Its schema's type.
+        kind: SchemaType,
+        /// The schema id.
+        id: u32,
+        /// Which field does not fit, and why.
+        message: String,
+    },
+}
+
+/// Encodes a JSON value in Confluent's wire format with `subject`'s schema
+/// in the embedded registry (its latest version, or `version`): Avro,
+/// Protobuf (as `message`, or the file's first message) or JSON Schema.
+/// The value is checked against the schema; a mismatch names the field.
+///
+/// # Errors
+/// [`EncodeError`], naming the subject, version and field.
+pub fn encode_for_subject(
+    registry: &crate::schema::Registry,
+    subject: &str,
+    version: Option<u32>,
+    message: Option<&str>,
+    value: &serde_json::Value,
+) -> Result<Vec<u8>, EncodeError> {
+    let spec = match version {
+        Some(v) => crate::schema::VersionSpec::Number(v),
+        None => crate::schema::VersionSpec::Latest,
+    };
+    let registered = registry.version(subject, spec, false)?;
+    let schema = registry
+        .schema(registered.id)
+        .ok_or(EncodeError::Unparsed(registered.id))?;
+    if message.is_some() && !matches!(schema, Parsed::Protobuf(_)) {
+        return Err(EncodeError::NotProtobuf {
+            subject: subject.to_owned(),
+            kind: schema.kind(),
+        });
+    }
+    let encoded = match &schema {
+        Parsed::Avro(a) => avro::encode(a, registered.id, value).map_err(|e| e.to_string()),
+        Parsed::Protobuf(p) => protobuf::encode(p, registered.id, message, value),
+        Parsed::Json(j) => json_schema::encode(j, registered.id, value),
+    };
+    encoded.map_err(|message| EncodeError::Mismatch {
+        subject: subject.to_owned(),
+        version: registered.version,
+        kind: schema.kind(),
+        id: registered.id,
+        message,
+    })
+}
+
 /// Why a value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

@@ -526,6 +526,7 @@ impl Contract {
     }
 }
 
+#[derive(Clone)]
 enum Indices {
     Aggregator(AggregatorIndices),
     AggregatorV01(v0_1::AggregatorIndices),
@@ -555,6 +556,23 @@ impl Plugin {
     /// Its configuration (limits, retries).
     pub fn config(&self) -> &PluginConfig {
         &self.config
+    }
+
+    /// The same compiled plugin under another configuration (name,
+    /// limits, grants); nothing is compiled again.
+    #[must_use]
+    pub fn configured(&self, config: PluginConfig) -> Plugin {
+        Plugin {
+            name: Arc::from(config.name.as_str()),
+            kind: self.kind,
+            version: self.version.clone(),
+            declared_version: self.declared_version.clone(),
+            reader_schema: self.reader_schema.clone(),
+            config,
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            indices: self.indices.clone(),
+        }
     }
 
     /// The version of the contract it was built against.

@@ -478,6 +478,7 @@ async fn list_pipelines(State(s): State<AppState>) -> Json<serde_json::Value> {
         .map(|p| {
             serde_json::json!({
                 "name": p.name, "topic": p.topic, "key_field": p.key_field,
+                "value_format": p.value_format, "message_type": p.message_type,
                 "aggregator": p.aggregator, "handlers": p.handlers,
                 "changelog_topic": p.changelog_topic,
                 "mount": p.mount.as_ref().map(|m| m.path.clone()),

@@ -23,11 +23,9 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
 }
 
 /// Encodes a record's value with `{topic}-value`'s schema when the topic
-/// has that subject in the embedded registry (its latest version, or
-/// `version`): Avro, Protobuf (as `message`, or the file's first message) or
-/// JSON Schema. The value is checked against the schema and a mismatch names
-/// the field. Returns `None` for a topic without a subject (the value stays
-/// JSON).
+/// has that subject in the embedded registry (see
+/// [`crate::decode::encode_for_subject`]). Returns `None` for a topic
+/// without a subject (the value stays JSON).
 fn schema_value(
     s: &AppState,
     topic: &str,
@@ -36,46 +34,24 @@ fn schema_value(
     version: Option<u32>,
     message: Option<&str>,
 ) -> ApiResult<Option<Vec<u8>>> {
-    use crate::schema::Parsed;
-    let subject = format!("{topic}-value");
+    use crate::decode::EncodeError;
     let Some(registry) = s.schemas.as_ref() else {
         return Ok(None);
     };
-    let spec = match version {
-        Some(v) => crate::schema::VersionSpec::Number(v),
-        None => crate::schema::VersionSpec::Latest,
-    };
-    let registered = match registry.version(&subject, spec, false) {
-        Ok(r) => r,
-        Err(crate::schema::RegistryError::SubjectNotFound(_)) if version.is_none() => {
-            return Ok(None);
+    let subject = format!("{topic}-value");
+    match crate::decode::encode_for_subject(registry, &subject, version, message, value) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(EncodeError::Registry(crate::schema::RegistryError::SubjectNotFound(_)))
+            if version.is_none() =>
+        {
+            Ok(None)
         }
-        Err(e) => return Err(AppError::unprocessable(format!("record {i}: {e}"))),
-    };
-    let schema = registry
-        .schema(registered.id)
-        .ok_or_else(|| AppError::internal(format!("schema {} does not parse", registered.id)))?;
-    let encoded = match &schema {
-        Parsed::Avro(a) => {
-            crate::decode::avro::encode(a, registered.id, value).map_err(|e| e.to_string())
+        Err(e @ EncodeError::NotProtobuf { .. }) => {
+            Err(AppError::bad_request(format!("record {i}: {e}")))
         }
-        Parsed::Protobuf(p) => crate::decode::protobuf::encode(p, registered.id, message, value),
-        Parsed::Json(j) => crate::decode::json_schema::encode(j, registered.id, value),
-    };
-    if message.is_some() && !matches!(schema, Parsed::Protobuf(_)) {
-        return Err(AppError::bad_request(format!(
-            "record {i}: \"message_type\" is for Protobuf subjects; {subject:?} is {}",
-            schema.kind()
-        )));
+        Err(e @ EncodeError::Unparsed(_)) => Err(AppError::internal(e.to_string())),
+        Err(e) => Err(AppError::unprocessable(format!("record {i}: {e}"))),
     }
-    encoded.map(Some).map_err(|e| {
-        AppError::unprocessable(format!(
-            "record {i}: value does not match subject {subject:?} version {} ({} schema id {}): {e}",
-            registered.version,
-            schema.kind(),
-            registered.id
-        ))
-    })
 }
 
 /// Turns one JSON record (`{key?, value, headers?, partition?,
