@@ -3,8 +3,9 @@
 //! identical states, emitted records and dead letters in each language and
 //! in both contracts (a Rust build against 0.1.0 runs next to the 0.2.0
 //! ones); a pipeline's states carry across deploys between contracts and
-//! state formats; the author workflow (`new`, `build`, `check`, run) works
-//! for each; WASI grants nothing.
+//! state formats; the author workflow (`new`, `build`, `check`, `test`,
+//! run) works for each; the AsyncProcess
+//! fixtures pass in each; WASI grants nothing.
 
 #![allow(
     clippy::indexing_slicing,
@@ -322,6 +323,37 @@ fn eddy(args: &[&str], dir: &std::path::Path) -> Result<String> {
     Ok(text)
 }
 
+/// The AsyncProcess fixtures (`examples/async-process/fixtures/`) pass for
+/// the aggregator and the router in every language, run by `eddy plugin
+/// test` with no server or broker.
+#[test]
+fn the_async_process_fixtures_pass_in_rust_python_and_javascript() -> Result<()> {
+    let fixtures = root().join("examples/async-process/fixtures");
+    for lang in ["", "python/", "js/"] {
+        for (plugin_name, cases, count) in [
+            ("async-process-aggregator", "aggregator", 3),
+            ("rejected-process-router", "router", 1),
+        ] {
+            let component = plugin(&format!("{lang}{plugin_name}"))?;
+            let out = eddy(
+                &[
+                    "plugin",
+                    "test",
+                    &component.display().to_string(),
+                    "--fixtures",
+                    &fixtures.join(cases).display().to_string(),
+                ],
+                &root(),
+            )?;
+            ensure!(
+                out.contains(&format!("{count} passed, 0 failed")),
+                "{lang}{plugin_name}: {out}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -345,6 +377,18 @@ async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language
             checked.contains("valid Eddy aggregator plugin, contract 0.2.0"),
             "{checked}"
         );
+        // `plugin new` writes a fixture that passes as generated.
+        let tested = eddy(
+            &[
+                "plugin",
+                "test",
+                &format!("{name}.wasm"),
+                "--fixtures",
+                &format!("{name}/fixtures"),
+            ],
+            d,
+        )?;
+        ensure!(tested.contains("1 passed, 0 failed"), "{tested}");
         plugins.push_str(&format!(
             "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n\n",
             d.join(format!("{name}.wasm")).display()

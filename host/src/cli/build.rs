@@ -12,6 +12,7 @@ use super::check::probe_config;
 use crate::execute::{Contract, Runtime};
 
 /// How to compile Rust to `wasm32-unknown-unknown` on this machine.
+#[derive(Clone)]
 struct WasmToolchain {
     cargo: PathBuf,
     envs: Vec<(String, String)>,
@@ -407,6 +408,30 @@ fn tempdir() -> anyhow::Result<PathBuf> {
 /// When no toolchain is found, the build fails, or the result is not a
 /// valid plugin of that contract.
 pub fn build(dir: &Path, out: Option<&Path>, contract: Contract) -> anyhow::Result<PathBuf> {
+    build_as(dir, out, contract, Profile::Release)
+}
+
+/// How a Rust plugin is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Optimised whole (LTO, one codegen unit): what ships.
+    Release,
+    /// Quick to rebuild after an edit (`eddy dev`): less optimisation,
+    /// incremental, in its own target directory so the release build's
+    /// artefacts stay.
+    Dev,
+}
+
+/// [`build`] with a profile.
+///
+/// # Errors
+/// As [`build`].
+pub fn build_as(
+    dir: &Path,
+    out: Option<&Path>,
+    contract: Contract,
+    profile: Profile,
+) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("plugin.toml");
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest)?;
@@ -433,26 +458,47 @@ pub fn build(dir: &Path, out: Option<&Path>, contract: Contract) -> anyhow::Resu
             std::fs::write(&out, &bytes)
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
-        let plugin = Runtime::new()?
-            .load(
-                &probe_config(&m.name),
-                &out.display().to_string(),
-                &bytes,
-                Some(m.kind),
-            )
-            .with_context(|| {
-                format!(
-                    "plugin {:?} built, but it is not a valid Eddy plugin",
-                    m.name
+        if profile == Profile::Release {
+            let plugin = Runtime::new()?
+                .load(
+                    &probe_config(&m.name),
+                    &out.display().to_string(),
+                    &bytes,
+                    Some(m.kind),
                 )
-            })?;
-        check_contract(&m.name, plugin.contract(), contract)?;
+                .with_context(|| {
+                    format!(
+                        "plugin {:?} built, but it is not a valid Eddy plugin",
+                        m.name
+                    )
+                })?;
+            check_contract(&m.name, plugin.contract(), contract)?;
+        }
         eprintln!("built plugin {} ({} bytes)", m.name, bytes.len());
         return Ok(out);
     }
     let name = package_name(dir)?;
-    let tc = toolchain()?;
-    let target_dir = target_directory(&tc, dir)?;
+    let (tc, target_dir) = match profile {
+        Profile::Release => {
+            let tc = toolchain()?;
+            let target_dir = target_directory(&tc, dir)?;
+            (tc, target_dir)
+        }
+        // Found once per `eddy dev`: every rebuild skips the look-ups.
+        Profile::Dev => {
+            static FOUND: std::sync::Mutex<Option<(WasmToolchain, PathBuf)>> =
+                std::sync::Mutex::new(None);
+            let mut found = crate::lock(&FOUND);
+            match found.as_ref() {
+                Some(f) => f.clone(),
+                None => {
+                    let tc = toolchain()?;
+                    let target_dir = target_directory(&tc, dir)?;
+                    found.insert((tc, target_dir)).clone()
+                }
+            }
+        }
+    };
     let mut cmd = Command::new(&tc.cargo);
     cmd.args([
         "build",
@@ -464,27 +510,46 @@ pub fn build(dir: &Path, out: Option<&Path>, contract: Contract) -> anyhow::Resu
     .arg("--manifest-path")
     .arg(dir.join("Cargo.toml"))
     .arg("--target-dir")
-    .arg(target_dir.join("wasm"))
+    .arg(target_dir.join(match profile {
+        Profile::Release => "wasm",
+        Profile::Dev => "wasm-dev",
+    }))
     .args(["--message-format", "json-render-diagnostics"])
     .envs(tc.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
-    .env("CARGO_PROFILE_RELEASE_LTO", "true")
     .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
-    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
     .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
     // Debug info goes, function names stay: traps and profiles name them.
     .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
+    match profile {
+        Profile::Release => cmd
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
+            .env("CARGO_PROFILE_RELEASE_LTO", "true")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
+        // The plugin's own crate unoptimised (quick to rebuild), its
+        // dependencies and the standard library optimised (built once).
+        Profile::Dev => cmd
+            .args(["--config", "profile.release.package.\"*\".opt-level=2"])
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
+            .env("CARGO_PROFILE_RELEASE_LTO", "false")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+            .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "true"),
+    };
     if tc.build_std {
         cmd.arg("-Zbuild-std=std,panic_abort");
     }
     if contract == Contract::V0_1 {
         cmd.args(["--features", "eddy-sdk/contract-0-1"]);
     }
+    let cargo_started = std::time::Instant::now();
     let output = cmd
         .output()
         .with_context(|| format!("cannot run {}", tc.cargo.display()))?;
+    tracing::debug!(
+        ms = cargo_started.elapsed().as_millis() as u64,
+        "cargo build"
+    );
     if !output.status.success() {
         bail!(
             "building plugin {name:?} in {} failed (see the compiler output above)",
@@ -508,6 +573,7 @@ pub fn build(dir: &Path, out: Option<&Path>, contract: Contract) -> anyhow::Resu
         })?;
     let module = std::fs::read(&module_path)
         .with_context(|| format!("cannot read {}", module_path.display()))?;
+    let encode_started = std::time::Instant::now();
     let mut component = wit_component::ComponentEncoder::default()
         .module(&module)
         .and_then(|e| e.validate(true).encode())
@@ -517,15 +583,22 @@ pub fn build(dir: &Path, out: Option<&Path>, contract: Contract) -> anyhow::Resu
                 module_path.display()
             )
         })?;
+    tracing::debug!(
+        ms = encode_started.elapsed().as_millis() as u64,
+        "component encoded"
+    );
     if let Some(v) = package_version(dir) {
         stamp_version(&mut component, &v);
     }
-    let runtime = Runtime::new()?;
-    let probe = probe_config(&name);
-    let plugin = runtime
-        .load(&probe, &module_path.display().to_string(), &component, None)
-        .with_context(|| format!("plugin {name:?} built, but it is not a valid Eddy plugin"))?;
-    check_contract(&name, plugin.contract(), contract)?;
+    // `eddy dev` compiles it next, to run its fixtures: once is enough.
+    if profile == Profile::Release {
+        let runtime = Runtime::new()?;
+        let probe = probe_config(&name);
+        let plugin = runtime
+            .load(&probe, &module_path.display().to_string(), &component, None)
+            .with_context(|| format!("plugin {name:?} built, but it is not a valid Eddy plugin"))?;
+        check_contract(&name, plugin.contract(), contract)?;
+    }
     let out = out.map_or_else(
         || target_dir.join("plugins").join(format!("{name}.wasm")),
         Path::to_path_buf,

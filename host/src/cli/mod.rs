@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod dev;
 mod fixture;
 mod new;
 mod remote;
@@ -77,6 +78,25 @@ enum Command {
         /// `beginning`, `offset:N` or `timestamp:MS`.
         #[arg(long, default_value = "beginning")]
         from: String,
+        /// Admin bearer token.
+        #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Watches a plugin's source: each save is rebuilt, run over its
+    /// fixtures and, when they pass, deployed into a running host, with the
+    /// time from save to live.
+    Dev {
+        /// The plugin's directory.
+        dir: PathBuf,
+        /// The host's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        to: String,
+        /// The plugin's name on the host (default: the component's).
+        #[arg(long)]
+        name: Option<String>,
+        /// Fixture files or directories (default: the plugin's `fixtures/`).
+        #[arg(long = "fixtures")]
+        fixtures: Vec<PathBuf>,
         /// Admin bearer token.
         #[arg(long, env = "EDDY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
@@ -301,6 +321,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 brokers,
             },
         ),
+        Command::Dev {
+            dir,
+            to,
+            name,
+            fixtures,
+            token,
+        } => dev::dev(&dev::Options {
+            dir,
+            to,
+            name,
+            token,
+            fixtures,
+        }),
         Command::Store(StoreCommand::Stats { store }) => {
             anyhow::ensure!(
                 store.is_dir(),

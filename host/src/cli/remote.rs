@@ -11,6 +11,20 @@ use anyhow::{Context, bail};
 /// When the file cannot be read, the host cannot be reached, or it refuses
 /// the component (its reason is shown).
 pub fn deploy(file: &Path, to: &str, name: Option<&str>, token: &str) -> anyhow::Result<()> {
+    println!("{}", upload(file, to, name, token)?);
+    Ok(())
+}
+
+/// Uploads a component (`PUT /v1/plugins/{name}`); returns the host's answer.
+///
+/// # Errors
+/// As [`deploy`].
+pub(super) fn upload(
+    file: &Path,
+    to: &str,
+    name: Option<&str>,
+    token: &str,
+) -> anyhow::Result<String> {
     let (name, bytes) = component(file, name)?;
     let url = format!("{}/v1/plugins/{name}", to.trim_end_matches('/'));
     let mut response = agent()
@@ -27,8 +41,7 @@ pub fn deploy(file: &Path, to: &str, name: Option<&str>, token: &str) -> anyhow:
             error_of(&body)
         );
     }
-    println!("{body}");
-    Ok(())
+    Ok(body)
 }
 
 /// A component file and the plugin name it is for: `name`, or the file's

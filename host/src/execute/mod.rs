@@ -310,7 +310,22 @@ impl Runtime {
     /// # Errors
     /// When wasmtime cannot be configured on this machine.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_config(WasmConfig::new())
+    }
+
+    /// A runtime that compiles quickly rather than well: for running a
+    /// plugin's fixtures (`eddy plugin test`, `eddy dev`), where a build is
+    /// compiled once and runs a few events.
+    ///
+    /// # Errors
+    /// As [`Runtime::new`].
+    pub fn quick_compile() -> anyhow::Result<Self> {
         let mut config = WasmConfig::new();
+        config.cranelift_opt_level(wasmtime::OptLevel::None);
+        Self::with_config(config)
+    }
+
+    fn with_config(mut config: WasmConfig) -> anyhow::Result<Self> {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // `EDDY_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map so `perf`

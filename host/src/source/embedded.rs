@@ -315,6 +315,12 @@ impl EmbeddedLog {
         *g
     }
 
+    /// Wakes every reader waiting for records (a worker asked to stop
+    /// looks at its stop flag now rather than at the end of its wait).
+    pub fn wake(&self) {
+        self.notify_appended();
+    }
+
     /// The current append generation.
     pub fn generation(&self) -> u64 {
         *crate::lock(&self.appended.0)
