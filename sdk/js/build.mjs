@@ -5,9 +5,9 @@
 // beyond what the engine itself needs.
 import { build } from "esbuild";
 import { componentize } from "@bytecodealliance/componentize-js";
-import { writeFile, mkdtemp } from "node:fs/promises";
+import { writeFile, readFile, appendFile, mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
+import { join, dirname, relative, resolve, basename } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const [entry, witPath, worldName, out] = process.argv.slice(2);
@@ -27,7 +27,22 @@ await build({
   external: ["eddy:plugin/*", "wasi:*"],
   alias: { "eddy-sdk": join(here, "index.js") },
   logLevel: "warning",
+  sourcemap: "external",
+  sourcesContent: false,
 });
+// The source map rides in the bundle (appended: no bundle line moves), with
+// paths relative to the plugin's directory, so a failure's stack names the
+// plugin's own files and lines.
+const map = JSON.parse(await readFile(`${bundled}.map`, "utf8"));
+const pluginDir = dirname(resolve(entry));
+map.sources = map.sources.map((s) => {
+  const abs = resolve(dir, s);
+  return abs === join(here, "index.js") ? "eddy-sdk/" + basename(abs) : relative(pluginDir, abs);
+});
+await appendFile(
+  bundled,
+  `\nglobalThis.__eddySourceMap = ${JSON.stringify({ sources: map.sources, mappings: map.mappings })};\n`,
+);
 const { component } = await componentize({
   sourcePath: bundled,
   witPath,

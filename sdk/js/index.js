@@ -117,7 +117,74 @@ function toEvent(e) {
 
 function failureOf(err) {
   if (err instanceof Failure) return { tag: err.kind, val: err.message };
-  return { tag: "fatal", val: String(err && err.stack ? err.stack : err) };
+  if (err && err.stack) return { tag: "fatal", val: `${err}\n${sourceStack(err.stack)}` };
+  return { tag: "fatal", val: String(err) };
+}
+
+// Source locations: the build appends the bundle's source map
+// (`globalThis.__eddySourceMap`); a stack's bundle positions are mapped to
+// the plugin's files and lines.
+const BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+let mappedLines = null;
+
+function vlq(segment) {
+  const out = [];
+  let shift = 0;
+  let value = 0;
+  for (const ch of segment) {
+    const digit = BASE64.indexOf(ch);
+    if (digit < 0) return [];
+    value += (digit & 31) << shift;
+    if (digit & 32) {
+      shift += 5;
+    } else {
+      out.push(value & 1 ? -(value >> 1) : value >> 1);
+      value = 0;
+      shift = 0;
+    }
+  }
+  return out;
+}
+
+function decodeMappings(mappings) {
+  const lines = [];
+  let source = 0;
+  let line = 0;
+  let column = 0;
+  for (const text of mappings.split(";")) {
+    const segments = [];
+    let generated = 0;
+    for (const segment of text ? text.split(",") : []) {
+      const v = vlq(segment);
+      if (v.length === 0) continue;
+      generated += v[0];
+      if (v.length >= 4) {
+        source += v[1];
+        line += v[2];
+        column += v[3];
+        segments.push([generated, source, line, column]);
+      }
+    }
+    lines.push(segments);
+  }
+  return lines;
+}
+
+export function sourceStack(stack) {
+  const map = globalThis.__eddySourceMap;
+  if (!map || typeof stack !== "string") return stack;
+  mappedLines ??= decodeMappings(map.mappings);
+  return stack.replace(/[^\s@()]*plugin\.bundle\.js:(\d+):(\d+)/g, (whole, l, c) => {
+    const segments = mappedLines[Number(l) - 1];
+    if (!segments) return whole;
+    let best = null;
+    for (const s of segments) {
+      if (s[0] <= Number(c) - 1) best = s;
+      else break;
+    }
+    if (!best || map.sources[best[1]] === undefined) return whole;
+    return `${map.sources[best[1]]}:${best[2] + 1}:${best[3] + 1}`;
+  });
 }
 
 function headersOut(headers) {

@@ -189,9 +189,33 @@ def _apply_all(impl, key, state, raw_events):
                 result = impl.apply(state, event, out)
             if result is not None:
                 state = result
+    except Failure:
+        raise
+    except Exception as e:
+        raise Fatal(_traceback(e)) from e
     finally:
         _at[0] = _at[1] = None
     return state, out.emits
+
+
+def _traceback(e):
+    """An exception the plugin did not handle, as Python prints it: the
+    plugin's own frames (file, line, code) and the error — its dead letter
+    says where it failed."""
+    lines = ["Traceback (most recent call last):"]
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        name = code.co_filename
+        if os.path.basename(name) != "eddy_sdk.py":
+            # The component holds the plugin's directory as /0/.
+            if name.startswith("/0/"):
+                name = name[3:]
+            lines.append(f'  File "{name}", line {tb.tb_lineno}, in {code.co_name}')
+        tb = tb.tb_next
+    message = str(e)
+    lines.append(f"{type(e).__name__}: {message}" if message else type(e).__name__)
+    return "\n".join(lines)
 
 
 def _fold(impl, key, state_json, raw_events):
@@ -268,6 +292,15 @@ def _fold_keys(impl, resident, batch):
 
 
 def _route(impl, raw_event):
+    try:
+        return _route_one(impl, raw_event)
+    except Failure:
+        raise
+    except Exception as e:
+        raise Fatal(_traceback(e)) from e
+
+
+def _route_one(impl, raw_event):
     (topic, partition, offset, ts, rkey, headers, schema_id, value) = raw_event
     decoded = _decode(topic, partition, offset, value)
     out = Output()

@@ -99,6 +99,25 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class Exploding:
+    def init(self, key):
+        return {}
+
+    def apply(self, state, event, out):
+        return {"total": state["missing"] + 1}
+
+
+class UnhandledExceptionTest(unittest.TestCase):
+    def test_an_unhandled_exception_is_fatal_with_its_traceback(self):
+        results = eddy_sdk.fold_keys(eddy_sdk.aggregator(Exploding), [("k", None, 0, 1, [{"n": 1}])])
+        failure = results[0]
+        self.assertIsInstance(failure, eddy_sdk.Fatal)
+        text = str(failure)
+        self.assertIn('test_eddy_sdk.py", line', text)
+        self.assertIn("in apply", text)
+        self.assertIn("KeyError: 'missing'", text)
+
+
 class Reminder:
     """Sets a wall-clock timer per event; counts the timers that fire."""
 

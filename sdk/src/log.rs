@@ -46,6 +46,31 @@ pub(crate) fn set_offset(offset: Option<i64>) {
     OFFSET.set(offset);
 }
 
+/// Inside the host, a panic is logged as an error line — its message and
+/// the file:line that panicked — before the plugin traps, so the event's
+/// dead letter says where it failed (the trap alone names only wasm
+/// functions). Natively the standard hook stays.
+pub(crate) fn report_panics() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(a panic without a message)");
+                let at = info.location().map_or_else(String::new, |l| {
+                    format!(" at {}:{}:{}", l.file(), l.line(), l.column())
+                });
+                log(Level::Error, &format!("panicked{at}: {message}"));
+            }));
+        });
+    }
+}
+
 /// Writes one log line, tagged with the key and the offset of the event
 /// being processed.
 pub fn log(level: Level, message: &str) {

@@ -167,6 +167,7 @@ pub fn fold<A: Aggregator>(
     resident: &mut Resident<A::State>,
     batch: Vec<KeyEvents>,
 ) -> Vec<Result<Outcome, Failure>> {
+    crate::log::report_panics();
     batch
         .into_iter()
         .map(|k| {
@@ -250,6 +251,7 @@ pub fn apply_json<A: Aggregator>(
     state: Option<&str>,
     events: Vec<Event<String>>,
 ) -> Result<(String, Vec<Emit>), Failure> {
+    crate::log::report_panics();
     let current = match state {
         Some(json) => serde_json::from_str::<A::State>(json).map_err(|e| {
             Failure::Invalid(format!("stored state of key {key:?} does not decode: {e}"))
@@ -264,6 +266,7 @@ pub fn apply_json<A: Aggregator>(
 
 /// Handles a batch of events, one result per event in order.
 pub fn handle<H: Handler>(events: Vec<Event<String>>) -> Vec<Result<Vec<Emit>, Failure>> {
+    crate::log::report_panics();
     events
         .into_iter()
         .map(|event| {

@@ -354,6 +354,94 @@ fn the_async_process_fixtures_pass_in_rust_python_and_javascript() -> Result<()>
     Ok(())
 }
 
+/// A plugin that fails on an event: its dead letter (and the host's log
+/// line) names the event (topic, partition, offset), its key and where in
+/// the plugin's source it failed — a Rust panic's file:line, a Python
+/// traceback, a JavaScript stack mapped to the plugin's file.
+#[test]
+fn a_plugin_failure_names_the_event_key_and_source_line_in_each_language() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let d = work.path();
+    for (lang, file, from, to, place) in [
+        (
+            "rust",
+            "src/lib.rs",
+            "state.count += 1;",
+            "state.count += 1;\n        if event.value.get(\"boom\").is_some() {\n            panic!(\"boom in the plugin\");\n        }",
+            "panicked at src/lib.rs:25:13: boom in the plugin",
+        ),
+        (
+            "python",
+            "app.py",
+            "state[\"count\"] += 1",
+            "state[\"count\"] += 1\n        if \"boom\" in event.value:\n            raise KeyError(\"boom in the plugin\")",
+            "File \"app.py\", line 13, in apply",
+        ),
+        (
+            "js",
+            "plugin.js",
+            "state.count += 1;",
+            "state.count += 1;\n    if (event.value.boom) throw new Error(\"boom in the plugin\");",
+            "apply@plugin.js:8:",
+        ),
+    ] {
+        let name = format!("fails-{lang}");
+        eddy(&["plugin", "new", "--lang", lang, &name], d)?;
+        let path = d.join(&name).join(file);
+        let code = std::fs::read_to_string(&path)?;
+        ensure!(code.contains(from), "{lang}: {code}");
+        std::fs::write(&path, code.replacen(from, to, 1))?;
+        let fixture = format!(
+            r#"match = "partial"
+
+[[event]]
+key = "k"
+value = {{ n = 1 }}
+
+[[event]]
+key = "k"
+value = {{ boom = true }}
+expect.state = {{ count = 1 }}
+expect.dead_letters = [{{ topic = "input", partition = 0, offset = 1, key = "k", stage = "aggregate", error = {place:?} }}]
+
+[expect]
+dead_letters = [{{ key = "k", error = "boom in the plugin" }}]
+"#
+        );
+        std::fs::write(d.join(&name).join("fixtures/example.toml"), fixture)?;
+        let out = Command::new(eddy_bin()?)
+            .args(["plugin", "test", &name])
+            .current_dir(d)
+            .env("CARGO_TARGET_DIR", root().join("target"))
+            .env("RUST_LOG", "warn")
+            .env("EDDY_LOG_FORMAT", "json")
+            .output()?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        ensure!(
+            out.status.success() && stdout.contains("1 passed, 0 failed"),
+            "{lang}:\n{stdout}\n{stderr}"
+        );
+        // The host's log line: the event, its key, the place.
+        let line: Value = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == json!("event dead-lettered"))
+            .with_context(|| format!("{lang}: no dead-letter log line in\n{stderr}"))?;
+        ensure!(
+            line["topic"] == json!("input")
+                && line["partition"] == json!(0)
+                && line["offset"] == json!(1)
+                && line["key"].as_str().is_some_and(|k| k.contains('k'))
+                && line["error"].as_str().is_some_and(|e| e.contains(place)),
+            "{lang}: {line}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language() -> Result<()> {
     let work = tempfile::tempdir()?;

@@ -193,6 +193,9 @@ pub enum LoadError {
     },
 }
 
+/// At most this much of a plugin's last error line goes with a trap.
+const SAID_BYTES: usize = 4096;
+
 /// Per-store host state: limits, WASI (nothing granted) and log context.
 pub struct PluginCtx {
     plugin: Arc<str>,
@@ -203,6 +206,10 @@ pub struct PluginCtx {
     pub key: String,
     /// The offset of the first event of the call, for log lines.
     offset: Option<i64>,
+    /// The last error line the plugin logged in the current call (a Rust
+    /// plugin's panic message with its file:line): a trap's dead letter
+    /// carries it.
+    said: Option<String>,
     limiter: MemoryLimiter,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -250,7 +257,7 @@ impl PluginCtx {
     /// A plugin's log line, tagged with where it is (the plugin's own
     /// key and offset when it names them, else the call's).
     fn log_line(
-        &self,
+        &mut self,
         level: bindings::Level,
         message: &str,
         key: Option<&str>,
@@ -266,6 +273,18 @@ impl PluginCtx {
             bindings::Level::Info => tracing::info!(pipeline, plugin, key, offset, "{message}"),
             bindings::Level::Warn => tracing::warn!(pipeline, plugin, key, offset, "{message}"),
             bindings::Level::Error => tracing::error!(pipeline, plugin, key, offset, "{message}"),
+        }
+        if level == bindings::Level::Error {
+            let mut said = message.to_owned();
+            if said.len() > SAID_BYTES {
+                let mut end = SAID_BYTES;
+                while !said.is_char_boundary(end) {
+                    end -= 1;
+                }
+                said.truncate(end);
+                said.push('…');
+            }
+            self.said = Some(said);
         }
     }
 }
@@ -734,6 +753,7 @@ impl Instance {
                     pipeline: self.pipeline.clone(),
                     key: String::new(),
                     offset: None,
+                    said: None,
                     limiter: MemoryLimiter {
                         max_bytes,
                         hit: false,
@@ -745,19 +765,24 @@ impl Instance {
             store.limiter(|ctx| &mut ctx.limiter);
             store.epoch_deadline_trap();
             arm(&mut store, p.config.timeout_ms);
-            let fail = |store: &Store<PluginCtx>, e: wasmtime::Error| {
-                classify(p, store.data().limiter.hit, &e.into())
+            let fail = |store: &mut Store<PluginCtx>, e: wasmtime::Error| {
+                classify(p, ended(store), &e.into())
             };
-            let instance = p.pre.instantiate(&mut store).map_err(|e| fail(&store, e))?;
+            let instance = p
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| fail(&mut store, e))?;
             let guest = match &p.indices {
                 Indices::Aggregator(i) => {
-                    let guest = i.load(&mut store, &instance).map_err(|e| fail(&store, e))?;
+                    let guest = i
+                        .load(&mut store, &instance)
+                        .map_err(|e| fail(&mut store, e))?;
                     let settings = Settings {
                         resident_bytes: p.config.resident_state_bytes(),
                     };
                     let format = match guest
                         .call_setup(&mut store, settings)
-                        .map_err(|e| fail(&store, e))?
+                        .map_err(|e| fail(&mut store, e))?
                     {
                         PluginStateFormat::Json => StateFormat::Json,
                         PluginStateFormat::Msgpack => StateFormat::MsgPack,
@@ -765,14 +790,17 @@ impl Instance {
                     Guest::Aggregator { guest, format }
                 }
                 Indices::AggregatorV01(i) => Guest::AggregatorV01(
-                    i.load(&mut store, &instance).map_err(|e| fail(&store, e))?,
+                    i.load(&mut store, &instance)
+                        .map_err(|e| fail(&mut store, e))?,
                 ),
-                Indices::Handler(i) => {
-                    Guest::Handler(i.load(&mut store, &instance).map_err(|e| fail(&store, e))?)
-                }
-                Indices::HandlerV01(i) => {
-                    Guest::HandlerV01(i.load(&mut store, &instance).map_err(|e| fail(&store, e))?)
-                }
+                Indices::Handler(i) => Guest::Handler(
+                    i.load(&mut store, &instance)
+                        .map_err(|e| fail(&mut store, e))?,
+                ),
+                Indices::HandlerV01(i) => Guest::HandlerV01(
+                    i.load(&mut store, &instance)
+                        .map_err(|e| fail(&mut store, e))?,
+                ),
             };
             self.live = Some(Live { store, guest });
         }
@@ -823,7 +851,7 @@ impl Instance {
     fn results_of<T>(
         &mut self,
         r: Result<Vec<T>, anyhow::Error>,
-        memory_hit: bool,
+        memory_hit: Ended,
         asked: usize,
         call: &str,
         items: &str,
@@ -949,7 +977,7 @@ impl Instance {
         let r = guest
             .call_fold(&mut *store, &calls)
             .map_err(anyhow::Error::from);
-        let hit = store.data().limiter.hit;
+        let hit = ended(store);
         let results = self.results_of(r, hit, batch.len(), "fold", "keys")?;
         let mut fatal = false;
         let out = results
@@ -1016,7 +1044,7 @@ impl Instance {
         let r = guest
             .call_apply(&mut *store, k.key, state, k.events)
             .map_err(anyhow::Error::from);
-        let hit = store.data().limiter.hit;
+        let hit = ended(store);
         match r {
             Err(e) => {
                 self.live = None;
@@ -1090,7 +1118,7 @@ impl Instance {
             }
         }
         .map_err(anyhow::Error::from);
-        let hit = store.data().limiter.hit;
+        let hit = ended(store);
         let results = self.results_of(r, hit, events.len(), "handle", "events")?;
         let bytes: usize = results
             .iter()
@@ -1133,11 +1161,26 @@ fn arm(store: &mut Store<PluginCtx>, timeout_ms: u64) {
     let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
     store.set_epoch_deadline(timeout_ms.div_ceil(tick_ms) + 1);
     store.data_mut().limiter.hit = false;
+    store.data_mut().said = None;
 }
 
-fn classify(plugin: &Plugin, memory_hit: bool, e: &anyhow::Error) -> PluginError {
+/// How a call ended, as the host saw it: whether it hit the memory limit,
+/// and the last error line the plugin logged.
+struct Ended {
+    memory_hit: bool,
+    said: Option<String>,
+}
+
+fn ended(store: &mut Store<PluginCtx>) -> Ended {
+    Ended {
+        memory_hit: store.data().limiter.hit,
+        said: store.data_mut().said.take(),
+    }
+}
+
+fn classify(plugin: &Plugin, ended: Ended, e: &anyhow::Error) -> PluginError {
     let name = plugin.name.to_string();
-    if memory_hit {
+    if ended.memory_hit {
         return PluginError::MemoryLimit {
             plugin: name,
             memory_mb: plugin.config.memory_mb,
@@ -1149,8 +1192,14 @@ fn classify(plugin: &Plugin, memory_hit: bool, e: &anyhow::Error) -> PluginError
             timeout_ms: plugin.config.timeout_ms,
         };
     }
+    // What the plugin said before it trapped (a panic message naming its
+    // file and line) comes first: the trap itself only says where in the
+    // wasm it stopped.
     PluginError::Trap {
         plugin: name,
-        message: format!("{e:#}"),
+        message: match ended.said {
+            Some(said) => format!("{said}\n{e:#}"),
+            None => format!("{e:#}"),
+        },
     }
 }
