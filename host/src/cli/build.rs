@@ -484,17 +484,19 @@ pub fn build_as(
             let target_dir = target_directory(&tc, dir)?;
             (tc, target_dir)
         }
-        // Found once per `eddy dev`: every rebuild skips the look-ups.
+        // Found once per plugin directory in `eddy dev`: every rebuild
+        // skips the look-ups.
         Profile::Dev => {
-            static FOUND: std::sync::Mutex<Option<(WasmToolchain, PathBuf)>> =
-                std::sync::Mutex::new(None);
+            type Found = Option<(PathBuf, WasmToolchain, PathBuf)>;
+            static FOUND: std::sync::Mutex<Found> = std::sync::Mutex::new(None);
             let mut found = crate::lock(&FOUND);
             match found.as_ref() {
-                Some(f) => f.clone(),
-                None => {
+                Some((d, tc, target)) if d == dir => (tc.clone(), target.clone()),
+                _ => {
                     let tc = toolchain()?;
                     let target_dir = target_directory(&tc, dir)?;
-                    found.insert((tc, target_dir)).clone()
+                    *found = Some((dir.to_path_buf(), tc.clone(), target_dir.clone()));
+                    (tc, target_dir)
                 }
             }
         }
