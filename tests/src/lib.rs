@@ -93,6 +93,25 @@ fn build_component(dir: &Path, name: &str, args: &[&str]) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Runs the eddy binary with `args` in `dir`, sharing the workspace's wasm
+/// build (`CARGO_TARGET_DIR`: the standard library built once); returns
+/// whether it succeeded and its output (stdout then stderr).
+pub fn run_eddy(args: &[&str], dir: &Path) -> Result<(bool, String)> {
+    let out = Command::new(eddy_bin()?)
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
 /// Runs `eddy run` with `config` in a fresh directory until it exits
 /// (killed after `within`); returns its exit status and its log.
 pub fn run_until_exit(

@@ -17,29 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use eddy_tests::{Host, async_process_config, eddy_bin, execution, plugin, root};
+use eddy_tests::{Host, async_process_config, eddy_bin, execution, plugin, root, run_eddy as eddy};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 const TOKEN: &str = "author-loop-admin";
-
-/// Runs eddy in `dir`; returns (success, stdout + stderr).
-fn eddy(args: &[&str], dir: &Path) -> Result<(bool, String)> {
-    let out = Command::new(eddy_bin()?)
-        .args(args)
-        .current_dir(dir)
-        // Share the workspace's wasm build (the standard library built once).
-        .env("CARGO_TARGET_DIR", root().join("target"))
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
-}
 
 /// `eddy dev` running in the background, its output collected.
 struct Dev {

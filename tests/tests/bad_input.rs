@@ -5,11 +5,10 @@
     reason = "indexing serde_json::Value yields Null, it never panics"
 )]
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use eddy_tests::{Host, async_process_config, eddy_bin, execution};
+use eddy_tests::{Host, async_process_config, execution, run_eddy};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -158,21 +157,6 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() -> Result<()> {
     );
     ensure!(host.get("/healthz").await?.0 == 200, "still healthy");
     Ok(())
-}
-
-fn run_eddy(args: &[&str], dir: &std::path::Path) -> Result<(bool, String)> {
-    let out = Command::new(eddy_bin()?)
-        .args(args)
-        .current_dir(dir)
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use eddy_tests::{
     Host, async_process_config_in, async_process_config_with, eddy_bin, execution, plugin,
-    plugin_v0_1, root, test_component,
+    plugin_v0_1, root, run_eddy, test_component,
 };
 use serde_json::{Value, json};
 
@@ -308,18 +308,8 @@ async fn states_carry_across_deploys_between_contracts_and_formats() -> Result<(
 }
 
 fn eddy(args: &[&str], dir: &std::path::Path) -> Result<String> {
-    let out = Command::new(eddy_bin()?)
-        .args(args)
-        .current_dir(dir)
-        // Share the workspace's wasm build (the standard library built once).
-        .env("CARGO_TARGET_DIR", root().join("target"))
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "eddy {args:?} failed:\n{text}");
+    let (ok, text) = run_eddy(args, dir)?;
+    ensure!(ok, "eddy {args:?} failed:\n{text}");
     Ok(text)
 }
 
