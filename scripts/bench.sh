@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every figure in BENCHMARKS.md: builds Eddy, the benchmark
-# harness and the AsyncProcess aggregator in Rust, Python and JavaScript,
+# harness and the AsyncProcess aggregator in Rust, Python, JavaScript and C,
 # then runs each scenario side by side with its baseline. Results go to
 # target/bench/*.json (criterion's to target/criterion).
 set -euo pipefail
@@ -16,6 +16,8 @@ for lang in python js; do
       --out "target/plugins/$lang-$contract-async-process-aggregator.wasm" >/dev/null
   done
 done
+target/release/eddy plugin build plugins/c/async-process-aggregator \
+  --out target/plugins/c-0.2.0-async-process-aggregator.wasm >/dev/null
 target/release/eddy-bench plugins \
   --component "rust 0.1.0=target/plugins/rust-0.1.0-async-process-aggregator.wasm" \
   --component "rust 0.2.0=target/plugins/async-process-aggregator.wasm" \
@@ -23,6 +25,7 @@ target/release/eddy-bench plugins \
   --component "python 0.2.0=target/plugins/python-0.2.0-async-process-aggregator.wasm" \
   --component "js 0.1.0=target/plugins/js-0.1.0-async-process-aggregator.wasm" \
   --component "js 0.2.0=target/plugins/js-0.2.0-async-process-aggregator.wasm" \
+  --component "c 0.2.0=target/plugins/c-0.2.0-async-process-aggregator.wasm" \
   --keys 1000 --out target/bench/plugins.json
 # The embedded path next to the native fold (JSON state, and the component's
 # own 0.2.0 boundary) and raw fjall write batches: with the plugin's default

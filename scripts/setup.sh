@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what building Eddy and its Rust plugins needs on a bare Debian
+# Installs what building Eddy and its plugins (Rust, Python, JavaScript, C) needs on a bare Debian
 # machine. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,28 @@ if ! have_wasm_rust; then
   lld=lld-22
   apt-cache show "$lld" >/dev/null 2>&1 || lld=lld
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc-web cargo-web rust-web-src "$lld" >/dev/null
+fi
+
+# C plugins: clang for wasm32 with its builtins, and wasi-libc.
+have_wasm_c() {
+  [ -f /usr/lib/wasm32-wasi/libc.a ] || [ -n "${EDDY_CC:-}" ] || return 1
+  compgen -c clang | grep -Eqx 'clang(-[0-9]+)?' || return 1
+  compgen -c wasm-ld | grep -q . || return 1
+  local builtins
+  for builtins in /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a; do
+    [ -f "$builtins" ] && return 0
+  done
+  return 1
+}
+if ! have_wasm_c; then
+  echo "setup: installing clang and wasi-libc (C plugins)"
+  $SUDO apt-get update -qq
+  if apt-cache show clang-22 >/dev/null 2>&1; then
+    c_pkgs=(clang-22 lld-22 libclang-rt-22-dev-wasm32 wasi-libc)
+  else
+    c_pkgs=(clang lld libclang-rt-dev-wasm32 wasi-libc)
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${c_pkgs[@]}" >/dev/null
 fi
 
 if ! command -v componentize-py >/dev/null; then

@@ -1,4 +1,4 @@
-//! Plugins in Rust, Python and JavaScript, built from source by the
+//! Plugins in Rust, Python, JavaScript and C, built from source by the
 //! project's own `eddy plugin build`: the same AsyncProcess scenario gives
 //! identical states, emitted records and dead letters in each language and
 //! in both contracts (a Rust build against 0.1.0 runs next to the 0.2.0
@@ -87,7 +87,7 @@ async fn scenario(label: &str, config: &str) -> Result<(Vec<Value>, Vec<Value>, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript() -> Result<()> {
+async fn the_same_scenario_gives_identical_results_in_rust_python_javascript_and_c() -> Result<()> {
     let rust = scenario("rust", &async_process_config_in("")?).await?;
     ensure!(
         rust.0
@@ -113,6 +113,7 @@ async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript
         ("rust (contract 0.1.0)", rust_v0_1),
         ("python", async_process_config_in("python/")?),
         ("js", async_process_config_in("js/")?),
+        ("c", async_process_config_in("c/")?),
     ] {
         let other = scenario(lang, &config).await?;
         ensure!(
@@ -140,13 +141,18 @@ async fn the_same_scenario_gives_identical_results_in_rust_python_and_javascript
 /// Timers in every language: the AsyncProcess aggregator's timeout
 /// (`ASYNC_PROCESS_TIMEOUT_MS`, read from the granted environment — Rust
 /// through `eddy_sdk::env`, Python `os.environ`, JavaScript
-/// `wasi:cli/environment`) marks a process left in STARTED as ERROR, and
+/// `wasi:cli/environment`, C `getenv`) marks a process left in STARTED as ERROR, and
 /// the timed-out process emitted to `timed-out`, identically. Its
 /// executions' times lie in the past, so each timer is due when set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timers_fire_identically_in_rust_python_and_javascript() -> Result<()> {
+async fn timers_fire_identically_in_rust_python_javascript_and_c() -> Result<()> {
     let mut results = Vec::new();
-    for (lang, dir) in [("rust", ""), ("python", "python/"), ("js", "js/")] {
+    for (lang, dir) in [
+        ("rust", ""),
+        ("python", "python/"),
+        ("js", "js/"),
+        ("c", "c/"),
+    ] {
         let config = async_process_config_in(dir)?;
         let topics = "[[source.topics]]\nname = \"rejected-process\"\npartitions = 1\n";
         ensure!(config.contains(topics), "the example's topics changed");
@@ -313,17 +319,58 @@ fn eddy(args: &[&str], dir: &std::path::Path) -> Result<String> {
     Ok(text)
 }
 
+/// The C SDK's JSON values (`sdk/c/test_eddy.c`), compiled natively with
+/// the address and undefined-behaviour sanitizers: reading (nesting, escapes,
+/// surrogates, 64-bit integers, errors with line and column), writing
+/// (numbers as serde_json writes them), building and changing values.
+#[test]
+fn the_c_sdk_reads_and_writes_json() -> Result<()> {
+    let sdk = root().join("sdk/c");
+    let cc = std::iter::once("clang".to_owned())
+        .chain((14..=30).rev().map(|v| format!("clang-{v}")))
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+        .context("no clang (scripts/setup.sh installs it)")?;
+    let work = tempfile::tempdir()?;
+    let exe = work.path().join("test_eddy");
+    let built = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
+        .arg("-fsanitize=address,undefined")
+        .arg("-I")
+        .arg(&sdk)
+        .arg(sdk.join("eddy.c"))
+        .arg(sdk.join("test_eddy.c"))
+        .args(["-lm", "-o"])
+        .arg(&exe)
+        .output()?;
+    ensure!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let ran = Command::new(&exe).output()?;
+    ensure!(
+        ran.status.success() && String::from_utf8_lossy(&ran.stdout).contains("all passed"),
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    Ok(())
+}
+
 /// The AsyncProcess fixtures (`examples/async-process/fixtures/`) pass for
-/// the aggregator and the router in every language, run by `eddy plugin
+/// the aggregator in every language and the router in all but C, run by `eddy plugin
 /// test` with no server or broker.
 #[test]
-fn the_async_process_fixtures_pass_in_rust_python_and_javascript() -> Result<()> {
+fn the_async_process_fixtures_pass_in_every_language() -> Result<()> {
     let fixtures = root().join("examples/async-process/fixtures");
-    for lang in ["", "python/", "js/"] {
+    for lang in ["", "python/", "js/", "c/"] {
         for (plugin_name, cases, count) in [
             ("async-process-aggregator", "aggregator", 3),
             ("rejected-process-router", "router", 1),
         ] {
+            if lang == "c/" && plugin_name == "rejected-process-router" {
+                continue; // the router is not written in C
+            }
             let component = plugin(&format!("{lang}{plugin_name}"))?;
             let out = eddy(
                 &[
@@ -438,7 +485,7 @@ async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language
     let d = work.path();
     let mut plugins = String::new();
     let mut pipelines = String::new();
-    for lang in ["rust", "python", "js"] {
+    for lang in ["rust", "python", "js", "c"] {
         let name = format!("tally-{lang}");
         eddy(&["plugin", "new", "--lang", lang, &name], d)?;
         let built = eddy(
@@ -476,7 +523,7 @@ async fn a_new_author_can_scaffold_build_check_and_run_a_plugin_in_each_language
         ));
     }
     let host = Host::start(&format!("{plugins}{pipelines}")).await?;
-    for lang in ["rust", "python", "js"] {
+    for lang in ["rust", "python", "js", "c"] {
         let topic = format!("in-{lang}");
         host.produce(
             &topic,

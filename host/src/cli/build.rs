@@ -1,5 +1,5 @@
-//! `eddy plugin build`: compiles a plugin project (Rust, Python or
-//! JavaScript) into a component with the language's toolchain, stamping
+//! `eddy plugin build`: compiles a plugin project (Rust, Python,
+//! JavaScript or C, the last in `build_c`) into a component with the language's toolchain, stamping
 //! the version it declares.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ struct WasmToolchain {
     build_std: bool,
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(super) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))
@@ -162,16 +162,16 @@ const WIT_0_1: &str = include_str!("../../../wit/deps/plugin-0.1.0/plugin.wit");
 /// The Python SDK module, built into the binary.
 const PYTHON_SDK: &str = include_str!("../../../sdk/python/eddy_sdk.py");
 
-/// `plugin.toml`: the manifest of a Python or JavaScript plugin.
+/// `plugin.toml`: the manifest of a Python, JavaScript or C plugin.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Manifest {
+pub(super) struct Manifest {
     /// Plugin name (the output file is `<name>.wasm`).
-    name: String,
-    /// `python` or `js`.
+    pub(super) name: String,
+    /// `python`, `js` or `c`.
     lang: Lang,
     /// `aggregator` or `handler`.
-    kind: crate::config::PluginKind,
+    pub(super) kind: crate::config::PluginKind,
     /// The plugin's own version (recorded in the component).
     #[serde(default)]
     version: Option<String>,
@@ -255,7 +255,7 @@ pub(super) fn eddy_home() -> anyhow::Result<PathBuf> {
         .context("cannot find Eddy's sdk/ directory next to the binary; set EDDY_HOME to the Eddy checkout")
 }
 
-fn write_wit(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn write_wit(dir: &Path) -> anyhow::Result<PathBuf> {
     let wit = dir.join("wit");
     let old = wit.join("deps").join("plugin-0.1.0");
     std::fs::create_dir_all(&old)?;
@@ -265,14 +265,14 @@ fn write_wit(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The WIT world a plugin of `kind` targets in `contract`.
-fn world(kind: crate::config::PluginKind, contract: Contract) -> String {
+pub(super) fn world(kind: crate::config::PluginKind, contract: Contract) -> String {
     match contract {
         Contract::V0_2 => format!("{kind}-plugin"),
         Contract::V0_1 => format!("eddy:plugin/{kind}-plugin@0.1.0"),
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+pub(super) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| {
         format!("cannot run {what}: is it installed? (scripts/setup.sh installs it)")
     })?;
@@ -394,14 +394,14 @@ fn check_contract(name: &str, got: Contract, want: Contract) -> anyhow::Result<(
     Ok(())
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
+pub(super) fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("eddy-build-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
-/// Builds the plugin in `dir` — a Rust crate (`Cargo.toml`) or a Python or
-/// JavaScript plugin (`plugin.toml`) — into a component against `contract`
+/// Builds the plugin in `dir` — a Rust crate (`Cargo.toml`) or a Python,
+/// JavaScript or C plugin (`plugin.toml`) — into a component against `contract`
 /// and validates it; returns the path written.
 ///
 /// # Errors
@@ -446,6 +446,7 @@ pub fn build_as(
         match m.lang {
             Lang::Python => build_python(dir, &m, &out, contract)?,
             Lang::Js => build_js(dir, &m, &out, contract)?,
+            Lang::C => super::build_c::build_c(dir, &m, &out, contract)?,
             Lang::Rust => bail!(
                 "{}: Rust plugins are cargo crates; remove plugin.toml",
                 manifest.display()

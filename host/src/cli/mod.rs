@@ -1,6 +1,7 @@
 //! The command line: `eddy run`, `eddy plugin ...`, `eddy replay`, `eddy store stats`.
 
 mod build;
+mod build_c;
 mod check;
 mod dev;
 mod fixture;
@@ -130,7 +131,7 @@ enum PluginCommand {
         /// Directory to create; its last component is the plugin's name.
         name: PathBuf,
     },
-    /// Builds a plugin (a Rust crate, or a Python/JavaScript plugin with a
+    /// Builds a plugin (a Rust crate, or a Python, JavaScript or C plugin with a
     /// `plugin.toml`) into a component and validates it.
     Build {
         /// The plugin's directory.
@@ -277,6 +278,8 @@ pub enum Lang {
     Python,
     /// JavaScript, with componentize-js.
     Js,
+    /// C, with clang and wasi-libc.
+    C,
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`,

@@ -171,7 +171,11 @@ mod tests {{
         (lang, kind) => {
             let manifest = format!(
                 "# An Eddy plugin ({lang}).\nname = \"{name}\"\nlang = \"{lang}\"\nkind = \"{kind}\"\n",
-                lang = if lang == Lang::Python { "python" } else { "js" }
+                lang = match lang {
+                    Lang::Python => "python",
+                    Lang::C => "c",
+                    _ => "js",
+                }
             );
             let (file, code) = match (lang, kind) {
                 (Lang::Python, PluginKind::Aggregator) => (
@@ -211,6 +215,46 @@ class Forward:
 
 
 Handler = eddy_sdk.handler(Forward)
+"#
+                    ),
+                ),
+                (Lang::C, PluginKind::Aggregator) => (
+                    "plugin.c",
+                    format!(
+                        r#"/* {name}: counts each key's events and keeps the last value. */
+#include "eddy.h"
+
+eddy_json *eddy_init(const char *key) {{
+  (void)key;
+  eddy_json *state = eddy_object();
+  eddy_set(state, "count", eddy_int(0));
+  eddy_set(state, "last", eddy_null());
+  return state;
+}}
+
+eddy_status eddy_apply(eddy_json *state, const eddy_event *event, eddy_out *out) {{
+  int64_t count = 0;
+  if (!eddy_as_int(eddy_get(state, "count"), &count))
+    return eddy_fail(out, EDDY_FATAL, "the state has no count");
+  eddy_set(state, "count", eddy_int(count + 1));
+  eddy_set(state, "last", eddy_clone(event->value));
+  return EDDY_OK;
+}}
+"#
+                    ),
+                ),
+                (Lang::C, PluginKind::Handler) => (
+                    "plugin.c",
+                    format!(
+                        r#"/* {name}: forwards events that carry "forward": true to {out_topic}. */
+#include "eddy.h"
+
+eddy_status eddy_handle(const eddy_event *event, eddy_out *out) {{
+  bool forward = false;
+  if (eddy_as_bool(eddy_get(event->value, "forward"), &forward) && forward)
+    eddy_emit(out, "{out_topic}", event->key, event->value);
+  return EDDY_OK;
+}}
 "#
                     ),
                 ),
