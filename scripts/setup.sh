@@ -28,22 +28,26 @@ if ! have_wasm_rust; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc-web cargo-web rust-web-src "$lld" >/dev/null
 fi
 
-# C plugins: clang for wasm32 with its builtins, and wasi-libc.
+# C plugins: clang for wasm32 with its builtins, and wasi-libc; the native
+# sanitizer runtimes run the C SDK's own tests.
 have_wasm_c() {
   [ -f /usr/lib/wasm32-wasi/libc.a ] || [ -n "${EDDY_CC:-}" ] || return 1
   compgen -c clang | grep -Eqx 'clang(-[0-9]+)?' || return 1
   compgen -c wasm-ld | grep -q . || return 1
-  local builtins
-  for builtins in /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a; do
-    [ -f "$builtins" ] && return 0
+  local f wasm=no asan=no
+  for f in /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a; do
+    [ -f "$f" ] && wasm=yes
   done
-  return 1
+  for f in /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.asan*; do
+    [ -f "$f" ] && asan=yes
+  done
+  [ "$wasm" = yes ] && [ "$asan" = yes ]
 }
 if ! have_wasm_c; then
   echo "setup: installing clang and wasi-libc (C plugins)"
   $SUDO apt-get update -qq
   if apt-cache show clang-22 >/dev/null 2>&1; then
-    c_pkgs=(clang-22 lld-22 libclang-rt-22-dev-wasm32 wasi-libc)
+    c_pkgs=(clang-22 lld-22 libclang-rt-22-dev libclang-rt-22-dev-wasm32 wasi-libc)
   else
     c_pkgs=(clang lld libclang-rt-dev-wasm32 wasi-libc)
   fi
