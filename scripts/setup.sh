@@ -93,6 +93,18 @@ if [ ! -d sdk/js/node_modules/@bytecodealliance/componentize-js ]; then
   npm install --prefix sdk/js --no-audit --no-fund --loglevel=error
 fi
 
+# Browser tests: Debian's Chromium, driven by playwright-core (no browser
+# download: it runs /usr/bin/chromium).
+if ! command -v chromium >/dev/null; then
+  echo "setup: installing chromium (browser tests)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "setup: installing playwright-core (browser tests)"
+  npm install --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
 for tool in cargo rustfmt cargo-clippy node npm python3; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is missing; install it first (Rust via rustup, Node.js, Python 3)"; exit 1; }
 done

@@ -939,6 +939,14 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         }),
     };
     let router = app(state).layer(body_limit(config.http.max_body_bytes));
+    // Outside the token gate: a preflight carries no token.
+    let router = match crate::http::cors(
+        &config.http.cors_origins,
+        Duration::from_secs(config.http.cors_max_age_secs),
+    )? {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     let grace = Duration::from_millis(config.shutdown.timeout_ms);
     let stop_input = stop.clone();
     let listen_addr = config.http.listen;

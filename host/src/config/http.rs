@@ -64,6 +64,56 @@ pub struct HttpConfig {
     /// is `"entity.event_type.version"` (such as `order.created.v1`).
     #[serde(default)]
     pub topic_naming: Option<String>,
+    /// Web pages on other origins allowed to call the API from a browser
+    /// (CORS), each as `scheme://host[:port]` (such as
+    /// `https://app.example.com`): their requests and preflights are
+    /// answered with `Access-Control-Allow-Origin`, tokens
+    /// (`Authorization`) and the browser's credentials included, SSE too.
+    /// Empty (the default): no other origin is allowed.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// How long a browser may keep a preflight's answer, in seconds.
+    #[serde(default = "default_cors_max_age")]
+    pub cors_max_age_secs: u64,
+}
+
+fn default_cors_max_age() -> u64 {
+    600
+}
+
+/// Why `origin` cannot be a CORS origin: it must be `http(s)://host[:port]`
+/// exactly as a browser sends it (no path, no trailing slash, no wildcard).
+pub fn origin_problem(origin: &str) -> Option<String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return Some("must start with http:// or https://".into());
+    };
+    if rest.is_empty() {
+        return Some("has no host".into());
+    }
+    if rest.contains('*') {
+        return Some("a wildcard would let any site call the API with its visitors' credentials: list each origin".into());
+    }
+    if let Some(c) = rest
+        .chars()
+        .find(|c| matches!(c, '/' | '?' | '#' | '@' | ' '))
+    {
+        return Some(format!(
+            "holds {c:?}: an origin is scheme://host[:port], with no path"
+        ));
+    }
+    if origin != origin.to_ascii_lowercase() {
+        return Some("must be lowercase, as browsers send it".into());
+    }
+    if let Some((_, port)) = rest.rsplit_once(':')
+        && !rest.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Some(format!("port {port:?} is not a port number"));
+    }
+    None
 }
 
 fn default_burst() -> u32 {
@@ -100,6 +150,8 @@ impl Default for HttpConfig {
             sse_max_clients: default_sse_max(),
             sse_max_per_address: default_sse_per_address(),
             topic_naming: None,
+            cors_origins: Vec::new(),
+            cors_max_age_secs: default_cors_max_age(),
         }
     }
 }
@@ -115,4 +167,34 @@ fn default_body_limit() -> usize {
 }
 fn default_plugin_limit() -> usize {
     128 * 1024 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_problem;
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        for ok in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            "http://127.0.0.1:8081",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(origin_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("*", "http:// or https://"),
+            ("https://*.example.com", "wildcard"),
+            ("app.example.com", "http:// or https://"),
+            ("https://app.example.com/", "no path"),
+            ("https://app.example.com/ui", "no path"),
+            ("https://App.example.com", "lowercase"),
+            ("http://localhost:http", "port"),
+            ("https://", "no host"),
+        ] {
+            let problem = origin_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad}: {problem}");
+        }
+    }
 }

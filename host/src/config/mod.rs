@@ -194,6 +194,11 @@ impl Config {
                 "http.topic_naming: unknown rule {rule:?} (the rule is \"entity.event_type.version\")"
             ));
         }
+        for origin in &self.http.cors_origins {
+            if let Some(why) = http::origin_problem(origin) {
+                problems.push(format!("http.cors_origins: {origin:?} {why}"));
+            }
+        }
         let (default_partitions, topics) = match &self.source {
             SourceConfig::Embedded(e) => (e.default_partitions, e.topics.as_slice()),
             SourceConfig::Kafka(k) => {

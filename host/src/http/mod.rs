@@ -710,3 +710,53 @@ async fn latest(
 pub fn body_limit(bytes: usize) -> DefaultBodyLimit {
     DefaultBodyLimit::max(bytes)
 }
+
+/// Cross-origin access for browsers (`http.cors_origins`): the listed
+/// origins may call every route — preflights answered, `Authorization`,
+/// `Content-Type` and `Last-Event-ID` allowed, the browser's credentials
+/// included, SSE too; no other origin gets an `Access-Control-Allow-Origin`.
+/// `None` when no origin is listed.
+///
+/// # Errors
+/// An origin that is not a valid header value (the config's validation
+/// refuses such origins first).
+pub fn cors(
+    origins: &[String],
+    max_age: Duration,
+) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o).map_err(|e| anyhow::anyhow!("http.cors_origins: {o:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::PATCH,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::LOCATION,
+                header::WWW_AUTHENTICATE,
+            ])
+            .allow_credentials(true)
+            .max_age(max_age),
+    ))
+}
