@@ -446,7 +446,7 @@ pub fn build_as(
         match m.lang {
             Lang::Python => build_python(dir, &m, &out, contract)?,
             Lang::Js => build_js(dir, &m, &out, contract)?,
-            Lang::C => super::build_c::build_c(dir, &m, &out, contract)?,
+            Lang::C => super::build_c::build_c(dir, &m, &out, contract, profile)?,
             Lang::Rust => bail!(
                 "{}: Rust plugins are cargo crates; remove plugin.toml",
                 manifest.display()

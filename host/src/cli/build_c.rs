@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use wit_bindgen_core::wit_parser::Resolve;
 
-use super::build::{Manifest, run, tempdir, world, write_wit};
+use super::build::{Manifest, Profile, run, tempdir, world, write_wit};
 use crate::config::PluginKind;
 use crate::execute::Contract;
 
@@ -74,12 +74,14 @@ fn bindings(wit: &Path, world_name: &str, out: &Path) -> anyhow::Result<Vec<Path
     Ok(written)
 }
 
-/// Builds the C plugin in `dir` into the component `out`.
+/// Builds the C plugin in `dir` into the component `out`: optimised
+/// (`-O2`), or quick to compile for `eddy dev` (`-O0`).
 pub(super) fn build_c(
     dir: &Path,
     m: &Manifest,
     out: &Path,
     contract: Contract,
+    profile: Profile,
 ) -> anyhow::Result<()> {
     if contract != Contract::V0_2 {
         bail!(
@@ -103,7 +105,10 @@ pub(super) fn build_c(
             "--target=wasm32-wasi",
             "-Wno-deprecated",
             "-mexec-model=reactor",
-            "-O2",
+            match profile {
+                Profile::Release => "-O2",
+                Profile::Dev => "-O0",
+            },
             "-std=c11",
             "-Wall",
         ])
