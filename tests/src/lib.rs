@@ -182,14 +182,11 @@ pub fn async_process_config() -> Result<String> {
 }
 
 /// The AsyncProcess example with the plugins of one language: `""` for
-/// Rust, `"python/"`, `"js/"` or `"c/"` (the C aggregator with the Rust
-/// router).
+/// Rust, `"python/"`, `"js/"` or `"c/"`.
 pub fn async_process_config_in(lang_dir: &str) -> Result<String> {
-    // Only the aggregator is written in C: C runs it with the Rust router.
-    let router = if lang_dir == "c/" { "" } else { lang_dir };
     async_process_config_with(
         &plugin(&format!("{lang_dir}async-process-aggregator"))?,
-        &plugin(&format!("{router}rejected-process-router"))?,
+        &plugin(&format!("{lang_dir}rejected-process-router"))?,
     )
 }
 

@@ -358,7 +358,7 @@ fn the_c_sdk_reads_and_writes_json() -> Result<()> {
 }
 
 /// The AsyncProcess fixtures (`examples/async-process/fixtures/`) pass for
-/// the aggregator in every language and the router in all but C, run by `eddy plugin
+/// the aggregator and the router in every language, run by `eddy plugin
 /// test` with no server or broker.
 #[test]
 fn the_async_process_fixtures_pass_in_every_language() -> Result<()> {
@@ -368,9 +368,6 @@ fn the_async_process_fixtures_pass_in_every_language() -> Result<()> {
             ("async-process-aggregator", "aggregator", 3),
             ("rejected-process-router", "router", 1),
         ] {
-            if lang == "c/" && plugin_name == "rejected-process-router" {
-                continue; // the router is not written in C
-            }
             let component = plugin(&format!("{lang}{plugin_name}"))?;
             let out = eddy(
                 &[
