@@ -927,6 +927,13 @@ void eddy_log(eddy_level level, const char *format, ...) {
   free(text);
 }
 
+/* A failed assert(): logged with its place — the host puts the call's last
+ * error line before the trap in the dead letter — then the trap. */
+_Noreturn void __assert_fail(const char *expr, const char *file, int line, const char *func) {
+  eddy_log(EDDY_ERROR, "assertion failed at %s:%d in %s: %s", file, line, func, expr);
+  abort();
+}
+
 static char *cstr(const wit_string *s) { return xstrndup((const char *)s->ptr, s->len); }
 
 /* A malloc'd buffer handed to the host (freed after the call returns). */

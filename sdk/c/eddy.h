@@ -24,6 +24,10 @@
  *
  * which emits zero or more records per event.
  *
+ * A failed `assert()` is logged with its place (`assertion failed at
+ * plugin.c:16 in eddy_apply: ...`) and traps: the event is dead-lettered
+ * as fatal with that line first, and the instance recycled.
+ *
  * States are JSON. Everything the SDK hands a plugin (events, values,
  * states) is owned by the SDK and freed after the call; values a plugin
  * builds and puts into a state or an array are owned by that container.
@@ -31,6 +35,7 @@
 #ifndef EDDY_H
 #define EDDY_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -391,7 +391,8 @@ fn the_async_process_fixtures_pass_in_every_language() -> Result<()> {
 /// A plugin that fails on an event: its dead letter (and the host's log
 /// line) names the event (topic, partition, offset), its key and where in
 /// the plugin's source it failed — a Rust panic's file:line, a Python
-/// traceback, a JavaScript stack mapped to the plugin's file.
+/// traceback, a JavaScript stack mapped to the plugin's file, a C
+/// assert's file:line and function.
 #[test]
 fn a_plugin_failure_names_the_event_key_and_source_line_in_each_language() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -417,6 +418,13 @@ fn a_plugin_failure_names_the_event_key_and_source_line_in_each_language() -> Re
             "state.count += 1;",
             "state.count += 1;\n    if (event.value.boom) throw new Error(\"boom in the plugin\");",
             "apply@plugin.js:8:",
+        ),
+        (
+            "c",
+            "plugin.c",
+            "  eddy_set(state, \"count\", eddy_int(count + 1));",
+            "  assert(!eddy_get(event->value, \"boom\") && \"boom in the plugin\");\n  eddy_set(state, \"count\", eddy_int(count + 1));",
+            "assertion failed at plugin.c:16 in eddy_apply",
         ),
     ] {
         let name = format!("fails-{lang}");

@@ -90,6 +90,9 @@ pub(super) fn build_c(
         );
     }
     let cc = compiler()?;
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", dir.display()))?;
     let tmp = tempdir()?;
     let result = (|| {
         let wit = write_wit(&tmp)?;
@@ -116,6 +119,8 @@ pub(super) fn build_c(
             PluginKind::Aggregator => "-DEDDY_AGGREGATOR",
             PluginKind::Handler => "-DEDDY_HANDLER",
         })
+        // __FILE__ relative to the plugin: a failed assert names plugin.c.
+        .arg(format!("-fmacro-prefix-map={}/=", dir.display()))
         .arg("-I")
         .arg(&generated)
         .arg("-I")
