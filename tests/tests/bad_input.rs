@@ -248,6 +248,40 @@ fn bad_plugins_and_configs_are_refused_with_their_names() -> Result<()> {
     );
     let (ok, out) = run_eddy(&["run", "-c", "missing.toml"], d)?;
     ensure!(!ok && out.contains("missing.toml"), "{out}");
+
+    // `eddy check` lists every problem at once: two plugin files that are
+    // not components, a missing one, a reader schema that does not parse;
+    // the example itself is valid.
+    let (ok, out) = run_eddy(
+        &["check", "-c", "examples/async-process/eddy.toml"],
+        &eddy_tests::root(),
+    )?;
+    ensure!(
+        ok && out.contains("valid: 2 pipeline(s), 2 plugin(s) loaded"),
+        "{out}"
+    );
+    std::fs::write(d.join("bad.avsc"), "{ not avro")?;
+    let broken = format!(
+        "{swapped}\n[[plugin]]\nname = \"gone\"\npath = \"gone.wasm\"\n\n\
+         [[pipeline]]\nname = \"more\"\ntopic = \"more\"\nvalue_format = \"avro\"\n\
+         reader_schema = \"bad.avsc\"\nhandlers = [\"gone\"]\n"
+    )
+    .replace(
+        &eddy_tests::plugin("rejected-process-router")?
+            .display()
+            .to_string(),
+        &d.join("garbage.wasm").display().to_string(),
+    );
+    std::fs::write(d.join("broken.toml"), broken)?;
+    let (ok, out) = run_eddy(&["check", "-c", "broken.toml"], d)?;
+    ensure!(
+        !ok && out.contains("4 problem(s)")
+            && out.contains("plugin \"gone\": cannot read")
+            && out.contains("not a valid WebAssembly component")
+            && out.contains("pipeline \"more\": reader_schema")
+            && out.contains("async-process-aggregator"),
+        "{out}"
+    );
     Ok(())
 }
 

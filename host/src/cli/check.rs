@@ -62,3 +62,65 @@ pub(super) fn probe_config(name: &str) -> PluginConfig {
         grants: crate::config::Grants::default(),
     }
 }
+
+/// `eddy check`: validates a config whole, as `eddy run` would start it,
+/// without starting it — the file and its cross-field rules, the plugins'
+/// roles, files and components (each compiled and checked against its
+/// role), and the pipelines' reader schemas — and lists every problem found
+/// at each step.
+///
+/// # Errors
+/// Every problem, one per line, each naming its plugin, pipeline or field.
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(path)?;
+    let mut problems: Vec<String> = Vec::new();
+    let roles = match super::serve::plugin_roles(&config) {
+        Ok(roles) => roles,
+        Err(e) => {
+            problems.extend(format!("{e:#}").lines().map(str::to_owned));
+            Vec::new()
+        }
+    };
+    let runtime = Runtime::quick_compile()?;
+    for (plugin, file, kind) in &roles {
+        let loaded = std::fs::read(file)
+            .with_context(|| {
+                format!(
+                    "plugin {:?}: cannot read {}; build it with `eddy plugin build`",
+                    plugin.name,
+                    file.display()
+                )
+            })
+            .and_then(|bytes| {
+                // Its errors name the plugin.
+                runtime
+                    .load(plugin, &file.display().to_string(), &bytes, Some(*kind))
+                    .map_err(anyhow::Error::from)
+            });
+        if let Err(e) = loaded {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    // The reader schemas, read and compiled: against an empty registry (a
+    // running host's registry is its store's, which it holds).
+    let scratch = tempfile::tempdir()?;
+    let store = crate::store::Store::open(scratch.path(), crate::config::Durability::Process)?;
+    if let Err(e) = super::serve::open_schemas(&config, &store) {
+        problems.extend(format!("{e:#}").lines().map(str::to_owned));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}: {} problem(s):\n  {}",
+            path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    println!(
+        "{}: valid: {} pipeline(s), {} plugin(s) loaded",
+        path.display(),
+        config.pipelines.len(),
+        roles.len()
+    );
+    Ok(())
+}

@@ -64,6 +64,13 @@ enum Command {
         #[arg(long, env = "EDDY_KAFKA_BROKERS")]
         brokers: Option<String>,
     },
+    /// Checks a config file whole, as `run` would start it (the file, the
+    /// plugins' components, the reader schemas), listing every problem.
+    Check {
+        /// The config file.
+        #[arg(short, long, default_value = "eddy.toml")]
+        config: PathBuf,
+    },
     /// Builds and checks plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -291,6 +298,8 @@ pub fn init_logging(cli: &Cli) {
         Command::Plugin(PluginCommand::Test { .. }) => {
             "warn,eddy::execute=info,eddy::pipeline::outputs=error"
         }
+        // `check` prints its own report too.
+        Command::Check { .. } => "warn",
         _ => "info,wasmtime=warn,cranelift=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -311,6 +320,7 @@ pub fn init_logging(cli: &Cli) {
 /// Whatever stopped it, with context.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Check { config } => check::check_config(&config),
         Command::Run {
             config,
             listen,

@@ -28,13 +28,16 @@ pub(super) fn plugin_roles(
     config: &Config,
 ) -> anyhow::Result<Vec<(PluginConfig, PathBuf, PluginKind)>> {
     let mut roles: HashMap<&str, PluginKind> = HashMap::new();
+    let mut problems = Vec::new();
     for p in &config.pipelines {
         if let Some(a) = &p.aggregator {
             roles.insert(a, PluginKind::Aggregator);
         }
         for h in &p.handlers {
             if roles.insert(h, PluginKind::Handler) == Some(PluginKind::Aggregator) {
-                anyhow::bail!("plugin {h:?} is used both as an aggregator and as a handler");
+                problems.push(format!(
+                    "plugin {h:?} is used both as an aggregator and as a handler"
+                ));
             }
         }
     }
@@ -44,11 +47,11 @@ pub(super) fn plugin_roles(
         for d in &mut pc.grants.read_dirs {
             d.host = config.resolve(&d.host);
             if !d.host.is_dir() {
-                anyhow::bail!(
+                problems.push(format!(
                     "plugin {:?}: granted directory {} does not exist",
                     pc.name,
                     d.host.display()
-                );
+                ));
             }
         }
         let Some(kind) = roles.get(pc.name.as_str()).copied() else {
@@ -57,6 +60,9 @@ pub(super) fn plugin_roles(
         };
         let path = std::path::absolute(config.resolve(&pc.path))?;
         out.push((pc, path, kind));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
     }
     Ok(out)
 }
@@ -350,12 +356,8 @@ pub(super) type Schemas = (
 /// wire format decode with the registry's writers and their reader schema,
 /// after checking that it can read every writer schema of its subject.
 pub(super) fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Schemas> {
-    use crate::config::ValueFormat;
     use crate::decode::Decoder;
-    use crate::decode::avro::AvroDecoder;
-    use crate::decode::json_schema::JsonSchemaDecoder;
-    use crate::decode::protobuf::{ProtoReader, ProtobufDecoder};
-    use crate::schema::{Parsed, Reader, Registry, SchemaSource, external::Remote};
+    use crate::schema::{Registry, SchemaSource, external::Remote};
     let embedded = match &config.registry.url {
         None => Some(Registry::open(store.clone()).context("cannot open the schema registry")?),
         Some(_) => None,
@@ -367,106 +369,137 @@ pub(super) fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Sch
     };
     let mut readers = Vec::new();
     let mut intakes = HashMap::new();
+    let mut problems = Vec::new();
     for p in &config.pipelines {
         if !p.value_format.uses_registry() {
             intakes.insert(p.name.clone(), Decoder::Json);
             continue;
         }
-        let reader: Option<Parsed> = match &p.reader_schema {
-            None => None,
-            Some(path) => {
-                let path = config.resolve(path);
-                let failed = |e: String| {
-                    anyhow::anyhow!(
-                        "pipeline {:?}: reader_schema {}: {e}",
-                        p.name,
-                        path.display()
-                    )
-                };
-                let text = || {
-                    std::fs::read_to_string(&path).with_context(|| {
-                        format!(
-                            "pipeline {:?}: cannot read reader_schema {}",
-                            p.name,
-                            path.display()
-                        )
-                    })
-                };
-                Some(match p.value_format {
-                    ValueFormat::Protobuf => Parsed::Protobuf(Arc::new(
-                        crate::schema::protobuf::Proto::from_file(&path).map_err(failed)?,
-                    )),
-                    ValueFormat::JsonSchema => Parsed::Json(Arc::new(
-                        crate::schema::json_schema::JsonSchema::parse(&text()?, &[])
-                            .map_err(failed)?,
-                    )),
-                    _ => Parsed::Avro(Arc::new(
-                        crate::schema::parse(&text()?).map_err(|e| failed(e.to_string()))?,
-                    )),
-                })
+        match pipeline_decoder(config, p, embedded.as_ref(), &source) {
+            Ok((decoder, reader)) => {
+                intakes.insert(p.name.clone(), decoder);
+                readers.extend(reader);
             }
-        };
-        if let (Some(name), Some(Parsed::Protobuf(r))) = (&p.message_type, &reader)
-            && r.message_named(name).is_none()
-        {
-            anyhow::bail!(
-                "pipeline {:?}: message_type {name:?} is not a message of its reader_schema",
-                p.name
-            );
+            Err(e) => problems.push(format!("{e:#}")),
         }
-        let subject = format!("{}-value", p.topic);
-        if let (Some(r), Some(reader)) = (&embedded, &reader) {
-            for (version, id, writer) in r.writers(&subject) {
-                if let Err(e) = Parsed::can_read(&writer, reader) {
-                    anyhow::bail!(
-                        "pipeline {:?} refused: its reader schema cannot read version {version} (schema id {id}) of subject {subject:?}: {}",
-                        p.name,
-                        e.join("; ")
-                    );
-                }
-            }
-            readers.push(Reader {
-                pipeline: p.name.clone(),
-                subject,
-                schema: reader.clone(),
-            });
-        }
-        let decoder = match reader {
-            Some(Parsed::Protobuf(schema)) => Decoder::Protobuf(Arc::new(ProtobufDecoder::new(
-                source.clone(),
-                ProtoReader {
-                    schema: Some(schema),
-                    message: p.message_type.clone(),
-                },
-            ))),
-            None if p.value_format == ValueFormat::Protobuf => {
-                Decoder::Protobuf(Arc::new(ProtobufDecoder::new(
-                    source.clone(),
-                    ProtoReader {
-                        schema: None,
-                        message: p.message_type.clone(),
-                    },
-                )))
-            }
-            Some(Parsed::Json(schema)) => Decoder::JsonSchema(Arc::new(JsonSchemaDecoder::new(
-                source.clone(),
-                Some(schema),
-            ))),
-            None if p.value_format == ValueFormat::JsonSchema => {
-                Decoder::JsonSchema(Arc::new(JsonSchemaDecoder::new(source.clone(), None)))
-            }
-            Some(Parsed::Avro(schema)) => Decoder::Avro(Arc::new(AvroDecoder::new(
-                source.clone(),
-                Some(schema.as_ref().clone()),
-            ))),
-            None => Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), None))),
-        };
-        intakes.insert(p.name.clone(), decoder);
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
     }
     if let Some(r) = &embedded {
         r.set_readers(readers);
     }
     Ok((embedded, intakes))
+}
+
+/// A registry-backed pipeline's decoder, and its reader schema for the
+/// embedded registry's compatibility checks.
+///
+/// # Errors
+/// An unreadable or invalid reader schema, a message type it lacks, or a
+/// reader that cannot read a registered version, each naming the pipeline.
+fn pipeline_decoder(
+    config: &Config,
+    p: &crate::config::PipelineConfig,
+    embedded: Option<&Arc<crate::schema::Registry>>,
+    source: &Arc<dyn crate::schema::SchemaSource>,
+) -> anyhow::Result<(crate::decode::Decoder, Option<crate::schema::Reader>)> {
+    use crate::config::ValueFormat;
+    use crate::decode::Decoder;
+    use crate::decode::avro::AvroDecoder;
+    use crate::decode::json_schema::JsonSchemaDecoder;
+    use crate::decode::protobuf::{ProtoReader, ProtobufDecoder};
+    use crate::schema::{Parsed, Reader};
+    let mut read = None;
+    let reader: Option<Parsed> = match &p.reader_schema {
+        None => None,
+        Some(path) => {
+            let path = config.resolve(path);
+            let failed = |e: String| {
+                anyhow::anyhow!(
+                    "pipeline {:?}: reader_schema {}: {e}",
+                    p.name,
+                    path.display()
+                )
+            };
+            let text = || {
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "pipeline {:?}: cannot read reader_schema {}",
+                        p.name,
+                        path.display()
+                    )
+                })
+            };
+            Some(match p.value_format {
+                ValueFormat::Protobuf => Parsed::Protobuf(Arc::new(
+                    crate::schema::protobuf::Proto::from_file(&path).map_err(failed)?,
+                )),
+                ValueFormat::JsonSchema => Parsed::Json(Arc::new(
+                    crate::schema::json_schema::JsonSchema::parse(&text()?, &[]).map_err(failed)?,
+                )),
+                _ => Parsed::Avro(Arc::new(
+                    crate::schema::parse(&text()?).map_err(|e| failed(e.to_string()))?,
+                )),
+            })
+        }
+    };
+    if let (Some(name), Some(Parsed::Protobuf(r))) = (&p.message_type, &reader)
+        && r.message_named(name).is_none()
+    {
+        anyhow::bail!(
+            "pipeline {:?}: message_type {name:?} is not a message of its reader_schema",
+            p.name
+        );
+    }
+    let subject = format!("{}-value", p.topic);
+    if let (Some(r), Some(reader)) = (&embedded, &reader) {
+        for (version, id, writer) in r.writers(&subject) {
+            if let Err(e) = Parsed::can_read(&writer, reader) {
+                anyhow::bail!(
+                    "pipeline {:?} refused: its reader schema cannot read version {version} (schema id {id}) of subject {subject:?}: {}",
+                    p.name,
+                    e.join("; ")
+                );
+            }
+        }
+        read = Some(Reader {
+            pipeline: p.name.clone(),
+            subject,
+            schema: reader.clone(),
+        });
+    }
+    let decoder = match reader {
+        Some(Parsed::Protobuf(schema)) => Decoder::Protobuf(Arc::new(ProtobufDecoder::new(
+            source.clone(),
+            ProtoReader {
+                schema: Some(schema),
+                message: p.message_type.clone(),
+            },
+        ))),
+        None if p.value_format == ValueFormat::Protobuf => {
+            Decoder::Protobuf(Arc::new(ProtobufDecoder::new(
+                source.clone(),
+                ProtoReader {
+                    schema: None,
+                    message: p.message_type.clone(),
+                },
+            )))
+        }
+        Some(Parsed::Json(schema)) => Decoder::JsonSchema(Arc::new(JsonSchemaDecoder::new(
+            source.clone(),
+            Some(schema),
+        ))),
+        None if p.value_format == ValueFormat::JsonSchema => {
+            Decoder::JsonSchema(Arc::new(JsonSchemaDecoder::new(source.clone(), None)))
+        }
+        Some(Parsed::Avro(schema)) => Decoder::Avro(Arc::new(AvroDecoder::new(
+            source.clone(),
+            Some(schema.as_ref().clone()),
+        ))),
+        None => Decoder::Avro(Arc::new(AvroDecoder::new(source.clone(), None))),
+    };
+    Ok((decoder, read))
 }
 
 /// Wires plugins' schema contracts (the reader schema a plugin declares) to
