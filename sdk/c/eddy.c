@@ -322,6 +322,13 @@ static void skip_space(reader *r) {
   }
 }
 
+/* Skips the character `c` when it comes next. */
+static bool eat(reader *r, char c) {
+  if (r->pos >= r->len || r->text[r->pos] != c) return false;
+  r->pos++;
+  return true;
+}
+
 static bool literal(reader *r, const char *word) {
   size_t n = strlen(word);
   if (r->len - r->pos < n || memcmp(r->text + r->pos, word, n) != 0) return false;
@@ -461,32 +468,30 @@ fail:
   return false;
 }
 
+/* Skips decimal digits; how many. */
+static size_t skip_digits(reader *r) {
+  size_t from = r->pos;
+  while (r->pos < r->len && r->text[r->pos] >= '0' && r->text[r->pos] <= '9') r->pos++;
+  return r->pos - from;
+}
+
 static eddy_json *read_number(reader *r) {
   size_t start = r->pos;
   bool integer = true;
-  if (r->pos < r->len && r->text[r->pos] == '-') r->pos++;
-  if (r->pos >= r->len) goto bad;
-  if (r->text[r->pos] == '0') {
-    r->pos++;
-  } else if (r->text[r->pos] >= '1' && r->text[r->pos] <= '9') {
-    while (r->pos < r->len && r->text[r->pos] >= '0' && r->text[r->pos] <= '9') r->pos++;
-  } else {
+  eat(r, '-');
+  if (eat(r, '0')) {
+    /* no leading zeros */
+  } else if (skip_digits(r) == 0) {
     goto bad;
   }
-  if (r->pos < r->len && r->text[r->pos] == '.') {
+  if (eat(r, '.')) {
     integer = false;
-    r->pos++;
-    size_t digits = r->pos;
-    while (r->pos < r->len && r->text[r->pos] >= '0' && r->text[r->pos] <= '9') r->pos++;
-    if (r->pos == digits) goto bad;
+    if (skip_digits(r) == 0) goto bad;
   }
-  if (r->pos < r->len && (r->text[r->pos] == 'e' || r->text[r->pos] == 'E')) {
+  if (eat(r, 'e') || eat(r, 'E')) {
     integer = false;
-    r->pos++;
-    if (r->pos < r->len && (r->text[r->pos] == '+' || r->text[r->pos] == '-')) r->pos++;
-    size_t digits = r->pos;
-    while (r->pos < r->len && r->text[r->pos] >= '0' && r->text[r->pos] <= '9') r->pos++;
-    if (r->pos == digits) goto bad;
+    if (!eat(r, '+')) eat(r, '-');
+    if (skip_digits(r) == 0) goto bad;
   }
   {
     const char *text = r->text + start, *end = r->text + r->pos;
@@ -536,27 +541,22 @@ static eddy_json *read_value(reader *r, int depth) {
     r->pos++;
     eddy_json *o = eddy_object();
     skip_space(r);
-    if (r->pos < r->len && r->text[r->pos] == '}') {
-      r->pos++;
-      return o;
-    }
+    if (eat(r, '}')) return o;
     for (;;) {
       skip_space(r);
-      if (r->pos >= r->len || r->text[r->pos] != '"') {
+      if (!eat(r, '"')) {
         fail_at(r, "expected a field name");
         break;
       }
-      r->pos++;
       char *name;
       size_t name_len;
       if (!read_string(r, &name, &name_len)) break;
       skip_space(r);
-      if (r->pos >= r->len || r->text[r->pos] != ':') {
+      if (!eat(r, ':')) {
         free(name);
         fail_at(r, "expected `:`");
         break;
       }
-      r->pos++;
       eddy_json *value = read_value(r, depth + 1);
       if (!value) {
         free(name);
@@ -564,14 +564,8 @@ static eddy_json *read_value(reader *r, int depth) {
       }
       set_owned(o, name, value);
       skip_space(r);
-      if (r->pos < r->len && r->text[r->pos] == ',') {
-        r->pos++;
-        continue;
-      }
-      if (r->pos < r->len && r->text[r->pos] == '}') {
-        r->pos++;
-        return o;
-      }
+      if (eat(r, ',')) continue;
+      if (eat(r, '}')) return o;
       fail_at(r, "expected `,` or `}`");
       break;
     }
@@ -582,23 +576,14 @@ static eddy_json *read_value(reader *r, int depth) {
     r->pos++;
     eddy_json *a = eddy_array();
     skip_space(r);
-    if (r->pos < r->len && r->text[r->pos] == ']') {
-      r->pos++;
-      return a;
-    }
+    if (eat(r, ']')) return a;
     for (;;) {
       eddy_json *item = read_value(r, depth + 1);
       if (!item) break;
       eddy_push(a, item);
       skip_space(r);
-      if (r->pos < r->len && r->text[r->pos] == ',') {
-        r->pos++;
-        continue;
-      }
-      if (r->pos < r->len && r->text[r->pos] == ']') {
-        r->pos++;
-        return a;
-      }
+      if (eat(r, ',')) continue;
+      if (eat(r, ']')) return a;
       fail_at(r, "expected `,` or `]`");
       break;
     }
@@ -691,23 +676,33 @@ static void write_float(buffer *b, double d) {
   digits[n] = '\0';
   int exp = *p == 'e' ? atoi(p + 1) : 0;
   while (n > 1 && digits[n - 1] == '0') digits[--n] = '\0';
-  char text[64];
+  static const char zeros[] = "000000000000000";
   if (exp >= 0 && exp < 16) {
+    /* ddd.ddd, or the digits padded with zeros and `.0`. */
     size_t whole = (size_t)exp + 1;
-    if (n <= whole)
-      snprintf(text, sizeof text, "%s%0*d.0", digits, (int)(whole - n), 0);
-    else
-      snprintf(text, sizeof text, "%.*s.%s", (int)whole, digits, digits + whole);
-    if (n == whole) snprintf(text, sizeof text, "%s.0", digits);
+    if (n <= whole) {
+      put(b, digits, n);
+      put(b, zeros, whole - n);
+      put(b, ".0", 2);
+    } else {
+      put(b, digits, whole);
+      put(b, ".", 1);
+      put(b, digits + whole, n - whole);
+    }
   } else if (exp < 0 && exp >= -5) {
-    snprintf(text, sizeof text, "0.%0*d%s", -exp - 1, 0, digits);
-    if (exp == -1) snprintf(text, sizeof text, "0.%s", digits);
-  } else if (n > 1) {
-    snprintf(text, sizeof text, "%c.%se%d", digits[0], digits + 1, exp);
+    put(b, "0.", 2);
+    put(b, zeros, (size_t)(-exp - 1));
+    put(b, digits, n);
   } else {
-    snprintf(text, sizeof text, "%ce%d", digits[0], exp);
+    put(b, digits, 1);
+    if (n > 1) {
+      put(b, ".", 1);
+      put(b, digits + 1, n - 1);
+    }
+    char e[16];
+    snprintf(e, sizeof e, "e%d", exp);
+    put(b, e, strlen(e));
   }
-  put(b, text, strlen(text));
 }
 
 static void write_value(buffer *b, const eddy_json *v) {
