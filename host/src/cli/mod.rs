@@ -6,6 +6,7 @@ mod check;
 mod dev;
 mod fixture;
 mod new;
+mod reload;
 mod remote;
 mod serve;
 mod templates;

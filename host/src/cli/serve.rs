@@ -5,21 +5,20 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::reload::{Host, Start};
 use crate::config::{Config, Durability, EmbeddedConfig, PluginConfig, PluginKind, SourceConfig};
+use crate::execute::Runtime;
 use crate::execute::registry::Registry;
-use crate::execute::{Instance, Runtime};
 use crate::http::{AppState, app, body_limit};
 use crate::notify::Hub;
-use crate::pipeline::{PipelineLock, Wiring, Worker, spawn};
+use crate::pipeline::PipelineLock;
 use crate::sink::Sink;
 use crate::sink::kafka::KafkaSink;
 use crate::source::embedded::{EmbeddedLog, EmbeddedSource};
-use crate::source::kafka::KafkaSource;
 use crate::source::{Chain, Source};
 use crate::store::{Store, Writeback};
 
@@ -69,7 +68,7 @@ pub(super) fn plugin_roles(
 
 /// Watches the plugins' directories and deploys a changed component
 /// (after it has been quiet for a moment, so half-written files are skipped).
-fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedWatcher> {
+pub(super) fn watch_plugins(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -158,35 +157,13 @@ pub(super) fn open_topics(
     };
     let log = EmbeddedLog::open(store.clone(), &local)?;
     for p in &config.pipelines {
-        log.ensure_topic(&p.replay_topic(), Some(1))
-            .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
-        if p.aggregator.is_some() || !config.schedules_of(&p.name).is_empty() {
-            log.ensure_topic(&p.timer_topic(), Some(1))
-                .with_context(|| format!("pipeline {:?}: timer topic", p.name))?;
-        }
+        ensure_local_topics(config, &log, p)?;
     }
-    let outputs = |p: &crate::config::PipelineConfig| {
-        [
-            ("changelog", &p.changelog_topic),
-            ("dead-letter", &p.dlq_topic),
-        ]
-        .into_iter()
-        .filter_map(|(what, t)| t.clone().map(|t| (what, t)))
-        .collect::<Vec<_>>()
-    };
     let (sink, partitions) = match &config.source {
         SourceConfig::Embedded(_) => {
             let mut partitions = HashMap::new();
             for p in &config.pipelines {
-                let n = log
-                    .ensure_topic(&p.topic, None)
-                    .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
-                partitions.insert(p.name.clone(), n);
-                for (what, t) in outputs(p) {
-                    let want = (what == "changelog").then_some(n);
-                    log.ensure_topic(&t, want)
-                        .with_context(|| format!("pipeline {:?}: {what} topic {t:?}", p.name))?;
-                }
+                partitions.insert(p.name.clone(), ensure_embedded_topics(&log, p, None)?);
             }
             (Sink::Embedded(log.clone()), partitions)
         }
@@ -199,7 +176,7 @@ pub(super) fn open_topics(
             if k.create_topics {
                 for p in &config.pipelines {
                     wanted.push((p.topic.clone(), k.default_partitions));
-                    for (_, t) in outputs(p) {
+                    for (_, t) in output_topics(p) {
                         wanted.push((t, k.default_partitions));
                     }
                 }
@@ -219,7 +196,7 @@ pub(super) fn open_topics(
             let outputs: Vec<String> = config
                 .pipelines
                 .iter()
-                .flat_map(|p| outputs(p).into_iter().map(|(_, t)| t))
+                .flat_map(|p| output_topics(p).into_iter().map(|(_, t)| t))
                 .collect();
             let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let sink = KafkaSink::start(k, store.clone(), &outputs)
@@ -244,25 +221,135 @@ pub(super) fn open_topics(
     }
     let mut aligned = std::collections::HashSet::new();
     for p in &config.pipelines {
-        let (Some(changelog), Some(n)) = (&p.changelog_topic, partitions.get(&p.name)) else {
-            continue;
-        };
-        let have = match &sink {
-            Sink::Embedded(log) => log.partitions(changelog),
-            Sink::Kafka(k) => k
-                .partitions(changelog)
-                .with_context(|| format!("pipeline {:?}: changelog topic {changelog:?}", p.name))?,
-        };
-        if have == Some(*n) {
+        if let Some(n) = partitions.get(&p.name)
+            && changelog_aligned(&sink, p, *n)?
+        {
             aligned.insert(p.name.clone());
-        } else {
-            tracing::warn!(
-                pipeline = %p.name, changelog = %changelog, partitions = ?have, input_partitions = n,
-                "the changelog topic has another partition count than the input; its records are partitioned by key"
-            );
         }
     }
     Ok((log, sink, partitions, aligned))
+}
+
+/// A pipeline's changelog and dead-letter topics, when it has them.
+fn output_topics(p: &crate::config::PipelineConfig) -> Vec<(&'static str, String)> {
+    [
+        ("changelog", &p.changelog_topic),
+        ("dead-letter", &p.dlq_topic),
+    ]
+    .into_iter()
+    .filter_map(|(what, t)| t.clone().map(|t| (what, t)))
+    .collect()
+}
+
+/// A pipeline's replay topic and (with an aggregator or a schedule) its
+/// timer topic, in the embedded log whatever the source.
+fn ensure_local_topics(
+    config: &Config,
+    log: &EmbeddedLog,
+    p: &crate::config::PipelineConfig,
+) -> anyhow::Result<()> {
+    log.ensure_topic(&p.replay_topic(), Some(1))
+        .with_context(|| format!("pipeline {:?}: replay topic", p.name))?;
+    if p.aggregator.is_some() || !config.schedules_of(&p.name).is_empty() {
+        log.ensure_topic(&p.timer_topic(), Some(1))
+            .with_context(|| format!("pipeline {:?}: timer topic", p.name))?;
+    }
+    Ok(())
+}
+
+/// The embedded source: creates a pipeline's input (with `partitions`, or
+/// the log's default), changelog (as many partitions as the input) and
+/// dead-letter topics when missing; returns the input's partition count.
+fn ensure_embedded_topics(
+    log: &EmbeddedLog,
+    p: &crate::config::PipelineConfig,
+    partitions: Option<u32>,
+) -> anyhow::Result<u32> {
+    let n = log
+        .ensure_topic(&p.topic, partitions)
+        .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?;
+    for (what, t) in output_topics(p) {
+        let want = (what == "changelog").then_some(n);
+        log.ensure_topic(&t, want)
+            .with_context(|| format!("pipeline {:?}: {what} topic {t:?}", p.name))?;
+    }
+    Ok(n)
+}
+
+/// Whether a pipeline's changelog has as many partitions as its input (`n`),
+/// so each change goes to the partition numbered as its input's; otherwise
+/// (a topic made by an earlier version, or by its users) it is partitioned
+/// by key, and a warning says so.
+///
+/// # Errors
+/// The changelog's partition count cannot be read.
+fn changelog_aligned(
+    sink: &Sink,
+    p: &crate::config::PipelineConfig,
+    n: u32,
+) -> anyhow::Result<bool> {
+    let Some(changelog) = &p.changelog_topic else {
+        return Ok(false);
+    };
+    let have = match sink {
+        Sink::Embedded(log) => log.partitions(changelog),
+        Sink::Kafka(k) => k
+            .partitions(changelog)
+            .with_context(|| format!("pipeline {:?}: changelog topic {changelog:?}", p.name))?,
+    };
+    if have != Some(n) {
+        tracing::warn!(
+            pipeline = %p.name, changelog = %changelog, partitions = ?have, input_partitions = n,
+            "the changelog topic has another partition count than the input; its records are partitioned by key"
+        );
+    }
+    Ok(have == Some(n))
+}
+
+/// A config reload's new or changed pipeline: its topics, made when missing
+/// (a changed pipeline's new input with the partition count `keep` its
+/// states are kept under); returns the input's partition count and whether
+/// the changelog is aligned with it.
+///
+/// # Errors
+/// A topic that cannot be made, or a Kafka input that does not exist.
+pub(super) fn ensure_pipeline_topics(
+    config: &Config,
+    log: &EmbeddedLog,
+    sink: &Sink,
+    p: &crate::config::PipelineConfig,
+    keep: Option<u32>,
+) -> anyhow::Result<(u32, bool)> {
+    ensure_local_topics(config, log, p)?;
+    let n = match (&config.source, sink) {
+        (SourceConfig::Kafka(k), Sink::Kafka(s)) => {
+            if k.create_topics {
+                let mut wanted = vec![crate::kafka::NewTopicSpec {
+                    name: p.topic.clone(),
+                    partitions: keep.unwrap_or(k.default_partitions),
+                    configs: Vec::new(),
+                }];
+                wanted.extend(output_topics(p).into_iter().map(|(_, name)| {
+                    crate::kafka::NewTopicSpec {
+                        name,
+                        partitions: k.default_partitions,
+                        configs: Vec::new(),
+                    }
+                }));
+                tokio::runtime::Handle::try_current()
+                    .context("no async runtime to create the topics on")?
+                    .block_on(crate::kafka::create_topics(k, &wanted))
+                    .with_context(|| format!("pipeline {:?}: creating its topics", p.name))?;
+            }
+            s.partitions(&p.topic)
+                .with_context(|| format!("pipeline {:?}: topic {:?}", p.name, p.topic))?
+                .with_context(|| {
+                    format!("pipeline {:?}: topic {:?} does not exist", p.name, p.topic)
+                })?
+        }
+        _ => ensure_embedded_topics(log, p, keep)?,
+    };
+    Ok((n, changelog_aligned(sink, p, n)?))
 }
 
 /// Cluster mode: creates each pipeline's state changelog when missing
@@ -398,7 +485,7 @@ pub(super) fn open_schemas(config: &Config, store: &Store) -> anyhow::Result<Sch
 /// # Errors
 /// An unreadable or invalid reader schema, a message type it lacks, or a
 /// reader that cannot read a registered version, each naming the pipeline.
-fn pipeline_decoder(
+pub(super) fn pipeline_decoder(
     config: &Config,
     p: &crate::config::PipelineConfig,
     embedded: Option<&Arc<crate::schema::Registry>>,
@@ -502,29 +589,13 @@ fn pipeline_decoder(
     Ok((decoder, read))
 }
 
-/// Wires plugins' schema contracts (the reader schema a plugin declares) to
-/// the embedded registry both ways — a deploy, rollback or hot reload whose
-/// contract cannot read every version of its pipelines' subjects is refused;
-/// a registration that breaks a running plugin's contract is refused or
-/// logged (`[registry] contract_breaks`) — and checks the loaded plugins.
-///
-/// # Errors
-/// Every loaded plugin whose contract is broken, each named.
-fn check_contracts(
-    config: &Config,
-    schemas: Option<&Arc<crate::schema::Registry>>,
-    plugins: &Arc<Registry>,
-) -> anyhow::Result<()> {
-    let Some(schemas) = schemas else {
-        if !plugins.contracts().is_empty() {
-            tracing::warn!(
-                "plugins declare reader schemas, but this host reads an external registry: their contracts are not checked"
-            );
-        }
-        return Ok(());
-    };
-    // plugin -> the (pipeline, subject) pairs it reads.
-    let mut uses: HashMap<String, Vec<(String, String)>> = HashMap::new();
+/// Which plugin reads which subjects: plugin -> (pipeline, subject).
+pub(super) type Uses = HashMap<String, Vec<(String, String)>>;
+
+/// The subjects each plugin of `config` reads, through its pipelines that
+/// decode with the registry.
+pub(super) fn contract_uses(config: &Config) -> Uses {
+    let mut uses: Uses = HashMap::new();
     for p in config
         .pipelines
         .iter()
@@ -537,20 +608,57 @@ fn check_contracts(
                 .push((p.name.clone(), subject.clone()));
         }
     }
-    let uses = Arc::new(uses);
+    uses
+}
+
+/// What `plugin`'s declared reader schema `text` cannot read of the
+/// subjects it reads: one message per broken version, naming the pipeline.
+pub(super) fn contract_problems(
+    schemas: &crate::schema::Registry,
+    uses: &Uses,
+    plugin: &str,
+    text: &crate::schema::SchemaText,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (pipeline, subject) in uses.get(plugin).into_iter().flatten() {
+        match schemas.check_reader(subject, text) {
+            Ok(found) => problems.extend(
+                found
+                    .into_iter()
+                    .map(|m| format!("pipeline {pipeline:?}: {m}")),
+            ),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    problems
+}
+
+/// Wires plugins' schema contracts (the reader schema a plugin declares) to
+/// the embedded registry both ways — a deploy, rollback or hot reload whose
+/// contract cannot read every version of its pipelines' subjects is refused;
+/// a registration that breaks a running plugin's contract is refused or
+/// logged (`[registry] contract_breaks`) — and checks the loaded plugins.
+/// Returns which plugin reads which subjects, for a config reload to swap.
+///
+/// # Errors
+/// Every loaded plugin whose contract is broken, each named.
+fn check_contracts(
+    config: &Config,
+    schemas: Option<&Arc<crate::schema::Registry>>,
+    plugins: &Arc<Registry>,
+) -> anyhow::Result<Arc<arc_swap::ArcSwap<Uses>>> {
+    let uses = Arc::new(arc_swap::ArcSwap::from_pointee(contract_uses(config)));
+    let Some(schemas) = schemas else {
+        if !plugins.contracts().is_empty() {
+            tracing::warn!(
+                "plugins declare reader schemas, but this host reads an external registry: their contracts are not checked"
+            );
+        }
+        return Ok(uses);
+    };
     let (check_schemas, check_uses) = (schemas.clone(), uses.clone());
     plugins.set_contract_check(Box::new(move |plugin, text| {
-        let mut problems = Vec::new();
-        for (pipeline, subject) in check_uses.get(plugin).into_iter().flatten() {
-            match check_schemas.check_reader(subject, text) {
-                Ok(found) => problems.extend(
-                    found
-                        .into_iter()
-                        .map(|m| format!("pipeline {pipeline:?}: {m}")),
-                ),
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
+        let problems = contract_problems(&check_schemas, &check_uses.load(), plugin, text);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -558,11 +666,13 @@ fn check_contracts(
         }
     }));
     let running = Arc::downgrade(plugins);
+    let contract_uses = uses.clone();
     schemas.set_contracts(
         Box::new(move || {
             let Some(plugins) = running.upgrade() else {
                 return Vec::new();
             };
+            let uses = contract_uses.load();
             plugins
                 .contracts()
                 .into_iter()
@@ -584,7 +694,8 @@ fn check_contracts(
     );
     plugins
         .check_contracts()
-        .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))
+        .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
+    Ok(uses)
 }
 
 /// A pipeline's source: its fired timers (first in a batch: a key's timers
@@ -615,7 +726,7 @@ pub(super) fn chain(
 }
 
 /// Command-line settings that override the config file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Overrides {
     /// `http.listen`.
     pub listen: Option<SocketAddr>,
@@ -623,6 +734,44 @@ pub struct Overrides {
     pub store: Option<PathBuf>,
     /// The Kafka source's `brokers`.
     pub brokers: Option<String>,
+}
+
+impl Overrides {
+    /// Applies `--listen` and `--brokers` to a config read from `path`
+    /// (`--store` is applied where the store opens).
+    pub fn apply(&self, config: &mut Config, path: &Path) {
+        if let Some(l) = self.listen {
+            config.http.listen = l;
+        }
+        match (&mut config.source, &self.brokers) {
+            (SourceConfig::Kafka(k), Some(b)) => k.brokers.clone_from(b),
+            (SourceConfig::Embedded(_), Some(_)) => {
+                tracing::warn!(config = %path.display(), "--brokers ignored: the config uses the embedded source");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The routes of `state` with the HTTP settings' body limit and CORS.
+///
+/// # Errors
+/// A CORS origin that is not a valid header value.
+pub(super) fn router(
+    state: AppState,
+    http: &crate::config::HttpConfig,
+) -> anyhow::Result<axum::Router> {
+    let router = app(state).layer(body_limit(http.max_body_bytes));
+    // Outside the token gate: a preflight carries no token.
+    Ok(
+        match crate::http::cors(
+            &http.cors_origins,
+            Duration::from_secs(http.cors_max_age_secs),
+        )? {
+            Some(cors) => router.layer(cors),
+            None => router,
+        },
+    )
 }
 
 /// Runs the host.
@@ -633,16 +782,7 @@ pub struct Overrides {
 pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
     raise_open_files_limit(config.http.sse_max_clients);
-    if let Some(l) = overrides.listen {
-        config.http.listen = l;
-    }
-    match (&mut config.source, &overrides.brokers) {
-        (SourceConfig::Kafka(k), Some(b)) => k.brokers.clone_from(b),
-        (SourceConfig::Embedded(_), Some(_)) => {
-            tracing::warn!(config = %config_path.display(), "--brokers ignored: the config uses the embedded source");
-        }
-        _ => {}
-    }
+    overrides.apply(&mut config, config_path);
     let store_path = overrides
         .store
         .clone()
@@ -669,12 +809,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
     let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
-    check_contracts(&config, schemas.as_ref(), &registry)?;
-    let _watcher = if config.http.watch_plugins {
-        Some(watch_plugins(registry.clone())?)
-    } else {
-        None
-    };
+    let uses = check_contracts(&config, schemas.as_ref(), &registry)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -754,99 +889,46 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             Arc::new(crate::pipeline::PauseSwitch::new(is)),
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-
-    let mut workers = Vec::new();
+    let host = Arc::new(Host::new(
+        config_path.to_path_buf(),
+        overrides.clone(),
+        config.clone(),
+        store.clone(),
+        log.clone(),
+        sink.clone(),
+        registry.clone(),
+        schemas.clone(),
+        uses,
+        hub.clone(),
+        readiness.clone(),
+        partitions.clone(),
+    ));
+    if config.http.watch_plugins {
+        *crate::lock(&host.watcher) = Some(watch_plugins(registry.clone())?);
+    }
+    let (failed, shutdown) = (host.failed.clone(), host.shutdown.clone());
     let mut ownership: HashMap<String, Arc<crate::source::restore::Ownership>> = HashMap::new();
     for p in &config.pipelines {
-        let get = |name: &String| {
-            registry
-                .slot(name)
-                .map(|slot| Instance::of_slot(slot).in_pipeline(&p.name))
-                .with_context(|| format!("pipeline {:?}: plugin {name:?} is not loaded", p.name))
-        };
-        let aggregator = p.aggregator.as_ref().map(get).transpose()?;
-        let handlers = p
-            .handlers
-            .iter()
-            .map(get)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let input: Box<dyn Source> = match &config.source {
-            SourceConfig::Embedded(_) => {
-                Box::new(EmbeddedSource::open(log.clone(), &p.name, &p.topic)?)
-            }
-            SourceConfig::Kafka(k) => {
-                let delivered: Option<crate::source::kafka::Delivered> = match &sink {
-                    Sink::Kafka(s) => {
-                        let s = s.clone();
-                        Some(Arc::new(move || s.delivered_below()))
-                    }
-                    Sink::Embedded(_) => None,
-                };
-                let restorer = match (&config.cluster, &sink, p.restore_topic(&k.group_id)) {
-                    (Some(cluster), Sink::Kafka(s), Some(topic)) => {
-                        let n = partitions.get(&p.name).copied().unwrap_or(1);
-                        let owned = crate::source::restore::Ownership::new(&p.name, &topic, n);
-                        ownership.insert(p.name.clone(), owned.clone());
-                        Some(crate::source::restore::Restorer::new(
-                            owned,
-                            &p.topic,
-                            store.clone(),
-                            s.clone(),
-                            cluster.clone(),
-                            k.clone(),
-                            hub.clone(),
-                        ))
-                    }
-                    _ => None,
-                };
-                Box::new(
-                    KafkaSource::open(
-                        k,
-                        store.clone(),
-                        &p.name,
-                        &p.topic,
-                        readiness.clone(),
-                        delivered,
-                        restorer,
-                    )
-                    .with_context(|| format!("pipeline {:?}", p.name))?,
-                )
-            }
-        };
-        let source = chain(&config, p, &log, input)?;
-        let lock = locks.get(&p.name).cloned().unwrap_or_default();
-        let worker = Worker::new(
-            p.clone(),
-            aggregator,
-            handlers,
-            Wiring {
-                source: Box::new(source),
-                changelog_by_partition: aligned.contains(&p.name),
+        let n = partitions.get(&p.name).copied().unwrap_or(1);
+        let (input, owned) = host.open_input(&config, p, n)?;
+        if let Some(o) = &owned {
+            ownership.insert(p.name.clone(), o.clone());
+        }
+        host.start(
+            &config,
+            p,
+            Start {
+                input,
                 intake: intakes
                     .get(&p.name)
                     .cloned()
                     .with_context(|| format!("pipeline {:?} has no decoder", p.name))?,
-                sink: sink.clone(),
-                store: store.clone(),
-                hub: hub.clone(),
-                lock,
-                ownership: ownership.get(&p.name).cloned(),
+                aligned: aligned.contains(&p.name),
+                lock: locks.get(&p.name).cloned().unwrap_or_default(),
                 paused: paused.get(&p.name).cloned().unwrap_or_default(),
-                log: log.clone(),
-                schedules: config.schedules_of(&p.name),
+                ownership: owned,
             },
         )?;
-        let failed = failed.clone();
-        let shutdown = shutdown.clone();
-        workers.push(spawn(worker, stop.clone(), move |e| {
-            if let Ok(mut f) = failed.lock() {
-                *f = Some(format!("a pipeline failed: {e:#}"));
-            }
-            shutdown.notify_one();
-        })?);
     }
 
     let ownership = Arc::new(ownership);
@@ -970,23 +1052,38 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             ownership: ownership.clone(),
             directory: m.directory(),
         }),
+        reload: {
+            let host = Arc::downgrade(&host);
+            Some(Arc::new(move || match host.upgrade() {
+                Some(h) => h
+                    .reload()
+                    .map(|r| serde_json::to_value(r).unwrap_or_default()),
+                None => Err(vec!["the host is stopping".to_owned()]),
+            }))
+        },
     };
-    let router = app(state).layer(body_limit(config.http.max_body_bytes));
-    // Outside the token gate: a preflight carries no token.
-    let router = match crate::http::cors(
-        &config.http.cors_origins,
-        Duration::from_secs(config.http.cors_max_age_secs),
-    )? {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
+    host.router
+        .store(Arc::new(router(state.clone(), &config.http)?));
+    *crate::lock(&host.app) = Some(state);
+    // Every request goes to the routes of the latest reload.
+    let current = host.router.clone();
+    let served_routes = axum::Router::new().fallback_service(tower::service_fn(
+        move |request: axum::extract::Request| {
+            let routes = current.load_full();
+            async move {
+                use tower::ServiceExt;
+                axum::Router::clone(&routes).oneshot(request).await
+            }
+        },
+    ));
     let grace = Duration::from_millis(config.shutdown.timeout_ms);
-    let stop_input = stop.clone();
+    let stop_input = host.clone();
     let listen_addr = config.http.listen;
     let served: anyhow::Result<Instant> = rt.block_on(async {
         let listener = listen(listen_addr, config.http.send_buffer_kib)
             .with_context(|| format!("cannot listen on {listen_addr}"))?;
         let bound = listener.local_addr()?;
+        let reloads = tokio::spawn(reload_on_hangup(host.clone())?);
         tracing::info!(address = %bound, "listening");
         println!("eddy listening on http://{bound}");
         for p in &config.pipelines {
@@ -1003,7 +1100,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         let deadline_seen = deadline_rx.clone();
         let server = axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            served_routes.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -1014,7 +1111,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             tracing::info!(timeout_ms = grace.as_millis() as u64, "shutting down");
             // Stop taking input: workers finish and commit the batch in
             // flight; SSE streams send their final event and close.
-            stop_input.store(true, Ordering::SeqCst);
+            stop_input.signal_stop();
             let _ = shutdown_tx.send(true);
             let _ = deadline_tx.send(Some(deadline));
             watchdog(deadline + Duration::from_millis(500));
@@ -1041,15 +1138,13 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         let deadline = deadline_seen
             .borrow()
             .unwrap_or_else(|| Instant::now() + grace);
+        reloads.abort();
         served.map(|()| deadline)
     });
     let deadline = served
         .as_ref()
         .map_or_else(|_| Instant::now() + grace, |d| *d);
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        let _ = w.join();
-    }
+    host.join_all();
     if let Some(m) = membership {
         m.leave();
     }
@@ -1073,9 +1168,40 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The shutdown's backstop: if the process is still alive at `at`, it exits
-/// with status 1. Everything committed is in the store (crash-safe), so a
-/// forced exit loses nothing; it only skips what had not finished.
+/// Reloads the config on each SIGHUP, logging what changed or every
+/// problem that refused it. The handler is installed before it returns, so
+/// a SIGHUP never kills the host.
+///
+/// # Errors
+/// The signal handler cannot be installed.
+fn reload_on_hangup(
+    host: Arc<Host>,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    Ok(async move {
+        #[cfg(unix)]
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            let h = host.clone();
+            match tokio::task::spawn_blocking(move || h.reload()).await {
+                Ok(Ok(r)) => tracing::info!(
+                    added = ?r.added, removed = ?r.removed, changed = ?r.changed,
+                    "config reloaded"
+                ),
+                Ok(Err(problems)) => tracing::error!(
+                    problems = %problems.join("; "),
+                    "config reload refused; the running pipelines are untouched"
+                ),
+                Err(e) => tracing::error!(error = %e, "config reload failed"),
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = host;
+    })
+}
+
 /// The HTTP listener. Its send buffer size (when not 0) is inherited by
 /// every accepted connection: it bounds what the kernel holds for a client
 /// that stopped reading.
@@ -1121,6 +1247,9 @@ fn raise_open_files_limit(sse_max_clients: usize) {
     }
 }
 
+/// The shutdown's backstop: if the process is still alive at `at`, it exits
+/// with status 1. Everything committed is in the store (crash-safe), so a
+/// forced exit loses nothing; it only skips what had not finished.
 fn watchdog(at: Instant) {
     let spawned = std::thread::Builder::new()
         .name("shutdown-watchdog".into())

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 /// This host's place in a group of hosts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This host's name in the group: letters, digits, `.`, `_`, `-`; unique

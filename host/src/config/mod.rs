@@ -29,7 +29,7 @@ pub use source::{EmbeddedConfig, KafkaConfig, SourceConfig, TopicConfig};
 pub use store::{Durability, StoreConfig};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where events come from.
@@ -70,7 +70,7 @@ pub struct Config {
 /// the Kafka outbox and syncs the store — all within `timeout_ms`. If that
 /// bound passes (a broker that stopped answering, say), it exits with status 1;
 /// what was not sent stays in the outbox and goes out after the next start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// The whole shutdown's bound, in milliseconds (default 30 000, the
@@ -92,7 +92,7 @@ fn default_shutdown_timeout_ms() -> u64 {
 }
 
 /// Where writer schemas come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// An external Confluent-compatible registry (`http://host:8081`).

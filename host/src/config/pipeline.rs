@@ -29,7 +29,7 @@ impl ValueFormat {
 }
 
 /// A pipeline: a topic, how to key it, and what runs on it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Name, used in the HTTP API (`/v1/pipelines/{name}/...`).
@@ -226,7 +226,7 @@ fn default_history() -> u64 {
 
 /// Route aliases: `GET {path}/{key}`, `GET {path}/latest`,
 /// `GET {path}/sse/{key}` and, with `create`, `POST {path}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountConfig {
     /// Path prefix, such as `/async-process`.
@@ -240,7 +240,7 @@ pub struct MountConfig {
 /// pipeline's topic for a freshly generated key and answers
 /// `{"status":"OK","id":<key>}`. The event is the request's JSON object
 /// (may be empty) with `fields` set over it, then the generated values.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConfig {
     /// Fixed fields of the event, such as `{ state = "ACCEPTED" }`.

@@ -24,7 +24,7 @@ impl std::fmt::Display for PluginKind {
 }
 
 /// A plugin component and its sandbox limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Name the pipelines refer to.
@@ -61,7 +61,7 @@ pub struct PluginConfig {
 }
 
 /// WASI capabilities granted to a plugin.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Environment variables the plugin sees.
@@ -73,7 +73,7 @@ pub struct Grants {
 }
 
 /// A read-only directory grant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirGrant {
     /// Directory on the host, relative to the config file.

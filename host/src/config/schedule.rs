@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 /// One schedule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Its name (letters, digits, `.`, `_`, `-`).
@@ -48,7 +48,7 @@ pub enum Missed {
 }
 
 /// When a schedule runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Cadence {
     /// A cron expression (UTC).
     Cron(Box<cron::Schedule>),

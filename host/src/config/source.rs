@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// Where events come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// The embedded append-only log, stored in the state store and fed by
@@ -15,7 +15,7 @@ pub enum SourceConfig {
 }
 
 /// Options of the Kafka source and sink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port[,host:port...]`.
@@ -79,7 +79,7 @@ impl Default for SourceConfig {
 }
 
 /// Options of the embedded log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
     /// Partitions of a topic that is not listed in `topics` (pipeline input
@@ -105,7 +105,7 @@ fn default_partitions() -> u32 {
 }
 
 /// A topic of the embedded log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// Topic name: letters, digits, `.`, `_` and `-`, at most 249 characters (as Kafka).

@@ -164,7 +164,8 @@ pub type ContractCheck =
 /// All plugin slots.
 pub struct Registry {
     runtime: Runtime,
-    slots: HashMap<String, Arc<Slot>>,
+    /// Swapped whole by a config reload.
+    slots: ArcSwap<HashMap<String, Arc<Slot>>>,
     /// Set once the schema registry is open (`serve.rs`).
     contracts: std::sync::OnceLock<Box<ContractCheck>>,
 }
@@ -180,43 +181,52 @@ impl Registry {
     ) -> anyhow::Result<Self> {
         let mut slots = HashMap::new();
         for (config, path, kind) in plugins {
-            let bytes = std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "plugin {:?}: cannot read {} ({e}); build it with `eddy plugin build`",
-                    config.name,
-                    path.display()
-                )
-            })?;
-            let started = std::time::Instant::now();
-            let plugin = runtime.load(config, &path.display().to_string(), &bytes, Some(*kind))?;
-            tracing::info!(
-                plugin = %config.name, kind = %plugin.kind, version = %plugin.version,
-                compile_ms = started.elapsed().as_millis() as u64, "plugin loaded"
-            );
-            slots.insert(
-                config.name.clone(),
-                Arc::new(Slot {
-                    config: config.clone(),
-                    kind: *kind,
-                    path: path.clone(),
-                    current: ArcSwap::from_pointee(plugin),
-                    generation: AtomicU64::new(1),
-                    meta: Mutex::new(Meta {
-                        loaded_at_ms: now_ms(),
-                        source: "config".into(),
-                        last_error: None,
-                        previous: None,
-                        current_bytes: bytes,
-                    }),
-                    deploying: Mutex::new(()),
-                }),
-            );
+            let slot = load_slot(&runtime, config, path, *kind)?;
+            slots.insert(config.name.clone(), slot);
         }
         Ok(Registry {
             runtime,
-            slots,
+            slots: ArcSwap::from_pointee(slots),
             contracts: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Loads one plugin into a new slot, not yet part of the registry (a
+    /// config reload validates every new plugin before it changes anything).
+    ///
+    /// # Errors
+    /// The plugin cannot be read or loaded; the message names it.
+    pub fn prepare(
+        &self,
+        config: &PluginConfig,
+        path: &Path,
+        kind: PluginKind,
+    ) -> anyhow::Result<Arc<Slot>> {
+        load_slot(&self.runtime, config, path, kind)
+    }
+
+    /// A config reload: `slots` are added (or replace the slots of their
+    /// names) and the plugins named in `removed` are dropped. Workers hold
+    /// the slots they run, so a replaced slot stays alive until the
+    /// pipelines using it are restarted.
+    pub fn update(&self, slots: Vec<Arc<Slot>>, removed: &[String]) {
+        let mut next: HashMap<String, Arc<Slot>> = self.slots.load().as_ref().clone();
+        for name in removed {
+            next.remove(name);
+        }
+        for slot in slots {
+            next.insert(slot.config.name.clone(), slot);
+        }
+        self.slots.store(Arc::new(next));
+    }
+
+    /// A slot's plugin config, role and file (to tell whether a reload
+    /// changed it).
+    pub fn loaded_as(&self, name: &str) -> Option<(PluginConfig, PluginKind, PathBuf)> {
+        self.slots
+            .load()
+            .get(name)
+            .map(|s| (s.config.clone(), s.kind, s.path.clone()))
     }
 
     /// Installs the schema-contract check run on every deploy and rollback
@@ -248,11 +258,12 @@ impl Registry {
     /// # Errors
     /// One message per broken contract.
     pub fn check_contracts(&self) -> Result<(), Vec<String>> {
-        let mut names: Vec<&String> = self.slots.keys().collect();
+        let slots = self.slots.load();
+        let mut names: Vec<&String> = slots.keys().collect();
         names.sort();
         let errors: Vec<String> = names
             .into_iter()
-            .filter_map(|n| self.slots.get(n))
+            .filter_map(|n| slots.get(n))
             .filter_map(|s| self.check_contract(&s.current()).err())
             .map(|e| e.to_string())
             .collect();
@@ -266,6 +277,7 @@ impl Registry {
     /// Every running plugin's declared reader schema, by plugin name.
     pub fn contracts(&self) -> Vec<(String, crate::schema::SchemaText)> {
         self.slots
+            .load()
             .iter()
             .filter_map(|(name, s)| Some((name.clone(), s.current().reader_schema.clone()?)))
             .collect()
@@ -273,19 +285,19 @@ impl Registry {
 
     /// A slot by name.
     pub fn slot(&self, name: &str) -> Option<Arc<Slot>> {
-        self.slots.get(name).cloned()
+        self.slots.load().get(name).cloned()
     }
 
     /// Every slot's status, by name.
     pub fn statuses(&self) -> Vec<Status> {
-        let mut v: Vec<Status> = self.slots.values().map(|s| s.status()).collect();
+        let mut v: Vec<Status> = self.slots.load().values().map(|s| s.status()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// The slot whose component lives at `path`, if any.
     pub fn slot_for_path(&self, path: &Path) -> Option<Arc<Slot>> {
-        self.slots.values().find(|s| s.path == path).cloned()
+        self.slots.load().values().find(|s| s.path == path).cloned()
     }
 
     /// Compiles and validates `bytes` off the hot path, then makes it the
@@ -411,6 +423,43 @@ impl Registry {
         tracing::info!(plugin = name, version = %version, "plugin rolled back");
         Ok(version)
     }
+}
+
+/// Reads and compiles one plugin into a slot of its own.
+fn load_slot(
+    runtime: &Runtime,
+    config: &PluginConfig,
+    path: &Path,
+    kind: PluginKind,
+) -> anyhow::Result<Arc<Slot>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "plugin {:?}: cannot read {} ({e}); build it with `eddy plugin build`",
+            config.name,
+            path.display()
+        )
+    })?;
+    let started = std::time::Instant::now();
+    let plugin = runtime.load(config, &path.display().to_string(), &bytes, Some(kind))?;
+    tracing::info!(
+        plugin = %config.name, kind = %plugin.kind, version = %plugin.version,
+        compile_ms = started.elapsed().as_millis() as u64, "plugin loaded"
+    );
+    Ok(Arc::new(Slot {
+        config: config.clone(),
+        kind,
+        path: path.to_path_buf(),
+        current: ArcSwap::from_pointee(plugin),
+        generation: AtomicU64::new(1),
+        meta: Mutex::new(Meta {
+            loaded_at_ms: now_ms(),
+            source: "config".into(),
+            last_error: None,
+            previous: None,
+            current_bytes: bytes,
+        }),
+        deploying: Mutex::new(()),
+    }))
 }
 
 /// Writes a file so readers (and the directory watcher) never see half of it.

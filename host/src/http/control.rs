@@ -308,3 +308,34 @@ async fn switch(
         json!({ "pipeline": pipeline, "paused": paused, "idle": idle, "other_hosts": hosts }),
     ))
 }
+
+/// `POST /v1/config/reload` (admin): reads the config file again and adds,
+/// removes and restarts pipelines to match it; unchanged ones run on. `200`
+/// with what changed; `422` with every problem when the new config is
+/// refused (nothing changed then).
+pub async fn reload(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    require_admin(&s, &headers)?;
+    let Some(reload) = s.reload.clone() else {
+        return Err(AppError::unavailable("this host cannot reload its config"));
+    };
+    let outcome = blocking(move || Ok(reload())).await?;
+    Ok(match outcome {
+        Ok(changed) => Json(changed).into_response(),
+        Err(problems) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": format!(
+                    "config reload refused ({} problem{}); the running pipelines are untouched",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                ),
+                "problems": problems,
+            })),
+        )
+            .into_response(),
+    })
+}

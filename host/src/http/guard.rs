@@ -4,7 +4,8 @@
 //! and overall.
 //!
 //! Admin routes — plugin deploys (`/v1/plugins/...`), state rebuilds
-//! (`POST /v1/pipelines/{p}/replay`) and pauses (`.../pause`, `.../resume`)
+//! (`POST /v1/pipelines/{p}/replay`), pauses (`.../pause`, `.../resume`) and
+//! config reloads (`POST /v1/config/reload`)
 //! — keep their own admin token and are not gated here. `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
 //! are always open.
 
@@ -36,7 +37,7 @@ pub struct Gate {
     /// Most SSE connections from one client address.
     pub sse_max_per_address: usize,
     /// Paths of mounted entity-creation routes (producer endpoints too).
-    pub create_paths: Vec<String>,
+    pub create_paths: arc_swap::ArcSwap<Vec<String>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     sse: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -63,7 +64,7 @@ impl Gate {
             produce_burst: f64::from(produce_burst.max(1)),
             sse_max,
             sse_max_per_address,
-            create_paths,
+            create_paths: arc_swap::ArcSwap::from_pointee(create_paths),
             buckets: Mutex::default(),
             sse: Mutex::default(),
         }
@@ -155,6 +156,7 @@ pub async fn gate(State(s): State<AppState>, request: Request, next: Next) -> Re
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let admin = path.starts_with("/v1/plugins")
+        || path == "/v1/config/reload"
         || (method == Method::POST
             && path.starts_with("/v1/pipelines/")
             && ["/replay", "/pause", "/resume"]
@@ -193,7 +195,7 @@ pub async fn gate(State(s): State<AppState>, request: Request, next: Next) -> Re
     }
     let produce = method == Method::POST
         && ((path.starts_with("/v1/topics/") && path.ends_with("/records"))
-            || gate.create_paths.contains(&path));
+            || gate.create_paths.load().contains(&path));
     if produce {
         let who = token.unwrap_or_else(|| address.to_string());
         if let Err(wait) = gate.take(&who) {

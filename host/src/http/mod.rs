@@ -81,9 +81,15 @@ pub struct AppState {
     pub paused: Arc<HashMap<String, Arc<crate::pipeline::PauseSwitch>>>,
     /// The schedules (`[[schedule]]`).
     pub schedules: Arc<Vec<crate::config::ScheduleConfig>>,
+    /// Reloads the config file (`POST /v1/config/reload`).
+    pub reload: Option<Reloader>,
 }
 
 pub use cluster::Cluster;
+
+/// Reads the config file again and applies its pipeline, plugin and
+/// schedule changes: what changed (JSON), or every problem that refused it.
+pub type Reloader = Arc<dyn Fn() -> Result<serde_json::Value, Vec<String>> + Send + Sync>;
 
 impl AppState {
     fn pipeline(&self, name: &str) -> Result<&PipelineConfig, AppError> {
@@ -205,6 +211,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/topics", get(list_topics).post(control::create_topic))
         .route("/v1/lag", get(control::lag))
         .route("/v1/consumer/rebalance", post(control::rebalance))
+        .route("/v1/config/reload", post(control::reload))
         .route(
             "/v1/topics/{topic}/records",
             post(produce::produce).get(produce::read_records),

@@ -69,12 +69,28 @@ impl Position {
 /// Per-pipeline broadcast and history of committed changes.
 #[derive(Clone, Default)]
 pub struct Hub {
-    pipelines: Arc<HashMap<String, Channel>>,
+    /// Swapped whole when a config reload adds or removes a pipeline.
+    pipelines: Arc<arc_swap::ArcSwap<HashMap<String, Arc<Channel>>>>,
 }
 
 struct Channel {
     live: broadcast::Sender<Arc<Change>>,
     history: Mutex<History>,
+}
+
+impl Channel {
+    fn new(last_seqs: Vec<u64>, keep: u64) -> Arc<Channel> {
+        Arc::new(Channel {
+            live: broadcast::channel(CHANNEL_CAPACITY).0,
+            history: Mutex::new(History {
+                changes: VecDeque::new(),
+                newest: last_seqs.clone(),
+                base: last_seqs,
+                bytes: 0,
+                max_changes: usize::try_from(keep).unwrap_or(usize::MAX),
+            }),
+        })
+    }
 }
 
 /// The most recent changes of a pipeline in commit order, contiguous in
@@ -206,32 +222,42 @@ impl Hub {
     pub fn new<'a>(pipelines: impl IntoIterator<Item = (&'a str, Vec<u64>, u64)>) -> Self {
         let pipelines = pipelines
             .into_iter()
-            .map(|(name, last_seqs, keep)| {
-                let history = History {
-                    changes: VecDeque::new(),
-                    newest: last_seqs.clone(),
-                    base: last_seqs,
-                    bytes: 0,
-                    max_changes: usize::try_from(keep).unwrap_or(usize::MAX),
-                };
-                (
-                    name.to_owned(),
-                    Channel {
-                        live: broadcast::channel(CHANNEL_CAPACITY).0,
-                        history: Mutex::new(history),
-                    },
-                )
-            })
+            .map(|(name, last_seqs, keep)| (name.to_owned(), Channel::new(last_seqs, keep)))
             .collect();
         Hub {
-            pipelines: Arc::new(pipelines),
+            pipelines: Arc::new(arc_swap::ArcSwap::from_pointee(pipelines)),
         }
+    }
+
+    /// A config reload added `pipeline` (or kept it): it gets a channel
+    /// unless it has one.
+    pub fn add(&self, pipeline: &str, last_seqs: Vec<u64>, keep: u64) {
+        self.pipelines.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(pipeline.to_owned())
+                .or_insert_with(|| Channel::new(last_seqs.clone(), keep));
+            map
+        });
+    }
+
+    /// A config reload removed `pipeline`: its channel closes, which ends
+    /// its subscribers' streams.
+    pub fn remove(&self, pipeline: &str) {
+        self.pipelines.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(pipeline);
+            map
+        });
+    }
+
+    fn channel(&self, pipeline: &str) -> Option<Arc<Channel>> {
+        self.pipelines.load().get(pipeline).cloned()
     }
 
     /// Publishes committed changes (in commit order): kept in the history,
     /// and sent to the live subscribers.
     pub fn publish(&self, pipeline: &str, changes: &[Arc<Change>]) {
-        let Some(ch) = self.pipelines.get(pipeline) else {
+        let Some(ch) = self.channel(pipeline) else {
             return;
         };
         {
@@ -250,20 +276,20 @@ impl Hub {
     /// A partition's states were restored up to change `seq` (it came from
     /// another host): its changes are read from the store up to there.
     pub fn restored(&self, pipeline: &str, partition: u32, seq: u64) {
-        if let Some(ch) = self.pipelines.get(pipeline) {
+        if let Some(ch) = self.channel(pipeline) {
             crate::lock(&ch.history).reset(partition, seq);
         }
     }
 
     /// Subscribes to a pipeline's changes.
     pub fn subscribe(&self, pipeline: &str) -> Option<broadcast::Receiver<Arc<Change>>> {
-        self.pipelines.get(pipeline).map(|c| c.live.subscribe())
+        self.channel(pipeline).map(|c| c.live.subscribe())
     }
 
     /// Up to `max` changes of a pipeline after position `at`, from the
     /// history; `None` for an unknown pipeline.
     pub fn missed(&self, pipeline: &str, at: &Position, max: usize) -> Option<Missed> {
-        let ch = self.pipelines.get(pipeline)?;
+        let ch = self.channel(pipeline)?;
         let history = crate::lock(&ch.history);
         Some(history.after(at, max))
     }
@@ -407,5 +433,26 @@ mod tests {
         assert_eq!(Position::parse("x", 3), None);
         assert_eq!(Position::parse("1..2", 3), None);
         assert_eq!(at(&[12, 0, 7]).id(), "12.0.7");
+    }
+
+    /// A reload adds a channel without touching the others' histories,
+    /// and a removed pipeline's subscribers see their channel close.
+    #[test]
+    fn channels_come_and_go_with_a_reload() {
+        let hub = Hub::new([("p", vec![0], 10)]);
+        hub.publish("p", &[change(0, 1, "a")]);
+        let mut old = hub.subscribe("p").expect("p has a channel");
+        hub.add("q", vec![5, 0], 10);
+        hub.add("p", vec![99], 10);
+        assert_eq!(seqs(hub.missed("p", &at(&[0]), 10)), [(0, 1)]);
+        hub.publish("q", &[change(1, 1, "b")]);
+        assert_eq!(seqs(hub.missed("q", &at(&[5, 0]), 10)), [(1, 1)]);
+        hub.remove("p");
+        assert!(hub.subscribe("p").is_none());
+        assert!(hub.missed("p", &at(&[0]), 10).is_none());
+        assert!(matches!(
+            old.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
     }
 }

@@ -506,6 +506,11 @@ impl Registry {
         *crate::lock(&self.readers) = readers;
     }
 
+    /// The pipelines' reader schemas it checks new versions against.
+    pub fn readers(&self) -> Vec<Reader> {
+        crate::lock(&self.readers).clone()
+    }
+
     /// Installs the plugins' contracts: a new schema one of them cannot
     /// read is refused (`refuse`) or logged as a warning.
     pub fn set_contracts(&self, source: Box<ContractSource>, refuse: bool) {

@@ -107,6 +107,11 @@ impl Readiness {
         crate::lock(&self.0).insert(pipeline.to_owned(), not_ready);
     }
 
+    /// Forgets a pipeline a config reload removed.
+    pub fn remove(&self, pipeline: &str) {
+        crate::lock(&self.0).remove(pipeline);
+    }
+
     /// The pipelines that are not ready, with the reasons.
     pub fn not_ready(&self) -> Vec<(String, String)> {
         crate::lock(&self.0)
