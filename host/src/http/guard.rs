@@ -7,7 +7,7 @@
 //! (`POST /v1/pipelines/{p}/replay`), pauses (`.../pause`, `.../resume`) and
 //! config reloads (`POST /v1/config/reload`)
 //! — keep their own admin token and are not gated here. `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
-//! are always open.
+//! and the console's page and files (`/ui`) are always open.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -163,7 +163,11 @@ pub async fn gate(State(s): State<AppState>, request: Request, next: Next) -> Re
                 .iter()
                 .any(|end| path.ends_with(end))
             && path.split('/').count() == 5);
+    // The console's page and files hold no data (its API calls carry the
+    // token), so a browser can load it also with `protect_reads`.
+    let console = path == "/ui" || path.starts_with("/ui/");
     if admin
+        || console
         || matches!(
             path.as_str(),
             "/healthz" | "/readyz" | "/metrics" | "/openapi.json"

@@ -12,17 +12,19 @@ mod registry;
 mod replay;
 mod schedules;
 mod sse;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::PipelineConfig;
 use crate::notify::Hub;
@@ -272,6 +274,9 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(cluster::cluster))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{file}", get(ui::file))
         .nest("/registry", registry::routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
@@ -279,6 +284,15 @@ pub fn app(state: AppState) -> Router {
             guard::gate,
         ))
         .layer(axum::middleware::from_fn(count_requests))
+        // Outside the gate, so its refusals carry them too.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(ui::API_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(state)
 }
 
