@@ -229,6 +229,10 @@ async fn the_console_finds_follows_replays_and_deploys_with_reads_guarded() -> R
         &format!("[http]\ntoken = \"{TOKEN}\"\nadmin_token = \"{ADMIN}\"\nprotect_reads = true\n"),
         1,
     );
+    // A schedule, for the pipelines page's table (hourly: it stays quiet).
+    let config = format!(
+        "{config}\n[[schedule]]\nname = \"hourly-sweep\"\npipeline = \"async-process\"\nevery_ms = 3600000\n"
+    );
     let host = Host::start(&config).await?;
     let candidate = plugin_v0_1("async-process-aggregator")?;
     let shots = root().join("target/ui-screenshots");
@@ -324,7 +328,10 @@ async fn the_console_finds_follows_replays_and_deploys_with_reads_guarded() -> R
     ensure!(
         steps["pipelines"]["text"]
             .as_str()
-            .is_some_and(|t| t.contains("async-process") && t.contains("lag")),
+            .is_some_and(|t| t.contains("async-process")
+                && t.contains("lag")
+                && t.contains("hourly-sweep")
+                && t.contains("every 3600000 ms")),
         "{}",
         steps["pipelines"]
     );

@@ -260,12 +260,23 @@ async function pipelinesPage() {
   const history = {};
   let previous = null;
   const body = h("div", {});
-  view.append(h("h2", {}, "Pipelines"), body);
+  const schedules = h("div", { id: "schedules" });
+  view.append(h("h2", {}, "Pipelines"), body, schedules);
   const draw = async () => {
-    const [list, metricsText] = await Promise.all([
+    const [list, metricsText, planned] = await Promise.all([
       api("/v1/pipelines"),
       api("/metrics", { text: true }).catch(() => ""),
+      api("/v1/schedules"),
     ]);
+    schedules.replaceChildren(...(planned.schedules.length ? [
+      h("h2", {}, "Schedules"),
+      table(["schedule", "pipeline", "key", "cadence", "next run", "last run"],
+        planned.schedules.map((x) => h("tr", { class: "schedule" },
+          h("td", {}, x.name), h("td", {}, x.pipeline), h("td", {}, x.key),
+          h("td", {}, x.cron ?? `every ${x.every_ms} ms`),
+          h("td", {}, x.here === false ? "on another host" : when(x.next_ms)),
+          h("td", {}, x.last_run ? `${x.last_run.outcome} at ${when(x.last_run.started_ms || x.last_run.scheduled_ms)}` : "none yet")))),
+    ] : []));
     const metrics = parseMetrics(metricsText);
     const now = Date.now();
     const cards = [];
