@@ -33,7 +33,7 @@ use super::serve::{
 use crate::config::{Config, PipelineConfig, SourceConfig};
 use crate::execute::Instance;
 use crate::execute::registry::{Registry, Slot};
-use crate::http::AppState;
+use crate::http::{AppState, ReloadFailure};
 use crate::notify::Hub;
 use crate::pipeline::{Intake, PauseSwitch, PipelineLock, StopFlag, Wiring, Worker, spawn};
 use crate::sink::Sink;
@@ -303,18 +303,31 @@ impl Host {
     ///
     /// # Errors
     /// Every problem found (nothing changed then), or what went wrong while
-    /// switching (named per pipeline).
-    pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
+    /// switching (named per pipeline; the new config is the running one
+    /// then).
+    pub fn reload(&self) -> Result<Reloaded, ReloadFailure> {
+        let refused = |problems| ReloadFailure {
+            applied: false,
+            problems,
+        };
         let mut running = crate::lock(&self.config);
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(vec!["the host is stopping".into()]);
+            return Err(refused(vec!["the host is stopping".into()]));
         }
-        let mut next = Config::load(&self.config_path).map_err(|e| lines(&format!("{e:#}")))?;
+        let mut next =
+            Config::load(&self.config_path).map_err(|e| refused(lines(&format!("{e:#}"))))?;
         self.overrides.apply(&mut next, &self.config_path);
-        let plan = self.check(&running, &next)?;
-        let reloaded = self.apply(&next, plan)?;
+        let plan = self.check(&running, &next).map_err(refused)?;
+        let (reloaded, problems) = self.apply(&next, plan).map_err(refused)?;
         *running = next;
-        Ok(reloaded)
+        if problems.is_empty() {
+            Ok(reloaded)
+        } else {
+            Err(ReloadFailure {
+                applied: true,
+                problems,
+            })
+        }
     }
 
     /// Everything a reload can check before it changes anything.
@@ -485,8 +498,12 @@ impl Host {
         }
     }
 
-    /// Switches to `new` along `plan`.
-    fn apply(&self, new: &Config, plan: Plan) -> Result<Reloaded, Vec<String>> {
+    /// Switches to `new` along `plan`: what it did and what failed once
+    /// the switch had begun.
+    ///
+    /// # Errors
+    /// The topics cannot be made: nothing changed.
+    fn apply(&self, new: &Config, plan: Plan) -> Result<(Reloaded, Vec<String>), Vec<String>> {
         let Plan {
             slots,
             removed_plugins,
@@ -546,7 +563,7 @@ impl Host {
 
         // The HTTP state: same store, hub and gate; new pipeline maps.
         let Some(mut app) = crate::lock(&self.app).clone() else {
-            return Err(vec!["the HTTP state is not ready".into()]);
+            return Ok((reloaded, vec!["the HTTP state is not ready".into()]));
         };
         let mut intakes = HashMap::clone(&app.intakes);
         let mut locks = HashMap::clone(&app.locks);
@@ -656,11 +673,7 @@ impl Host {
                 Err(e) => problems.push(format!("watching the plugins: {e:#}")),
             }
         }
-        if problems.is_empty() {
-            Ok(reloaded)
-        } else {
-            Err(problems)
-        }
+        Ok((reloaded, problems))
     }
 }
 

@@ -1058,7 +1058,10 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
                 Some(h) => h
                     .reload()
                     .map(|r| serde_json::to_value(r).unwrap_or_default()),
-                None => Err(vec!["the host is stopping".to_owned()]),
+                None => Err(crate::http::ReloadFailure {
+                    applied: false,
+                    problems: vec!["the host is stopping".to_owned()],
+                }),
             }))
         },
     };
@@ -1190,8 +1193,12 @@ fn reload_on_hangup(
                     added = ?r.added, removed = ?r.removed, changed = ?r.changed,
                     "config reloaded"
                 ),
-                Ok(Err(problems)) => tracing::error!(
-                    problems = %problems.join("; "),
+                Ok(Err(f)) if f.applied => tracing::error!(
+                    problems = %f.problems.join("; "),
+                    "config reloaded, but some pipelines did not start"
+                ),
+                Ok(Err(f)) => tracing::error!(
+                    problems = %f.problems.join("; "),
                     "config reload refused; the running pipelines are untouched"
                 ),
                 Err(e) => tracing::error!(error = %e, "config reload failed"),

@@ -312,7 +312,8 @@ async fn switch(
 /// `POST /v1/config/reload` (admin): reads the config file again and adds,
 /// removes and restarts pipelines to match it; unchanged ones run on. `200`
 /// with what changed; `422` with every problem when the new config is
-/// refused (nothing changed then).
+/// refused (nothing changed then); `500` when it was applied but a
+/// pipeline could not start (named).
 pub async fn reload(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -325,17 +326,27 @@ pub async fn reload(
     let outcome = blocking(move || Ok(reload())).await?;
     Ok(match outcome {
         Ok(changed) => Json(changed).into_response(),
-        Err(problems) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({
-                "error": format!(
-                    "config reload refused ({} problem{}); the running pipelines are untouched",
-                    problems.len(),
-                    if problems.len() == 1 { "" } else { "s" }
-                ),
-                "problems": problems,
-            })),
-        )
-            .into_response(),
+        Err(failure) => {
+            let n = failure.problems.len();
+            let (status, what) = if failure.applied {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "config reload applied, but some pipelines did not start",
+                )
+            } else {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "config reload refused; the running pipelines are untouched",
+                )
+            };
+            (
+                status,
+                Json(json!({
+                    "error": format!("{what} ({n} problem{})", if n == 1 { "" } else { "s" }),
+                    "problems": failure.problems,
+                })),
+            )
+                .into_response()
+        }
     })
 }

@@ -90,8 +90,18 @@ pub struct AppState {
 pub use cluster::Cluster;
 
 /// Reads the config file again and applies its pipeline, plugin and
-/// schedule changes: what changed (JSON), or every problem that refused it.
-pub type Reloader = Arc<dyn Fn() -> Result<serde_json::Value, Vec<String>> + Send + Sync>;
+/// schedule changes: what changed (JSON), or why it did not all happen.
+pub type Reloader = Arc<dyn Fn() -> Result<serde_json::Value, ReloadFailure> + Send + Sync>;
+
+/// A config reload that did not (all) happen.
+#[derive(Debug)]
+pub struct ReloadFailure {
+    /// `false`: refused, nothing changed. `true`: applied, but some
+    /// pipelines could not start (named in `problems`).
+    pub applied: bool,
+    /// Every problem, each naming its section, pipeline, plugin or file.
+    pub problems: Vec<String>,
+}
 
 impl AppState {
     fn pipeline(&self, name: &str) -> Result<&PipelineConfig, AppError> {
