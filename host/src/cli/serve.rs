@@ -806,6 +806,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         };
 
     let (schemas, decoders) = open_schemas(&config, &store)?;
+    crate::trace::install(&config.trace)?;
 
     let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
     let registry = Arc::new(Registry::load(runtime, &plugin_roles(&config)?)?);
@@ -1052,6 +1053,10 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             ownership: ownership.clone(),
             directory: m.directory(),
         }),
+        start_traces: config
+            .trace
+            .starts_traces()
+            .then_some(config.trace.sample_ratio),
         reload: {
             let host = Arc::downgrade(&host);
             Some(Arc::new(move || match host.upgrade() {
@@ -1155,6 +1160,7 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     if let Sink::Kafka(k) = &sink {
         left_in_outbox = k.shutdown(deadline.saturating_duration_since(Instant::now()));
     }
+    crate::trace::shutdown();
     store.sync().context("final store sync failed")?;
     served?;
     if let Some(f) = failed.lock().ok().and_then(|mut f| f.take()) {

@@ -10,6 +10,7 @@ mod plugin;
 mod schedule;
 mod source;
 mod store;
+mod trace;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use plugin::{DirGrant, Grants, PluginConfig, PluginKind};
 pub use schedule::{Cadence, Missed, ScheduleConfig};
 pub use source::{EmbeddedConfig, KafkaConfig, SourceConfig, TopicConfig};
 pub use store::{Durability, StoreConfig};
+pub use trace::TraceConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -51,6 +53,9 @@ pub struct Config {
     /// Graceful shutdown on SIGTERM/SIGINT.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Distributed traces (W3C `traceparent`, OTLP export).
+    #[serde(default, rename = "tracing")]
+    pub trace: TraceConfig,
     /// The plugin components the pipelines use.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
@@ -163,7 +168,7 @@ impl Config {
 
     /// Checks the rules that span fields; returns every problem found.
     pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
+        let mut problems = self.trace.problems();
         let mut plugin_names = HashSet::new();
         for p in &self.plugins {
             if !plugin_names.insert(p.name.as_str()) {

@@ -85,6 +85,9 @@ pub struct AppState {
     pub schedules: Arc<Vec<crate::config::ScheduleConfig>>,
     /// Reloads the config file (`POST /v1/config/reload`).
     pub reload: Option<Reloader>,
+    /// The producer endpoint starts a trace for a record without a
+    /// `traceparent`, sampled at this ratio (`[tracing]`).
+    pub start_traces: Option<f64>,
 }
 
 pub use cluster::Cluster;

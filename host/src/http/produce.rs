@@ -204,18 +204,34 @@ fn produce_error(e: ProduceError) -> AppError {
     }
 }
 
-async fn append(s: &AppState, topic: String, records: Vec<ProduceRecord>) -> ApiResult<Value> {
+async fn append(s: &AppState, topic: String, mut records: Vec<ProduceRecord>) -> ApiResult<Value> {
     // The embedded log lives in the store: nothing is taken on a low disk.
     if matches!(s.sink, crate::sink::Sink::Embedded(_))
         && let Some(low) = s.store.low_space()
     {
         return Err(AppError::insufficient_storage(low.to_string()));
     }
+    // A record without a trace context starts a trace here.
+    let from = std::time::SystemTime::now();
+    let mut started = Vec::new();
+    if let Some(ratio) = s.start_traces {
+        for r in &mut records {
+            if crate::trace::Parent::of(&r.headers).is_none() {
+                let parent = crate::trace::Parent::start(ratio);
+                crate::trace::set_header(&mut r.headers, &parent);
+                started.push(parent);
+            }
+        }
+    }
     let offsets = s
         .sink
-        .produce(topic, records)
+        .produce(topic.clone(), records)
         .await
         .map_err(produce_error)?;
+    let to = std::time::SystemTime::now();
+    for parent in &started {
+        crate::trace::produced(&topic, parent, from, to);
+    }
     Ok(serde_json::json!({
         "offsets": offsets
             .into_iter()

@@ -132,6 +132,16 @@ impl std::fmt::Display for Origin {
 }
 
 impl DeadLetter {
+    /// The failed event's `traceparent`, if it carried a valid one.
+    pub fn trace(&self) -> Option<Vec<u8>> {
+        self.headers
+            .iter()
+            .rev()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(crate::trace::HEADER))
+            .find_map(|(_, v)| unbase64(v))
+            .filter(|v| crate::trace::Parent::parse(v).is_some())
+    }
+
     /// A dead letter for `record`.
     pub fn new(
         pipeline: &str,

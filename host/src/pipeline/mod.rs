@@ -374,6 +374,7 @@ impl Worker {
         stop: &AtomicBool,
     ) -> anyhow::Result<bool> {
         let started = Instant::now();
+        let started_at = std::time::SystemTime::now();
         let consumed = records.len();
         let lock = self.lock.clone();
         let _guard = crate::lock(&lock);
@@ -398,12 +399,14 @@ impl Worker {
                 *o = *next;
             }
         }
-        let Some(prepared) = self
+        let Some(mut prepared) = self
             .intake
             .prepare_batch(records, &mut || !stop.load(Ordering::Relaxed))
         else {
             return Ok(false);
         };
+        let decoded_at = std::time::SystemTime::now();
+        let spans = self.begin_spans(&mut prepared.items, started_at);
         let mut out = Outputs {
             dead: prepared.dead,
             ..Outputs::default()
@@ -444,6 +447,26 @@ impl Worker {
             timers_added = self.run_aggregator(&prepared.items, &events, &mut out)?;
         }
         drop(events);
+        let folded_at = std::time::SystemTime::now();
+        // The traced events that were dead-lettered, and why.
+        let failed: Vec<(usize, String)> = if spans.is_empty() {
+            Vec::new()
+        } else {
+            spans
+                .iter()
+                .filter_map(|span| {
+                    let r = &prepared.items.get(span.index)?.record;
+                    out.dead
+                        .iter()
+                        .find(|d| {
+                            *d.topic == *r.topic
+                                && d.partition == r.partition
+                                && d.offset == r.offset
+                        })
+                        .map(|d| (span.index, d.error.clone()))
+                })
+                .collect()
+        };
         self.clock.expect(&out.timers);
         let uses_event_time = !self.clock.event_time
             && out.timers.iter().any(
@@ -533,6 +556,27 @@ impl Worker {
             self.clock.pending = self.clock.pending.saturating_add_signed(timers_added);
             crate::telemetry::timers_pending(&self.config.name, self.clock.pending);
         }
+        if !spans.is_empty() {
+            let phases = crate::trace::Phases {
+                started: started_at,
+                decoded: decoded_at,
+                folded: folded_at,
+                committed: std::time::SystemTime::now(),
+            };
+            let plugins: Vec<String> = self
+                .aggregator
+                .iter()
+                .chain(&self.handlers)
+                .map(|i| i.plugin().name.to_string())
+                .collect();
+            for span in spans {
+                let why = failed
+                    .iter()
+                    .find(|(i, _)| *i == span.index)
+                    .map(|(_, e)| e.as_str());
+                crate::trace::end(span, &phases, &plugins, why);
+            }
+        }
         let changes = shared_changes(&mut commit);
         self.hub.publish(&self.config.name, &changes);
         for change in changes {
@@ -547,6 +591,47 @@ impl Worker {
             );
         }
         Ok(true)
+    }
+
+    /// With spans exported: opens the `eddy.process` span of each event
+    /// whose record carries a sampled `traceparent`, and points the
+    /// record's header at it, so what the event leads to is its child.
+    fn begin_spans(
+        &self,
+        items: &mut [Item],
+        started: std::time::SystemTime,
+    ) -> Vec<crate::trace::EventSpan> {
+        if !crate::trace::exporting() {
+            return Vec::new();
+        }
+        let mut spans = Vec::new();
+        for (index, item) in items.iter_mut().enumerate() {
+            let Some(parent) = crate::trace::Parent::of(&item.record.headers) else {
+                continue;
+            };
+            let attributes = vec![
+                opentelemetry::KeyValue::new(
+                    "messaging.destination.name",
+                    item.record.topic.to_string(),
+                ),
+                opentelemetry::KeyValue::new(
+                    "messaging.destination.partition.id",
+                    i64::from(item.record.partition),
+                ),
+                opentelemetry::KeyValue::new(
+                    "messaging.kafka.offset",
+                    i64::try_from(item.record.offset).unwrap_or(i64::MAX),
+                ),
+                opentelemetry::KeyValue::new("eddy.key", item.key.clone()),
+            ];
+            if let Some(span) =
+                crate::trace::begin(&self.config.name, &parent, started, attributes, index)
+            {
+                crate::trace::set_header(&mut item.record.headers, &span.context);
+                spans.push(span);
+            }
+        }
+        spans
     }
 
     /// Between batches: picks up newly deployed plugin versions (so each

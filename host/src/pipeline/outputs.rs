@@ -44,6 +44,9 @@ pub struct NewState {
     pub version: u64,
     /// The key's previous change number in the partition.
     pub previous_seq: Option<u64>,
+    /// The `traceparent` of the last event that made it, for its changelog
+    /// record.
+    pub trace: Option<Vec<u8>>,
 }
 
 /// What processing a micro-batch produced, before it is committed.
@@ -117,12 +120,21 @@ impl Outputs {
             }
         }
         if let Some(state) = fold.state {
+            let trace = group.iter().rev().find_map(|i| {
+                i.record
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(crate::trace::HEADER))
+                    .map(|(_, v)| v.clone())
+            });
             self.states.push(NewState {
                 key: key.to_owned(),
                 partition: group.first().map_or(0, |i| i.partition),
                 state,
                 version: fold.version,
                 previous_seq,
+                trace,
             });
         }
         if let Some(from) = fold.held_from {
@@ -256,6 +268,7 @@ impl Outputs {
             state,
             version,
             previous_seq: previous,
+            trace,
         } in states
         {
             let Some(seq) = target.seqs.get_mut(partition as usize) else {
@@ -284,11 +297,8 @@ impl Outputs {
                 .unwrap_or(0);
             // A changelog topic carries JSON (its readers are users'); the
             // state changelog the state as stored, with its format.
-            let record = |by_partition: bool, value: &[u8]| ProduceRecord {
-                timestamp_ms: None,
-                partition: by_partition.then_some(partition),
-                key: Some(change.key.as_bytes().to_vec()),
-                headers: vec![
+            let record = |by_partition: bool, value: &[u8]| {
+                let mut headers = vec![
                     (
                         ID_HEADER.to_owned(),
                         format!("{}/{partition}/changes/{}", target.pipeline, change.seq)
@@ -299,8 +309,17 @@ impl Outputs {
                         SOURCE_OFFSET_HEADER.to_owned(),
                         source_offset.to_string().into_bytes(),
                     ),
-                ],
-                value: value.to_vec(),
+                ];
+                if let Some(t) = &trace {
+                    headers.push((crate::trace::HEADER.to_owned(), t.clone()));
+                }
+                ProduceRecord {
+                    timestamp_ms: None,
+                    partition: by_partition.then_some(partition),
+                    key: Some(change.key.as_bytes().to_vec()),
+                    headers,
+                    value: value.to_vec(),
+                }
             };
             if let Some(topic) = target.changelog {
                 mark_end(false, partition, emits.len());
@@ -379,9 +398,14 @@ impl Outputs {
             }
             let json = dl.to_json(id);
             if live {
+                let trace_id = dl
+                    .trace()
+                    .and_then(|t| crate::trace::Parent::parse(&t))
+                    .map(|p| p.trace_hex());
                 tracing::warn!(
                     pipeline = %target.pipeline, key = dl.key.as_deref(), plugin = dl.plugin.as_deref(),
                     topic = %dl.topic, partition = dl.partition, offset = dl.offset, id,
+                    trace_id = trace_id.as_deref(),
                     stage = dl.stage.as_str(), error_class = %dl.error_class, error = %dl.error,
                     "event dead-lettered"
                 );
@@ -394,11 +418,7 @@ impl Outputs {
                         timestamp_ms: None,
                         partition: None,
                         key: dl.key.as_ref().map(|k| k.as_bytes().to_vec()),
-                        headers: vec![(
-                            ID_HEADER.to_owned(),
-                            format!("{}/{}/{}/dead", dl.topic, dl.partition, dl.offset)
-                                .into_bytes(),
-                        )],
+                        headers: dead_letter_headers(&dl),
                         value: json.as_bytes().to_vec(),
                     },
                 ));
@@ -568,6 +588,19 @@ pub fn dead_letter_record(
     }
 }
 
+/// A dead-letter topic record's headers: its `eddy-id`, and the failed
+/// event's `traceparent`, so the trace goes on to whoever handles it.
+fn dead_letter_headers(dl: &DeadLetter) -> Vec<(String, Vec<u8>)> {
+    let mut headers = vec![(
+        ID_HEADER.to_owned(),
+        format!("{}/{}/{}/dead", dl.topic, dl.partition, dl.offset).into_bytes(),
+    )];
+    if let Some(t) = dl.trace() {
+        headers.push((crate::trace::HEADER.to_owned(), t));
+    }
+    headers
+}
+
 /// The stamp of the next change after one stamped `last`: the current time
 /// in microseconds, or `last + 1` when the clock has not moved past it.
 pub fn next_stamp(last: u64) -> u64 {
@@ -599,6 +632,7 @@ fn to_produce(source: &SourceRecord, index: usize, e: Emitted) -> (String, Produ
     };
     headers.retain(|(n, _)| n != ID_HEADER);
     headers.push((ID_HEADER.to_owned(), id.into_bytes()));
+    crate::trace::inherit(&source.headers, &mut headers);
     (
         e.topic,
         ProduceRecord {
