@@ -617,10 +617,16 @@ async fn json_logs_carry_pipeline_key_plugin_and_offset() -> Result<()> {
         &[("EDDY_LOG_FORMAT", "json"), ("RUST_LOG", "info,eddy=debug")],
     )
     .await?;
+    // Two events carry a trace context: their lines name the trace.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = |mut record: Value| {
+        record["headers"] = json!({ "traceparent": format!("00-{trace}-00f067aa0ba902b7-01") });
+        record
+    };
     host.produce(
         "probe",
         &json!({ "records": [
-            ev("j", "l1", "log"), ev("j", "a1", "ok"), ev("j", "f1", "fail"), ev("j", "a2", "ok")
+            traced(ev("j", "l1", "log")), ev("j", "a1", "ok"), traced(ev("j", "f1", "fail")), ev("j", "a2", "ok")
         ] }),
     )
     .await?;
@@ -663,6 +669,15 @@ async fn json_logs_carry_pipeline_key_plugin_and_offset() -> Result<()> {
             n + 1
         );
         ensure!(v["plugin"] == "probe", "{line}");
+        if message == "probe l1 says hello" {
+            ensure!(
+                v["trace_id"] == trace,
+                "the plugin's line names the trace: {line}"
+            );
+        }
+        if message == "event dead-lettered" && v["trace_id"] == trace {
+            seen.push("a traced dead letter".to_owned());
+        }
         seen.push(message.to_owned());
     }
     for want in [
@@ -671,6 +686,7 @@ async fn json_logs_carry_pipeline_key_plugin_and_offset() -> Result<()> {
         "batch failed; isolating",
         "event dead-lettered",
         "key quarantined",
+        "a traced dead letter",
     ] {
         ensure!(
             seen.iter().any(|m| m == want),

@@ -206,6 +206,9 @@ pub struct PluginCtx {
     pub key: String,
     /// The offset of the first event of the call, for log lines.
     offset: Option<i64>,
+    /// The trace ids of the call's events that carry a `traceparent`, by
+    /// offset, for log lines.
+    traces: Vec<(i64, String)>,
     /// The last error line the plugin logged in the current call (a Rust
     /// plugin's panic message with its file:line): a trap's dead letter
     /// carries it.
@@ -256,6 +259,22 @@ impl WasiView for PluginCtx {
 impl PluginCtx {
     /// A plugin's log line, tagged with where it is (the plugin's own
     /// key and offset when it names them, else the call's).
+    /// Notes the trace ids of the call's events that carry a `traceparent`.
+    fn note_traces<'e>(&mut self, events: impl Iterator<Item = &'e Event<'e>>) {
+        self.traces.clear();
+        for e in events {
+            let found = e
+                .headers
+                .iter()
+                .rev()
+                .find(|h| h.name.eq_ignore_ascii_case(crate::trace::HEADER))
+                .and_then(|h| crate::trace::Parent::parse(h.value));
+            if let Some(p) = found {
+                self.traces.push((e.offset, p.trace_hex()));
+            }
+        }
+    }
+
     fn log_line(
         &mut self,
         level: bindings::Level,
@@ -267,12 +286,25 @@ impl PluginCtx {
         let pipeline = (!self.pipeline.is_empty()).then_some(&*self.pipeline);
         let key = key.or((!self.key.is_empty()).then_some(self.key.as_str()));
         let offset = offset.or(self.offset);
+        let trace_id = offset
+            .and_then(|o| self.traces.iter().find(|(at, _)| *at == o))
+            .map(|(_, t)| t.as_str());
         match level {
-            bindings::Level::Trace => tracing::trace!(pipeline, plugin, key, offset, "{message}"),
-            bindings::Level::Debug => tracing::debug!(pipeline, plugin, key, offset, "{message}"),
-            bindings::Level::Info => tracing::info!(pipeline, plugin, key, offset, "{message}"),
-            bindings::Level::Warn => tracing::warn!(pipeline, plugin, key, offset, "{message}"),
-            bindings::Level::Error => tracing::error!(pipeline, plugin, key, offset, "{message}"),
+            bindings::Level::Trace => {
+                tracing::trace!(pipeline, plugin, key, offset, trace_id, "{message}");
+            }
+            bindings::Level::Debug => {
+                tracing::debug!(pipeline, plugin, key, offset, trace_id, "{message}");
+            }
+            bindings::Level::Info => {
+                tracing::info!(pipeline, plugin, key, offset, trace_id, "{message}");
+            }
+            bindings::Level::Warn => {
+                tracing::warn!(pipeline, plugin, key, offset, trace_id, "{message}");
+            }
+            bindings::Level::Error => {
+                tracing::error!(pipeline, plugin, key, offset, trace_id, "{message}");
+            }
         }
         if level == bindings::Level::Error {
             let mut said = message.to_owned();
@@ -753,6 +785,7 @@ impl Instance {
                     pipeline: self.pipeline.clone(),
                     key: String::new(),
                     offset: None,
+                    traces: Vec::new(),
                     said: None,
                     limiter: MemoryLimiter {
                         max_bytes,
@@ -973,6 +1006,9 @@ impl Instance {
             .first()
             .and_then(|k| k.events.first())
             .map(|e| e.offset);
+        store
+            .data_mut()
+            .note_traces(batch.iter().flat_map(|k| k.events.iter()));
         arm(store, timeout_ms);
         let r = guest
             .call_fold(&mut *store, &calls)
@@ -1040,6 +1076,7 @@ impl Instance {
         store.data_mut().key.clear();
         store.data_mut().key.push_str(k.key);
         store.data_mut().offset = k.events.first().map(|e| e.offset);
+        store.data_mut().note_traces(k.events.iter());
         arm(store, timeout_ms);
         let r = guest
             .call_apply(&mut *store, k.key, state, k.events)
@@ -1109,6 +1146,7 @@ impl Instance {
         let store = &mut live.store;
         store.data_mut().key.clear();
         store.data_mut().offset = events.first().map(|e| e.offset);
+        store.data_mut().note_traces(events.iter());
         arm(store, timeout_ms);
         let r = match &live.guest {
             Guest::Handler(guest) => guest.call_handle(&mut *store, events),
