@@ -42,6 +42,10 @@ pub struct Settings {
     pub memory_mb: u64,
     /// The plugin's `resident_state_mb`, when not its default.
     pub resident_mb: Option<u64>,
+    /// Also run the pipeline with every event traced (a `traceparent` on
+    /// each record) and its spans exported over OTLP to a sink in this
+    /// process, next to the plain run.
+    pub traced: bool,
     /// Where to write the JSON results.
     pub out: PathBuf,
 }
@@ -202,16 +206,95 @@ pub fn run_embedded(
     pipeline: &str,
     dir: &Path,
 ) -> Result<Run> {
+    run_embedded_with(
+        eddy,
+        component,
+        values,
+        partitions,
+        (plugin, pipeline),
+        dir,
+        None,
+    )
+}
+
+/// An OTLP/HTTP sink that answers every export with 200 and keeps nothing:
+/// what exporting costs the host, without a collector's own cost.
+///
+/// # Errors
+/// The port cannot be bound.
+fn otlp_sink() -> Result<u16> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(conn.try_clone()?);
+                let mut conn = conn;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line)? == 0 {
+                            return Ok(());
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = l.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    reader.read_exact(&mut body)?;
+                    conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                    )?;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// As [`run_embedded`]; with `trace` (an OTLP sink's port) each record
+/// carries its own sampled `traceparent` and the host exports its spans
+/// there.
+fn run_embedded_with(
+    eddy: &Path,
+    component: &Path,
+    values: &[(String, String)],
+    partitions: u32,
+    (plugin, pipeline): (&str, &str),
+    dir: &Path,
+    trace: Option<u16>,
+) -> Result<Run> {
     let fill_config = format!(
         "[source]\nkind = \"embedded\"\n\n[[source.topics]]\nname = \"events\"\npartitions = {partitions}\n\n[http]\nwatch_plugins = false\n"
     );
     let mut filler = EddyProcess::start(eddy, &dir.join("eddy"), &fill_config, "warn")?;
     let url = format!("{}/v1/topics/events/records", filler.base);
     let filling = Instant::now();
-    for chunk in values.chunks(2_000) {
+    for (c, chunk) in values.chunks(2_000).enumerate() {
         let records: Vec<_> = chunk
             .iter()
-            .map(|(k, v)| json!({ "key": k, "value": serde_json::from_str::<serde_json::Value>(v).unwrap_or_default() }))
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let n = c * 2_000 + i + 1;
+                let value = serde_json::from_str::<serde_json::Value>(v).unwrap_or_default();
+                if trace.is_some() {
+                    json!({
+                        "key": k, "value": value,
+                        "headers": { "traceparent": format!("00-{n:032x}-{n:016x}-01") },
+                    })
+                } else {
+                    json!({ "key": k, "value": value })
+                }
+            })
             .collect();
         let r = filler
             .agent
@@ -223,7 +306,12 @@ pub fn run_embedded(
     filler.terminate()?;
     drop(filler);
 
-    let config = embedded_config_with(component, "", plugin, pipeline)?;
+    let mut config = embedded_config_with(component, "", plugin, pipeline)?;
+    if let Some(port) = trace {
+        config.push_str(&format!(
+            "\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"
+        ));
+    }
     let mut host = EddyProcess::start(
         eddy,
         &dir.join("eddy"),
@@ -269,6 +357,24 @@ pub fn run(s: &Settings) -> Result<()> {
         &dir,
     )?;
 
+    // The same run with every event traced and its spans exported.
+    let traced = if s.traced {
+        let sink = otlp_sink()?;
+        let tdir = dir.join("traced");
+        std::fs::create_dir_all(&tdir)?;
+        Some(run_embedded_with(
+            &s.eddy,
+            &s.component,
+            &values,
+            4,
+            (&format!("memory_mb = {}\n", s.memory_mb), ""),
+            &tdir,
+            Some(sink),
+        )?)
+    } else {
+        None
+    };
+
     // The ceilings, over the same events in the same batches.
     let batches: Vec<usize> = commits.iter().map(|c| c.events as usize).collect();
     let json_rate = native_json(&values, &batches)?;
@@ -297,6 +403,13 @@ pub fn run(s: &Settings) -> Result<()> {
         eddy_rate / fjall_rate
     );
     println!("| Eddy: log → decode → Rust component → fjall commit | {eddy_rate:.0} | 1.00× |");
+    if let Some(t) = &traced {
+        println!(
+            "| Eddy, every event traced (`traceparent`) and its spans exported over OTLP | {:.0} | {:.2}× |",
+            t.rate,
+            eddy_rate / t.rate
+        );
+    }
     println!(
         "Filling the log over HTTP beforehand (2,000 records per request): {produce_rate:.0} events/s"
     );
@@ -321,6 +434,7 @@ pub fn run(s: &Settings) -> Result<()> {
             "eddy_vs_raw_fjall": eddy_rate / fjall_rate,
             "eddy_peak_rss_kib": rss,
             "produce_events_per_s": produce_rate,
+            "traced_events_per_s": traced.as_ref().map(|t| t.rate),
         }),
     )?;
     Ok(())

@@ -173,6 +173,10 @@ enum Command {
         /// `memory_mb`; 0 keeps no decoded state between calls).
         #[arg(long)]
         resident_mb: Option<u64>,
+        /// Also run it with every event traced and its spans exported over
+        /// OTLP (to a sink in this process).
+        #[arg(long)]
+        traced: bool,
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench/embedded.json")]
         out: PathBuf,
@@ -480,6 +484,7 @@ fn main() -> Result<()> {
             max_batch,
             memory_mb,
             resident_mb,
+            traced,
             out,
         } => embedded::run(&embedded::Settings {
             eddy,
@@ -489,6 +494,7 @@ fn main() -> Result<()> {
             max_batch,
             memory_mb,
             resident_mb,
+            traced,
             out,
         }),
         Command::Latency {
