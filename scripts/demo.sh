@@ -47,6 +47,7 @@ Eddy is running the AsyncProcess example on the embedded log. Try:
   curl -XPOST $URL/async-process -d '{"description":"my job"}'
   curl $URL/v1/pipelines/async-process        # progress and lag
   curl $URL/v1/pipelines/async-process/dead-letters
+  open $URL/ui/ in a browser                  # the operator's console
 MSG
 if [ "${1:-}" = "--exit" ]; then exit 0; fi
 echo "Ctrl-C stops it."
