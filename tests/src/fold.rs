@@ -57,6 +57,16 @@ pub async fn states(
     Ok(out)
 }
 
+/// The `state` of each execution an AsyncProcess aggregate holds, in order.
+pub fn execution_states(state: &Value) -> Vec<String> {
+    state["executions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["state"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 pub fn execution_ids(state: &Value) -> Vec<String> {
     state["executions"]
         .as_array()

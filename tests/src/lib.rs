@@ -62,6 +62,22 @@ pub fn plugin_v0_1(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// The (event id, version tag) pairs a `versioned-*` test aggregator's
+/// state applied, in order.
+pub fn versioned_tags(state: &serde_json::Value) -> Vec<(String, String)> {
+    state["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap_or_default().to_owned(),
+                e[1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Builds a test component crate under `tests/components/`.
 pub fn test_component(name: &str) -> Result<PathBuf> {
     build_component(&root().join("tests/components").join(name), name, &[])

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use eddy_tests::fold::execution_states;
 use eddy_tests::{Host, async_process_config, changes_in, execution, position};
 use serde_json::{Value, json};
 
@@ -23,15 +24,6 @@ async fn create(host: &Host, description: &str) -> Result<String> {
     ensure!(status == 200, "POST /async-process answered {status}: {v}");
     ensure!(v["status"] == "OK", "unexpected answer {v}");
     Ok(v["id"].as_str().unwrap_or_default().to_owned())
-}
-
-fn states(process: &Value) -> Vec<String> {
-    process["executions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| e["state"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +76,7 @@ async fn async_process_scenario_works_as_the_seed_describes() -> Result<()> {
 
     let (_, pa) = host.get(&format!("/async-process/{a}")).await?;
     ensure!(
-        states(&pa) == ["ACCEPTED", "STARTED", "ERROR", "RETRY", "STARTED", "DONE"],
+        execution_states(&pa) == ["ACCEPTED", "STARTED", "ERROR", "RETRY", "STARTED", "DONE"],
         "executions ordered by time: {pa}"
     );
     ensure!(pa["state"] == "DONE" && pa["lastUpdate"] == t + 50, "{pa}");
@@ -101,7 +93,7 @@ async fn async_process_scenario_works_as_the_seed_describes() -> Result<()> {
     host.wait_caught_up("async-process", T).await?;
     let (_, pa2) = host.get(&format!("/async-process/{a}")).await?;
     ensure!(
-        states(&pa2).get(1).map(String::as_str) == Some("WAITING"),
+        execution_states(&pa2).get(1).map(String::as_str) == Some("WAITING"),
         "{pa2}"
     );
     ensure!(pa2["state"] == "DONE", "{pa2}");
@@ -124,7 +116,7 @@ async fn async_process_scenario_works_as_the_seed_describes() -> Result<()> {
             e.data["id"] == a.as_str(),
             "per-key stream only carries {a}: {e:?}"
         );
-        seen.push(states(&e.data));
+        seen.push(execution_states(&e.data));
         events.push(e);
     }
     for pair in seen.windows(2) {
@@ -229,7 +221,7 @@ async fn state_survives_a_clean_restart() -> Result<()> {
     // No event is applied again after the restart.
     host.wait_caught_up("async-process", T).await?;
     let (_, pa) = host.get(&format!("/async-process/{a}")).await?;
-    ensure!(states(&pa).len() == 1, "{pa}");
+    ensure!(execution_states(&pa).len() == 1, "{pa}");
     Ok(())
 }
 
@@ -303,7 +295,7 @@ async fn sse_resume_after_a_restart_sends_each_changed_key_once() -> Result<()> 
         .map(|(_, s)| s.clone())
         .unwrap_or_default();
     ensure!(
-        states(&a_state) == ["ACCEPTED", "STARTED"],
+        execution_states(&a_state) == ["ACCEPTED", "STARTED"],
         "a with its current state: {a_state}"
     );
     ensure!(
@@ -320,7 +312,7 @@ async fn sse_resume_after_a_restart_sends_each_changed_key_once() -> Result<()> 
         .sse(&format!("/async-process/sse/{a}"), Some("0"))
         .await?;
     let e = per_key.next(T).await?;
-    ensure!(states(&e.data).len() == 2, "{e:?}");
+    ensure!(execution_states(&e.data).len() == 2, "{e:?}");
     // Then live changes follow.
     let (_, pb) = host.get(&format!("/async-process/{b}")).await?;
     let tb = pb["lastUpdate"].as_i64().unwrap_or_default();

@@ -134,22 +134,7 @@ async fn a_page_on_an_allowed_origin_reads_writes_and_follows_a_key_across_a_res
             host.terminate()?;
             host.restart().await?;
             // Made while the page is disconnected: it must come with the resume.
-            let status = host
-                .http
-                .post(format!(
-                    "{}/v1/topics/async-process-execution/records",
-                    host.url
-                ))
-                .bearer_auth(TOKEN)
-                .header("content-type", "application/json")
-                .body(
-                    json!({ "records": [{ "value": execution("e2", KEY, 2_000, "DONE") }] })
-                        .to_string(),
-                )
-                .send()
-                .await?
-                .status();
-            ensure!(status == 200, "produce e2 answered {status}");
+            produce(&host, &execution("e2", KEY, 2_000, "DONE")).await?;
             script.answer("go")?;
         }
     }
@@ -193,6 +178,7 @@ const ADMIN: &str = "console-admin-token";
 /// the page as HTML.
 const MARKUP_KEY: &str = "<img src=x onerror=\"window.__xss=1\">";
 
+/// Produces one execution with the write token; fails unless 200.
 async fn produce(host: &Host, value: &Value) -> Result<()> {
     let r = host
         .http

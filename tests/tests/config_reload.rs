@@ -13,8 +13,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use eddy_tests::fold::execution_states;
 use eddy_tests::kafka::{Broker, kafka_config};
-use eddy_tests::{Host, async_process_config, execution, test_component};
+use eddy_tests::{Host, async_process_config, execution, test_component, versioned_tags};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -91,15 +92,6 @@ async fn until(host: &Host, path: &str, ok: impl Fn(u16, &Value) -> bool) -> Res
     }
 }
 
-fn states(process: &Value) -> Vec<String> {
-    process["executions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| e["state"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_are_added_changed_and_removed_while_the_host_runs() -> Result<()> {
     let host = Host::start(&config("", true)?).await?;
@@ -141,7 +133,7 @@ async fn pipelines_are_added_changed_and_removed_while_the_host_runs() -> Result
     .await?;
     host.wait_caught_up("audit", T).await?;
     let a1 = until(&host, "/audit/a1", |s, _| s == 200).await?;
-    ensure!(states(&a1) == ["ACCEPTED", "STARTED"], "{a1}");
+    ensure!(execution_states(&a1) == ["ACCEPTED", "STARTED"], "{a1}");
 
     // The unchanged pipeline kept folding, and its stream kept going.
     host.produce(
@@ -190,9 +182,9 @@ async fn pipelines_are_added_changed_and_removed_while_the_host_runs() -> Result
         &json!({ "value": execution("x3", "a1", t + 20, "DONE") }),
     )
     .await?;
-    let a1 = until(&host, "/audit/a1", |_, v| states(v).len() == 3).await?;
+    let a1 = until(&host, "/audit/a1", |_, v| execution_states(v).len() == 3).await?;
     ensure!(
-        states(&a1) == ["ACCEPTED", "STARTED", "DONE"],
+        execution_states(&a1) == ["ACCEPTED", "STARTED", "DONE"],
         "the changed pipeline kept its state and read its new topic: {a1}"
     );
     // Events on the old topic are no longer read.
@@ -246,11 +238,17 @@ async fn pipelines_are_added_changed_and_removed_while_the_host_runs() -> Result
         &json!({ "key": "p1", "value": execution("e3", "p1", t + 20, "DONE") }),
     )
     .await?;
-    let p1 = until(&host, "/async-process/p1", |_, v| states(v).len() == 3).await?;
-    ensure!(states(&p1) == ["ACCEPTED", "STARTED", "DONE"], "{p1}");
+    let p1 = until(&host, "/async-process/p1", |_, v| {
+        execution_states(v).len() == 3
+    })
+    .await?;
+    ensure!(
+        execution_states(&p1) == ["ACCEPTED", "STARTED", "DONE"],
+        "{p1}"
+    );
     let a1 = until(&host, "/audit/a1", |s, _| s == 200).await?;
     ensure!(
-        states(&a1) == ["ACCEPTED", "STARTED", "DONE"],
+        execution_states(&a1) == ["ACCEPTED", "STARTED", "DONE"],
         "the old topic's event was not read after the move: {a1}"
     );
     Ok(())
@@ -273,21 +271,6 @@ aggregator = "versioned"
 "#,
         path.display()
     )
-}
-
-/// The (event id, version tag) pairs a `versioned` state applied, in order.
-fn applied(state: &Value) -> Vec<(String, String)> {
-    state["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e[0].as_str().unwrap_or_default().to_owned(),
-                e[1].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,11 +303,11 @@ async fn kafka_a_reload_subscribes_to_a_new_topic_and_swaps_a_pipelines_plugin()
         .await?;
     }
     let k = until(&host, "/v1/pipelines/counted/state/k", |s, v| {
-        s == 200 && applied(v).len() == 3
+        s == 200 && versioned_tags(v).len() == 3
     })
     .await?;
     ensure!(
-        applied(&k).iter().all(|(_, tag)| tag == "v1"),
+        versioned_tags(&k).iter().all(|(_, tag)| tag == "v1"),
         "v1 applied the first events: {k}"
     );
 
@@ -346,14 +329,14 @@ async fn kafka_a_reload_subscribes_to_a_new_topic_and_swaps_a_pipelines_plugin()
         .await?;
     }
     let k = until(&host, "/v1/pipelines/counted/state/k", |s, v| {
-        s == 200 && applied(v).len() >= 5
+        s == 200 && versioned_tags(v).len() >= 5
     })
     .await?;
     let want: Vec<(String, String)> = (0..5)
         .map(|i| (format!("e{i}"), if i < 3 { "v1" } else { "v2" }.to_owned()))
         .collect();
     ensure!(
-        applied(&k) == want,
+        versioned_tags(&k) == want,
         "each event applied once, by the version running when it came: {k}"
     );
     Ok(())

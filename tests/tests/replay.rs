@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use eddy_tests::{Host, eddy_bin, test_component};
+use eddy_tests::{Host, eddy_bin, test_component, versioned_tags};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(120);
@@ -34,20 +34,6 @@ async fn produce(host: &Host, from: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn tags(state: &Value) -> Vec<(String, String)> {
-    state["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e[0].as_str().unwrap_or_default().to_owned(),
-                e[1].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_a_fix_rebuilds_state_without_serving_a_half_built_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -55,9 +41,9 @@ async fn replay_after_a_fix_rebuilds_state_without_serving_a_half_built_one() ->
     produce(&host, 0, 20_000).await?;
     host.wait_caught_up("versioned", T).await?;
     let (_, before) = host.get("/v1/pipelines/versioned/state/k7").await?;
-    let before_n = tags(&before).len();
+    let before_n = versioned_tags(&before).len();
     ensure!(
-        before_n == 200 && tags(&before).iter().all(|(_, v)| v == "v1"),
+        before_n == 200 && versioned_tags(&before).iter().all(|(_, v)| v == "v1"),
         "{before_n}"
     );
 
@@ -92,7 +78,7 @@ async fn replay_after_a_fix_rebuilds_state_without_serving_a_half_built_one() ->
     loop {
         let (status, s) = host.get("/v1/pipelines/versioned/state/k7").await?;
         ensure!(status == 200, "state must stay available during the replay");
-        let n = tags(&s).len();
+        let n = versioned_tags(&s).len();
         ensure!(
             n >= before_n,
             "a half-built state was served: {n} < {before_n} events"
@@ -120,7 +106,7 @@ async fn replay_after_a_fix_rebuilds_state_without_serving_a_half_built_one() ->
         let (_, s) = host
             .get(&format!("/v1/pipelines/versioned/state/k{k}"))
             .await?;
-        let t = tags(&s);
+        let t = versioned_tags(&s);
         let mut ids: Vec<&str> = t.iter().map(|(id, _)| id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -173,7 +159,7 @@ async fn replay_from_a_timestamp_with_the_cli() -> Result<()> {
             .get(&format!("/v1/pipelines/versioned/state/k{k}"))
             .await?;
         if status == 200 {
-            let t = tags(&s);
+            let t = versioned_tags(&s);
             ensure!(
                 t.iter()
                     .all(|(id, _)| id[1..].parse::<usize>().is_ok_and(|n| n >= 300)),
@@ -214,7 +200,7 @@ async fn an_empty_rebuild_is_refused_and_a_partial_one_replaces_what_the_worker_
     produce(&host, 0, 1_000).await?;
     host.wait_caught_up("versioned", T).await?;
     let (_, before) = host.get("/v1/pipelines/versioned/state/k7").await?;
-    ensure!(tags(&before).len() == 10, "{before}");
+    ensure!(versioned_tags(&before).len() == 10, "{before}");
     let replay = |from: Value| {
         let host = &host;
         async move {
@@ -273,10 +259,10 @@ async fn an_empty_rebuild_is_refused_and_a_partial_one_replaces_what_the_worker_
     .await?;
     host.wait_caught_up("versioned", T).await?;
     let (_, after) = host.get("/v1/pipelines/versioned/state/k7").await?;
-    let mut expected = tags(&rebuilt);
+    let mut expected = versioned_tags(&rebuilt);
     expected.push(("after".into(), "v1".into()));
     ensure!(
-        tags(&after) == expected,
+        versioned_tags(&after) == expected,
         "the key goes on from its rebuilt state: {after}"
     );
     Ok(())
