@@ -118,20 +118,18 @@ impl Parent {
     pub fn header(&self) -> Vec<u8> {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
-        for b in &self.trace_id {
-            s.push_str(&format!("{b:02x}"));
-        }
+        push_hex(&mut s, &self.trace_id);
         s.push('-');
-        for b in &self.span_id {
-            s.push_str(&format!("{b:02x}"));
-        }
+        push_hex(&mut s, &self.span_id);
         s.push_str(if self.sampled { "-01" } else { "-00" });
         s.into_bytes()
     }
 
     /// Its trace id as hex, for log lines.
     pub fn trace_hex(&self) -> String {
-        self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, &self.trace_id);
+        s
     }
 
     fn context(&self) -> Context {
@@ -146,6 +144,17 @@ impl Parent {
             true,
             TraceState::default(),
         ))
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        for nibble in [b >> 4, b & 0xf] {
+            out.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
     }
 }
 
@@ -355,28 +364,41 @@ pub fn end(mut event: EventSpan, phases: &Phases, plugins: &[String], failed: Op
     event.span.end_with_timestamp(phases.committed);
 }
 
-/// The producer endpoint's span for a trace it started: `eddy.produce
-/// {topic}`, with the started context's span id, so the trace has its root.
-pub fn produced(topic: &str, started: &Parent, from: SystemTime, to: SystemTime) {
-    let Some(e) = EXPORTER.get() else {
-        return;
-    };
-    if !started.sampled {
-        return;
+/// The open root span of a trace the producer endpoint started.
+pub struct ProduceSpan(opentelemetry_sdk::trace::Span);
+
+impl ProduceSpan {
+    /// The record is stored.
+    pub fn end(mut self) {
+        self.0.end();
     }
-    // The root's id is the one the record carries: a span whose parent
-    // is the started context, named for the request, stands in for it.
-    let mut s = e
+}
+
+/// Starts a trace at the producer endpoint for a record of `topic` that
+/// carries no context, sampled with probability `ratio`: the context for
+/// the record, and — when it is sampled and spans are exported — its root
+/// span, `eddy.produce {topic}`, whose id the context names.
+pub fn start_at_producer(topic: &str, ratio: f64) -> (Parent, Option<ProduceSpan>) {
+    let parent = Parent::start(ratio);
+    let Some(e) = EXPORTER.get().filter(|_| parent.sampled) else {
+        return (parent, None);
+    };
+    let span = e
         .tracer
         .span_builder(format!("eddy.produce {topic}"))
         .with_kind(SpanKind::Producer)
-        .with_start_time(from)
         .with_attributes(vec![KeyValue::new(
             "messaging.destination.name",
             topic.to_owned(),
         )])
-        .start_with_context(&e.tracer, &started.context());
-    s.end_with_timestamp(to);
+        .start_with_context(&e.tracer, &Context::new());
+    let sc = span.span_context();
+    let root = Parent {
+        trace_id: sc.trace_id().to_bytes(),
+        span_id: sc.span_id().to_bytes(),
+        sampled: sc.is_sampled(),
+    };
+    (root, Some(ProduceSpan(span)))
 }
 
 #[cfg(test)]

@@ -218,13 +218,21 @@ async fn a_trace_crosses_the_pipelines_and_each_span_is_exported_under_its_paren
                 && s["span_id"] == router_span.as_str()),
         "router span under {agg_span}, named by the routed record ({router_span}): {router:#?}"
     );
-    // The started trace has its root at the producer endpoint.
+    // The started trace has its root at the producer endpoint: the span the
+    // record names (a producer span, with no parent); the event's span is
+    // its child.
     let produce = named(&spans, "eddy.produce async-process-execution", &started.0);
     ensure!(
-        produce
+        produce.iter().any(|s| s["span_id"] == started.1.as_str()
+            && s["parent_span_id"] == ""
+            && s["kind"] == 4),
+        "{produce:#?}"
+    );
+    ensure!(
+        named(&spans, "eddy.process async-process", &started.0)
             .iter()
             .any(|s| s["parent_span_id"] == started.1.as_str()),
-        "{produce:#?}"
+        "the event's span is the root's child: {spans:#?}"
     );
     // The dead-lettered event's span is an error, and its log line names the trace.
     let bad = named(&spans, "eddy.process async-process", BAD_TRACE);

@@ -206,9 +206,9 @@ pub struct PluginCtx {
     pub key: String,
     /// The offset of the first event of the call, for log lines.
     offset: Option<i64>,
-    /// The trace ids of the call's events that carry a `traceparent`, by
+    /// The traces of the call's events that carry a `traceparent`, by
     /// offset, for log lines.
-    traces: Vec<(i64, String)>,
+    traces: Vec<(i64, crate::trace::Parent)>,
     /// The last error line the plugin logged in the current call (a Rust
     /// plugin's panic message with its file:line): a trap's dead letter
     /// carries it.
@@ -257,9 +257,8 @@ impl WasiView for PluginCtx {
 }
 
 impl PluginCtx {
-    /// A plugin's log line, tagged with where it is (the plugin's own
-    /// key and offset when it names them, else the call's).
-    /// Notes the trace ids of the call's events that carry a `traceparent`.
+    /// Notes the traces of the call's events that carry a `traceparent`
+    /// (read only when a line is logged).
     fn note_traces<'e>(&mut self, events: impl Iterator<Item = &'e Event<'e>>) {
         self.traces.clear();
         for e in events {
@@ -270,11 +269,13 @@ impl PluginCtx {
                 .find(|h| h.name.eq_ignore_ascii_case(crate::trace::HEADER))
                 .and_then(|h| crate::trace::Parent::parse(h.value));
             if let Some(p) = found {
-                self.traces.push((e.offset, p.trace_hex()));
+                self.traces.push((e.offset, p));
             }
         }
     }
 
+    /// A plugin's log line, tagged with where it is (the plugin's own
+    /// key and offset when it names them, else the call's).
     fn log_line(
         &mut self,
         level: bindings::Level,
@@ -288,7 +289,8 @@ impl PluginCtx {
         let offset = offset.or(self.offset);
         let trace_id = offset
             .and_then(|o| self.traces.iter().find(|(at, _)| *at == o))
-            .map(|(_, t)| t.as_str());
+            .map(|(_, t)| t.trace_hex());
+        let trace_id = trace_id.as_deref();
         match level {
             bindings::Level::Trace => {
                 tracing::trace!(pipeline, plugin, key, offset, trace_id, "{message}");

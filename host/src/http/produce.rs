@@ -211,26 +211,25 @@ async fn append(s: &AppState, topic: String, mut records: Vec<ProduceRecord>) ->
     {
         return Err(AppError::insufficient_storage(low.to_string()));
     }
-    // A record without a trace context starts a trace here.
-    let from = std::time::SystemTime::now();
-    let mut started = Vec::new();
+    // A record without a trace context starts a trace here; its root span
+    // ends once the record is stored.
+    let mut roots = Vec::new();
     if let Some(ratio) = s.start_traces {
         for r in &mut records {
             if crate::trace::Parent::of(&r.headers).is_none() {
-                let parent = crate::trace::Parent::start(ratio);
-                crate::trace::set_header(&mut r.headers, &parent);
-                started.push(parent);
+                let (context, root) = crate::trace::start_at_producer(&topic, ratio);
+                crate::trace::set_header(&mut r.headers, &context);
+                roots.extend(root);
             }
         }
     }
     let offsets = s
         .sink
-        .produce(topic.clone(), records)
+        .produce(topic, records)
         .await
         .map_err(produce_error)?;
-    let to = std::time::SystemTime::now();
-    for parent in &started {
-        crate::trace::produced(&topic, parent, from, to);
+    for root in roots {
+        root.end();
     }
     Ok(serde_json::json!({
         "offsets": offsets
