@@ -79,8 +79,6 @@ pub(super) struct Host {
     pub uses: Arc<ArcSwap<Uses>>,
     pub hub: Hub,
     pub readiness: Readiness,
-    /// Each pipeline's input partition count.
-    pub partitions: Mutex<HashMap<String, u32>>,
     /// Set at shutdown: no worker starts after it.
     pub stopping: StopFlag,
     pub failed: Arc<Mutex<Option<String>>>,
@@ -122,7 +120,6 @@ impl Host {
         uses: Arc<ArcSwap<Uses>>,
         hub: Hub,
         readiness: Readiness,
-        partitions: HashMap<String, u32>,
     ) -> Self {
         let schema_source: Arc<dyn crate::schema::SchemaSource> =
             match (&schemas, &config.registry.url) {
@@ -144,7 +141,6 @@ impl Host {
             uses,
             hub,
             readiness,
-            partitions: Mutex::new(partitions),
             stopping: StopFlag::default(),
             failed: Arc::default(),
             shutdown: Arc::default(),
@@ -264,6 +260,14 @@ impl Host {
         })?;
         workers.insert(p.name.clone(), Running { stop, thread });
         Ok(())
+    }
+
+    /// A running pipeline's input partition count (its intake's).
+    fn partitions_of(&self, pipeline: &str) -> Option<u32> {
+        crate::lock(&self.app)
+            .as_ref()
+            .and_then(|app| app.intakes.get(pipeline))
+            .map(Intake::partitions)
     }
 
     /// Stops one pipeline's worker and waits for it: it commits the batch
@@ -464,13 +468,12 @@ impl Host {
 
         // Input topics: they exist (or will be made), and a changed
         // pipeline's keeps the partition count its states are kept under.
-        let partitions = crate::lock(&self.partitions).clone();
         for p in starting {
             let have = match &self.sink {
                 Sink::Embedded(log) => Ok(log.partitions(&p.topic)),
                 Sink::Kafka(k) => k.partitions(&p.topic).map_err(|e| e.to_string()),
             };
-            let was = partitions.get(&p.name).copied();
+            let was = self.partitions_of(&p.name);
             match (have, was) {
                 (Err(e), _) => {
                     problems.push(format!("pipeline {:?}: topic {:?}: {e}", p.name, p.topic))
@@ -513,14 +516,15 @@ impl Host {
         } = plan;
         let mut problems = Vec::new();
         // Topics first: a failure here leaves every pipeline running.
-        let mut partitions = crate::lock(&self.partitions).clone();
+        // The input partition counts of the pipelines that start.
+        let mut partitions = HashMap::new();
         let mut aligned = HashMap::new();
         for p in new
             .pipelines
             .iter()
             .filter(|p| reloaded_starts(&reloaded, &p.name))
         {
-            let keep = partitions.get(&p.name).copied();
+            let keep = self.partitions_of(&p.name);
             match ensure_pipeline_topics(new, &self.log, &self.sink, p, keep) {
                 Ok((n, a)) => {
                     partitions.insert(p.name.clone(), n);
@@ -539,7 +543,6 @@ impl Host {
             tracing::info!(pipeline = %name, "pipeline stopped for the reload");
         }
         for name in &reloaded.removed {
-            partitions.remove(name);
             self.hub.remove(name);
             self.readiness.remove(name);
         }
@@ -559,7 +562,6 @@ impl Host {
             readers.extend(decoders.values().filter_map(|(_, r)| r.clone()));
             schemas.set_readers(readers);
         }
-        *crate::lock(&self.partitions) = partitions.clone();
 
         // The HTTP state: same store, hub and gate; new pipeline maps.
         let Some(mut app) = crate::lock(&self.app).clone() else {

@@ -902,7 +902,6 @@ pub fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
         uses,
         hub.clone(),
         readiness.clone(),
-        partitions.clone(),
     ));
     if config.http.watch_plugins {
         *crate::lock(&host.watcher) = Some(watch_plugins(registry.clone())?);
